@@ -1,0 +1,735 @@
+"""Dynamic providers for Fly.io: one remote object per resource so every step is recorded in state.
+
+Provider classes live in this importable module (pickled by reference, no import-time side effects).
+Each method builds its own FlyClient; credentials come from ``configure()`` (stack config) or env.
+Contract (pulumi-python.md §1-2): explicit ``diff`` that ignores ``__provider`` and normalises what
+the API echoes back, ``replaces`` for immutable fields with ``delete_before_replace`` for named
+objects, ``outs = {**inputs, **computed}``, idempotent create (adopt by name) or rollback, 404 on
+delete means done.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.output import Unknown
+
+from components.fly import flytoml
+from components.fly.client import FlyClient, FlyError, ip_kind
+from components.fly.settings import FlySettings, resolve_fly_settings
+
+log = logging.getLogger(__name__)
+
+PROVIDER_KEY = "__provider"
+DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
+MACHINE_STATES = ("started", "stopped")
+
+
+# -- helpers shared by the providers ----------------------------------------------------------------
+def canonical(value: Any) -> Any:
+    """Numbers cross the gRPC boundary as doubles (3 → 3.0): compare 3.0 and 3 as equal."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | Unknown):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def has_unknown(value: Any) -> bool:
+    if isinstance(value, Unknown):
+        return True
+    if isinstance(value, Mapping):
+        return any(has_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
+def changed_keys(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    """Keys whose value differs (an unknown new value counts as a change: it may differ)."""
+    out = []
+    for key in keys:
+        new = news.get(key)
+        if has_unknown(new) or canonical(olds.get(key)) != canonical(new):
+            out.append(key)
+    return out
+
+
+def diff_result(
+    olds: Mapping[str, Any],
+    news: Mapping[str, Any],
+    *,
+    compare: Iterable[str],
+    replace_on: Iterable[str],
+    delete_before_replace: bool = True,
+) -> DiffResult:
+    compare = list(compare)
+    changes = changed_keys(olds, news, compare)
+    replaces = [k for k in replace_on if k in changes]
+    return DiffResult(
+        changes=bool(changes),
+        replaces=replaces,
+        delete_before_replace=delete_before_replace if replaces else None,
+    )
+
+
+def strip_provider(props: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in props.items() if k != PROVIDER_KEY}
+
+
+class FlyProviderBase(ResourceProvider):
+    """Holds only plain data (it is pickled); credentials are resolved in configure()."""
+
+    def __init__(self) -> None:
+        self._config: dict[str, str | None] = {}
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self._config = {key: req.config.get(key) for key in ("fly:apiToken", "fly:apiUrl")}
+
+    def settings(self) -> FlySettings:
+        return resolve_fly_settings(getattr(self, "_config", {}))
+
+    def client(self) -> FlyClient:
+        return FlyClient(self.settings())
+
+
+# -- FlyApp -----------------------------------------------------------------------------------------
+class FlyAppProvider(FlyProviderBase):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        name = news.get("name")
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
+            failures.append(
+                CheckFailure(
+                    "name",
+                    f"Fly app names are DNS labels: lowercase letters, digits and "
+                    f"dashes, at most 63 characters (got {name!r})",
+                )
+            )
+        if not news.get("org"):
+            failures.append(CheckFailure("org", "the Fly organization slug is required (silo:flyOrg)"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = ("name", "org", "network", "keep_volumes")
+        return diff_result(olds, news, compare=keys, replace_on=("name", "org", "network"))
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        with self.client() as fly:
+            app = fly.create_app(props["name"], props["org"], props.get("network"))
+        return CreateResult(
+            props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")}
+        )
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Only keep_volumes can change in place; it is a local safety switch.
+        return UpdateResult({**strip_provider(olds), **news})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as fly:
+            app = fly.get_app(id_)
+        if app is None:
+            return ReadResult("", {})
+        outs = {**props, "app_id": app.get("id", ""), "status": app.get("status", "")}
+        return ReadResult(
+            id_, outs, inputs={k: props[k] for k in ("name", "org", "network", "keep_volumes") if k in props}
+        )
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.client() as fly:
+            if props.get("keep_volumes", True):
+                # Deleting an app deletes its volumes: never do that to data silently.
+                volumes = fly.list_volumes(id_) if fly.get_app(id_) else []
+                if volumes:
+                    names = ", ".join(f"{v.get('name')} ({v.get('id')})" for v in volumes)
+                    raise FlyError(
+                        f"refusing to delete Fly app {id_}: it still holds data volumes {names}. "
+                        "Set silo:allowDataDeletion=true to delete the data, or keep the app"
+                    )
+            fly.delete_app(id_)
+
+
+class FlyApp(Resource, module="fly", name="App"):
+    name: pulumi.Output[str]
+    org: pulumi.Output[str]
+    app_id: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        name: pulumi.Input[str],
+        org: pulumi.Input[str],
+        keep_volumes: bool = True,
+        network: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "name": name,
+            "org": org,
+            "keep_volumes": keep_volumes,
+            "network": network,
+            "app_id": None,
+            "status": None,
+        }
+        super().__init__(FlyAppProvider(), resource_name, props, opts)
+
+
+# -- FlyIpAssignment --------------------------------------------------------------------------------
+class FlyIpAssignmentProvider(FlyProviderBase):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        if news.get("type") not in IP_TYPES:
+            failures.append(
+                CheckFailure("type", f"must be one of {', '.join(IP_TYPES)} (got {news.get('type')!r})")
+            )
+        if not news.get("app"):
+            failures.append(CheckFailure("app", "the Fly app name is required"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = ("app", "type", "region")
+        # An IP assignment has no name to collide on, so create the new one before releasing the old.
+        return diff_result(olds, news, compare=keys, replace_on=keys, delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        with self.client() as fly:
+            ip = fly.allocate_ip(props["app"], props["type"], props.get("region"))
+        address = ip.get("ip") or ip.get("address")
+        return CreateResult(address, {**props, "address": address, "shared": bool(ip.get("shared"))})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as fly:
+            ips = fly.list_ips(props["app"])
+        match = next((ip for ip in ips if ip.get("ip") == id_), None)
+        if match is None:
+            return ReadResult("", {})
+        return ReadResult(id_, {**props, "address": id_, "type": ip_kind(match)})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.client() as fly:
+            fly.release_ip(props["app"], id_)
+
+
+class FlyIpAssignment(Resource, module="fly", name="IpAssignment"):
+    address: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        app: pulumi.Input[str],
+        type: str,
+        region: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(
+            FlyIpAssignmentProvider(),
+            resource_name,
+            {"app": app, "type": type, "region": region, "address": None, "shared": None},
+            opts,
+        )
+
+
+# -- FlySecrets -------------------------------------------------------------------------------------
+class FlySecretsProvider(FlyProviderBase):
+    """The app's secrets that this stack manages. Values live only in (encrypted) state; the API never
+    returns them, so drift is detected by comparing digests on refresh."""
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        values = news.get("values")
+        if isinstance(values, Mapping):
+            for key, value in values.items():
+                if not ENV_NAME.match(key) or key.upper().startswith("FLY_"):
+                    failures.append(
+                        CheckFailure(
+                            "values",
+                            f"secret name {key!r} is not a valid environment "
+                            "variable name (or starts with FLY_)",
+                        )
+                    )
+                if not isinstance(value, str | Unknown):
+                    failures.append(CheckFailure("values", f"secret {key} must be a string"))
+        elif not isinstance(values, Unknown):
+            failures.append(CheckFailure("values", "must be a map of secret name to value"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return diff_result(
+            olds, news, compare=("app", "values"), replace_on=("app",), delete_before_replace=False
+        )
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        app = props["app"]
+        with self.client() as fly:
+            version = fly.set_secrets(app, props["values"])
+            digests = fly.list_secrets(app)
+        names = sorted(props["values"])
+        return CreateResult(
+            app,
+            {**props, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}},
+        )
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        app = news["app"]
+        old_values: Mapping[str, str] = olds.get("values") or {}
+        new_values: Mapping[str, str] = news["values"]
+        changes: dict[str, str | None] = {k: v for k, v in new_values.items() if old_values.get(k) != v}
+        changes.update({k: None for k in old_values if k not in new_values})
+        with self.client() as fly:
+            version = fly.set_secrets(app, changes) if changes else int(olds.get("version") or 0)
+            digests = fly.list_secrets(app)
+        names = sorted(new_values)
+        return UpdateResult(
+            {**news, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}}
+        )
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as fly:
+            if fly.get_app(props["app"]) is None:
+                return ReadResult("", {})
+            live = fly.list_secrets(props["app"])
+        recorded: Mapping[str, str] = props.get("digests") or {}
+        # A secret changed or removed outside Pulumi: forget its value so the next up sets it again.
+        values = {
+            k: v
+            for k, v in (props.get("values") or {}).items()
+            if live.get(k) and live.get(k) == recorded.get(k)
+        }
+        outs = {**props, "values": values, "digests": {k: live.get(k, "") for k in values}}
+        return ReadResult(id_, outs, inputs={"app": props["app"], "values": values})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        with self.client() as fly:
+            if fly.get_app(props["app"]) is None:
+                return
+            names = props.get("names") or list((props.get("values") or {}).keys())
+            if names:
+                try:
+                    fly.set_secrets(props["app"], dict.fromkeys(names))
+                except FlyError as exc:
+                    if exc.status != 404:
+                        raise
+
+
+class FlySecrets(Resource, module="fly", name="Secrets"):
+    version: pulumi.Output[int]
+    digests: pulumi.Output[dict]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        app: pulumi.Input[str],
+        values: pulumi.Input[Mapping[str, str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "app": app,
+            "values": pulumi.Output.secret(values),
+            "version": None,
+            "digests": None,
+            "names": None,
+        }
+        super().__init__(FlySecretsProvider(), resource_name, props, opts)
+
+
+# -- FlyVolume --------------------------------------------------------------------------------------
+class FlyVolumeProvider(FlyProviderBase):
+    IMMUTABLE = ("app", "name", "region", "encrypted")
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        name = news.get("name")
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and VOLUME_NAME.match(name)):
+            failures.append(
+                CheckFailure(
+                    "name",
+                    "Fly volume names are lowercase letters, digits and underscores, "
+                    f"at most 30 characters (got {name!r})",
+                )
+            )
+        size = canonical(news.get("size_gb"))
+        if not isinstance(size, Unknown):
+            if not isinstance(size, int) or size < 1:
+                failures.append(CheckFailure("size_gb", f"must be a whole number of GB >= 1 (got {size!r})"))
+            elif olds.get("size_gb") is not None and size < canonical(olds["size_gb"]):
+                failures.append(
+                    CheckFailure(
+                        "size_gb",
+                        f"Fly volumes can only grow: {canonical(olds['size_gb'])} GB "
+                        f"cannot shrink to {size} GB",
+                    )
+                )
+        retention = canonical(news.get("snapshot_retention"))
+        if retention is not None and not isinstance(retention, Unknown) and not 1 <= retention <= 60:
+            failures.append(CheckFailure("snapshot_retention", "must be between 1 and 60 days"))
+        if not news.get("region"):
+            failures.append(CheckFailure("region", "the Fly region is required"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        keys = (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete")
+        return diff_result(olds, news, compare=keys, replace_on=self.IMMUTABLE)
+
+    def _outs(self, props: Mapping[str, Any], volume: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **props,
+            "volume_id": volume["id"],
+            "zone": volume.get("zone", ""),
+            "size_gb": max(canonical(props["size_gb"]), int(volume.get("size_gb") or 0)),
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        app, size = props["app"], canonical(props["size_gb"])
+        body = {
+            "name": props["name"],
+            "region": props["region"],
+            "size_gb": size,
+            "encrypted": props.get("encrypted", True),
+        }
+        if props.get("snapshot_retention"):
+            body["snapshot_retention"] = canonical(props["snapshot_retention"])
+        with self.client() as fly:
+            # Adopts a volume of the same name: a retained data volume comes back after destroy + up.
+            volume = fly.create_volume(app, body)
+            if volume.get("region") and volume["region"] != props["region"]:
+                raise FlyError(
+                    f"app {app} already has a volume {props['name']} in region {volume['region']}, "
+                    f"not {props['region']}; moving data between regions needs a migration"
+                )
+            if int(volume.get("size_gb") or 0) < size:
+                volume = fly.extend_volume(app, volume["id"], size)
+        return CreateResult(volume["id"], self._outs(props, volume))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        app = news["app"]
+        with self.client() as fly:
+            volume = fly.get_volume(app, id_) or {"id": id_, "size_gb": olds.get("size_gb")}
+            if canonical(news["size_gb"]) > int(volume.get("size_gb") or 0):
+                volume = fly.extend_volume(app, id_, canonical(news["size_gb"]))
+            retention = canonical(news.get("snapshot_retention"))
+            if retention and retention != canonical(olds.get("snapshot_retention")):
+                volume = fly.update_volume(app, id_, {"snapshot_retention": retention})
+        return UpdateResult(self._outs(news, volume))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as fly:
+            volume = fly.get_volume(props["app"], id_)
+        if volume is None:
+            return ReadResult("", {})
+        outs = self._outs(props, volume)
+        return ReadResult(
+            id_,
+            outs,
+            inputs={
+                k: outs[k]
+                for k in (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete")
+                if k in outs
+            },
+        )
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        if not props.get("allow_delete"):
+            raise FlyError(
+                f"refusing to delete data volume {props.get('name')} ({id_}) of app {props.get('app')}: "
+                "set silo:allowDataDeletion=true to allow deleting data, or keep the volume"
+            )
+        with self.client() as fly:
+            fly.delete_volume(props["app"], id_)
+
+
+class FlyVolume(Resource, module="fly", name="Volume"):
+    volume_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        app: pulumi.Input[str],
+        name: str,
+        region: str,
+        size_gb: int,
+        allow_delete: bool = False,
+        encrypted: bool = True,
+        snapshot_retention: int | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "app": app,
+            "name": name,
+            "region": region,
+            "size_gb": size_gb,
+            "allow_delete": allow_delete,
+            "encrypted": encrypted,
+            "snapshot_retention": snapshot_retention,
+            "volume_id": None,
+            "zone": None,
+        }
+        super().__init__(FlyVolumeProvider(), resource_name, props, opts)
+
+
+# -- FlyMachine -------------------------------------------------------------------------------------
+class FlyMachineProvider(FlyProviderBase):
+    """A machine whose config is derived from a rendered fly.toml (the single source of truth)."""
+
+    IMMUTABLE = ("app", "name", "region", "volume_id")
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        if news.get("desired_state") not in MACHINE_STATES:
+            failures.append(
+                CheckFailure(
+                    "desired_state",
+                    f"must be one of {', '.join(MACHINE_STATES)} (got {news.get('desired_state')!r})",
+                )
+            )
+        name = news.get("name")
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
+            failures.append(CheckFailure("name", f"machine names are DNS labels (got {name!r})"))
+        image = news.get("image")
+        if not isinstance(image, Unknown) and (not image or str(image).endswith(":latest")):
+            failures.append(
+                CheckFailure("image", f"a pinned image is required, never latest (got {image!r})")
+            )
+        text = news.get("fly_toml")
+        if isinstance(text, str):
+            try:
+                doc = flytoml.parse(text)
+            except ValueError as exc:
+                failures.append(CheckFailure("fly_toml", f"not valid TOML: {exc}"))
+            else:
+                failures += [CheckFailure("fly_toml", problem) for problem in flytoml.validate(doc)]
+                if not failures and not has_unknown([image, news.get("volume_id"), news.get("metadata")]):
+                    news = {**news, "config": self._config_for(doc, news)}
+        elif not isinstance(text, Unknown):
+            failures.append(CheckFailure("fly_toml", "the rendered fly.toml text is required"))
+        return CheckResult(news, failures)
+
+    @staticmethod
+    def _config_for(doc: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
+        config = flytoml.to_machine_config(doc, image=props["image"], volume_id=props.get("volume_id"))
+        if props.get("metadata"):
+            config["metadata"] = {**config.get("metadata", {}), **props["metadata"]}
+        return config
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        compare = (
+            *self.IMMUTABLE,
+            "fly_toml",
+            "image",
+            "metadata",
+            "desired_state",
+            "min_secrets_version",
+            "pre_stop_exec",
+        )
+        result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
+        # The template may be unchanged while the conversion changed (a code upgrade): compare configs.
+        if (
+            not result.changes
+            and "config" in news
+            and not has_unknown(news["config"])
+            and flytoml.normalize(canonical(olds.get("config") or {}))
+            != flytoml.normalize(canonical(news["config"]))
+        ):
+            return DiffResult(changes=True, replaces=[])
+        return result
+
+    def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "config": props["config"],
+            "region": props["region"],
+            "skip_launch": props["desired_state"] == "stopped",
+        }
+        if props.get("min_secrets_version") is not None:
+            body["min_secrets_version"] = canonical(props["min_secrets_version"])
+        return body
+
+    def _settle(
+        self,
+        fly: FlyClient,
+        app: str,
+        machine: Mapping[str, Any],
+        props: Mapping[str, Any],
+        nonce: str | None = None,
+    ) -> dict[str, Any]:
+        """Bring the machine to the desired state; a started machine must pass its health checks."""
+        machine_id = machine["id"]
+        version = machine.get("instance_id")
+        timeout = float(canonical(props.get("ready_timeout_s") or 600))
+        current = fly.get_machine(app, machine_id) or machine
+        if props["desired_state"] == "started":
+            if current.get("state") in ("stopped", "created", "suspended", "stopping"):
+                if current.get("state") == "stopping":
+                    fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
+                fly.start_machine(app, machine_id, nonce)
+            fly.wait(app, machine_id, "started", timeout_s=timeout)
+            current = fly.wait_for_checks(app, machine_id, timeout_s=timeout)
+        else:
+            if current.get("state") in ("started", "starting", "replacing", "updating"):
+                if current.get("state") != "started":
+                    fly.wait(app, machine_id, "started", timeout_s=timeout)
+                stop = (props.get("config") or {}).get("stop_config") or {}
+                fly.stop_machine(
+                    app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout")
+                )
+            if current.get("state") != "created":
+                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
+            current = fly.get_machine(app, machine_id) or current
+        return dict(current)
+
+    def _outs(self, props: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **props,
+            "machine_id": machine["id"],
+            "instance_id": machine.get("instance_id", ""),
+            "state": machine.get("state", ""),
+            "private_ip": machine.get("private_ip", ""),
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        app = props["app"]
+        with self.client() as fly:
+            existing = fly.find_machine(app, props["name"])
+            if existing is not None:
+                # A machine left by an interrupted run (or a lost create response): converge it.
+                with fly.lease(app, existing["id"]) as nonce:
+                    machine = fly.update_machine(app, existing["id"], self._body(props), nonce)
+                    machine = self._settle(fly, app, machine, props, nonce)
+                return CreateResult(machine["id"], self._outs(props, machine))
+            machine = fly.create_machine(app, {"name": props["name"], **self._body(props)})
+            try:
+                machine = self._settle(fly, app, machine, props)
+            except Exception:
+                # Roll back: a machine that never became healthy must not outlive the failed create.
+                log.warning("machine %s of %s did not become ready; removing it", machine["id"], app)
+                try:
+                    fly.delete_machine(app, machine["id"], force=True)
+                    fly.wait(app, machine["id"], "destroyed", timeout_s=120)
+                except FlyError as cleanup_error:
+                    log.error("rollback of machine %s failed: %s", machine["id"], cleanup_error)
+                raise
+        return CreateResult(machine["id"], self._outs(props, machine))
+
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        app = news["app"]
+        reconfigure = bool(
+            changed_keys(olds, news, ("fly_toml", "image", "metadata", "min_secrets_version"))
+        ) or (
+            flytoml.normalize(canonical(olds.get("config") or {}))
+            != flytoml.normalize(canonical(news["config"]))
+        )
+        with self.client() as fly, fly.lease(app, id_) as nonce:
+            machine = fly.get_machine(app, id_)
+            if machine is None:
+                raise FlyError(
+                    f"machine {id_} of app {app} no longer exists; run `pulumi refresh` then `pulumi up`"
+                )
+            if reconfigure:
+                machine = fly.update_machine(app, id_, self._body(news), nonce)
+            machine = self._settle(fly, app, machine, news, nonce)
+        return UpdateResult(self._outs(news, machine))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as fly:
+            machine = fly.get_machine(props["app"], id_)
+        if machine is None:
+            return ReadResult("", {})
+        outs = self._outs(props, machine)
+        inputs = {
+            k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")
+        }
+        return ReadResult(id_, outs, inputs=inputs)
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        app = props["app"]
+        with self.client() as fly:
+            machine = fly.get_machine(app, id_)
+            if machine is None:
+                return
+            command = props.get("pre_stop_exec")
+            if command and machine.get("state") == "started":
+                result = fly.exec_machine(
+                    app, id_, list(command), timeout_s=int(canonical(props.get("pre_stop_timeout_s") or 300))
+                )
+                if int(result.get("exit_code", 1)) != 0:
+                    raise FlyError(
+                        f"{' '.join(command)} failed on machine {id_} of app {app} (exit "
+                        f"{result.get('exit_code')}): {result.get('stderr', '').strip()[:500]}; "
+                        "the machine was not deleted"
+                    )
+            if machine.get("state") in ("started", "starting"):
+                stop = (props.get("config") or {}).get("stop_config") or {}
+                fly.stop_machine(app, id_, signal=stop.get("signal"), timeout=stop.get("timeout"))
+                fly.wait(app, id_, "stopped", version=machine.get("instance_id"), timeout_s=600)
+            fly.delete_machine(app, id_, force=True)
+            # The volume stays attached until the machine is really gone.
+            fly.wait(app, id_, "destroyed", timeout_s=300)
+
+
+class FlyMachine(Resource, module="fly", name="Machine"):
+    machine_id: pulumi.Output[str]
+    instance_id: pulumi.Output[str]
+    state: pulumi.Output[str]
+    private_ip: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        app: pulumi.Input[str],
+        name: str,
+        region: str,
+        fly_toml: pulumi.Input[str],
+        image: str,
+        desired_state: str = "started",
+        volume_id: pulumi.Input[str] | None = None,
+        min_secrets_version: pulumi.Input[int] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        pre_stop_exec: list[str] | None = None,
+        ready_timeout_s: int = 600,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "app": app,
+            "name": name,
+            "region": region,
+            "fly_toml": fly_toml,
+            "image": image,
+            "desired_state": desired_state,
+            "volume_id": volume_id,
+            "min_secrets_version": min_secrets_version,
+            "metadata": dict(metadata or {}),
+            "pre_stop_exec": pre_stop_exec,
+            "ready_timeout_s": ready_timeout_s,
+            "config": None,
+            "machine_id": None,
+            "instance_id": None,
+            "state": None,
+            "private_ip": None,
+        }
+        super().__init__(FlyMachineProvider(), resource_name, props, opts)
