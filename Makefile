@@ -1,0 +1,29 @@
+# Two commands set everything up on a fresh machine:
+#   make up     pulumi up of the dev stack (Pulumi.dev.yaml); local Fly emulator when no Fly token is set
+#   make test   lint + the whole test suite (what CI runs)
+VENV ?= venv
+STACK ?= dev
+
+.PHONY: up preview destroy test lint
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+up: $(VENV)/.installed
+	scripts/pulumi.sh up $(STACK)
+
+preview: $(VENV)/.installed
+	scripts/pulumi.sh preview $(STACK)
+
+destroy: $(VENV)/.installed
+	scripts/pulumi.sh destroy $(STACK)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
