@@ -733,3 +733,87 @@ class FlyMachine(Resource, module="fly", name="Machine"):
             "private_ip": None,
         }
         super().__init__(FlyMachineProvider(), resource_name, props, opts)
+
+
+# -- FlyExec ----------------------------------------------------------------------------------------
+class FlyExecProvider(FlyProviderBase):
+    """Runs a command on a machine through the Machines API `exec` endpoint whenever it changes.
+
+    Used for SQL on the private database (RLS modes): `pulumi up` needs no network path into it.
+    """
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        command = news.get("command")
+        if not isinstance(command, Unknown) and not (
+            isinstance(command, list) and command and all(isinstance(c, str | Unknown) for c in command)
+        ):
+            failures.append(CheckFailure("command", "must be a non-empty list of strings"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return diff_result(
+            olds, news, compare=("app", "machine_id", "command"), replace_on=(), delete_before_replace=False
+        )
+
+    def _run(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        app, machine_id = props["app"], props["machine_id"]
+        with self.client() as fly:
+            machine = fly.get_machine(app, machine_id)
+            if machine is None or machine.get("state") != "started":
+                state = machine.get("state") if machine else "missing"
+                raise FlyError(
+                    f"cannot run {props.get('description') or 'the command'} on machine {machine_id} of app "
+                    f"{app}: it is {state}; set silo:state to running and run `pulumi up` again"
+                )
+            result = fly.exec_machine(
+                app,
+                machine_id,
+                list(props["command"]),
+                timeout_s=int(canonical(props.get("timeout_s") or 120)),
+            )
+        exit_code = int(canonical(result.get("exit_code", 1)) or 0)
+        if exit_code != 0:
+            # stderr of psql may echo statements but never the password (it is read from the env).
+            raise FlyError(
+                f"{props.get('description') or 'command'} failed on {app} (exit {exit_code}): "
+                f"{str(result.get('stderr', '')).strip()[:1000]}"
+            )
+        return {**props, "exit_code": exit_code, "stdout": str(result.get("stdout", ""))[:4000]}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._run(props)
+        return CreateResult(f"{props['app']}/{props['machine_id']}/exec", outs)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._run(news))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        # Nothing remote to remove: the effect lives in the database, which outlives this resource.
+        return None
+
+
+class FlyExec(Resource, module="fly", name="Exec"):
+    stdout: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        app: pulumi.Input[str],
+        machine_id: pulumi.Input[str],
+        command: pulumi.Input[list[str]],
+        description: str = "",
+        timeout_s: int = 120,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "app": app,
+            "machine_id": machine_id,
+            "command": command,
+            "description": description,
+            "timeout_s": timeout_s,
+            "exit_code": None,
+            "stdout": None,
+        }
+        super().__init__(FlyExecProvider(), resource_name, props, opts)
