@@ -25,5 +25,9 @@ destroy: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-test: lint
+tools/node_modules/.installed: tools/package.json tools/package-lock.json
+	npm ci --prefix tools --no-audit --no-fund --silent
+	touch $@
+
+test: lint tools/node_modules/.installed
 	$(VENV)/bin/pytest -q -p no:cacheprovider
