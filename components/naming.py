@@ -1,0 +1,120 @@
+"""Physical names: Fly app names, Fly volume names and Gastown sandbox ids.
+
+Every name that reaches Fly is built here so the rules live in one place:
+
+- Fly app names are global across Fly.io, may hold only lowercase letters, digits and dashes (flyctl's
+  ``validateAppName``), and become a DNS label in ``<app>.fly.dev`` / ``<app>.flycast``, so they must be
+  at most 63 characters with no leading or trailing dash (fly-machines-api.md §5).
+- Fly volume names are lowercase ``[a-z0-9_]`` of at most 30 characters (gastown-r2-postgres.md §1.7,
+  from KiloClaw's volume-name helper).
+
+Sandbox ids (``sandbox_id``) have the format ``gt-<slug>-<digest>``:
+
+- ``<digest>`` is the first 32 hex characters (128 bits) of SHA-256 over the JSON array
+  ``["gastown", user_id, town_name]``. JSON quotes and escapes each field, so no choice of user id or
+  town name can shift a separator: ``("a:b", "c")`` and ``("a", "b:c")`` hash different documents.
+- ``<slug>`` is a readable, lossy ASCII slug of the town name (at most 27 characters) so people can
+  recognise their town's Fly app; it carries no identity, the digest does. The user id never appears
+  in clear (it may be an email address, and the app name is public in ``<app>.fly.dev``).
+- The longest result is 3 + 27 + 1 + 32 = 63 characters, whatever the input.
+
+Why not the earlier designs (gastown-r2-postgres.md §1.7): PR #294 base64url-encoded
+``gastown:{userId}:{townName}``, which overflows 63 characters past ~47 input bytes (town names may be
+100 characters), and a full SHA-256 hex digest (64 characters) does not fit either. A truncated
+digest behind a short prefix is Kilo's own ``cloud-agent-next`` pattern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+
+SERVICES: tuple[str, ...] = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
+
+DNS_LABEL_MAX = 63
+VOLUME_NAME_MAX = 30
+SANDBOX_PREFIX = "gt"
+SANDBOX_DIGEST_HEX = 32
+# "gt-" + slug + "-" + digest must fit in one DNS label.
+SANDBOX_SLUG_MAX = DNS_LABEL_MAX - len(SANDBOX_PREFIX) - 2 - SANDBOX_DIGEST_HEX
+VOLUME_HASH_HEX = 12
+
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
+
+
+def is_dns_label(s: str) -> bool:
+    """A lowercase RFC 1035-style label: letters, digits and dashes, 1-63 chars, no edge dashes."""
+    return bool(_DNS_LABEL.fullmatch(s))
+
+
+def is_volume_name(s: str) -> bool:
+    """Fly's volume-name rule: lowercase letters, digits and underscores, 1-30 characters."""
+    return bool(_VOLUME_NAME.fullmatch(s))
+
+
+def app_name(client: str, app: str, service: str) -> str:
+    """``devenv-{client}-{app}-{service}``, the Fly app of one Supabase service of a silo."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
+    name = f"devenv-{client}-{app}-{service}"
+    if not is_dns_label(name):
+        raise ValueError(
+            f"Fly app name {name!r} ({len(name)} characters) is not a DNS label of at most "
+            f"{DNS_LABEL_MAX} lowercase letters, digits and dashes"
+        )
+    return name
+
+
+def _digest(*fields: str) -> str:
+    # JSON encoding is the unambiguous separator between fields (see the module docstring).
+    document = json.dumps(list(fields), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+def _ascii_slug(text: str, allowed: str, joiner: str) -> str:
+    """Fold to ASCII, lowercase, and collapse every run of other characters into ``joiner``."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(rf"[^{allowed}]+", joiner, folded).strip(joiner)
+
+
+def sandbox_id(user_id: str, town_name: str) -> str:
+    """Deterministic Fly app name of a Gastown town: ``gt-<slug>-<32 hex>``, at most 63 characters.
+
+    Same (user_id, town_name) always gives the same id; different pairs give different ids unless
+    SHA-256 collides in its first 128 bits.
+    """
+    digest = _digest("gastown", user_id, town_name)[:SANDBOX_DIGEST_HEX]
+    slug = _ascii_slug(town_name, "a-z0-9", "-")[:SANDBOX_SLUG_MAX].strip("-")
+    return f"{SANDBOX_PREFIX}-{slug}-{digest}" if slug else f"{SANDBOX_PREFIX}-{digest}"
+
+
+def fly_volume_name(prefix: str, key: str) -> str:
+    """A Fly volume name for ``key`` under ``prefix``: ``pg_data`` stays ``pg_data``.
+
+    When ``prefix_key`` is already a valid volume name it is used as is. Otherwise (characters outside
+    ``[a-z0-9_]`` or too long) the result is ``prefix_<slug>_<12 hex of sha256(prefix, key)>``, cut to
+    fit in 30 characters, so two keys that clean up to the same text still get different names.
+    """
+    clean_prefix = _ascii_slug(prefix, "a-z0-9_", "_")
+    if not clean_prefix or clean_prefix != prefix:
+        raise ValueError(f"volume name prefix {prefix!r} must be lowercase letters, digits and underscores")
+    slug_max = VOLUME_NAME_MAX - len(prefix) - 2 - VOLUME_HASH_HEX  # "<prefix>_<slug>_<hash>"
+    if slug_max < 0:
+        limit = VOLUME_NAME_MAX - 2 - VOLUME_HASH_HEX
+        raise ValueError(f"volume name prefix {prefix!r} is too long (at most {limit} characters)")
+    plain = f"{prefix}_{key}"
+    if key and is_volume_name(plain):
+        return plain
+    digest = _digest("fly-volume", prefix, key)[:VOLUME_HASH_HEX]
+    slug = _ascii_slug(key, "a-z0-9", "_")[:slug_max].strip("_")
+    return f"{prefix}_{slug}_{digest}" if slug else f"{prefix}_{digest}"
+
+
+def town_volume_name(sandbox_id: str) -> str:
+    """``town_<24 hex>``: the data volume of a town's machine (29 characters, Fly's rules)."""
+    if not is_dns_label(sandbox_id):
+        raise ValueError(f"sandbox id {sandbox_id!r} is not a DNS label")
+    return f"town_{_digest('town-volume', sandbox_id)[:24]}"
