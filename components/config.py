@@ -57,6 +57,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "regionMigration": "region_migration",
     "images": "images",
     "towns": "towns",
+    "keyGeneration": "key_generation",
 }
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
 _STRUCTURED_KEYS = ("images", "towns")
@@ -280,6 +281,8 @@ class SiloConfig(_Model):
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
     towns: list[TownConfig] = Field(default_factory=list)
+    # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
+    key_generation: Annotated[int, Field(ge=0)] = 0
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -98,8 +98,7 @@ def fly_volume_name(prefix: str, key: str) -> str:
     ``[a-z0-9_]`` or too long) the result is ``prefix_<slug>_<12 hex of sha256(prefix, key)>``, cut to
     fit in 30 characters, so two keys that clean up to the same text still get different names.
     """
-    clean_prefix = _ascii_slug(prefix, "a-z0-9_", "_")
-    if not clean_prefix or clean_prefix != prefix:
+    if not is_volume_name(prefix):
         raise ValueError(f"volume name prefix {prefix!r} must be lowercase letters, digits and underscores")
     slug_max = VOLUME_NAME_MAX - len(prefix) - 2 - VOLUME_HASH_HEX  # "<prefix>_<slug>_<hash>"
     if slug_max < 0:

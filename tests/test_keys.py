@@ -1,0 +1,97 @@
+"""Supabase API keys: the format generate-keys.sh produces, stable across runs, verifiable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+
+import jwt
+import pytest
+
+from components.keys import SupabaseKeys, supabase_keys, verify_key
+
+SECRET = "a-forty-character-secret-for-the-tests-x"  # 40 chars, like `openssl rand -base64 30`
+NOW = int(time.time())
+
+
+def _segment(token: str, index: int) -> dict:
+    part = token.split(".")[index]
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def test_keys_carry_the_supabase_claims() -> None:
+    keys = supabase_keys(SECRET, issued_at=NOW)
+    for token, role in ((keys.anon_key, "anon"), (keys.service_role_key, "service_role")):
+        assert _segment(token, 0) == {"alg": "HS256", "typ": "JWT"}
+        claims = verify_key(token, SECRET)
+        assert claims["role"] == role and claims["iss"] == "supabase" and claims["iat"] == NOW
+        expires = datetime.fromtimestamp(claims["exp"], UTC)
+        issued = datetime.fromtimestamp(NOW, UTC)
+        assert (expires.year - issued.year, expires.month, expires.day) == (5, issued.month, issued.day)
+
+
+def test_signature_is_hmac_sha256_over_the_raw_secret() -> None:
+    # What PostgREST checks with jwt-secret-is-base64=false: HMAC over header.payload, secret as UTF-8.
+    token = supabase_keys(SECRET, issued_at=NOW).anon_key
+    header_payload, signature = token.rsplit(".", 1)
+    expected = hmac.new(SECRET.encode(), header_payload.encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64encode(expected).decode().rstrip("=") == signature
+
+
+def test_same_inputs_give_the_same_keys() -> None:
+    first = supabase_keys(SECRET, issued_at=1767225600, years=10)
+    assert supabase_keys(SECRET, issued_at=1767225600, years=10) == first
+    assert supabase_keys(SECRET, issued_at=1767225601, years=10) != first
+    assert supabase_keys(SECRET + "y", issued_at=1767225600, years=10) != first
+    assert first.anon_key != first.service_role_key
+
+
+def test_service_role_key_stays_out_of_reprs() -> None:
+    keys = supabase_keys(SECRET, issued_at=NOW)
+    assert keys.service_role_key not in repr(keys)
+    assert isinstance(keys, SupabaseKeys)
+
+
+def test_leap_day_issue_date_expires_on_28_february() -> None:
+    leap_day = int(datetime(2028, 2, 29, 12, tzinfo=UTC).timestamp())
+    claims = _segment(supabase_keys(SECRET, issued_at=leap_day, years=5).anon_key, 1)
+    assert datetime.fromtimestamp(claims["exp"], UTC) == datetime(2033, 2, 28, 12, tzinfo=UTC)
+
+
+def test_short_secrets_are_rejected_without_echoing_them() -> None:
+    with pytest.raises(ValueError, match=r"at least 32 characters \(got 31\)") as caught:
+        supabase_keys("s" * 31, issued_at=NOW)
+    assert "s" * 31 not in str(caught.value)
+    with pytest.raises(ValueError, match="at least 32"):
+        verify_key("x.y.z", "short")
+
+
+@pytest.mark.parametrize(("issued_at", "years"), [(-1, 5), (NOW, 0), (True, 5), (NOW, -3)])
+def test_bad_lifetimes_are_rejected(issued_at: int, years: int) -> None:
+    with pytest.raises(ValueError, match=r"issued_at|years"):
+        supabase_keys(SECRET, issued_at=issued_at, years=years)
+
+
+def test_verify_rejects_forged_expired_and_foreign_tokens() -> None:
+    keys = supabase_keys(SECRET, issued_at=NOW)
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_key(keys.anon_key, SECRET.upper())
+    expired = supabase_keys(SECRET, issued_at=int(datetime(2015, 1, 1, tzinfo=UTC).timestamp()), years=1)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verify_key(expired.anon_key, SECRET)
+    # The public demo keys of .env.example use iss "supabase-demo": not ours.
+    demo = jwt.encode({"role": "anon", "iss": "supabase-demo", "iat": NOW, "exp": NOW + 60}, SECRET)
+    with pytest.raises(jwt.InvalidIssuerError):
+        verify_key(demo, SECRET)
+    user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": NOW, "exp": NOW + 60}, SECRET)
+    with pytest.raises(jwt.InvalidTokenError, match="unexpected role"):
+        verify_key(user_token, SECRET)
+    unsigned = jwt.encode(
+        {"role": "anon", "iss": "supabase", "iat": NOW, "exp": NOW + 60}, None, algorithm="none"
+    )
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        verify_key(unsigned, SECRET)
