@@ -191,7 +191,11 @@ def _image_tag(value: str) -> str:
 
 def _region(value: str) -> str:
     if value not in FLY_REGIONS:
-        near = difflib.get_close_matches(value, FLY_REGIONS, n=1)
+        near = (
+            [value.lower()]
+            if value.lower() in FLY_REGIONS
+            else difflib.get_close_matches(value, FLY_REGIONS, n=1)
+        )
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ValueError(f"unknown Fly region {_shown(value)}{hint} (known: {', '.join(FLY_REGIONS)})")
     return value

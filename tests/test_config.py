@@ -1,0 +1,346 @@
+"""SiloConfig: string coercion as Pulumi stores values, every rule, and errors that name the key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.config import (
+    FLY_REGIONS,
+    ConfigError,
+    SiloConfig,
+    TownConfig,
+    from_mapping,
+    from_pulumi_config,
+    load_stack_file,
+)
+from components.naming import is_dns_label, is_volume_name
+
+REPO = Path(__file__).resolve().parent.parent
+BASE: dict[str, Any] = {
+    "silo:client": "acme",
+    "silo:app": "erp",
+    "silo:flyOrg": "acme-erp",
+    "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
+}
+TOWNS = [
+    {
+        "name": "Alpha Town",
+        "user": "user_01",
+        "rigs": [
+            {"name": "web", "url": "https://github.com/acme/web.git"},
+            {"name": "api", "url": "git@github.com:acme/api.git", "branch": "develop"},
+        ],
+    },
+    {"name": "beta", "user": "user_02", "state": "stopped"},
+]
+
+
+def errors_of(config: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(config)
+    return dict(caught.value.errors)
+
+
+def test_defaults_and_string_coercion() -> None:
+    cfg = from_mapping(
+        BASE | {"silo:autoStopMinutes": "0", "silo:studio": "false", "silo:allowDataDeletion": "TRUE"}
+    )
+    assert (cfg.kind, cfg.region, cfg.state, cfg.rls_mode) == ("silo", "yul", "running", "production")
+    assert cfg.auto_stop_minutes == 0 and cfg.studio is False and cfg.allow_data_deletion is True
+    assert cfg.region_migration is False and cfg.images == {} and cfg.towns == []
+    # YAML scalars (unquoted numbers and booleans) mean the same as the strings Pulumi writes.
+    assert from_mapping(BASE | {"silo:autoStopMinutes": 45, "silo:studio": True}).auto_stop_minutes == 45
+
+
+def test_helpers_derive_every_name_from_client_and_app() -> None:
+    cfg = from_mapping(BASE)
+    assert cfg.silo_id == "acme-erp"
+    assert cfg.services == ["pg", "rest", "auth", "storage", "meta", "studio", "kong"]
+    assert cfg.app_name("storage") == "devenv-acme-erp-storage"
+    assert cfg.kong_url == "https://devenv-acme-erp-kong.fly.dev"
+    assert cfg.studio_url == cfg.kong_url  # Studio sits behind Kong's basic-auth
+    assert cfg.flycast_host("rest") == "devenv-acme-erp-rest.flycast"
+    assert cfg.flycast_url("auth", 9999) == "http://devenv-acme-erp-auth.flycast:9999"
+    no_studio = from_mapping(BASE | {"silo:studio": "false"})
+    assert "studio" not in no_studio.services and no_studio.services[-1] == "kong"
+
+
+def test_direct_construction_uses_field_names_and_raises_config_error() -> None:
+    cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://x.dev")
+    assert cfg.app_name("pg") == "devenv-acme-erp-pg"
+    with pytest.raises(ConfigError) as caught:
+        SiloConfig(client="Acme", app="erp", fly_org="acme", site_url="https://x.dev")
+    assert str(caught.value) == (
+        "silo:client: must be a slug of lowercase letters, digits and single dashes, "
+        'starting with a letter (got "Acme")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("silo:client", "Acme", 'starting with a letter (got "Acme")'),
+        ("silo:client", "1acme", "starting with a letter"),
+        ("silo:client", "ac--me", "single dashes"),
+        ("silo:app", "erp-", "single dashes"),
+        ("silo:app", "", 'got ""'),
+        ("silo:flyOrg", "Acme Org", "Fly organization slug"),
+        ("silo:region", "mtl", 'unknown Fly region "mtl"'),
+        ("silo:region", "YUL", "did you mean"),
+        ("silo:state", "paused", 'must be one of running or stopped (got "paused")'),
+        ("silo:rlsMode", "strict", "must be one of production, permissive or disabled"),
+        ("silo:kind", "town", "must be one of silo or control"),
+        ("silo:autoStopMinutes", "-5", 'must be at least 0 (got "-5")'),
+        ("silo:autoStopMinutes", "half an hour", "must be a whole number"),
+        ("silo:studio", "yes", 'must be true or false (got "yes")'),
+        ("silo:regionMigration", "1", "must be true or false"),
+        ("silo:siteUrl", "http://silo.netlify.app", "must be an https:// URL with a host"),
+        ("silo:siteUrl", "https://", "must be an https:// URL with a host"),
+        ("silo:siteUrl", "https://user:pw@silo.dev", "must not contain credentials"),
+        ("silo:keyGeneration", "-1", "must be at least 0"),
+        ("fly:apiUrl", "api.machines.dev", "must be an http(s) URL"),
+    ],
+)
+def test_each_bad_value_is_reported_under_its_key(key: str, value: str, expected: str) -> None:
+    errors = errors_of(BASE | {key: value})
+    assert list(errors) == [key]
+    assert expected in errors[key]
+
+
+def test_app_names_longer_than_a_dns_label_report_their_length() -> None:
+    app = "a" * 45
+    errors = errors_of(BASE | {"silo:app": app})
+    assert errors["silo:app"].startswith(f"Fly app name devenv-acme-{app}-storage would be 65 characters")
+    # 63 characters exactly is fine; one more is not.
+    fits = "b" * (63 - len("devenv-acme--storage"))
+    assert from_mapping(BASE | {"silo:app": fits}).app_name("storage").__len__() == 63
+    assert "would be 64 characters" in errors_of(BASE | {"silo:app": fits + "b"})["silo:app"]
+
+
+def test_missing_required_keys_are_all_listed() -> None:
+    errors = errors_of({"silo:region": "ams"})
+    assert errors == {key: "required" for key in ("silo:client", "silo:app", "silo:flyOrg", "silo:siteUrl")}
+
+
+def test_unknown_silo_keys_are_errors_with_a_suggestion() -> None:
+    errors = errors_of(BASE | {"silo:autostopMinutes": "5", "silo:fly_org": "x", "silo:colour": "red"})
+    assert errors["silo:autostopMinutes"] == "unknown key (did you mean silo:autoStopMinutes?)"
+    assert errors["silo:fly_org"] == "unknown key (did you mean silo:flyOrg?)"
+    assert errors["silo:colour"] == "unknown key"
+
+
+def test_other_namespaces_are_ignored_and_unnamespaced_keys_rejected() -> None:
+    cfg = from_mapping(BASE | {"fly:apiToken": {"secure": "v1:abc"}, "aws:region": "us-east-1"})
+    assert cfg.silo_id == "acme-erp"
+    assert errors_of(BASE | {"client": "acme"}) == {
+        "client": "config keys must be namespaced, e.g. silo:client"
+    }
+    assert "must not be a secret" in errors_of(BASE | {"silo:siteUrl": {"secure": "v1:abc"}})["silo:siteUrl"]
+
+
+def test_all_problems_are_reported_at_once_in_key_table_order() -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(BASE | {"silo:typo": "1", "silo:state": "off", "silo:client": "X"})
+    assert [key for key, _ in caught.value.errors] == ["silo:client", "silo:state", "silo:typo"]
+    lines = str(caught.value).splitlines()
+    assert lines[1] == 'silo:state: must be one of running or stopped (got "off")'
+    assert "pydantic" not in str(caught.value) and "errors.pydantic.dev" not in str(caught.value)
+
+
+def test_images_are_pinned_tags_of_known_services() -> None:
+    cfg = from_mapping(BASE | {"silo:images": {"pg": "15.8.1.060", "kong": "2.8.1"}})
+    assert cfg.images == {"pg": "15.8.1.060", "kong": "2.8.1"}
+    as_json = from_mapping(BASE | {"silo:images": json.dumps({"rest": "v12.2.0"})})
+    assert as_json.images == {"rest": "v12.2.0"}
+    errors = errors_of(
+        BASE | {"silo:images": {"pg": "latest", "postgrest": "v12", "kong": "kong:2.8.1", "auth": ""}}
+    )
+    assert errors["silo:images.pg"].startswith('must be a pinned tag, not "latest"')
+    assert errors["silo:images.postgrest"].startswith('unknown service "postgrest"')
+    assert "not an image reference" in errors["silo:images.kong"]
+    assert "silo:images.auth" in errors
+    assert "must be a map" in errors_of(BASE | {"silo:images": '["pg"]'})["silo:images"]
+
+
+def test_towns_from_yaml_objects_or_json_text() -> None:
+    for value in (TOWNS, json.dumps(TOWNS)):
+        cfg = from_mapping(BASE | {"silo:towns": value})
+        alpha, beta = cfg.towns
+        assert (alpha.state, beta.state) == ("running", "stopped")
+        assert [r.branch for r in alpha.rigs] == ["main", "develop"]
+        assert is_dns_label(alpha.sandbox_id) and alpha.sandbox_id.startswith("gt-alpha-town-")
+        assert is_volume_name(alpha.volume_name)
+        assert alpha.sandbox_id != beta.sandbox_id
+
+
+@pytest.mark.parametrize(
+    ("towns", "key", "expected"),
+    [
+        ([{"name": "", "user": "u"}], "silo:towns[0].name", "must not be empty"),
+        ([{"name": "t" * 101, "user": "u"}], "silo:towns[0].name", "at most 100 characters (got 101)"),
+        ([{"name": " t", "user": "u"}], "silo:towns[0].name", "must not start or end with spaces"),
+        ([{"name": "t"}], "silo:towns[0].user", "required"),
+        ([{"name": "t", "user": "  "}], "silo:towns[0].user", "must not be blank"),
+        ([{"name": "t", "user": "u", "state": "gone"}], "silo:towns[0].state", "must be one of running"),
+        ([{"name": "t", "user": "u", "rig": []}], "silo:towns[0].rig", "unknown key"),
+        ([{"name": "t", "user": "u"}, {"name": "t", "user": "v"}], "silo:towns", 'duplicate town name "t"'),
+        (
+            [{"name": "t", "user": "u", "rigs": [{"name": "Web", "url": "https://h/r"}]}],
+            "silo:towns[0].rigs[0].name",
+            "must be a slug",
+        ),
+        (
+            [
+                {
+                    "name": "t",
+                    "user": "u",
+                    "rigs": [{"name": "a", "url": "https://h/r"}, {"name": "b", "url": "x"}],
+                }
+            ],
+            "silo:towns[0].rigs[1].url",
+            "must be a git URL",
+        ),
+        (
+            [{"name": "t", "user": "u", "rigs": [{"name": "a", "url": "http://github.com/a/b"}]}],
+            "silo:towns[0].rigs[0].url",
+            "must be a git URL",
+        ),
+        (
+            [{"name": "t", "user": "u", "rigs": [{"name": "a", "url": "https://github.com"}]}],
+            "silo:towns[0].rigs[0].url",
+            "repository path",
+        ),
+        (
+            [{"name": "t", "user": "u", "rigs": [{"name": "a", "url": "https://h/r", "branch": "a..b"}]}],
+            "silo:towns[0].rigs[0].branch",
+            "valid git branch name",
+        ),
+        (
+            [{"name": "t", "user": "u", "rigs": [{"name": "a", "url": "https://h/r", "branch": "--force"}]}],
+            "silo:towns[0].rigs[0].branch",
+            "valid git branch name",
+        ),
+        (
+            [
+                {
+                    "name": "t",
+                    "user": "u",
+                    "rigs": [{"name": "a", "url": "https://h/r"}, {"name": "a", "url": "https://h/s"}],
+                }
+            ],
+            "silo:towns[0].rigs",
+            'duplicate rig name "a" (rigs[0] and rigs[1])',
+        ),
+        ({"name": "t"}, "silo:towns", "must be a list"),
+        ("[{", "silo:towns", "must be a list (YAML, or JSON text)"),
+    ],
+)
+def test_bad_towns_name_the_nested_key(towns: Any, key: str, expected: str) -> None:
+    errors = errors_of(BASE | {"silo:towns": towns})
+    assert key in errors, errors
+    assert expected in errors[key]
+
+
+def test_git_url_forms() -> None:
+    urls = [
+        "https://github.com/acme/web.git",
+        "ssh://git@github.com:22/acme/web.git",
+        "git@github.com:acme/web.git",
+        "file:///tmp/repos/web",
+    ]
+    rigs = [{"name": f"r{i}", "url": url} for i, url in enumerate(urls)]
+    cfg = from_mapping(BASE | {"silo:towns": [{"name": "t", "user": "u", "rigs": rigs}]})
+    assert [r.url for r in cfg.towns[0].rigs] == urls
+
+
+def test_tokens_in_rig_urls_are_refused_and_never_echoed() -> None:
+    url = "https://x-access-token:ghp_SECRET123@github.com/acme/web.git"
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(BASE | {"silo:towns": [{"name": "t", "user": "u", "rigs": [{"name": "w", "url": url}]}]})
+    assert "ghp_SECRET123" not in str(caught.value)
+    assert "must not embed a password or token" in dict(caught.value.errors)["silo:towns[0].rigs[0].url"]
+
+
+def test_town_config_standalone_validation() -> None:
+    town = TownConfig(name="My Town", user="u1")
+    assert town.rigs == [] and town.state == "running"
+    assert town.sandbox_id == TownConfig(name="My Town", user="u1").sandbox_id
+    assert town.sandbox_id != TownConfig(name="My Town", user="u2").sandbox_id
+
+
+def test_regions_list_includes_the_documented_codes() -> None:
+    for code in ("yul", "ams", "iad", "sea", "sfo", "jnb", "lhr", "syd", "gru", "nrt"):
+        assert code in FLY_REGIONS
+    assert from_mapping(BASE | {"silo:region": "ams"}).region == "ams"
+
+
+def test_repo_stack_file_is_valid() -> None:
+    cfg = load_stack_file(REPO / "Pulumi.dev.yaml")
+    assert cfg.silo_id == "acme-erp" and cfg.region == "yul" and cfg.auto_stop_minutes == 30
+
+
+def test_stack_file_with_structured_values(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.acme.yaml"
+    document = {
+        "config": {
+            **BASE,
+            "silo:autoStopMinutes": "15",
+            "silo:towns": TOWNS,
+            "silo:images": {"pg": "15.8.1.060"},
+            "fly:apiToken": {"secure": "v1:AAAA"},
+            "fly:apiUrl": "http://127.0.0.1:4280",
+        }
+    }
+    path.write_text(yaml.safe_dump(document))
+    cfg = load_stack_file(path)
+    assert cfg.auto_stop_minutes == 15 and len(cfg.towns) == 2 and cfg.images == {"pg": "15.8.1.060"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("config: [\n", "not valid YAML at line"),
+        ("- a\n- b\n", "must be a YAML map"),
+        ("config: nope\n", "must be a map of namespaced keys"),
+    ],
+)
+def test_unreadable_stack_files(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "Pulumi.bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_stack_file(path)
+    with pytest.raises(ConfigError, match="cannot read the stack file"):
+        load_stack_file(tmp_path / "missing.yaml")
+
+
+@pytest.fixture
+def pulumi_config() -> Iterator[Any]:
+    from pulumi.runtime import config as runtime_config
+
+    yield runtime_config
+    runtime_config.set_all_config({})
+
+
+def test_from_pulumi_config_reads_every_silo_key(pulumi_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the engine hands the program: strings, with structured values as JSON text.
+    pulumi_config.set_all_config(
+        {**BASE, "silo:studio": "false", "silo:towns": json.dumps(TOWNS), "fly:apiToken": "tok"},
+        secret_keys=["fly:apiToken"],
+    )
+    cfg = from_pulumi_config()
+    assert cfg.studio is False and [t.name for t in cfg.towns] == ["Alpha Town", "beta"]
+
+    # Keys from the language host's PULUMI_CONFIG are seen too, so typos there are caught.
+    pulumi_config.set_all_config({})
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(BASE | {"silo:autoStopMinute": "5"}))
+    with pytest.raises(ConfigError) as caught:
+        from_pulumi_config()
+    assert caught.value.errors == [
+        ("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")
+    ]
