@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -93,18 +93,22 @@ class ConfigError(Exception):
 
 def _shown(value: Any) -> str:
     """How a rejected value is quoted back: JSON-ish, shortened, with URL passwords masked."""
-    if isinstance(value, str):
-        text = re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", value)
-        text = json.dumps(text if len(text) <= 80 else text[:77] + "...", ensure_ascii=False)
-        return text
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "nothing"
-    if isinstance(value, dict | list):
-        text = json.dumps(value, ensure_ascii=False, default=str)
-        return text if len(text) <= 80 else text[:77] + "..."
-    return str(value)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    # A token in "https://user:token@host" must not reach a terminal or a CI log.
+    text = re.sub(r"(://[^/@:\s\"]*:)[^/@\s\"]*@", r"\1***@", text)
+    text = text if len(text) <= 80 else text[:77] + "..."
+    return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
+
+
+def _split(value: str) -> SplitResult | None:
+    try:
+        return urlsplit(value)
+    except ValueError:  # e.g. an unbalanced "[" in an IPv6 host
+        return None
 
 
 def _slug(value: str) -> str:
@@ -123,8 +127,8 @@ def _bool_from_string(value: Any) -> Any:
 
 
 def _https_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname:
+    parts = _split(value)
+    if parts is None or parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"must be an https:// URL with a host (got {_shown(value)})")
     if parts.username or parts.password:
         raise ValueError(f"must not contain credentials (got {_shown(value)})")
@@ -135,7 +139,9 @@ def _git_url(value: str) -> str:
     """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests)."""
     if not value or any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"must be a git URL without spaces (got {_shown(value)})")
-    parts = urlsplit(value)
+    parts = _split(value)
+    if parts is None:
+        raise ValueError(f"must be a git URL (got {_shown(value)})")
     if parts.scheme in ("https", "ssh"):
         if not parts.hostname or parts.path.strip("/") == "":
             raise ValueError(f"must name a host and a repository path (got {_shown(value)})")
@@ -506,7 +512,7 @@ def _structured(raw: Any, kind: type) -> tuple[Any, str | None]:
 def _check_api_url(raw: Any) -> list[tuple[str, str]]:
     if raw is None or raw == "":
         return []
-    parts = urlsplit(raw) if isinstance(raw, str) else None
+    parts = _split(raw) if isinstance(raw, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         return [(FLY_API_URL_KEY, f"must be an http(s) URL with a host (got {_shown(raw)})")]
     return []

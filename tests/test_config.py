@@ -105,6 +105,8 @@ def test_direct_construction_uses_field_names_and_raises_config_error() -> None:
         ("silo:siteUrl", "https://user:pw@silo.dev", "must not contain credentials"),
         ("silo:keyGeneration", "-1", "must be at least 0"),
         ("fly:apiUrl", "api.machines.dev", "must be an http(s) URL"),
+        ("fly:apiUrl", "http://[::1", "must be an http(s) URL"),
+        ("silo:siteUrl", "https://[fe80::1", "must be an https:// URL with a host"),
     ],
 )
 def test_each_bad_value_is_reported_under_its_key(key: str, value: str, expected: str) -> None:
@@ -265,6 +267,9 @@ def test_tokens_in_rig_urls_are_refused_and_never_echoed() -> None:
         from_mapping(BASE | {"silo:towns": [{"name": "t", "user": "u", "rigs": [{"name": "w", "url": url}]}]})
     assert "ghp_SECRET123" not in str(caught.value)
     assert "must not embed a password or token" in dict(caught.value.errors)["silo:towns[0].rigs[0].url"]
+    # Echoed values are masked too, e.g. when the rigs are not even a list.
+    errors = errors_of(BASE | {"silo:towns": [{"name": "t", "user": "u", "rigs": {"url": url}}]})
+    assert errors["silo:towns[0].rigs"].startswith("must be a list") and "ghp_SECRET123" not in str(errors)
 
 
 def test_town_config_standalone_validation() -> None:
