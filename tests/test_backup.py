@@ -348,6 +348,38 @@ def test_corrupted_object_aborts_before_touching_the_town(sandbox: Sandbox, hear
     assert beat["status"] == "failed" and "git/webapp.bundle" in beat["error"]
 
 
+def test_restore_refuses_unknown_data_but_retries_its_own_leftovers(sandbox: Sandbox) -> None:
+    original = town_state(sandbox.town.root)
+    sandbox.sync()
+    stray = sandbox.tmp / "stray"
+    (stray / "notes").mkdir(parents=True)
+    (stray / "notes" / "keep.txt").write_text("not ours")
+
+    refused = sandbox.run("r2-restore.sh", root=stray)
+
+    assert refused.returncode == 1
+    assert "refusing to restore over unknown data" in refused.stderr
+    assert sorted(str(p.relative_to(stray)) for p in stray.rglob("*")) == ["notes", "notes/keep.txt"]
+
+    # Leftovers of an interrupted restore (marker present, no mayor/town.json) are replaced.
+    partial = sandbox.tmp / "partial"
+    (partial / "webapp" / ".repo.git").mkdir(parents=True)
+    (partial / "webapp" / ".repo.git" / "HEAD").write_text("half-written")
+    (partial / ".r2-restore-partial").touch()
+
+    retried = sandbox.run("r2-restore.sh", root=partial)
+
+    assert retried.returncode == 0, retried.stderr
+    assert town_state(partial) == original
+
+
+def test_failed_sync_is_reported(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
+    result = sandbox.run("r2-sync.sh", "--immediate", R2_BUCKET="no-such-bucket-here")
+    assert result.returncode != 0
+    [beat] = heartbeats.events("r2_sync")
+    assert beat["status"] == "failed"
+
+
 def test_restore_skips_when_the_volume_has_a_town(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
     before = town_files(sandbox.town.root)
     restore = sandbox.run("r2-restore.sh")
