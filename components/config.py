@@ -58,7 +58,12 @@ FIELD_BY_KEY: dict[str, str] = {
     "images": "images",
     "towns": "towns",
     "keyGeneration": "key_generation",
+    "controlStack": "control_stack",
+    "kiloApiUrl": "kilo_api_url",
 }
+# Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
+# copied into the model, so a SiloConfig can be printed or logged safely.
+SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt")
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
 _STRUCTURED_KEYS = ("images", "towns")
 # Outside the silo namespace only these keys are read (by components.fly.settings); the rest belong to
@@ -290,6 +295,9 @@ class SiloConfig(_Model):
     region_migration: StrictBool = False
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
+    # The `control` stack (registry database, backup bucket) that towns report to: "org/project/stack".
+    control_stack: str | None = None
+    kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
@@ -316,8 +324,13 @@ class SiloConfig(_Model):
 
     @field_validator("towns")
     @classmethod
-    def _unique_towns(cls, towns: list[TownConfig]) -> list[TownConfig]:
+    def _unique_towns(cls, towns: list[TownConfig], info: ValidationInfo) -> list[TownConfig]:
         _reject_duplicates([t.name for t in towns], "town name", "towns")
+        if towns and not info.data.get("control_stack"):
+            raise ValueError(
+                "towns need silo:controlStack, the control stack that holds the registry database and "
+                "the backup bucket"
+            )
         return towns
 
     # -- derived names ------------------------------------------------------------------------------
@@ -452,6 +465,8 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig:
             errors.extend(_check_api_url(raw))
             continue
         if namespace != NAMESPACE:
+            continue
+        if key in SECRET_KEYS:
             continue
         if key not in FIELD_BY_KEY:
             errors.append((full_key, f"unknown key{_suggest(key)}"))

@@ -28,6 +28,7 @@ GOOD: dict[str, Any] = {
     "silo:autoStopMinutes": "30",
     "silo:studio": "true",
     "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
+    "silo:controlStack": "acme/silo/control",
 }
 
 

@@ -27,6 +27,7 @@ BASE: dict[str, Any] = {
     "silo:app": "erp",
     "silo:flyOrg": "acme-erp",
     "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
+    "silo:controlStack": "acme/silo/control",
 }
 TOWNS = [
     {
@@ -349,3 +350,11 @@ def test_from_pulumi_config_reads_every_silo_key(pulumi_config: Any, monkeypatch
     assert caught.value.errors == [
         ("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")
     ]
+
+
+def test_towns_need_the_control_stack_and_secret_keys_stay_out_of_the_model() -> None:
+    without = {k: v for k, v in BASE.items() if k != "silo:controlStack"}
+    errors = errors_of(without | {"silo:towns": [{"name": "t", "user": "u"}]})
+    assert "silo:controlStack" in errors["silo:towns"]
+    cfg = from_mapping(BASE | {"silo:registryDsn": "postgres://u:pw@h/db", "silo:kiloJwt": "jwt"})
+    assert "pw@h" not in repr(cfg) and "jwt" not in repr(cfg)
