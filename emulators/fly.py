@@ -1,0 +1,1392 @@
+"""A local Fly Machines API emulator: real HTTP on 127.0.0.1, faithful to the documented behaviour.
+
+Reference: shared/reference/fly-machines-api.md (§0-§3, §5) and the 2024 OpenAPI spec, plus the newer
+REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every API path is under
+``/v1`` as flyctl builds them. What it models, because the providers depend on it:
+
+- Fly's error body ``{"error": ..., "status": ...}`` and a ``fly-request-id`` header on every answer.
+- Globally unique app names (422 ``name_taken``), 403 for an app owned by another org.
+- Machine states derived from timestamps (no timer threads): ``starting`` → ``started`` after
+  ``boot_s``, ``stopping`` → ``stopped`` after ``stop_s``, ``destroying`` → ``destroyed`` after
+  ``destroy_s``. ``wait`` blocks on a condition variable (the state lock is released meanwhile).
+- Leases (409 without the nonce), whole-config updates with new versions, immutable name/region/mount,
+  volume attach rules, secrets as digests only (values are never stored), IP assignments.
+- Test control: fault injection by templated route, call log, latency, rate limits (429 +
+  Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
+
+With ``state_file`` the world is loaded at ``start()`` and saved after every mutating call, so the
+CLI's emulator (``silo emulator``) survives restarts between ``pulumi up`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from emulators._fly_util import (
+    APP_NAME_RE,
+    LIST_STATES,
+    SECRET_NAME_RE,
+    SIGNALS,
+    TRANSIENT_STATES,
+    VOLUME_NAME_RE,
+    WAIT_STATES,
+    ApiError,
+    TokenBuckets,
+    app_id,
+    lease_nonce,
+    machine_id,
+    not_found,
+    parse_bool,
+    private_ipv6,
+    request_id,
+    require_bool,
+    require_int,
+    retry_after_header,
+    rfc3339,
+    rfc3339_ms,
+    secret_digest,
+    ulid,
+    volume_id,
+)
+
+log = logging.getLogger(__name__)
+
+ExecHandler = Callable[[str, str, list[str]], dict]
+
+DEFAULT_REGION = "yul"
+DEFAULT_LEASE_TTL_S = 30
+WAIT_TIMEOUT_MESSAGE = "invalid_argument: invalid WaitMachineRequest.Timeout: value must be inside range [1s, 1m0s]"
+# Machines in these states are running (or about to be): destroying one needs force/kill.
+RUNNING_STATES = frozenset({"started", "starting", "restarting", "updating", "replacing", "stopping", "suspending"})
+CHECK_STATUSES = frozenset({"passing", "warning", "critical"})
+IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
+STATE_FILE_VERSION = 1
+
+
+@dataclass
+class LatencyModel:
+    call_s: float = 0.0  # added to every API call before answering
+    boot_s: float = 0.0  # created/stopped -> started (machine "starting" for this long)
+    stop_s: float = 0.0  # started -> stopped ("stopping")
+    destroy_s: float = 0.0  # -> destroyed ("destroying")
+    check_pass_s: float = 0.0  # after "started", checks are "warning" until this has passed, then "passing"
+
+
+@dataclass
+class _Fault:
+    method: str
+    route: str
+    skip: int  # matching calls still to let through before firing
+    times: int  # how many matching calls fire
+    status: int
+    after_effect: bool
+    body: dict | None
+
+
+# (templated route, methods, handler attribute). The template is what `fail()` and `calls()` use.
+_ROUTES: list[tuple[str, tuple[str, ...], str]] = [
+    ("/v1/apps", ("GET", "POST"), "apps"),
+    ("/v1/apps/{app}", ("GET", "DELETE"), "app"),
+    ("/v1/apps/{app}/machines", ("GET", "POST"), "machines"),
+    ("/v1/apps/{app}/machines/{machine_id}", ("GET", "POST", "DELETE"), "machine"),
+    ("/v1/apps/{app}/machines/{machine_id}/start", ("POST",), "machine_start"),
+    ("/v1/apps/{app}/machines/{machine_id}/stop", ("POST",), "machine_stop"),
+    ("/v1/apps/{app}/machines/{machine_id}/restart", ("POST",), "machine_restart"),
+    ("/v1/apps/{app}/machines/{machine_id}/suspend", ("POST",), "machine_suspend"),
+    ("/v1/apps/{app}/machines/{machine_id}/cordon", ("POST",), "machine_cordon"),
+    ("/v1/apps/{app}/machines/{machine_id}/uncordon", ("POST",), "machine_uncordon"),
+    ("/v1/apps/{app}/machines/{machine_id}/wait", ("GET",), "machine_wait"),
+    ("/v1/apps/{app}/machines/{machine_id}/lease", ("GET", "POST", "DELETE"), "machine_lease"),
+    ("/v1/apps/{app}/machines/{machine_id}/metadata", ("GET",), "machine_metadata"),
+    ("/v1/apps/{app}/machines/{machine_id}/metadata/{key}", ("GET", "POST", "DELETE"), "machine_metadata_key"),
+    ("/v1/apps/{app}/machines/{machine_id}/events", ("GET",), "machine_events"),
+    ("/v1/apps/{app}/machines/{machine_id}/versions", ("GET",), "machine_versions"),
+    ("/v1/apps/{app}/machines/{machine_id}/exec", ("POST",), "machine_exec"),
+    ("/v1/apps/{app}/volumes", ("GET", "POST"), "volumes"),
+    # PUT in the current API, POST in the 2024 spec: both update.
+    ("/v1/apps/{app}/volumes/{volume_id}", ("GET", "PUT", "POST", "DELETE"), "volume"),
+    ("/v1/apps/{app}/volumes/{volume_id}/extend", ("PUT",), "volume_extend"),
+    ("/v1/apps/{app}/secrets", ("GET", "POST"), "secrets"),
+    ("/v1/apps/{app}/secrets/{name}", ("GET", "POST", "DELETE"), "secret"),
+    ("/v1/apps/{app}/ip_assignments", ("GET", "POST"), "ips"),
+    ("/v1/apps/{app}/ip_assignments/{ip}", ("DELETE",), "ip"),
+]
+ROUTES: frozenset[str] = frozenset(template for template, _, _ in _ROUTES)
+
+_ADJECTIVES = ("aged", "bold", "calm", "damp", "eager", "fancy", "gentle", "hidden", "icy", "jolly", "lively")
+_NOUNS = ("wind", "river", "moon", "forest", "meadow", "cloud", "stone", "field", "flower", "frost", "lake")
+
+
+def _werkzeug_rule(template: str) -> str:
+    return template.replace("{", "<").replace("}", ">")
+
+
+def _empty_state() -> dict[str, Any]:
+    return {
+        "apps": {},  # name -> app record
+        "machines": {},  # id -> machine record (destroyed ones kept for include_deleted)
+        "volumes": {},  # id -> volume record
+        "ips": {},  # app -> [ip record]
+        "secrets": {},  # app -> {name: {digest, created_at, updated_at}}; values are never stored
+        "secrets_version": {},  # app -> int
+        "shared_v4": f"66.241.124.{secrets.randbelow(254) + 1}",
+        "counters": {"v6": 0, "v4": 0, "private_v6": 0},
+    }
+
+
+class FlyEmulator:
+    def __init__(
+        self,
+        latency: LatencyModel | None = None,
+        rate_limits: bool = False,
+        token: str | None = None,
+        state_file: Path | None = None,
+    ):
+        self._initial_latency = copy.copy(latency or LatencyModel())
+        self._initial_rate_limits = rate_limits
+        self._latency = copy.copy(self._initial_latency)
+        self._rate_limits = rate_limits
+        self._token = token
+        self._state_file = Path(state_file) if state_file is not None else None
+        # One lock around the whole state; the condition lets `wait` sleep without holding it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._state = _empty_state()
+        self._faults: list[_Fault] = []
+        self._calls: list[dict] = []
+        self._exec_log: list[dict] = []
+        self._exec_handler: ExecHandler | None = None
+        self._forced_checks: dict[tuple[str, str], str] = {}
+        self._buckets = TokenBuckets()
+        self._stopping = False
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+        self._url_map = Map([Rule(_werkzeug_rule(t), methods=list(m), endpoint=t) for t, m, _ in _ROUTES])
+        self._handlers = {t: getattr(self, f"_h_{name}") for t, _, name in _ROUTES}
+
+    # -- server lifecycle --------------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        if self._server is not None:
+            raise RuntimeError(f"the Fly emulator is already serving at {self.url}")
+        self._load()
+        self._stopping = False
+        self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietHandler)
+        self.url = f"http://{host}:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fly-emulator", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()  # blocked `wait` calls answer at once instead of holding threads
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FlyEmulator:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- test control (Python) ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to an empty world with the constructor's latency and rate-limit settings."""
+        with self._cond:
+            self._state = _empty_state()
+            self._faults.clear()
+            self._calls.clear()
+            self._exec_log.clear()
+            self._forced_checks.clear()
+            self._buckets.clear()
+            self._exec_handler = None
+            self._latency = copy.copy(self._initial_latency)
+            self._rate_limits = self._initial_rate_limits
+            self._save()
+            self._cond.notify_all()
+
+    def set_latency(self, latency: LatencyModel) -> None:
+        with self._cond:
+            self._latency = copy.copy(latency)
+
+    def set_rate_limits(self, enabled: bool) -> None:
+        with self._cond:
+            self._rate_limits = enabled
+            self._buckets.clear()
+
+    def fail(
+        self,
+        method: str,
+        route: str,
+        *,
+        nth: int = 1,
+        status: int = 500,
+        after_effect: bool = False,
+        times: int = 1,
+        body: dict | None = None,
+    ) -> None:
+        """Answer `status` to the nth next call of method+route (and the `times - 1` after it)."""
+        method = method.upper()
+        if route not in ROUTES:
+            raise ValueError(f"route {route!r} is not an emulated route; known routes: {sorted(ROUTES)}")
+        if not any(t == route and method in m for t, m, _ in _ROUTES):
+            raise ValueError(f"method {method} is not served on route {route!r}")
+        if nth < 1 or times < 1:
+            raise ValueError(f"nth and times must be >= 1 (got nth={nth}, times={times})")
+        if not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code (got {status})")
+        with self._cond:
+            self._faults.append(_Fault(method, route, nth - 1, times, status, after_effect, body))
+
+    def calls(self) -> list[dict]:
+        with self._cond:
+            return copy.deepcopy(self._calls)
+
+    def clear_calls(self) -> None:
+        with self._cond:
+            self._calls.clear()
+
+    def exec_log(self) -> list[dict]:
+        """Every command run through ``POST .../exec``: ``[{"app", "machine_id", "cmd": [...]}]``."""
+        with self._cond:
+            return copy.deepcopy(self._exec_log)
+
+    def snapshot(self) -> dict:
+        """The live world as plain dicts; destroyed machines are left out, secrets are digests only."""
+        with self._cond:
+            now = time.time()
+            self._settle_all(now)
+            st = self._state
+            return copy.deepcopy(
+                {
+                    "apps": {n: self._app_view(a) for n, a in st["apps"].items()},
+                    "machines": {
+                        mid: {"app": m["app"], **self._machine_view(m, now)}
+                        for mid, m in st["machines"].items()
+                        if m["state"] != "destroyed"
+                    },
+                    "volumes": {vid: {"app": v["app"], **self._volume_view(v)} for vid, v in st["volumes"].items()},
+                    "ips": {app: [dict(ip) for ip in ips] for app, ips in st["ips"].items()},
+                    "secrets": {app: {n: s["digest"] for n, s in sec.items()} for app, sec in st["secrets"].items()},
+                }
+            )
+
+    def add_foreign_app(self, name: str, org: str) -> None:
+        """An app owned by another org: its name is taken, and reading it answers 403."""
+        if not APP_NAME_RE.match(name):
+            raise ValueError(f"invalid app name {name!r}")
+        with self._cond:
+            if name in self._state["apps"]:
+                raise ValueError(f"app {name!r} already exists")
+            self._state["apps"][name] = self._new_app(name, org, None, foreign=True)
+            self._save()
+
+    def set_exec_handler(self, fn: ExecHandler | None) -> None:
+        """fn(app, machine_id, cmd) -> {"exit_code": int, "stdout": str, "stderr": str}."""
+        with self._cond:
+            self._exec_handler = fn
+
+    def set_check_status(self, app: str, machine_id: str, status: str | None) -> None:
+        """Force every check of a machine to `status` (None returns to the latency model)."""
+        if status is not None and status not in CHECK_STATUSES:
+            raise ValueError(f"status must be one of {sorted(CHECK_STATUSES)} or None (got {status!r})")
+        with self._cond:
+            if status is None:
+                self._forced_checks.pop((app, machine_id), None)
+            else:
+                self._forced_checks[(app, machine_id)] = status
+
+    # -- persistence --------------------------------------------------------------------------------
+    def _load(self) -> None:
+        path = self._state_file
+        if path is None or not path.exists() or path.stat().st_size == 0:
+            return
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the Fly emulator state file {path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("version") != STATE_FILE_VERSION:
+            raise ValueError(f"{path} is not a Fly emulator state file (version {STATE_FILE_VERSION})")
+        state = _empty_state()
+        state.update({k: data["state"][k] for k in state if k in data.get("state", {})})
+        with self._cond:
+            self._state = state
+
+    def _save(self) -> None:
+        """Write atomically (callers hold the lock), so a crash never leaves half a file."""
+        path = self._state_file
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": STATE_FILE_VERSION, "state": self._state}, indent=1))
+        os.replace(tmp, path)
+
+    # -- WSGI entry -----------------------------------------------------------------------------------
+    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
+        request = Request(environ)
+        rid = request_id()
+        control = request.path.startswith("/__emulator/")
+        response = self._control(request) if control else self._api(request)
+        response.headers["fly-request-id"] = rid
+        return response(environ, start_response)
+
+    def _api(self, request: Request) -> Response:
+        started = time.time()
+        method = request.method.upper()
+        route: str | None = None
+        extra: dict[str, Any] = {}
+        try:
+            endpoint, args = self._url_map.bind_to_environ(request.environ).match()
+            route = str(endpoint)
+        except NotFound:
+            response = _json_response(404, {"error": "not found"})
+        except MethodNotAllowed:
+            response = _json_response(405, {"error": f"method {method} not allowed"})
+        if route is not None:
+            if self._latency.call_s > 0:
+                time.sleep(self._latency.call_s)  # never under the lock
+            response = self._dispatch(request, method, route, args, extra)
+        mutating = method not in ("GET", "HEAD")
+        with self._cond:
+            call = {"method": method, "route": route, "path": request.path, "status": response.status_code,
+                    "mutating": mutating, "t": started}
+            call.update(extra)
+            self._calls.append(call)
+            if mutating:
+                self._save()
+            self._cond.notify_all()
+        log.info("%s %s -> %s", method, request.full_path.rstrip("?"), response.status_code)
+        return response
+
+    def _dispatch(self, request: Request, method: str, route: str, args: dict, extra: dict) -> Response:
+        auth = self._authenticate(request)
+        if auth is not None:
+            return auth
+        fault = self._take_fault(method, route)
+        if fault is not None and not fault.after_effect:
+            return _fault_response(fault)
+        limited = self._rate_limit(method, route, args)
+        if limited is not None:
+            return limited
+        try:
+            status, payload = self._handlers[route](request, method, extra, **args)
+            response = _json_response(status, payload)
+        except ApiError as exc:
+            response = _json_response(exc.http_status, exc.body())
+        except Exception as exc:  # an emulator bug must still answer like a server, not hang the client
+            log.exception("emulator error on %s %s", method, request.path)
+            response = _json_response(500, {"error": f"internal emulator error: {exc}", "status": "unknown"})
+        if fault is not None:
+            return _fault_response(fault)
+        return response
+
+    def _authenticate(self, request: Request) -> Response | None:
+        header = request.headers.get("Authorization", "").strip()
+        if not header:
+            return _json_response(401, {"error": "Authenticate: token validation error"})
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme not in ("Bearer", "FlyV1") or not token:
+            return _json_response(401, {"error": "malformed authorization header"})
+        if self._token is not None and token != self._token:
+            return _json_response(401, {"error": "Authenticate: token validation error"})
+        return None
+
+    def _take_fault(self, method: str, route: str) -> _Fault | None:
+        with self._cond:
+            for fault in self._faults:
+                if fault.method != method or fault.route != route:
+                    continue
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _rate_limit(self, method: str, route: str, args: dict) -> Response | None:
+        mutating = method not in ("GET", "HEAD")
+        get_machine = method == "GET" and route == "/v1/apps/{app}/machines/{machine_id}"
+        if not (mutating or get_machine):
+            return None
+        subject = str(args.get("machine_id") or args.get("app") or "-")
+        rate, burst = (1.0, 3) if mutating else (5.0, 10)
+        with self._cond:
+            if not self._rate_limits:
+                return None
+            wait_s = self._buckets.take((f"{method} {route}", subject), rate, burst, time.monotonic())
+        if wait_s is None:
+            return None
+        response = _json_response(429, {"error": "rate limit exceeded", "status": "unknown"})
+        response.headers["Retry-After"] = retry_after_header(wait_s)
+        return response
+
+    # -- control over HTTP ----------------------------------------------------------------------------
+    def _control(self, request: Request) -> Response:
+        action = request.path.removeprefix("/__emulator/").strip("/")
+        method = request.method.upper()
+        try:
+            body = _json_body(request)
+            if (method, action) == ("POST", "reset"):
+                self.reset()
+            elif (method, action) == ("POST", "latency"):
+                known = {f.name for f in fields(LatencyModel)}
+                unknown = set(body) - known
+                if unknown:
+                    raise ApiError(400, f"unknown latency keys {sorted(unknown)}; known: {sorted(known)}")
+                self.set_latency(LatencyModel(**{k: float(v) for k, v in body.items()}))
+            elif (method, action) == ("POST", "rate_limits"):
+                self.set_rate_limits(require_bool(body, "enabled", False))
+            elif (method, action) == ("POST", "fail"):
+                for key in ("method", "route"):
+                    if not isinstance(body.get(key), str):
+                        raise ApiError(400, f"{key} is required")
+                self.fail(
+                    body["method"], body["route"], nth=require_int(body, "nth", default=1) or 1,
+                    status=require_int(body, "status", default=500) or 500,
+                    after_effect=require_bool(body, "after_effect", False),
+                    times=require_int(body, "times", default=1) or 1, body=body.get("body"),
+                )
+            elif (method, action) == ("GET", "calls"):
+                return _json_response(200, self.calls())
+            elif (method, action) == ("DELETE", "calls"):
+                self.clear_calls()
+            elif (method, action) == ("GET", "exec_log"):
+                return _json_response(200, self.exec_log())
+            elif (method, action) == ("GET", "snapshot"):
+                return _json_response(200, self.snapshot())
+            elif (method, action) == ("POST", "foreign_apps"):
+                self.add_foreign_app(str(body.get("name", "")), str(body.get("org", "")))
+            elif (method, action) == ("POST", "check_status"):
+                self.set_check_status(str(body.get("app")), str(body.get("machine_id")), body.get("status"))
+            elif (method, action) == ("POST", "exec_result"):
+                # A canned exec answer for callers that cannot pass a Python callable (null clears it).
+                result = body.get("result")
+                self.set_exec_handler(None if result is None else (lambda _a, _m, _c, r=dict(result): r))
+            else:
+                return _json_response(404, {"error": f"unknown emulator control {method} /__emulator/{action}"})
+        except ApiError as exc:
+            return _json_response(exc.http_status, exc.body())
+        except (TypeError, ValueError) as exc:
+            return _json_response(400, {"error": str(exc)})
+        return _json_response(200, {"ok": True})
+
+    # -- shared lookups (callers hold the lock) -------------------------------------------------------
+    def _new_app(self, name: str, org: str, network: str | None, *, foreign: bool = False) -> dict:
+        return {"id": app_id(), "name": name, "org_slug": org, "network": network or "default",
+                "foreign": foreign, "created_at": time.time(),
+                "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)}
+
+    def _app(self, name: str) -> dict:
+        app = self._state["apps"].get(name)
+        if app is None:
+            raise not_found()
+        if app["foreign"]:
+            raise ApiError(403, "unauthorized")
+        return app
+
+    def _machine(self, app: str, mid: str, now: float, *, include_deleted: bool = False) -> dict:
+        self._app(app)
+        m = self._state["machines"].get(mid)
+        if m is None or m["app"] != app:
+            raise not_found()
+        self._settle(m, now)
+        if m["state"] == "destroyed" and not include_deleted:
+            raise not_found()
+        return m
+
+    def _volume(self, app: str, vid: str) -> dict:
+        self._app(app)
+        v = self._state["volumes"].get(vid)
+        if v is None or v["app"] != app:
+            raise not_found()
+        return v
+
+    def _app_view(self, app: dict) -> dict:
+        machines = [m for m in self._state["machines"].values() if m["app"] == app["name"]
+                    and m["state"] != "destroyed"]
+        volumes = [v for v in self._state["volumes"].values() if v["app"] == app["name"]]
+        org = app["org_slug"]
+        return {
+            "id": app["id"], "name": app["name"],
+            "status": "deployed" if any(m["state"] == "started" for m in machines) else "pending",
+            "organization": {"name": org, "slug": org, "internal_numeric_id": app["internal_numeric_id"]},
+            "network": app["network"], "machine_count": len(machines), "volume_count": len(volumes),
+            "internal_numeric_id": app["internal_numeric_id"], "org_slug": org, "foreign": app["foreign"],
+        }
+
+    # -- machine lifecycle (timestamps, no timers) -----------------------------------------------------
+    def _settle_all(self, now: float) -> None:
+        for m in self._state["machines"].values():
+            self._settle(m, now)
+
+    def _settle(self, m: dict, now: float) -> None:
+        at = m.get("settles_at")
+        if at is None or now < at:
+            return
+        final = m["settles_to"]
+        m["state"], m["settles_at"], m["settles_to"] = final, None, None
+        m["updated_at"] = at
+        if final == "started":
+            m["started_at"] = at
+        if final == "destroyed":
+            m["lease"] = None
+            for v in self._state["volumes"].values():
+                if v.get("attached_machine_id") == m["id"]:
+                    v["attached_machine_id"] = None
+        self._event(m, final, at)
+
+    def _transition(self, m: dict, transient: str, final: str, duration: float, now: float) -> None:
+        m["state"], m["settles_to"], m["settles_at"] = transient, final, now + max(duration, 0.0)
+        m["updated_at"] = now
+        self._settle(m, now)
+
+    def _event(self, m: dict, kind: str, at: float, status: str | None = None) -> None:
+        m["events"].append({"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd",
+                            "timestamp": int(at * 1000)})
+        del m["events"][:-50]
+
+    def _check_lease(self, m: dict, request: Request, now: float) -> None:
+        lease = m.get("lease")
+        if not lease:
+            return
+        if lease["expires_at"] <= now:
+            m["lease"] = None
+            return
+        if request.headers.get("fly-machine-lease-nonce") != lease["nonce"]:
+            raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                                f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+
+    def _checks(self, m: dict, now: float) -> list[dict]:
+        cfg = m["config"]
+        names = list((cfg.get("checks") or {}).keys())
+        for svc in cfg.get("services") or []:
+            for j, check in enumerate(svc.get("checks") or []):
+                names.append(f"servicecheck-{j:02d}-{check.get('type', 'tcp')}-{svc.get('internal_port')}")
+        forced = self._forced_checks.get((m["app"], m["id"]))
+        if forced is not None:
+            status, output, updated = forced, f"status forced to {forced} by the emulator", now
+        elif m["state"] != "started":
+            status, output, updated = "critical", f"machine is {m['state']}", m["updated_at"]
+        elif now < m.get("started_at", now) + self._latency.check_pass_s:
+            status, output, updated = "warning", "waiting for status update", m["started_at"]
+        else:
+            status, output = "passing", "Success"
+            updated = m.get("started_at", now) + self._latency.check_pass_s
+        return [{"name": n, "status": status, "output": output, "updated_at": rfc3339_ms(updated)} for n in names]
+
+    def _machine_view(self, m: dict, now: float, *, summary: bool = False) -> dict:
+        view: dict[str, Any] = {
+            "id": m["id"], "name": m["name"], "state": m["state"], "region": m["region"],
+            "instance_id": m["instance_id"], "private_ip": m["private_ip"],
+            "image_ref": _image_ref(m["config"].get("image", "")),
+            "created_at": rfc3339(m["created_at"]), "updated_at": rfc3339(m["updated_at"]),
+            "host_status": "ok", "cordoned": m.get("cordoned", False),
+        }
+        if not summary:
+            view["config"] = copy.deepcopy(m["config"])
+            view["events"] = list(reversed(m["events"][-20:]))
+            view["checks"] = self._checks(m, now)
+        return view
+
+    def _validate_config(self, body: dict) -> dict:
+        config = body.get("config")
+        if not isinstance(config, dict):
+            raise ApiError(400, "invalid config: a machine config object is required")
+        config = copy.deepcopy(config)
+        image = config.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise ApiError(400, "invalid config.image: an image is required")
+        for key, kind in (("env", dict), ("metadata", dict), ("checks", dict), ("services", list),
+                          ("mounts", list), ("guest", dict)):
+            if config.get(key) is not None and not isinstance(config[key], kind):
+                raise ApiError(400, f"invalid config.{key}: must be {'an object' if kind is dict else 'a list'}")
+        for section in ("env", "metadata"):
+            for k, v in (config.get(section) or {}).items():
+                if not isinstance(v, str):
+                    raise ApiError(400, f"invalid config.{section}.{k}: values must be strings")
+        memory = (config.get("guest") or {}).get("memory_mb")
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
+                                   or memory % 256):
+            raise ApiError(400, f"invalid config.guest.memory_mb: {memory!r} is not a positive multiple of 256")
+        for i, svc in enumerate(config.get("services") or []):
+            if not isinstance(svc, dict):
+                raise ApiError(400, f"invalid config.services[{i}]: must be an object")
+            if "autostop" in svc:
+                svc["autostop"] = _normalize_autostop(svc["autostop"], f"config.services[{i}].autostop")
+            if "autostart" in svc and not isinstance(svc["autostart"], bool):
+                raise ApiError(400, f"invalid config.services[{i}].autostart: must be a boolean, "
+                                    f"got {svc['autostart']!r}")
+        mounts = config.get("mounts") or []
+        if len(mounts) > 1:
+            raise ApiError(400, "invalid config.mounts: a machine can mount at most one volume")
+        for i, mount in enumerate(mounts):
+            if not isinstance(mount, dict) or not isinstance(mount.get("volume"), str) \
+                    or not isinstance(mount.get("path"), str):
+                raise ApiError(400, f"invalid config.mounts[{i}]: volume and path are required")
+        return config
+
+    def _check_secrets_version(self, app: str, body: dict) -> None:
+        wanted = require_int(body, "min_secrets_version", lo=0)
+        current = self._state["secrets_version"].get(app, 0)
+        if wanted is not None and wanted > current:
+            raise ApiError(422, f"min_secrets_version {wanted} is newer than the app's secrets version {current}",
+                           "unknown")
+
+    def _lease_record(self, request: Request, m: dict, ttl: int, description: str, now: float) -> dict:
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        owner = hashlib.sha256(token.encode()).hexdigest()[:12] + "@tokens.fly.io"
+        return {"nonce": lease_nonce(), "expires_at": int(now + ttl), "owner": owner,
+                "description": description, "version": m["instance_id"]}
+
+    # -- apps -------------------------------------------------------------------------------------------
+    def _h_apps(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
+        with self._cond:
+            if method == "GET":
+                org = request.args.get("org_slug")
+                if not org:
+                    raise ApiError(400, "org_slug is required")
+                apps = [self._app_view(a) for a in self._state["apps"].values()
+                        if a["org_slug"] == org and not a["foreign"]]
+                for a in apps:
+                    a.pop("foreign")
+                return 200, {"total_apps": len(apps), "apps": apps}
+            body = _json_body(request)
+            name = body.get("name") or body.get("app_name")
+            if not isinstance(name, str) or not name:
+                raise ApiError(400, "app_name is required")
+            org = body.get("org_slug")
+            if not isinstance(org, str) or not org:
+                raise ApiError(400, "org_slug is required")
+            network = body.get("network")
+            if network is not None and not isinstance(network, str):
+                raise ApiError(400, "invalid network: must be a string")
+            if not APP_NAME_RE.match(name):
+                raise ApiError(422, f"Validation failed: app name {name!r} must consist of only lowercase "
+                                    "letters, numbers, and dashes, at most 63 characters, not starting or "
+                                    "ending with a dash", "unknown")
+            if name in self._state["apps"]:  # app names are global across all of Fly.io
+                raise ApiError(422, "Name has already been taken", "name_taken")
+            app = self._state["apps"][name] = self._new_app(name, org, network)
+            return 201, {"id": app["id"], "created_at": int(app["created_at"] * 1000)}
+
+    def _h_app(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
+        with self._cond:
+            record = self._app(app)
+            if method == "GET":
+                view = self._app_view(record)
+                view.pop("foreign")
+                view.pop("org_slug")
+                return 200, view
+            st = self._state
+            for mid in [mid for mid, m in st["machines"].items() if m["app"] == app]:
+                del st["machines"][mid]
+                self._forced_checks.pop((app, mid), None)
+            for vid in [vid for vid, v in st["volumes"].items() if v["app"] == app]:
+                del st["volumes"][vid]
+            for key in ("ips", "secrets", "secrets_version"):
+                st[key].pop(app, None)
+            del st["apps"][app]
+            return 202, None
+
+    # -- machines ---------------------------------------------------------------------------------------
+    def _h_machines(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            self._app(app)
+            if method == "GET":
+                return 200, self._list_machines(request, app, now)
+            body = _json_body(request)
+            return 200, self._create_machine(request, app, body, now)
+
+    def _list_machines(self, request: Request, app: str, now: float) -> list[dict]:
+        include_deleted = parse_bool(request.args.get("include_deleted"))
+        summary = parse_bool(request.args.get("summary"))
+        states = [s for v in request.args.getlist("state") for s in v.split(",") if s]
+        unknown = set(states) - LIST_STATES
+        if unknown:
+            raise ApiError(400, f"invalid state filter {sorted(unknown)}; allowed: {sorted(LIST_STATES)}")
+        region = request.args.get("region")
+        wanted_meta = {k.removeprefix("metadata."): v for k, v in request.args.items() if k.startswith("metadata.")}
+        out = []
+        for m in self._state["machines"].values():
+            if m["app"] != app:
+                continue
+            self._settle(m, now)
+            if m["state"] == "destroyed" and not include_deleted:
+                continue
+            if states and m["state"] not in states:
+                continue
+            if region and m["region"] != region:
+                continue
+            meta = m["config"].get("metadata") or {}
+            if any(meta.get(k) != v for k, v in wanted_meta.items()):
+                continue
+            out.append(self._machine_view(m, now, summary=summary))
+        return out
+
+    def _create_machine(self, request: Request, app: str, body: dict, now: float) -> dict:
+        config = self._validate_config(body)
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ApiError(400, "invalid name: must be a non-empty string")
+        live = [m for m in self._state["machines"].values() if m["app"] == app and m["state"] != "destroyed"]
+        taken = next((m for m in live if name and m["name"] == name), None)
+        if taken is not None:
+            raise ApiError(422, f'unique machine name violation, machine ID {taken["id"]} already exists '
+                                f'with name "{name}"', "unknown")
+        region = body.get("region")
+        if region is not None and (not isinstance(region, str) or not region):
+            raise ApiError(400, "invalid region: must be a region code")
+        skip_launch = require_bool(body, "skip_launch", False)
+        lease_ttl = require_int(body, "lease_ttl", lo=0)
+        self._check_secrets_version(app, body)
+        mount_volume = None
+        for mount in config.get("mounts") or []:
+            mount_volume = self._state["volumes"].get(mount["volume"])
+            if mount_volume is None or mount_volume["app"] != app:
+                raise ApiError(400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found "
+                                    f"in app {app}")
+        app_volumes = [v for v in self._state["volumes"].values() if v["app"] == app]
+        region = region or (mount_volume or {}).get("region") or (
+            app_volumes[0]["region"] if app_volumes else DEFAULT_REGION)
+        if mount_volume is not None:
+            self._check_attachable(mount_volume, region, None, now)
+        mid = machine_id()
+        while mid in self._state["machines"]:
+            mid = machine_id()
+        instance = ulid(now)
+        m = {
+            "id": mid, "app": app, "name": name or _machine_name(), "region": region, "instance_id": instance,
+            "private_ip": private_ipv6(), "config": config, "created_at": now, "updated_at": now,
+            "state": "created", "settles_to": None, "settles_at": None, "events": [], "lease": None,
+            "cordoned": False, "versions": [{"version": instance, "user_config": copy.deepcopy(config)}],
+        }
+        self._state["machines"][mid] = m
+        if mount_volume is not None:
+            mount_volume["attached_machine_id"] = mid
+        self._event(m, "launch", now, "created")
+        if not skip_launch:
+            self._transition(m, "starting", "started", self._latency.boot_s, now)
+        view = self._machine_view(m, now)
+        if lease_ttl:
+            m["lease"] = self._lease_record(request, m, lease_ttl, "created with lease_ttl", now)
+            view["nonce"] = m["lease"]["nonce"]
+        return view
+
+    def _check_attachable(self, volume: dict, region: str, mid: str | None, now: float) -> None:
+        if volume["region"] != region:
+            raise ApiError(400, f"volume {volume['id']} is in region {volume['region']}, not {region}: a machine "
+                                "must be in its volume's region")
+        holder_id = volume.get("attached_machine_id")
+        holder = self._state["machines"].get(holder_id) if holder_id else None
+        if holder is not None:
+            self._settle(holder, now)
+        if holder is not None and holder["id"] != mid and holder["state"] != "destroyed":
+            raise ApiError(422, f"volume {volume['id']} is already attached to machine {holder['id']}", "unknown")
+
+    def _h_machine(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            include_deleted = method == "GET" and parse_bool(request.args.get("include_deleted"))
+            m = self._machine(app, machine_id, now, include_deleted=include_deleted)
+            if method == "GET":
+                view = self._machine_view(m, now)
+                if parse_bool(request.args.get("include_leases")) and m.get("lease"):
+                    view["lease"] = dict(m["lease"])
+                return 200, view
+            self._check_lease(m, request, now)
+            if method == "DELETE":
+                return 200, self._destroy_machine(request, m, now)
+            return 200, self._update_machine(request, m, _json_body(request), now)
+
+    def _update_machine(self, request: Request, m: dict, body: dict, now: float) -> dict:
+        if m["state"] == "destroying":
+            raise ApiError(412, f"failed_precondition: machine {m['id']} is being destroyed", "unknown")
+        config = self._validate_config(body)
+        for key in ("name", "region"):
+            value = body.get(key)
+            if value not in (None, "") and value != m[key]:
+                raise ApiError(400, f"invalid {key}: a machine's {key} cannot be changed "
+                                    f"(machine {m['id']} has {key} {m[key]!r}); create a new machine instead")
+        old_volumes = [x.get("volume") for x in m["config"].get("mounts") or []]
+        new_volumes = [x.get("volume") for x in config.get("mounts") or []]
+        if old_volumes != new_volumes:
+            raise ApiError(400, "invalid config.mounts: the mounted volume of a machine cannot be changed "
+                                f"(machine {m['id']} mounts {old_volumes or 'none'}); create a new machine instead")
+        current = body.get("current_version")
+        if current and current != m["instance_id"]:
+            raise ApiError(412, f"failed_precondition: machine {m['id']} is at version {m['instance_id']}, "
+                                f"not {current}", "unknown")
+        skip_launch = require_bool(body, "skip_launch", False)
+        self._check_secrets_version(m["app"], body)
+        m["instance_id"] = ulid(now)
+        m["config"] = config
+        m["versions"].append({"version": m["instance_id"], "user_config": copy.deepcopy(config)})
+        m["updated_at"] = now
+        self._event(m, "update", now, "replaced")
+        was_running = m["state"] in RUNNING_STATES
+        if was_running or not skip_launch:
+            # A running machine reboots onto the new config; a stopped one starts unless skip_launch.
+            self._transition(m, "starting" if not was_running else "replacing", "started",
+                             self._latency.boot_s, now)
+        return self._machine_view(m, now)
+
+    def _destroy_machine(self, request: Request, m: dict, now: float) -> dict:
+        force = parse_bool(request.args.get("force")) or parse_bool(request.args.get("kill"))
+        if m["state"] == "destroying":
+            return {"ok": True}
+        if m["state"] in RUNNING_STATES and not force:
+            raise ApiError(412, "failed_precondition: unable to destroy machine, not currently stopped, "
+                                "suspended, or failed (use force=true)", "unknown")
+        self._transition(m, "destroying", "destroyed", self._latency.destroy_s, now)
+        return {"ok": True}
+
+    def _mutable_machine(self, request: Request, app: str, mid: str, now: float) -> dict:
+        m = self._machine(app, mid, now)
+        self._check_lease(m, request, now)
+        if m["state"] == "destroying":
+            raise ApiError(412, f"failed_precondition: machine {mid} is being destroyed", "unknown")
+        return m
+
+    def _h_machine_start(self, request: Request, method: str, extra: dict, app: str,
+                         machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            m = self._mutable_machine(request, app, machine_id, now)
+            previous = m["state"]
+            if previous not in ("created", "stopped", "suspended", "failed"):
+                raise ApiError(412, f"failed_precondition: unable to start machine from current state: "
+                                    f"'{previous}'", "unknown")
+            self._transition(m, "starting", "started", self._latency.boot_s, now)
+            return 200, {"previous_state": previous, "migrated": False, "new_host": ""}
+
+    def _h_machine_stop(self, request: Request, method: str, extra: dict, app: str,
+                        machine_id: str) -> tuple[int, Any]:
+        body = _json_body(request)
+        sig = body.get("signal")
+        if sig is not None and sig not in SIGNALS:
+            raise ApiError(400, f"invalid signal {sig!r}; expected one of {sorted(SIGNALS)}")
+        timeout = body.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, str | int)):
+            raise ApiError(400, f"invalid timeout {timeout!r}: a duration such as \"10s\" is expected")
+        with self._cond:
+            now = time.time()
+            m = self._mutable_machine(request, app, machine_id, now)
+            if m["state"] in ("started", "starting", "restarting", "replacing", "updating"):
+                self._transition(m, "stopping", "stopped", self._latency.stop_s, now)
+            return 200, {"ok": True}
+
+    def _h_machine_restart(self, request: Request, method: str, extra: dict, app: str,
+                           machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            m = self._mutable_machine(request, app, machine_id, now)
+            if m["state"] != "started":
+                raise ApiError(412, f"failed_precondition: unable to restart machine from current state: "
+                                    f"'{m['state']}'", "unknown")
+            self._transition(m, "restarting", "started", self._latency.boot_s, now)
+            return 200, {"ok": True}
+
+    def _h_machine_suspend(self, request: Request, method: str, extra: dict, app: str,
+                           machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            m = self._mutable_machine(request, app, machine_id, now)
+            if m["state"] != "started":
+                raise ApiError(412, f"failed_precondition: unable to suspend machine from current state: "
+                                    f"'{m['state']}'", "unknown")
+            self._transition(m, "suspending", "suspended", self._latency.stop_s, now)
+            return 200, {"ok": True}
+
+    def _h_machine_cordon(self, request: Request, method: str, extra: dict, app: str,
+                          machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = True
+            return 200, {"ok": True}
+
+    def _h_machine_uncordon(self, request: Request, method: str, extra: dict, app: str,
+                            machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = False
+            return 200, {"ok": True}
+
+    def _h_machine_wait(self, request: Request, method: str, extra: dict, app: str,
+                        machine_id: str) -> tuple[int, Any]:
+        states = [s for v in request.args.getlist("state") for s in v.split(",") if s] or ["started"]
+        bad = [s for s in states if s not in WAIT_STATES]
+        if bad:
+            raise ApiError(400, f"invalid_argument: invalid state {bad[0]!r}; expected one of {sorted(WAIT_STATES)}")
+        raw_timeout = request.args.get("timeout", "60")
+        try:
+            timeout = int(raw_timeout.removesuffix("s"))
+        except ValueError:
+            raise ApiError(400, f"invalid_argument: invalid timeout {raw_timeout!r}: integer seconds expected") \
+                from None
+        if not 1 <= timeout <= 60:
+            raise ApiError(400, WAIT_TIMEOUT_MESSAGE)
+        version = request.args.get("version") or request.args.get("instance_id")
+        if "stopped" in states and not version:
+            raise ApiError(400, "invalid_argument: version (instance_id) is required when waiting for a machine "
+                                "to be in the stopped state")
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.time()
+                try:
+                    m = self._machine(app, machine_id, now, include_deleted=True)
+                except ApiError as exc:
+                    if exc.http_status == 404 and "destroyed" in states:
+                        return 200, {"ok": True, "state": "destroyed"}
+                    raise
+                reached = m["state"] in states or ("settled" in states and m["state"] not in TRANSIENT_STATES)
+                if reached:
+                    event_id = m["events"][-1]["id"] if m["events"] else None
+                    return 200, {"ok": True, "state": m["state"], "version": m["instance_id"], "event_id": event_id}
+                if m["state"] == "destroyed":
+                    raise not_found()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ApiError(408, f"deadline_exceeded: machine {machine_id} did not reach state "
+                                        f"{','.join(states)!r} within {timeout}s (state: {m['state']})", "unknown")
+                if self._stopping:
+                    raise ApiError(503, "the emulator is shutting down", "unknown")
+                next_change = m["settles_at"] - now if m.get("settles_at") else remaining
+                # Releases the lock while sleeping; mutating calls notify to wake us early.
+                self._cond.wait(timeout=max(0.001, min(remaining, next_change + 0.001)))
+
+    def _h_machine_lease(self, request: Request, method: str, extra: dict, app: str,
+                         machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            m = self._machine(app, machine_id, now)
+            lease = m.get("lease")
+            if lease and lease["expires_at"] <= now:
+                lease = m["lease"] = None
+            nonce = request.headers.get("fly-machine-lease-nonce")
+            if method == "GET":
+                if not lease:
+                    raise ApiError(404, "lease not found")
+                return 200, {"status": "success", "data": dict(lease)}
+            if method == "DELETE":
+                if not nonce:
+                    raise ApiError(400, "fly-machine-lease-nonce header is required to release a lease")
+                if not lease:
+                    raise ApiError(404, "lease not found")
+                if nonce != lease["nonce"]:
+                    raise ApiError(409, f"aborted: lease nonce mismatch; the lease is held by {lease['owner']}",
+                                   "unknown")
+                m["lease"] = None
+                return 200, None
+            body = _json_body(request)
+            if "ttl" not in body and request.args.get("ttl"):
+                try:
+                    body["ttl"] = int(request.args["ttl"])
+                except ValueError:
+                    raise ApiError(400, f"invalid ttl {request.args['ttl']!r}") from None
+            ttl = require_int(body, "ttl", default=DEFAULT_LEASE_TTL_S, lo=1) or DEFAULT_LEASE_TTL_S
+            description = body.get("description") or ""
+            if lease and nonce != lease["nonce"]:
+                raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                                    f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+            if lease:  # refresh by the holder
+                lease["expires_at"] = int(now + ttl)
+                lease["description"] = description or lease["description"]
+            else:
+                lease = m["lease"] = self._lease_record(request, m, ttl, description, now)
+            return 200, {"status": "success", "data": dict(lease)}
+
+    def _h_machine_metadata(self, request: Request, method: str, extra: dict, app: str,
+                            machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            m = self._machine(app, machine_id, time.time())
+            return 200, dict(m["config"].get("metadata") or {})
+
+    def _h_machine_metadata_key(self, request: Request, method: str, extra: dict, app: str, machine_id: str,
+                                key: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            m = self._machine(app, machine_id, now)
+            meta = m["config"].setdefault("metadata", {})
+            if method == "GET":
+                if key not in meta:
+                    raise not_found()
+                return 200, {"value": meta[key]}
+            self._check_lease(m, request, now)
+            if method == "DELETE":
+                if key not in meta:
+                    raise not_found()
+                del meta[key]
+                return 204, None
+            value = _json_body(request).get("value")
+            if not isinstance(value, str):
+                raise ApiError(400, "invalid value: a string is required")
+            meta[key] = value
+            return 204, None
+
+    def _h_machine_events(self, request: Request, method: str, extra: dict, app: str,
+                          machine_id: str) -> tuple[int, Any]:
+        try:
+            limit = int(request.args.get("limit", "20"))
+        except ValueError:
+            raise ApiError(400, "invalid limit: integer expected") from None
+        with self._cond:
+            m = self._machine(app, machine_id, time.time())
+            return 200, list(reversed(m["events"]))[: max(1, min(limit, 50))]
+
+    def _h_machine_versions(self, request: Request, method: str, extra: dict, app: str,
+                            machine_id: str) -> tuple[int, Any]:
+        with self._cond:
+            m = self._machine(app, machine_id, time.time())
+            return 200, [copy.deepcopy(v) for v in reversed(m["versions"])]
+
+    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str,
+                        machine_id: str) -> tuple[int, Any]:
+        body = _json_body(request)
+        if isinstance(body.get("command"), list) and body["command"]:
+            cmd = body["command"]
+            if not all(isinstance(part, str) for part in cmd):
+                raise ApiError(400, "invalid command: a list of strings is required")
+        elif isinstance(body.get("cmd"), str) and body["cmd"].strip():
+            cmd = shlex.split(body["cmd"])
+        else:
+            raise ApiError(400, "invalid request: either command (list of strings) or cmd (string) is required")
+        require_int(body, "timeout", lo=0)
+        with self._cond:
+            m = self._machine(app, machine_id, time.time())
+            if m["state"] != "started":
+                raise ApiError(412, f"failed_precondition: machine {machine_id} is {m['state']}, not started",
+                               "unknown")
+            handler = self._exec_handler
+            self._exec_log.append({"app": app, "machine_id": machine_id, "cmd": list(cmd)})
+        extra["cmd"] = list(cmd)
+        result: dict = {"exit_code": 0, "stdout": "", "stderr": ""}
+        if handler is not None:  # called without the lock: handlers may take their time
+            answer = handler(app, machine_id, list(cmd))
+            if not isinstance(answer, dict):
+                raise ApiError(500, f"exec handler returned {type(answer).__name__}, not a dict")
+            result.update(answer)
+        return 200, {"exit_code": int(result["exit_code"]), "exit_signal": 0,
+                     "stdout": str(result["stdout"]), "stderr": str(result["stderr"])}
+
+    # -- volumes ----------------------------------------------------------------------------------------
+    def _volume_view(self, v: dict) -> dict:
+        view = {k: val for k, val in v.items() if k != "app"}
+        view["created_at"] = rfc3339(v["created_at"])
+        view["attached_alloc_id"] = None
+        view["bytes_total"] = v["size_gb"] * 1024**3
+        view["block_size"] = 4096
+        view["blocks"] = view["bytes_total"] // 4096
+        view["blocks_free"] = view["blocks_avail"] = view["blocks"]
+        view["bytes_used"] = 0
+        return view
+
+    def _h_volumes(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
+        with self._cond:
+            self._app(app)
+            if method == "GET":
+                self._settle_all(time.time())
+                return 200, [self._volume_view(v) for v in self._state["volumes"].values() if v["app"] == app]
+            body = _json_body(request)
+            name = body.get("name")
+            if not isinstance(name, str) or not name:
+                raise ApiError(400, "invalid name: a volume name is required")
+            if not VOLUME_NAME_RE.match(name):
+                raise ApiError(400, f"invalid name {name!r}: volume names may only contain lowercase letters, "
+                                    "numbers, and underscores, and be at most 30 characters")
+            region = body.get("region")
+            if not isinstance(region, str) or not region:
+                raise ApiError(400, "invalid region: a region is required to create a volume")
+            fstype = body.get("fstype") or "ext4"
+            if fstype not in ("ext4", "raw"):
+                raise ApiError(400, f"invalid fstype {fstype!r}: expected ext4 or raw")
+            now = time.time()
+            vid = volume_id()
+            v = {
+                "id": vid, "app": app, "name": name, "state": "created", "region": region,
+                "zone": secrets.token_hex(2),
+                "size_gb": require_int(body, "size_gb", default=3, lo=1, hi=500),
+                "encrypted": require_bool(body, "encrypted", True),
+                "snapshot_retention": require_int(body, "snapshot_retention", default=5, lo=1, hi=60),
+                "auto_backup_enabled": require_bool(body, "auto_backup_enabled", True),
+                "require_unique_zone": require_bool(body, "require_unique_zone", True),
+                "fstype": fstype, "attached_machine_id": None, "host_status": "ok", "type": "local",
+                "created_at": now,
+            }
+            self._state["volumes"][vid] = v
+            return 200, self._volume_view(v)
+
+    def _volume_holder(self, v: dict, now: float) -> dict | None:
+        holder = self._state["machines"].get(v.get("attached_machine_id") or "")
+        if holder is not None:
+            self._settle(holder, now)
+            if holder["state"] == "destroyed":
+                return None
+        return holder
+
+    def _h_volume(self, request: Request, method: str, extra: dict, app: str, volume_id: str) -> tuple[int, Any]:
+        with self._cond:
+            now = time.time()
+            v = self._volume(app, volume_id)
+            if method == "GET":
+                self._volume_holder(v, now)  # settles a destroyed holder, detaching the volume
+                return 200, self._volume_view(v)
+            if method == "DELETE":
+                holder = self._volume_holder(v, now)
+                if holder is not None:
+                    raise ApiError(412, f"failed_precondition: volume {volume_id} is attached to machine "
+                                        f"{holder['id']}; destroy the machine first", "unknown")
+                del self._state["volumes"][volume_id]
+                return 200, {**self._volume_view(v), "state": "destroyed"}
+            # Only these two fields are mutable; other (unknown to this request) fields are ignored.
+            body = _json_body(request)
+            if body.get("snapshot_retention") is not None:
+                v["snapshot_retention"] = require_int(body, "snapshot_retention", lo=1, hi=60)
+            if body.get("auto_backup_enabled") is not None:
+                v["auto_backup_enabled"] = require_bool(body, "auto_backup_enabled", True)
+            return 200, self._volume_view(v)
+
+    def _h_volume_extend(self, request: Request, method: str, extra: dict, app: str,
+                         volume_id: str) -> tuple[int, Any]:
+        body = _json_body(request)
+        with self._cond:
+            now = time.time()
+            v = self._volume(app, volume_id)
+            size = require_int(body, "size_gb", lo=1, hi=500)
+            if size is None:
+                raise ApiError(400, "invalid size_gb: the new size is required")
+            if size <= v["size_gb"]:
+                raise ApiError(400, f"invalid size_gb: {size} GB is not larger than the current {v['size_gb']} GB; "
+                                    "volumes can only grow")
+            v["size_gb"] = size
+            return 200, {"volume": self._volume_view(v), "needs_restart": self._volume_holder(v, now) is not None}
+
+    # -- secrets ----------------------------------------------------------------------------------------
+    def _secret_view(self, name: str, s: dict) -> dict:
+        return {"name": name, "digest": s["digest"], "created_at": rfc3339(s["created_at"]),
+                "updated_at": rfc3339(s["updated_at"])}
+
+    def _write_secret(self, app: str, name: str, value: str, now: float) -> None:
+        table = self._state["secrets"].setdefault(app, {})
+        old = table.get(name)
+        table[name] = {"digest": secret_digest(value), "created_at": old["created_at"] if old else now,
+                       "updated_at": now}
+
+    def _bump_secrets(self, app: str) -> int:
+        version = self._state["secrets_version"].get(app, 0) + 1
+        self._state["secrets_version"][app] = version
+        return version
+
+    def _h_secrets(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
+        with self._cond:
+            self._app(app)
+            table = self._state["secrets"].get(app, {})
+            if method == "GET":
+                return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())]}
+            values = _json_body(request).get("values")
+            if not isinstance(values, dict):
+                raise ApiError(400, "invalid values: an object of secret name -> value (or null to unset) is required")
+            for name, value in values.items():
+                if not SECRET_NAME_RE.match(name):
+                    raise ApiError(400, f"invalid secret name {name!r}: letters, digits and underscores only, "
+                                        "not starting with a digit")
+                if value is not None and not isinstance(value, str):
+                    raise ApiError(400, f"invalid value for secret {name}: a string or null is required")
+            now = time.time()
+            for name, value in values.items():
+                if value is None:
+                    self._state["secrets"].get(app, {}).pop(name, None)
+                else:
+                    self._write_secret(app, name, value, now)
+            version = self._bump_secrets(app)
+            table = self._state["secrets"].get(app, {})
+            return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())], "version": version}
+
+    def _h_secret(self, request: Request, method: str, extra: dict, app: str, name: str) -> tuple[int, Any]:
+        with self._cond:
+            self._app(app)
+            table = self._state["secrets"].get(app, {})
+            if method == "GET":
+                if name not in table:
+                    raise not_found()
+                return 200, self._secret_view(name, table[name])
+            if method == "DELETE":
+                if name not in table:
+                    raise not_found()
+                del table[name]
+                return 200, {"version": self._bump_secrets(app)}
+            if not SECRET_NAME_RE.match(name):
+                raise ApiError(400, f"invalid secret name {name!r}")
+            value = _json_body(request).get("value")
+            if not isinstance(value, str):
+                raise ApiError(400, f"invalid value for secret {name}: a string is required")
+            self._write_secret(app, name, value, time.time())
+            version = self._bump_secrets(app)
+            return 201, {**self._secret_view(name, self._state["secrets"][app][name]), "version": version}
+
+    # -- IP assignments -----------------------------------------------------------------------------------
+    def _h_ips(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
+        with self._cond:
+            self._app(app)
+            ips = self._state["ips"].setdefault(app, [])
+            if method == "GET":
+                return 200, {"ips": [_ip_view(ip) for ip in ips]}
+            body = _json_body(request)
+            kind = body.get("type")
+            if kind not in IP_TYPES:
+                raise ApiError(400, f"invalid type {kind!r}: expected one of {', '.join(IP_TYPES)}")
+            region = body.get("region") or "global"
+            if not isinstance(region, str):
+                raise ApiError(400, "invalid region: must be a string")
+            existing_shared = next((ip for ip in ips if ip["type"] == "shared_v4"), None)
+            if kind == "shared_v4" and existing_shared is not None:
+                return 200, _ip_view(existing_shared)  # an app has one shared IPv4 at most
+            counters = self._state["counters"]
+            if kind == "shared_v4":
+                address = self._state["shared_v4"]
+            else:
+                counters[kind] += 1
+                n = counters[kind]
+                address = {
+                    "v6": f"2a09:8280:1::{n:x}",
+                    "v4": f"137.66.{(n >> 8) & 255}.{n & 255}",
+                    "private_v6": f"fdaa:0:{secrets.token_hex(2)}:0:1::{n:x}",
+                }[kind]
+            ip = {"ip": address, "type": kind, "region": region, "service_name": str(body.get("service_name") or ""),
+                  "shared": kind == "shared_v4", "created_at": rfc3339(time.time())}
+            ips.append(ip)
+            return 200, _ip_view(ip)
+
+    def _h_ip(self, request: Request, method: str, extra: dict, app: str, ip: str) -> tuple[int, Any]:
+        with self._cond:
+            self._app(app)
+            ips = self._state["ips"].get(app, [])
+            found = next((x for x in ips if x["ip"] == ip), None)
+            if found is None:
+                raise not_found()
+            ips.remove(found)
+            return 204, None
+
+
+def _ip_view(ip: dict) -> dict:
+    return {k: ip[k] for k in ("ip", "region", "service_name", "shared", "created_at")}
+
+
+def _normalize_autostop(value: Any, key: str) -> bool | str:
+    """The API's form: booleans for off/stop, the string "suspend" (fly-machines-api.md §2)."""
+    mapping: dict[Any, bool | str] = {"off": False, "stop": True, "suspend": "suspend"}
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in mapping:
+        return mapping[value]
+    raise ApiError(400, f"invalid {key}: {value!r}; expected \"off\", \"stop\", \"suspend\", true or false")
+
+
+def _image_ref(image: str) -> dict:
+    rest, _, digest = image.partition("@")
+    head, _, last = rest.rpartition("/")
+    repo_last, _, tag = last.partition(":")
+    path = f"{head}/{repo_last}" if head else repo_last
+    first, _, remainder = path.partition("/")
+    if remainder and ("." in first or ":" in first or first == "localhost"):
+        registry, repository = first, remainder
+    else:
+        registry, repository = "docker-hub-mirror.fly.io", path if "/" in path else f"library/{path}"
+    return {"registry": registry, "repository": repository, "tag": tag or "latest",
+            "digest": digest or "sha256:" + hashlib.sha256(image.encode()).hexdigest(), "labels": {}}
+
+
+def _machine_name() -> str:
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(9000) + 1000}"
+
+
+def _json_body(request: Request) -> dict:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid JSON body: an object is expected")
+    return body
+
+
+def _json_response(status: int, payload: Any) -> Response:
+    if payload is None:
+        return Response(status=status)
+    return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+
+def _fault_response(fault: _Fault) -> Response:
+    body = fault.body if fault.body is not None else {
+        "error": f"injected failure: HTTP {fault.status} from the Fly emulator", "status": "unknown"}
+    response = _json_response(fault.status, body)
+    if fault.status == 429:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Requests are logged by the emulator itself (at INFO, without headers), not on stderr."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+def serve(host: str, port: int, state_file: Path | None, token: str | None) -> None:
+    """Blocking: run the emulator until SIGINT/SIGTERM (used by `silo emulator --port N`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s fly-emulator %(message)s")
+    emulator = FlyEmulator(token=token, state_file=state_file)
+    url = emulator.start(host, port)
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        done.set()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    where = f", state in {state_file}" if state_file else ""
+    print(f"Fly Machines API emulator at {url} (use fly:apiUrl / FLY_API_HOSTNAME={url}){where}", flush=True)
+    try:
+        while not done.wait(timeout=1.0):
+            pass
+    finally:
+        emulator.stop()
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)
+
+
+__all__ = ["ROUTES", "FlyEmulator", "LatencyModel", "serve"]
