@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import psycopg
+import pulumi
 import pytest
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
@@ -251,3 +252,38 @@ def test_provider_refuses_folder_edited_after_preview(pg_database: str, folder: 
     with pytest.raises(MigrationError, match=re.escape("0099_sneaky.sql")):
         PostgresSchemaProvider().create(news)
     assert "schema_migrations" not in tables(pg_database)
+
+
+# -- the component as the program declares it (Pulumi mocks, no engine) ------------------------------
+class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(self) -> None:
+        self.resources: list[pulumi.runtime.MockResourceArgs] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        self.resources.append(args)
+        # Stand-in for the provider's create: every migration of the input map is applied.
+        return f"{args.name}-id", {**args.inputs, "applied": sorted(args.inputs.get("migrations") or {})}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        return {}
+
+
+def test_component_declares_secret_dsn_and_migration_checksums(folder: Path) -> None:
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, preview=False)
+    component = schema.PostgresSchema("control", folder=str(folder), dsn="host=db password=s3cret",
+                                      users_table="public.kilocode_users")
+    seen: dict[str, list[str]] = {}
+
+    @pulumi.runtime.test
+    def resolve() -> pulumi.Output[None]:
+        return component.applied.apply(lambda applied: seen.update(applied=applied))
+
+    resolve()
+    dynamic = next(r for r in mocks.resources if r.typ == "pulumi-python:dynamic/postgres:Schema")
+    assert dynamic.inputs["migrations"] == schema.migration_checksums(folder)  # what preview diffs on
+    assert dynamic.inputs["settings"] == {"silo.users_table": "public.kilocode_users"}
+    dsn = dynamic.inputs["dsn"]
+    assert isinstance(dsn, dict) and dsn["value"] == "host=db password=s3cret"
+    assert pulumi.runtime.rpc._special_secret_sig in dsn.values()  # registered as a secret
+    assert seen["applied"] == sorted(p.name for p in folder.glob("*.sql"))
