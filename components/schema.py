@@ -43,8 +43,9 @@ SETTING_NAME = re.compile(r"^silo\.[a-z_][a-z0-9_]*$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Fixed key for pg_advisory_lock: every runner against the same database serialises on it.
 ADVISORY_LOCK_KEY = 0x51_10_5C_4E_3A  # "silo schema"
-DSN_CONFIG_KEY = "silo:controlDatabaseUrl"
-DSN_ENV = "SILO_CONTROL_DATABASE_URL"
+# The same control database as components/registry.py: one secret, one env var.
+DSN_CONFIG_KEY = "silo:registryDsn"
+DSN_ENV = "SILO_REGISTRY_DSN"
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
