@@ -12,18 +12,32 @@ unique violation, even with concurrent syncs. Pins: ``pin_user`` / ``resolve_pin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import psycopg
+import pulumi
 import yaml
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    Resource,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.output import Unknown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Service = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong", "town"]
@@ -323,6 +337,81 @@ def resolve_pin(dsn: str, user_id: str, service: str) -> ResolvedImage | None:
                            "disabled: re-pin the user or remove the pin")
     return _resolved(row["service"], row["repository"], row["image_tag"], row["image_digest"], row["status"],
                      [f"user {user_id} is pinned to {service} tag {row['image_tag']}"])
+
+
+# -- CatalogSync dynamic resource (control stack) -------------------------------------------------
+# The control database's DSN, shared with components/registry.py and components/schema.py.
+DSN_CONFIG_KEY = "silo:registryDsn"
+DSN_ENV = "SILO_REGISTRY_DSN"
+
+
+class CatalogSyncProvider(ResourceProvider):
+    """Keeps kiloclaw_available_versions in step with the catalog; plain data only (pickled by reference)."""
+
+    def __init__(self) -> None:
+        self._dsn: str | None = None
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self._dsn = req.config.get(DSN_CONFIG_KEY)
+
+    def _dsn_for(self, props: Mapping[str, Any]) -> str:
+        dsn = props.get("dsn") or getattr(self, "_dsn", None) or os.environ.get(DSN_ENV)
+        if not dsn:
+            raise CatalogError(f"dsn: the control database is not configured ({DSN_CONFIG_KEY} or {DSN_ENV})")
+        return str(dsn)
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        images = news.get("images")
+        if isinstance(images, Unknown):
+            return CheckResult(news, [])
+        try:
+            Catalog.model_validate({"images": images})
+        except ValidationError as exc:
+            reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                       for e in exc.errors()]
+            return CheckResult(news, [CheckFailure("images", "; ".join(reasons))])
+        return CheckResult(news, [])
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        return DiffResult(changes=olds.get("images") != news.get("images") or olds.get("dsn") != news.get("dsn"),
+                          replaces=[])
+
+    def _sync(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        result = sync_catalog(self._dsn_for(props), Catalog.model_validate({"images": props["images"]}))
+        return {"tags": sorted(e["tag"] for e in props["images"]), "inserted": result.inserted,
+                "updated": result.updated}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult("image-catalog", {**props, **self._sync(props)})
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult({**news, **self._sync(news)})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with psycopg.connect(self._dsn_for(props)) as conn:
+            rows = conn.execute("SELECT image_tag FROM kiloclaw_available_versions WHERE image_tag = ANY(%s)",
+                                (props.get("tags") or [],)).fetchall()
+        return ReadResult(id_, {**props, "tags": sorted(r[0] for r in rows)})
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        # Pins reference these rows (FK), and other stacks may deploy them: never delete versions.
+        print(f"CatalogSync {id_}: removed from the stack; kiloclaw_available_versions rows are kept")
+
+
+class CatalogSync(Resource, module="catalog", name="Sync"):
+    """Writes the image catalog into the control database on every ``pulumi up`` that changes it."""
+
+    tags: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, catalog: Catalog | None = None, *, dsn: pulumi.Input[str] | None = None,
+                 opts: pulumi.ResourceOptions | None = None):
+        catalog = catalog or load_catalog()
+        props = {
+            "tags": None,
+            "images": [e.model_dump() for e in catalog.images],
+            "dsn": pulumi.Output.secret(dsn) if dsn is not None else None,
+        }
+        super().__init__(CatalogSyncProvider(), name, props, opts)
 
 
 # -- registry digests -------------------------------------------------------------------------------

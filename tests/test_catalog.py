@@ -336,3 +336,36 @@ def test_resolve_cli(registry: FakeRegistry, capsys: pytest.CaptureFixture[str])
 def test_entry_model_is_strict() -> None:
     with pytest.raises(ValueError, match="must be a pinned image tag"):
         ImageEntry(service="pg", repository="supabase/postgres", tag="has space")
+
+
+# -- CatalogSync provider (control stack) ---------------------------------------------------------------
+@pytest.mark.db
+def test_catalog_sync_provider(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    provider = cat.CatalogSyncProvider()
+    first = {"dsn": db, "images": [e.model_dump() for e in make(entry("v1", D1), entry("v2")).images]}
+    assert provider.check({}, first).failures == []
+    created = provider.create(first)
+    assert created.outs["tags"] == ["v1", "v2"]
+    assert provider.diff(created.id, created.outs, first).changes is False
+
+    # Engine payloads drop None values: the provider must read them back the same.
+    second = {"dsn": db, "images": [{k: v for k, v in e.model_dump().items() if v is not None}
+                                     for e in make(entry("v1", D1, status="deprecated"), entry("v3", D3)).images]}
+    assert provider.diff(created.id, created.outs, second).changes is True
+    updated = provider.update(created.id, created.outs, second)
+    assert (updated.outs["updated"], updated.outs["inserted"]) == (["v1"], ["v3"])
+    assert versions(db)["v1"] == (D1, "deprecated")
+
+    clash = {"dsn": db, "images": [entry("v4", D1)]}
+    with pytest.raises(CatalogConflict, match="already belongs to tag v1"):
+        provider.update(created.id, updated.outs, clash)
+
+    provider.delete(created.id, updated.outs)
+    assert "rows are kept" in capsys.readouterr().out
+    assert set(versions(db)) == {"v1", "v2", "v3"}
+
+
+def test_catalog_sync_check_names_the_bad_entry() -> None:
+    failures = cat.CatalogSyncProvider().check({}, {"images": [entry("v1", "sha256:nope")]}).failures
+    assert [f.property for f in failures] == ["images"]
+    assert "0.digest" in failures[0].reason
