@@ -79,7 +79,7 @@ MAX_KILL_TIMEOUT_S = 300
 # Env names that hold credentials: they belong in Fly secrets, never in fly.toml.
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
-_VM_PRESET = re.compile(r"^(shared|performance)-cpu-(\d+)x$")
+_VM_PRESET = re.compile(r"^(?:(shared)-cpu|(performance))-(\d+)x$")  # shared-cpu-Nx, performance-Nx
 _SIZE = re.compile(r"^\s*(\d+)\s*(gb|g|mb|m)?\s*$", re.IGNORECASE)
 
 NS_PER = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
@@ -518,7 +518,7 @@ def _guest(vm: Mapping[str, Any]) -> dict[str, Any]:
         match = _VM_PRESET.match(vm["size"])
         if not match:
             raise FlyTomlError(f"[[vm]].size: unknown size {vm['size']!r}")
-        kind, cpus = match.group(1), int(match.group(2))
+        kind, cpus = match.group(1) or match.group(2), int(match.group(3))
         guest = {"cpu_kind": kind, "cpus": cpus, "memory_mb": cpus * (256 if kind == "shared" else 2048)}
     if "cpu_kind" in vm:
         guest["cpu_kind"] = vm["cpu_kind"]
