@@ -192,7 +192,9 @@ class FlyEmulator:
         self._stopping = False
         self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fly-emulator", daemon=True)
+        # A short poll interval keeps stop() quick (shutdown waits for the serve loop to notice).
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="fly-emulator", daemon=True)
         self._thread.start()
         return self.url
 
