@@ -1,0 +1,255 @@
+"""The service catalogue and the environment each app gets: secrets only as Fly secrets, public URLs
+on Kong, private upstreams on Flycast, and the pg app's init SQL and pg_hba on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+
+from components import naming
+from components import services as svc
+from components.config import SiloConfig
+from components.render import render_file
+from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir
+
+SECRETS = svc.SiloSecrets(
+    jwt_secret="jwt-secret-value-0123456789abcdefghijkl",
+    postgres_password="PgPassw0rdValue123",
+    dashboard_username="supabase",
+    dashboard_password="DashPassw0rdValue456",
+    pg_meta_crypto_key="meta-crypto-key-value-0123456789abcdef",
+    anon_key="anon.key.value",
+    service_role_key="service.role.key.value",
+)
+
+# supabase-self-hosting.md §7.2, except Kong, which gets its rendered kong.yml as one file secret.
+EXPECTED_SECRET_NAMES = {
+    "pg": {"POSTGRES_PASSWORD", "JWT_SECRET"},
+    "rest": {"PGRST_DB_URI", "PGRST_JWT_SECRET", "PGRST_APP_SETTINGS_JWT_SECRET"},
+    "auth": {"GOTRUE_DB_DATABASE_URL", "GOTRUE_JWT_SECRET"},
+    "storage": {"DATABASE_URL", "PGRST_JWT_SECRET", "ANON_KEY", "SERVICE_KEY"},
+    "meta": {"PG_META_DB_PASSWORD", "CRYPTO_KEY"},
+    "studio": {"POSTGRES_PASSWORD", "AUTH_JWT_SECRET", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_KEY",
+               "PG_META_CRYPTO_KEY"},
+    "kong": {svc.KONG_YML_SECRET},
+}
+
+
+def _cfg(**overrides: object) -> SiloConfig:
+    return SiloConfig(**{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev",
+                         **overrides})
+
+
+def test_catalogue_pins_the_s_2026_02_images() -> None:
+    assert tuple(svc.SERVICES) == svc.SERVICE_NAMES == naming.SERVICES
+    assert {n: (s.title, s.image_ref()) for n, s in svc.SERVICES.items()} == {
+        "pg": ("postgres", "supabase/postgres:15.8.1.085"),
+        "rest": ("postgrest", "postgrest/postgrest:v14.5"),
+        "auth": ("gotrue", "supabase/gotrue:v2.186.0"),
+        "storage": ("storage", "supabase/storage-api:v1.44.2"),
+        "meta": ("postgres-meta", "supabase/postgres-meta:v0.95.2"),
+        "studio": ("studio", "supabase/studio:2026.02.16-sha-26c615c"),
+        "kong": ("kong", "kong:2.8.1"),
+    }
+
+
+def test_catalogue_shape() -> None:
+    assert [n for n, s in svc.SERVICES.items() if s.public] == ["kong"]
+    assert {n: s.volume.name for n, s in svc.SERVICES.items() if s.volume} == {"pg": "pg_data",
+                                                                               "storage": "storage_data"}
+    assert svc.SERVICES["pg"].volume.size_gb == 10
+    assert all(naming.is_volume_name(s.volume.name) for s in svc.SERVICES.values() if s.volume)
+    assert all(s.vm.size == "shared-cpu-1x" for s in svc.SERVICES.values())
+    small = svc.SERVICES["rest"].vm.memory_mb
+    assert svc.SERVICES["pg"].vm.memory_mb > small and svc.SERVICES["studio"].vm.memory_mb > small
+    # Every upstream is created (and healthy) before the services that need it.
+    order = list(svc.SERVICE_NAMES)
+    for name, spec in svc.SERVICES.items():
+        assert all(order.index(u) < order.index(name) for u in spec.upstreams), name
+    assert {n: s.upstreams for n, s in svc.SERVICES.items()} == {
+        "pg": (), "rest": ("pg",), "auth": ("pg",), "storage": ("pg",), "meta": ("pg",), "studio": ("meta",),
+        "kong": ("rest", "auth", "storage", "meta", "studio"),
+    }
+
+
+def test_kong_waits_for_studio_only_when_it_exists() -> None:
+    assert "studio" in svc.enabled_upstreams(_cfg(), "kong")
+    assert svc.enabled_upstreams(_cfg(studio=False), "kong") == ("rest", "auth", "storage", "meta")
+
+
+def test_image_override_and_unknown_service() -> None:
+    assert svc.image_ref(_cfg(images={"rest": "v14.3"}), "rest") == "postgrest/postgrest:v14.3"
+    assert svc.image_ref(_cfg(images={"rest": "v14.3"}), "auth") == "supabase/gotrue:v2.186.0"
+    with pytest.raises(ValueError, match="unknown service 'redis'"):
+        svc.public_env(_cfg(), "redis")
+
+
+@pytest.mark.parametrize("name", svc.SERVICE_NAMES)
+def test_each_app_gets_exactly_its_secrets(name: str) -> None:
+    cfg = _cfg()
+    secret = svc.secret_env(cfg, name, SECRETS)
+    public = svc.public_env(cfg, name)
+    assert set(secret) == EXPECTED_SECRET_NAMES[name]
+    assert not set(secret) & set(public)
+    assert all(isinstance(v, str) for v in public.values())
+    for value in SECRETS.values():
+        assert all(value not in v for v in public.values()), (name, value)
+
+
+def test_database_urls_are_secrets_on_flycast_with_the_right_roles() -> None:
+    cfg = _cfg()
+    urls = {
+        "authenticator": svc.secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"],
+        "supabase_auth_admin": svc.secret_env(cfg, "auth", SECRETS)["GOTRUE_DB_DATABASE_URL"],
+        "supabase_storage_admin": svc.secret_env(cfg, "storage", SECRETS)["DATABASE_URL"],
+    }
+    for user, url in urls.items():
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.username, parts.password) == ("postgres", user, SECRETS.postgres_password)
+        assert (parts.hostname, parts.port, parts.path) == ("devenv-acme-erp-pg.flycast", 5432, "/postgres")
+
+
+
+def test_public_urls_are_kong_and_upstreams_are_flycast() -> None:
+    cfg = _cfg()
+    kong = "https://devenv-acme-erp-kong.fly.dev"
+    auth, storage, studio = (svc.public_env(cfg, n) for n in ("auth", "storage", "studio"))
+    assert auth["API_EXTERNAL_URL"] == kong
+    assert auth["GOTRUE_SITE_URL"] == "https://erp.acme.dev"
+    assert auth["GOTRUE_URI_ALLOW_LIST"].split(",")[0] == "https://erp.acme.dev"
+    assert storage["STORAGE_PUBLIC_URL"] == kong and studio["SUPABASE_PUBLIC_URL"] == kong
+    assert storage["REQUEST_ALLOW_X_FORWARDED_PATH"] == "true"
+    assert storage["POSTGREST_URL"] == "http://devenv-acme-erp-rest.flycast:3000"
+    assert studio["STUDIO_PG_META_URL"] == "http://devenv-acme-erp-meta.flycast:8080"
+    assert studio["ENABLED_FEATURES_LOGS_ALL"] == "false"
+    assert svc.public_env(cfg, "meta")["PG_META_DB_HOST"] == "devenv-acme-erp-pg.flycast"
+
+
+def test_every_server_binds_ipv4_and_ipv6() -> None:
+    cfg = _cfg()
+    binds = {
+        "rest": "PGRST_SERVER_HOST", "auth": "GOTRUE_API_HOST", "storage": "SERVER_HOST",
+        "meta": "PG_META_HOST", "studio": "HOSTNAME",
+    }
+    for name, key in binds.items():
+        assert svc.public_env(cfg, name)[key] == "::", name
+    kong = svc.public_env(cfg, "kong")
+    assert "0.0.0.0:8000" in kong["KONG_PROXY_LISTEN"] and "[::]:8000" in kong["KONG_PROXY_LISTEN"]
+    assert f"0.0.0.0:{svc.KONG_STATUS_PORT}" in kong["KONG_STATUS_LISTEN"]
+    assert "AAAA" in kong["KONG_DNS_ORDER"].split(",")
+    assert kong["KONG_TRUSTED_IPS"] == "0.0.0.0/0,::/0"
+    rest = svc.public_env(cfg, "rest")
+    assert rest["PGRST_ADMIN_SERVER_PORT"] != rest["PGRST_SERVER_PORT"]
+
+
+def test_kong_secret_is_the_full_kong_yml_base64() -> None:
+    encoded = svc.secret_env(_cfg(), "kong", SECRETS)[svc.KONG_YML_SECRET]
+    doc = yaml.safe_load(base64.b64decode(encoded))
+    keys = {c["username"]: c.get("keyauth_credentials") for c in doc["consumers"]}
+    assert keys["anon"] == [{"key": SECRETS.anon_key}]
+    assert keys["service_role"] == [{"key": SECRETS.service_role_key}]
+    assert doc["basicauth_credentials"] == [
+        {"consumer": "DASHBOARD", "username": "supabase", "password": SECRETS.dashboard_password}
+    ]
+
+
+def test_secrets_never_show_in_repr() -> None:
+    assert all(value not in repr(SECRETS) for value in SECRETS.values())
+
+
+# -- the pg app's init SQL and pg_hba on a real PostgreSQL --------------------------------------------------
+
+SERVICE_ROLES = ("supabase_admin", "authenticator", "pgbouncer", "supabase_auth_admin", "supabase_storage_admin")
+
+
+@pytest.fixture(scope="module")
+def supabase_like_server() -> Iterator[PostgresServer]:
+    """A private server with the login roles supabase/postgres creates, before our init SQL runs."""
+    root = Path(tempfile.mkdtemp(prefix="silo-pg-init-"))
+    server = PostgresServer(bindir=find_bindir(), root=root, user=_os_user())
+    server.start()
+    try:
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            for role in SERVICE_ROLES:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _restart_with_our_hba(server: PostgresServer) -> None:
+    """Restart the way the pg app runs: -c hba_file=<our pg_hba.conf>, listening on IPv4 and IPv6."""
+    hba = server.root / "pg_hba.conf"
+    hba.write_text(render_file("pg/pg_hba.conf"))
+    if server.user is not None:
+        os.chown(hba, server.user.pw_uid, server.user.pw_gid)
+    options = (f"-c listen_addresses=127.0.0.1,::1 -c port={server.port} -c unix_socket_directories={server.root} "
+               f"-c hba_file={hba}")
+    result = server._run(str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log),
+                         "-o", options, "-w", "-t", "60", "-m", "fast", "restart")
+    assert result.returncode == 0, result.stderr + server.log.read_text()
+
+
+def _psql(server: PostgresServer, sql_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(server.bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(server.port),
+         "-U", "postgres", "-d", "postgres", "-f", str(sql_file)],
+        capture_output=True, text=True, env={**os.environ, **env},
+    )
+
+
+@pytest.mark.db
+def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
+    server = supabase_like_server
+    password = SECRETS.postgres_password
+    env = {**svc.secret_env(_cfg(), "pg", SECRETS), **svc.public_env(_cfg(), "pg")}
+    for name in ("roles.sql", "jwt.sql"):
+        text = render_file(f"pg/{name}")
+        assert password not in text and SECRETS.jwt_secret not in text
+        path = tmp_path / name
+        path.write_text(text)
+        result = _psql(server, path, {k: env[k] for k in ("POSTGRES_PASSWORD", "JWT_EXP")})
+        assert result.returncode == 0, result.stderr
+
+    _restart_with_our_hba(server)
+    local = f"host={server.root} port={server.port} dbname=postgres user=postgres"
+    with psycopg.connect(local, autocommit=True) as conn:  # the Unix socket stays trusted (in-machine only)
+        assert conn.execute("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL").fetchone() == (0,)
+        rules = conn.execute(
+            "SELECT address, netmask, auth_method FROM pg_hba_file_rules WHERE type = 'host'"
+        ).fetchall()
+    assert ("::", "::", "scram-sha-256") in rules  # ::/0: Fly's private network is IPv6
+    assert {method for *_, method in rules} == {"scram-sha-256"}
+
+    for host in ("127.0.0.1", "::1"):
+        for role in SERVICE_ROLES:
+            dsn = f"host={host} port={server.port} dbname=postgres user={role} connect_timeout=10"
+            with psycopg.connect(dsn, password=password) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+                if role == "authenticator":
+                    assert conn.execute("SELECT current_setting('app.settings.jwt_exp')").fetchone() == ("3600",)
+            with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+                psycopg.connect(dsn, password="wrong").close()
+        # The superuser gets no trust over TCP any more either.
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(f"host={host} port={server.port} dbname=postgres user=postgres connect_timeout=10",
+                            password="").close()
+
+
+def test_password_with_url_characters_stays_one_password() -> None:
+    odd = svc.SiloSecrets(**{**SECRETS.__dict__, "postgres_password": "p@ss:w/rd#1"})
+    url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
+    params = psycopg.conninfo.conninfo_to_dict(url)
+    assert params["password"] == "p@ss:w/rd#1" and params["host"] == "devenv-acme-erp-pg.flycast"
