@@ -78,6 +78,7 @@ TOWN_PREFIX_ROOT = "gastown/"
 # Defaults for the per-town credentials: a week, refreshed by any `pulumi up` in the last 2 days.
 DEFAULT_TTL_S = 7 * DAY_S
 DEFAULT_REFRESH_MARGIN_S = 2 * DAY_S
+DEFAULT_SNAPSHOT_MAX_AGE_DAYS = 90
 # Rule ids of the backup bucket's lifecycle (stable ids keep the diff quiet).
 ABORT_MULTIPART_RULE_ID = "abort-incomplete-multipart-uploads"
 SNAPSHOT_BACKSTOP_RULE_ID = "gastown-snapshot-age-backstop"
@@ -491,8 +492,9 @@ class R2BucketProvider(_CloudflareProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # location_hint is deliberately absent: R2 honours it only when a name is first created,
         # so a changed hint can neither be applied nor justify replacing a backup bucket.
-        olds = {**olds, "jurisdiction": olds.get("jurisdiction") or "default"}
-        news = {**news, "jurisdiction": news.get("jurisdiction") or "default"}
+        defaults = {"jurisdiction": "default", "allow_delete": False}
+        olds = {**defaults, **{k: v for k, v in olds.items() if v is not None}}
+        news = {**defaults, **{k: v for k, v in news.items() if v is not None}}
         changes = _changed(olds, news, ("name", "jurisdiction", "allow_delete"))
         replaces = [k for k in ("name", "jurisdiction") if k in changes]
         # Explicit names: the new bucket cannot coexist with the old one, so delete first
@@ -586,14 +588,16 @@ def backup_lifecycle_rules(
     *,
     abort_multipart_days: int = 1,
     snapshot_prefix: str = TOWN_PREFIX_ROOT,
-    snapshot_max_age_days: int = 30,
+    snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
 ) -> list[dict[str, Any]]:
     """The backup bucket's rule set, in the API's shape.
 
     R2 lifecycle conditions are prefix + age/date only (no "keep the newest N"): the sync daemon
     keeps the last 3 snapshots of each town, and this age rule on ``gastown/`` is only the backstop
-    for towns whose daemon stopped pruning (deleted towns, crashed sandboxes). Keep the age generous:
-    it also applies to ``latest.json`` of an idle town, which is rewritten by every sync.
+    for towns whose daemon stopped pruning (deleted towns, crashed sandboxes). Age counts from each
+    object's upload, so a running town (synced every 5 minutes) is never touched, but a town stopped
+    for longer than ``snapshot_max_age_days`` loses its whole R2 copy, ``latest.json`` included (its
+    Fly volume, the primary copy, stays). Hence a generous default of 90 days.
     """
     for key, days in (("abort_multipart_days", abort_multipart_days), ("snapshot_max_age_days", snapshot_max_age_days)):
         if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
@@ -925,7 +929,7 @@ class R2Bucket(pulumi.ComponentResource):
         jurisdiction: str = "default",
         allow_delete: bool = False,
         abort_multipart_days: int = 1,
-        snapshot_max_age_days: int = 30,
+        snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("silo:storage:R2Bucket", resource_name, None, opts)

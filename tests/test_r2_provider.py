@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from components.r2 import (
     DAY_S,
     R2_DEFAULT_LIFECYCLE,
     SNAPSHOT_BACKSTOP_RULE_ID,
+    CloudflareClient,
     CloudflareError,
     R2Bucket,
     R2BucketProvider,
@@ -36,6 +38,7 @@ from components.r2 import (
     R2TownCredentialsProvider,
     backup_lifecycle_rules,
     resolve_cloudflare_settings,
+    s3_secret_from_token_value,
 )
 from emulators.cloudflare import CloudflareEmulator
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
@@ -79,6 +82,66 @@ def test_settings_config_first_then_env() -> None:
     )
     assert (from_config.token, from_config.api_url) == ("from-config", "http://127.0.0.1:9/client/v4")
     assert "from-config" not in repr(from_config)
+
+
+# -- client -----------------------------------------------------------------------------------------
+def _client(config: dict[str, str], **kwargs: Any) -> CloudflareClient:
+    return CloudflareClient(resolve_cloudflare_settings(config, env={}), **kwargs)
+
+
+def test_client_lists_all_buckets_and_mints_token_s3_keys(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    with _client(cloudflare_config) as cf:
+        for name in ("c-bucket", "a-bucket", "b-bucket"):
+            cf.create_bucket(name)
+        assert [b["name"] for b in cf.list_buckets()] == ["a-bucket", "b-bucket", "c-bucket"]
+        assert cf.list_buckets("eu") == []
+
+        write = cf.permission_group_id("Workers R2 Storage Bucket Item Write")
+        resource = f"com.cloudflare.edge.r2.bucket.{CF_ACCOUNT_ID}_default_a-bucket"
+        token = cf.create_account_token(
+            "town-sync", [{"effect": "allow", "permission_groups": [{"id": write}], "resources": {resource: "*"}}]
+        )
+        # R2's S3 keys for a token: its id, and the SHA-256 hex of its value.
+        secret = s3_secret_from_token_value(token["value"])
+        assert re.fullmatch(r"[0-9a-f]{64}", secret) and secret != token["value"]
+        assert "value" not in (cf.get_account_token(token["id"]) or {})
+        assert cf.delete_account_token(token["id"]) is True
+        assert cf.delete_account_token(token["id"]) is False
+        assert cf.get_account_token(token["id"]) is None
+        with pytest.raises(CloudflareError, match="no Cloudflare permission group named 'Root'"):
+            cf.permission_group_id("Root")
+
+
+def test_client_retries_what_is_safe_to_retry(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    tokens_route = "/client/v4/accounts/{account_id}/tokens"
+    groups = "/client/v4/accounts/{account_id}/tokens/permission_groups"
+    with _client(cloudflare_config, backoff_initial=0.01) as cf:
+        cloudflare_emulator.fail("GET", groups, status=503)
+        cloudflare_emulator.fail("GET", groups, status=429)
+        write = cf.permission_group_id("Workers R2 Storage Bucket Item Write")  # 503 and 429 retried
+        policy = {"effect": "allow", "permission_groups": [{"id": write}], "resources": {"x": "*"}}
+        # A token create whose response is lost is not repeated: that would mint a second token.
+        cloudflare_emulator.fail("POST", tokens_route, status=502, after_effect=True)
+        with pytest.raises(CloudflareError) as err:
+            cf.create_account_token("once", [policy])
+        assert err.value.status == 502
+        assert len(cloudflare_emulator.snapshot()["tokens"]) == 1
+        cloudflare_emulator.fail("POST", tokens_route, status=429)  # refused outright: safe to repeat
+        cf.create_account_token("twice", [policy])
+    assert len(cloudflare_emulator.snapshot()["tokens"]) == 2
+    statuses = [c["status"] for c in cloudflare_emulator.calls()]
+    assert statuses == [503, 429, 200, 502, 429, 200]
+
+
+def test_client_unreachable_api_is_a_clear_error() -> None:
+    config = {"cloudflare:accountId": CF_ACCOUNT_ID, "cloudflare:apiUrl": "http://127.0.0.1:9"}
+    with _client(config, attempts=2, backoff_initial=0.01) as cf, pytest.raises(CloudflareError) as err:
+        cf.get_bucket("gastown-backups")
+    assert "cannot reach the Cloudflare API at http://127.0.0.1:9/client/v4" in str(err.value)
 
 
 # -- R2 bucket --------------------------------------------------------------------------------------
@@ -150,6 +213,9 @@ def test_bucket_location_hint_change_is_no_diff_but_rename_replaces(
     assert moved.replaces == ["jurisdiction"]
     unlocked = provider.diff("gastown-backups", olds, {**inputs, "allow_delete": True})
     assert unlocked.changes is True and not unlocked.replaces
+    # State written without the optional keys diffs as their defaults.
+    sparse = {k: v for k, v in olds.items() if k not in ("allow_delete", "jurisdiction")}
+    assert provider.diff("gastown-backups", sparse, inputs).changes is False
 
 
 def test_bucket_delete_refused_without_allow_delete(
