@@ -14,6 +14,18 @@ REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every AP
 - Test control: fault injection by templated route, call log, latency, rate limits (429 +
   Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
 
+Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulator/latency``
+(LatencyModel fields), ``POST /__emulator/rate_limits`` ``{"enabled"}``, ``POST /__emulator/fail``
+(the ``fail()`` arguments), ``GET``/``DELETE /__emulator/calls``, ``GET /__emulator/snapshot``,
+``GET /__emulator/exec_log``, ``POST /__emulator/foreign_apps`` ``{"name", "org"}``,
+``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``, and
+``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
+answer, since a Python exec handler cannot travel over HTTP).
+
+Simplifications: a ``version`` given to ``wait`` is required for ``stopped`` but not matched against
+older versions; ``show_secrets`` is ignored because secret values are never stored; a ``created``
+(skip_launch) machine does not satisfy ``wait?state=stopped``.
+
 With ``state_file`` the world is loaded at ``start()`` and saved after every mutating call, so the
 CLI's emulator (``silo emulator``) survives restarts between ``pulumi up`` runs.
 """
@@ -400,7 +412,8 @@ class FlyEmulator:
         if limited is not None:
             return limited
         try:
-            status, payload = self._handlers[route](request, method, extra, **args)
+            handler_method = "GET" if method == "HEAD" else method  # never let HEAD reach a mutation branch
+            status, payload = self._handlers[route](request, handler_method, extra, **args)
             response = _json_response(status, payload)
         except ApiError as exc:
             response = _json_response(exc.http_status, exc.body())
@@ -638,9 +651,9 @@ class FlyEmulator:
             for k, v in (config.get(section) or {}).items():
                 if not isinstance(v, str):
                     raise ApiError(400, f"invalid config.{section}.{k}: values must be strings")
+        _check_integer_fields(config)
         memory = (config.get("guest") or {}).get("memory_mb")
-        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
-                                   or memory % 256):
+        if memory is not None and (memory <= 0 or memory % 256):
             raise ApiError(400, f"invalid config.guest.memory_mb: {memory!r} is not a positive multiple of 256")
         for i, svc in enumerate(config.get("services") or []):
             if not isinstance(svc, dict):
@@ -683,6 +696,7 @@ class FlyEmulator:
                         if a["org_slug"] == org and not a["foreign"]]
                 for a in apps:
                     a.pop("foreign")
+                    a.pop("org_slug")
                 return 200, {"total_apps": len(apps), "apps": apps}
             body = _json_body(request)
             name = body.get("name") or body.get("app_name")
@@ -1305,6 +1319,45 @@ def _ip_view(ip: dict) -> dict:
     return {k: ip[k] for k in ("ip", "region", "service_name", "shared", "created_at")}
 
 
+def _integer(value: Any, path: str) -> None:
+    # Fly decodes into Go ints: 8080.0 is refused ("cannot unmarshal number 8080.0"), as are strings.
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ApiError(400, f"invalid {path}: must be an integer, got {value!r}")
+
+
+def _check_integer_fields(config: dict) -> None:
+    """The integer fields of a machine config a renderer is likely to set (fly-machines-api.md §2)."""
+    for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)),
+                          ("restart", ("max_retries",))):
+        part = config.get(section)
+        if isinstance(part, dict):
+            for key in keys:
+                _integer(part.get(key), f"config.{section}.{key}")
+    for name, check in (config.get("checks") or {}).items():
+        if isinstance(check, dict):
+            _integer(check.get("port"), f"config.checks.{name}.port")
+    for i, mount in enumerate(config.get("mounts") or []):
+        if isinstance(mount, dict):
+            for key in ("size_gb", "extend_threshold_percent", "add_size_gb", "size_gb_limit"):
+                _integer(mount.get(key), f"config.mounts[{i}].{key}")
+    for i, svc in enumerate(config.get("services") or []):
+        if not isinstance(svc, dict):
+            continue
+        for key in ("internal_port", "min_machines_running"):
+            _integer(svc.get(key), f"config.services[{i}].{key}")
+        concurrency = svc.get("concurrency")
+        if isinstance(concurrency, dict):
+            for key in ("soft_limit", "hard_limit"):
+                _integer(concurrency.get(key), f"config.services[{i}].concurrency.{key}")
+        for j, port in enumerate(svc.get("ports") or []):
+            if isinstance(port, dict):
+                for key in ("port", "start_port", "end_port"):
+                    _integer(port.get(key), f"config.services[{i}].ports[{j}].{key}")
+        for j, check in enumerate(svc.get("checks") or []):
+            if isinstance(check, dict):
+                _integer(check.get("port"), f"config.services[{i}].checks[{j}].port")
+
+
 def _normalize_autostop(value: Any, key: str) -> bool | str:
     """The API's form: booleans for off/stop, the string "suspend" (fly-machines-api.md §2)."""
     mapping: dict[Any, bool | str] = {"off": False, "stop": True, "suspend": "suspend"}
@@ -1372,7 +1425,12 @@ def serve(host: str, port: int, state_file: Path | None, token: str | None) -> N
     """Blocking: run the emulator until SIGINT/SIGTERM (used by `silo emulator --port N`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fly-emulator %(message)s")
     emulator = FlyEmulator(token=token, state_file=state_file)
-    url = emulator.start(host, port)
+    try:
+        url = emulator.start(host, port)
+    except OSError as exc:
+        raise SystemExit(f"error: the Fly emulator cannot listen on {host}:{port}: {exc}") from exc
+    except ValueError as exc:  # an unreadable state file
+        raise SystemExit(f"error: {exc}") from exc
     done = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:

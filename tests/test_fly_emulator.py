@@ -205,6 +205,26 @@ def test_machine_create_validation(fly_api, fly_emulator) -> None:
     assert make_machine(fly_api, other, name="kong-1")["name"] == "kong-1"
 
 
+@pytest.mark.parametrize(("config", "path"), [
+    ({"services": [{"internal_port": 8080.0, "protocol": "tcp"}]}, "config.services[0].internal_port"),
+    ({"services": [{"internal_port": 80, "protocol": "tcp", "ports": [{"port": "443"}]}]},
+     "config.services[0].ports[0].port"),
+    ({"guest": {"cpu_kind": "shared", "cpus": 1.0, "memory_mb": 256}}, "config.guest.cpus"),
+    ({"checks": {"status": {"type": "http", "port": 5500.0}}}, "config.checks.status.port"),
+])
+def test_float_and_string_integers_are_refused_like_go_json(fly_api, config: dict, path: str) -> None:
+    # Numbers from the Pulumi engine arrive as floats; Fly (Go) refuses 8080.0 for an int field.
+    app = make_app(fly_api)
+    response = fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE, **config}})
+    assert response.status_code == 400 and path in response.json()["error"]
+
+
+def test_head_is_a_read(fly_api) -> None:
+    app = make_app(fly_api)
+    assert fly_api.head(f"/apps/{app}").status_code == 200
+    assert fly_api.get(f"/apps/{app}").status_code == 200
+
+
 def test_skip_launch_and_autostop_forms(fly_api) -> None:
     app = make_app(fly_api)
     services = [
