@@ -9,7 +9,6 @@ HTML). Values are escaped for their format by filters: ``toml`` (TOML 1.0 litera
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,8 +57,14 @@ def _toml_string(value: str) -> str:
     return "".join(out)
 
 
+def _defined(value: Any) -> None:
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
+
+
 def toml_value(value: Any) -> str:
     """A Python value as a TOML 1.0 value (strings, bools, ints, finite floats and lists of those)."""
+    _defined(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -74,9 +79,24 @@ def toml_value(value: Any) -> str:
 
 
 def yaml_string(value: Any) -> str:
+    """A YAML double-quoted scalar: printable ASCII as is, everything else escaped (\\uXXXX or
+    \\UXXXXXXXX, never a surrogate pair, which YAML parsers do not recombine)."""
+    _defined(value)
     if not isinstance(value, str):
         raise TypeError(f"expected a string for YAML, got {type(value).__name__}")
-    return json.dumps(value, ensure_ascii=True)
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code < 0x7F:
+            out.append(ch)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 @functools.cache
