@@ -287,3 +287,23 @@ def test_component_declares_secret_dsn_and_migration_checksums(folder: Path) -> 
     assert isinstance(dsn, dict) and dsn["value"] == "host=db password=s3cret"
     assert pulumi.runtime.rpc._special_secret_sig in dsn.values()  # registered as a secret
     assert seen["applied"] == sorted(p.name for p in folder.glob("*.sql"))
+
+
+def test_missing_postgresql_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures import postgres as fixture
+
+    monkeypatch.setattr(fixture.glob, "glob", lambda _pattern: [])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FileNotFoundError, match=r"`\.ci/run` installs the Debian package `postgresql`"):
+        fixture.find_bindir()
+
+
+def test_newest_installed_major_is_used() -> None:
+    from tests.fixtures import postgres as fixture
+
+    bindir = fixture.find_bindir()
+    majors = [int(p.parent.parent.name) for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+              if p.parent.parent.name.isdigit()]
+    if majors:
+        assert bindir == Path(f"/usr/lib/postgresql/{max(majors)}/bin")
+    assert (bindir / "pg_ctl").exists() and (bindir / "postgres").exists()
