@@ -94,7 +94,7 @@ class _WaitRetryAfter:
     """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
 
     def __init__(self, initial: float, maximum: float):
-        self._backoff = wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        self._backoff = wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial)
 
     def __call__(self, state: RetryCallState) -> float:
         backoff = self._backoff(state)
@@ -309,7 +309,7 @@ class FlyClient:
         for attempt in Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, FlyNotFound)),
             stop=stop_after_delay(60),
-            wait=wait_exponential_jitter(0.1, 2),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2),
             reraise=True,
         ):
             with attempt:
@@ -541,7 +541,7 @@ class FlyClient:
         for attempt in Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, FlyConflict) or _is_transient(e)),
             stop=stop_after_delay(wait_s),
-            wait=wait_exponential_jitter(0.2, 3),
+            wait=wait_exponential_jitter(multiplier=0.2, max=3),
             reraise=True,
         ):
             with attempt:

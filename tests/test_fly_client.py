@@ -1,0 +1,134 @@
+"""FlyClient against the Fly emulator over real HTTP: retries, idempotent creates, waits, leases, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.fly.client import FlyAuthError, FlyClient, FlyError, FlyNameTaken
+from components.fly.settings import (
+    DEFAULT_API_URL,
+    EMULATOR_TOKEN,
+    LOCAL_EMULATOR_URL,
+    FlySettings,
+    authorization_header,
+    resolve_fly_settings,
+)
+from emulators.fly import LatencyModel
+
+APPS = "/v1/apps"
+MACHINES = "/v1/apps/{app}/machines"
+WAIT = "/v1/apps/{app}/machines/{machine_id}/wait"
+
+MACHINE_CONFIG = {"image": "registry-1.docker.io/library/busybox:1.36", "guest": {"cpu_kind": "shared", "cpus": 1,
+                                                                                   "memory_mb": 256}}
+
+
+@pytest.fixture
+def fly(fly_emulator):
+    client = FlyClient(FlySettings(base_url=fly_emulator.url, token="test", source="config"),
+                       backoff_initial=0.01, backoff_max=0.05)
+    yield client
+    client.close()
+
+
+def test_token_scheme_follows_prefix() -> None:
+    assert authorization_header("fm2_abc") == "FlyV1 fm2_abc"
+    assert authorization_header("FlyV1 fm1r_x") == "FlyV1 fm1r_x"
+    assert authorization_header("Bearer plain") == "Bearer plain"
+    assert authorization_header("plain") == "Bearer plain"
+
+
+def test_settings_resolution_order() -> None:
+    cfg = resolve_fly_settings({"fly:apiToken": "t", "fly:apiUrl": "https://flaps.example/v1"},
+                               env={"FLY_API_TOKEN": "env", "FLY_API_HOSTNAME": "http://x"})
+    assert (cfg.base_url, cfg.token, cfg.source) == ("https://flaps.example", "t", "config")
+    cfg = resolve_fly_settings({}, env={"FLY_API_TOKEN": "env", "FLY_FLAPS_BASE_URL": "http://127.0.0.1:9"})
+    assert (cfg.base_url, cfg.token) == ("http://127.0.0.1:9", "env")
+    assert resolve_fly_settings({}, env={"FLY_API_TOKEN": "env"}).base_url == DEFAULT_API_URL
+    local = resolve_fly_settings({}, env={})
+    assert (local.base_url, local.token, local.uses_emulator) == (LOCAL_EMULATOR_URL, EMULATOR_TOKEN, True)
+    with pytest.raises(ValueError, match="fly:apiToken"):
+        resolve_fly_settings({"fly:apiUrl": "https://api.machines.dev"}, env={})
+
+
+def test_create_app_after_lost_response_adopts_instead_of_duplicating(fly, fly_emulator) -> None:
+    fly_emulator.fail("POST", APPS, status=502, after_effect=True)
+    app = fly.create_app("devenv-acme-erp-kong", "acme")
+    assert app["name"] == "devenv-acme-erp-kong"
+    assert list(fly_emulator.snapshot()["apps"]) == ["devenv-acme-erp-kong"]
+    # Running create again (a second `pulumi up` after a failure) adopts the app too.
+    assert fly.create_app("devenv-acme-erp-kong", "acme")["name"] == "devenv-acme-erp-kong"
+
+
+def test_name_taken_by_another_org_names_the_app(fly, fly_emulator) -> None:
+    fly_emulator.add_foreign_app("devenv-acme-erp-pg", "someone-else")
+    with pytest.raises(FlyNameTaken, match="devenv-acme-erp-pg"):
+        fly.create_app("devenv-acme-erp-pg", "acme")
+
+
+def test_invalid_token_says_so_with_request_id(fly_emulator) -> None:
+    fly_emulator.stop()
+    from emulators.fly import FlyEmulator
+
+    guarded = FlyEmulator(token="right")
+    guarded.start()
+    try:
+        with FlyClient(FlySettings(guarded.url, "wrong", "env")) as client, pytest.raises(FlyAuthError) as err:
+            client.get_app("anything")
+        assert "token" in str(err.value) and "fly-request-id" in str(err.value)
+        assert err.value.request_id
+    finally:
+        guarded.stop()
+
+
+def test_transient_errors_are_retried_and_rate_limits_honoured(fly, fly_emulator) -> None:
+    fly.create_app("devenv-acme-erp-rest", "acme")
+    fly_emulator.fail("GET", "/v1/apps/{app}", status=503, times=2)
+    assert fly.get_app("devenv-acme-erp-rest")["name"] == "devenv-acme-erp-rest"
+    fly_emulator.fail("GET", "/v1/apps/{app}", status=429, times=1)
+    assert fly.get_app("devenv-acme-erp-rest") is not None
+    statuses = [c["status"] for c in fly_emulator.calls() if c["route"] == "/v1/apps/{app}"]
+    assert statuses[-5:] == [503, 503, 200, 429, 200]
+
+
+def test_machine_create_after_ambiguous_failure_makes_no_duplicate(fly, fly_emulator) -> None:
+    fly.create_app("devenv-acme-erp-meta", "acme")
+    fly_emulator.fail("POST", MACHINES, status=500, after_effect=True)
+    machine = fly.create_machine("devenv-acme-erp-meta", {"name": "meta-1", "config": MACHINE_CONFIG})
+    machines = fly.list_machines("devenv-acme-erp-meta")
+    assert [m["id"] for m in machines] == [machine["id"]]
+
+
+def test_wait_loops_on_408_and_waits_for_stopped_with_version(fly, fly_emulator) -> None:
+    fly_emulator.set_latency(LatencyModel(boot_s=0.3, stop_s=0.2))
+    fly.create_app("devenv-acme-erp-auth", "acme")
+    machine = fly.create_machine("devenv-acme-erp-auth", {"name": "auth-1", "config": MACHINE_CONFIG})
+    fly_emulator.fail("GET", WAIT, status=408, times=2)
+    fly.wait("devenv-acme-erp-auth", machine["id"], "started", timeout_s=30)
+    assert fly.get_machine("devenv-acme-erp-auth", machine["id"])["state"] == "started"
+    with fly.lease("devenv-acme-erp-auth", machine["id"]) as nonce:
+        assert nonce
+        fly.stop_machine("devenv-acme-erp-auth", machine["id"], nonce)
+    fly.wait("devenv-acme-erp-auth", machine["id"], "stopped", version=machine["instance_id"], timeout_s=30)
+    waits = [c for c in fly_emulator.calls() if c["route"] == WAIT]
+    assert [c["status"] for c in waits][:3] == [408, 408, 200]
+
+
+def test_wait_gives_up_with_a_clear_error(fly, fly_emulator) -> None:
+    fly_emulator.set_latency(LatencyModel(boot_s=30))
+    fly.create_app("devenv-acme-erp-studio", "acme")
+    machine = fly.create_machine("devenv-acme-erp-studio", {"name": "studio-1", "config": MACHINE_CONFIG})
+    with pytest.raises(FlyError, match="did not reach 'started'"):
+        fly.wait("devenv-acme-erp-studio", machine["id"], "started", timeout_s=1.5)
+
+
+def test_mutations_hold_the_lease(fly, fly_emulator) -> None:
+    fly.create_app("devenv-acme-erp-kong", "acme")
+    machine = fly.create_machine("devenv-acme-erp-kong", {"name": "kong-1", "config": MACHINE_CONFIG})
+    fly.wait("devenv-acme-erp-kong", machine["id"], "started", timeout_s=30)
+    with fly.lease("devenv-acme-erp-kong", machine["id"]), pytest.raises(FlyError) as err:
+        # Another writer without the nonce is refused while we hold the lease.
+        fly.stop_machine("devenv-acme-erp-kong", machine["id"], None)
+    assert err.value.status == 409
+    # Released afterwards: the next mutation goes through.
+    fly.stop_machine("devenv-acme-erp-kong", machine["id"], None)

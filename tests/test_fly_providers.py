@@ -1,0 +1,117 @@
+"""The Fly dynamic providers' methods against the emulator (the engine's view: check, diff, CRUD).
+
+The same provider objects also run through the SDK's provider host over gRPC in the harness tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic import Config as DynamicConfig
+from pulumi.output import Unknown
+
+from components.fly.client import FlyError
+from components.fly.providers import (
+    FlyAppProvider,
+    FlyIpAssignmentProvider,
+    FlySecretsProvider,
+    FlyVolumeProvider,
+)
+
+
+def configured(provider, fly_emulator):
+    provider.configure(ConfigureRequest(DynamicConfig({"fly:apiToken": "test", "fly:apiUrl": fly_emulator.url},
+                                                      "silo")))
+    return provider
+
+
+@pytest.fixture
+def app(fly_emulator):
+    provider = configured(FlyAppProvider(), fly_emulator)
+    props = {"name": "devenv-acme-erp-pg", "org": "acme", "keep_volumes": True}
+    provider.create(props)
+    return props["name"]
+
+
+def test_app_check_names_the_property() -> None:
+    result = FlyAppProvider().check({}, {"name": "Bad_Name", "org": ""})
+    assert {f.property for f in result.failures} == {"name", "org"}
+    assert FlyAppProvider().check({}, {"name": Unknown(), "org": "acme"}).failures == []
+
+
+def test_app_diff_replaces_on_name_and_ignores_provider_blob() -> None:
+    olds = {"name": "a", "org": "acme", "keep_volumes": True, "__provider": "old", "app_id": "x"}
+    same = FlyAppProvider().diff("a", olds, {"name": "a", "org": "acme", "keep_volumes": True, "__provider": "new"})
+    assert same.changes is False
+    renamed = FlyAppProvider().diff("a", olds, {"name": "b", "org": "acme", "keep_volumes": True})
+    assert renamed.changes and renamed.replaces == ["name"] and renamed.delete_before_replace is True
+
+
+def test_app_delete_refuses_while_it_holds_data_volumes(fly_emulator, app) -> None:
+    volumes = configured(FlyVolumeProvider(), fly_emulator)
+    volumes.create({"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "allow_delete": False})
+    with pytest.raises(FlyError, match="pg_data"):
+        configured(FlyAppProvider(), fly_emulator).delete(app, {"name": app, "keep_volumes": True})
+    assert app in fly_emulator.snapshot()["apps"]
+    # With data deletion allowed the app goes, and 404 afterwards counts as done.
+    provider = configured(FlyAppProvider(), fly_emulator)
+    provider.delete(app, {"name": app, "keep_volumes": False})
+    provider.delete(app, {"name": app, "keep_volumes": False})
+    assert app not in fly_emulator.snapshot()["apps"]
+
+
+def test_volume_rules(fly_emulator, app) -> None:
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    bad = provider.check({}, {"app": app, "name": "PG-data", "region": "yul", "size_gb": 0})
+    assert {f.property for f in bad.failures} == {"name", "size_gb"}
+    shrink = provider.check({"size_gb": 10}, {"app": app, "name": "pg_data", "region": "yul", "size_gb": 5.0})
+    assert [f.property for f in shrink.failures] == ["size_gb"] and "only grow" in shrink.failures[0].reason
+
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "allow_delete": False}
+    created = provider.create(props)
+    assert created.outs["volume_id"] == created.id
+    # Numbers come back from the engine as floats: no phantom diff.
+    assert provider.diff(created.id, created.outs, {**props, "size_gb": 1.0}).changes is False
+    moved = provider.diff(created.id, created.outs, {**props, "region": "ams"})
+    assert moved.replaces == ["region"] and moved.delete_before_replace
+    grown = provider.update(created.id, created.outs, {**props, "size_gb": 3})
+    assert fly_emulator.snapshot()["volumes"][created.id]["size_gb"] == 3
+    assert grown.outs["size_gb"] == 3
+
+    # A second create (after a lost response, or after destroy kept the data) adopts the volume.
+    assert provider.create(props).id == created.id
+
+    with pytest.raises(FlyError, match="refusing to delete data volume pg_data"):
+        provider.delete(created.id, created.outs)
+    assert created.id in fly_emulator.snapshot()["volumes"]
+    provider.delete(created.id, {**created.outs, "allow_delete": True})
+    provider.delete(created.id, {**created.outs, "allow_delete": True})  # 404 = done
+
+
+def test_secrets_set_update_unset_and_values_never_leave_the_state(fly_emulator, app) -> None:
+    provider = configured(FlySecretsProvider(), fly_emulator)
+    assert provider.check({}, {"app": app, "values": {"bad-name": "x"}}).failures
+    created = provider.create({"app": app, "values": {"POSTGRES_PASSWORD": "p1", "JWT_SECRET": "j1"}})
+    assert created.outs["version"] >= 1
+    assert set(created.outs["digests"]) == {"JWT_SECRET", "POSTGRES_PASSWORD"}
+    news = {"app": app, "values": {"POSTGRES_PASSWORD": "p2"}}
+    assert provider.diff(app, created.outs, news).changes is True
+    updated = provider.update(app, created.outs, news)
+    assert updated.outs["version"] > created.outs["version"]
+    live = fly_emulator.snapshot()["secrets"][app]
+    assert set(live) == {"POSTGRES_PASSWORD"}
+    assert "p2" not in str(fly_emulator.snapshot())
+    assert provider.diff(app, updated.outs, news).changes is False
+    provider.delete(app, updated.outs)
+    assert not fly_emulator.snapshot()["secrets"].get(app)
+
+
+def test_ip_assignment_is_idempotent(fly_emulator, app) -> None:
+    provider = configured(FlyIpAssignmentProvider(), fly_emulator)
+    assert [f.property for f in provider.check({}, {"app": app, "type": "v5"}).failures] == ["type"]
+    first = provider.create({"app": app, "type": "private_v6"})
+    assert first.id.startswith("fdaa:")
+    assert provider.create({"app": app, "type": "private_v6"}).id == first.id
+    provider.delete(first.id, first.outs)
+    provider.delete(first.id, first.outs)
+    assert not fly_emulator.snapshot()["ips"].get(app)
