@@ -35,7 +35,8 @@ def _human(operation: str, stack: str, result: dict[str, Any]) -> str:
         if step["op"] != "same":
             lines.append(f"  {_SYMBOLS[step['op']]:<2} {step['op']:<8} {step['type']}  {step['name']}")
     for diag in result["diagnostics"]:
-        lines.append(f"  {diag['severity']}: {diag['message']}")
+        if diag["message"] != result["error"]:
+            lines.append(f"  {diag['severity']}: {diag['message']}")
     if result["outputs"]:
         lines.append("Outputs:")
         lines.extend(f"    {k}: {json.dumps(v)}" for k, v in result["outputs"].items())

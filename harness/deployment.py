@@ -358,10 +358,6 @@ class Deployment:
                 f"{res.type} {res.name!r} is protected and cannot be deleted: set protect=False and run up first"
             )
         if not self.preview and res.custom and not res.retain_on_delete and res.type != STACK_REFERENCE_TYPE:
-            if self.failed.is_set():
-                raise DeploymentCancelled(
-                    f"{res.name!r} was not deleted: the deployment stopped after an earlier error"
-                )
             try:
                 self._provider(res.type).delete(res.urn, res.id, res.outputs, res.inputs)
             except ProviderError as err:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -72,13 +73,28 @@ def run(
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
     if secrets:
         child_env["HARNESS_SECRET_CONFIG"] = json.dumps(secrets)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env, timeout=timeout, cwd=_REPO_ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    # Own process group, so a timeout also takes down the provider host the harness started.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env,
+        cwd=_REPO_ROOT,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise HarnessCrashed(f"harness {op} timed out after {timeout}s\nstderr:\n{stderr[-4000:]}") from None
+    lines = [line for line in stdout.splitlines() if line.strip()]
     try:
         doc = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
         raise HarnessCrashed(
-            f"harness {op} exited {proc.returncode} without a result\nstderr:\n{proc.stderr[-4000:]}"
+            f"harness {op} exited {proc.returncode} without a result\nstderr:\n{stderr[-4000:]}"
         ) from None
     return HarnessResult(
         ok=doc["ok"],
@@ -87,6 +103,6 @@ def run(
         changes=doc["changes"],
         outputs=doc["outputs"],
         diagnostics=doc["diagnostics"],
-        stderr=proc.stderr,
+        stderr=stderr,
         returncode=proc.returncode,
     )

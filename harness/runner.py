@@ -58,12 +58,22 @@ def _run_program(deployment: Deployment, main: Path, config: dict[str, str], sec
         loop.close()
 
 
-def _program_error(exc: BaseException) -> str:
-    # Step failures already carry the user-facing message; anything else is a program bug: show where.
+def _program_error(exc: BaseException, program_dir: Path) -> tuple[str, str]:
+    """(one-line error, traceback limited to the program's own frames) for a failed program."""
     if isinstance(exc, DeploymentError):
-        return str(exc)
-    frames = traceback.format_exception(exc)
-    return f"program failed: {type(exc).__name__}: {exc}\n{''.join(frames[-6:])}".rstrip()
+        return str(exc), str(exc)
+    harness_dir = str(Path(__file__).resolve().parent)
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if f.filename.startswith(str(program_dir))
+        and not f.filename.startswith(harness_dir)
+        and "site-packages" not in f.filename
+    ]
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    summary = f"program failed: {type(exc).__name__}: {exc}{where}"
+    detail = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(exc))
+    return summary, f"{summary}\n{detail}".rstrip()
 
 
 def execute(
@@ -106,8 +116,9 @@ def execute(
         except Exception as exc:  # any program failure is reported; completed steps are already saved
             if deployment.errors:
                 return deployment.result()
-            deployment.diagnose("error", _program_error(exc))
-            return deployment.result(error=_program_error(exc))
+            summary, detail = _program_error(exc, project_dir)
+            deployment.diagnose("error", detail)
+            return deployment.result(error=summary)
         deployment.finish_update()
         return deployment.result()
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+from pulumi.output import Unknown
 
 STATE_VERSION = 1
 DEFAULT_PASSPHRASE = "harness"
@@ -90,6 +91,13 @@ class _Cipher:
             raise StateError(
                 f"cannot decrypt secret {where}: wrong PULUMI_CONFIG_PASSPHRASE for this state file"
             ) from None
+
+
+def _json_default(value: Any) -> Any:
+    # An unknown can only reach state if a value never resolved; store it as absent rather than crash.
+    if isinstance(value, Unknown):
+        return None
+    raise TypeError(f"cannot store {type(value).__name__} in state")
 
 
 def _is_secure(value: Any) -> bool:
@@ -210,7 +218,7 @@ class StateStore:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w") as fh:
-                    json.dump(doc, fh, indent=2, sort_keys=False)
+                    json.dump(doc, fh, indent=2, default=_json_default)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, self.path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from harness.engine import HarnessResult, run
 
 pytestmark = pytest.mark.harness
 
-TOY_DIR = Path(__file__).parent / "harness_programs" / "toy"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOY_DIR = REPO_ROOT / "tests" / "harness_programs" / "toy"
 TOKEN = "tok-9f3a7c1e-very-secret"
-THINGS = {"a", "b", "c", "s", "grp-child"}
+THINGS = {"a", "b", "c", "s", "grp-child", "p"}
+DIFFED = THINGS - {"p"}  # "p" has no diff(): the host answers DIFF_UNKNOWN
 MUTATIONS = {"create", "update", "delete"}
 
 
@@ -136,7 +140,7 @@ def test_second_up_changes_nothing(deployed: dict[str, Any]) -> None:
     assert {s["op"] for s in second.steps} == {"same"}
     assert second.changes == {"same": len(THINGS) + 4}
     assert not [c for c in toy.calls() if c["method"] in MUTATIONS]
-    assert sorted(toy.names("diff")) == sorted(THINGS)
+    assert sorted(toy.names("diff")) == sorted(DIFFED)
 
 
 def test_random_password_is_secret_and_stable(deployed: dict[str, Any]) -> None:
@@ -262,7 +266,7 @@ def test_preview_plans_without_mutating(deployed: dict[str, Any], toy: Toy) -> N
     changed = toy.run("preview", size=5, zone="west")
     assert changed.ok, changed.error
     assert sorted(changed.ops("replace")) == ["a", "c"]
-    assert set(changed.ops("update")) == {"b", "s", "grp-child"}
+    assert set(changed.ops("update")) == {"b", "s", "grp-child", "p"}
     assert toy.calls("diff") and not [c for c in toy.calls() if c["method"] in MUTATIONS]
     assert toy.raw_state() == before
 
@@ -291,3 +295,48 @@ def test_stack_reference_reads_another_stacks_outputs(deployed: dict[str, Any], 
     st = main.load()
     assert st.outputs["peer_token"] == TOKEN and "peer_token" in st.secret_outputs
     assert "StackReference" in {s["type"].rsplit(":", 1)[-1] for s in result.steps if s["op"] == "read"}
+
+
+def test_failed_delete_of_replaced_object_is_retried_next_up(deployed: dict[str, Any], toy: Toy) -> None:
+    toy.copy_from(deployed["toy"])
+    failed = toy.run("up", zone="west", fail="delete:a")
+    assert not failed.ok and "toy delete failed for a" in failed.error
+    st = toy.load()
+    assert [(p.name, p.outputs["zone"]) for p in st.pending_deletions] == [("a", "east")]
+    assert next(r for r in st.resources.values() if r.name == "a").outputs["zone"] == "west"
+
+    healed = toy.run("up", zone="west")
+    assert healed.ok, healed.error
+    assert toy.names("delete") == ["a"] and healed.ops("delete") == ["a"]
+    assert not toy.calls("create") and not toy.calls("update")
+    assert toy.load().pending_deletions == []
+
+
+def test_program_error_fails_the_run_without_deleting_anything(deployed: dict[str, Any], toy: Toy) -> None:
+    toy.copy_from(deployed["toy"])
+    result = toy.run("up", explode="true")
+    assert not result.ok and result.returncode != 0
+    assert "toy program exploded" in result.error
+    assert not toy.calls("delete") and not result.ops("delete")
+    assert toy.custom_names() == THINGS | {"pw", "rid"}
+
+
+def test_cli_prints_steps_and_hides_secrets(toy: Toy) -> None:
+    config_file = toy.root / "Pulumi.test.yaml"
+    config_file.write_text((TOY_DIR / "Pulumi.test.yaml").read_text())
+    cmd = [sys.executable, "-m", "harness", "up", "--stack", "test", "--project-dir", str(TOY_DIR)]
+    cmd += ["--state-dir", str(toy.state_dir), "--config-file", str(config_file), "--secret", f"toy:token={TOKEN}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "+  create   pulumi-python:dynamic/toy:Thing  b" in proc.stdout
+    assert 'token_out: "[secret]"' in proc.stdout and 'greeting: "hello"' in proc.stdout
+    assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_encrypted_stack_config_is_refused_with_the_key_named(toy: Toy) -> None:
+    config_file = toy.root / "Pulumi.test.yaml"
+    config_file.write_text(yaml.safe_dump({"config": {"toy:size": "1", "toy:token": {"secure": "v1:AAAA"}}}))
+    result = run("up", "test", TOY_DIR, toy.state_dir, config_file=config_file)
+    assert not result.ok
+    assert "toy:token" in result.error and "--secret" in result.error
+    assert not (toy.state_dir / "test.json").exists()

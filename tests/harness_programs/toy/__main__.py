@@ -5,7 +5,7 @@ import os
 
 import pulumi
 import pulumi_random as random
-from toyprovider import Thing
+from toyprovider import Plain, Thing
 
 cfg = pulumi.Config()  # namespace "toy" (the project name)
 size = cfg.get_int("size") or 0
@@ -28,6 +28,7 @@ b = Thing("b", {"size": size, "upstream": a.serial})
 c = Thing("c", {"size": size, "zone": zone, "delay": delay, "dbr": dbr})
 secretful = Thing("s", {"size": size, "delay": delay, **({"token": token} if token is not None else {})})
 group = Group("grp")
+Plain("p", {"size": size}, pulumi.ResourceOptions(depends_on=[a]))
 if cfg.get_bool("extra"):
     Thing("extra", {"size": size}, pulumi.ResourceOptions(depends_on=[b]))
 if cfg.get_bool("kept"):
@@ -42,6 +43,8 @@ pw = random.RandomPassword(
 rid = random.RandomId("rid", byte_length=8, opts=pulumi.ResourceOptions(depends_on=[a]))
 
 pulumi.log.warn("toy program warning")
+if cfg.get_bool("explode"):
+    raise ValueError("toy program exploded")
 
 pulumi.export("a_serial", a.serial)
 pulumi.export("b_upstream", b.upstream)

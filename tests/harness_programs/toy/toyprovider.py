@@ -102,6 +102,29 @@ class ToyProvider(ResourceProvider):
         _record("delete", props["name"], start, id=id_, zone=props.get("zone"))
 
 
+class PlainProvider(ResourceProvider):
+    """No `diff`: the host answers DIFF_UNKNOWN and the engine compares old and new inputs itself."""
+
+    def create(self, props: dict) -> CreateResult:
+        start = time.time()
+        _record("create", props["name"], start)
+        return CreateResult(f"plain-{props['name']}", dict(props))
+
+    def update(self, _id: str, olds: dict, news: dict) -> UpdateResult:
+        start = time.time()
+        _record("update", news["name"], start, size=news.get("size"))
+        return UpdateResult(dict(news))
+
+    def delete(self, id_: str, props: dict) -> None:
+        start = time.time()
+        _record("delete", props["name"], start, id=id_)
+
+
+class Plain(Resource, module="toy", name="Plain"):
+    def __init__(self, name: str, props: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(PlainProvider(), name, {"name": name, **props}, opts)
+
+
 class Thing(Resource, module="toy", name="Thing"):
     serial: pulumi.Output[str]
 
