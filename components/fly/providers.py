@@ -139,9 +139,7 @@ class FlyAppProvider(FlyProviderBase):
     def create(self, props: dict[str, Any]) -> CreateResult:
         with self.client() as fly:
             app = fly.create_app(props["name"], props["org"], props.get("network"))
-        return CreateResult(
-            props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")}
-        )
+        return CreateResult(props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Only keep_volumes can change in place; it is a local safety switch.
@@ -202,9 +200,7 @@ class FlyIpAssignmentProvider(FlyProviderBase):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         if news.get("type") not in IP_TYPES:
-            failures.append(
-                CheckFailure("type", f"must be one of {', '.join(IP_TYPES)} (got {news.get('type')!r})")
-            )
+            failures.append(CheckFailure("type", f"must be one of {', '.join(IP_TYPES)} (got {news.get('type')!r})"))
         if not news.get("app"):
             failures.append(CheckFailure("app", "the Fly app name is required"))
         return CheckResult(news, failures)
@@ -267,8 +263,7 @@ class FlySecretsProvider(FlyProviderBase):
                     failures.append(
                         CheckFailure(
                             "values",
-                            f"secret name {key!r} is not a valid environment "
-                            "variable name (or starts with FLY_)",
+                            f"secret name {key!r} is not a valid environment variable name (or starts with FLY_)",
                         )
                     )
                 if not isinstance(value, str | Unknown):
@@ -278,9 +273,7 @@ class FlySecretsProvider(FlyProviderBase):
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return diff_result(
-            olds, news, compare=("app", "values"), replace_on=("app",), delete_before_replace=False
-        )
+        return diff_result(olds, news, compare=("app", "values"), replace_on=("app",), delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         app = props["app"]
@@ -315,9 +308,7 @@ class FlySecretsProvider(FlyProviderBase):
         recorded: Mapping[str, str] = props.get("digests") or {}
         # A secret changed or removed outside Pulumi: forget its value so the next up sets it again.
         values = {
-            k: v
-            for k, v in (props.get("values") or {}).items()
-            if live.get(k) and live.get(k) == recorded.get(k)
+            k: v for k, v in (props.get("values") or {}).items() if live.get(k) and live.get(k) == recorded.get(k)
         }
         outs = {**props, "values": values, "digests": {k: live.get(k, "") for k in values}}
         return ReadResult(id_, outs, inputs={"app": props["app"], "values": values})
@@ -380,8 +371,7 @@ class FlyVolumeProvider(FlyProviderBase):
                 failures.append(
                     CheckFailure(
                         "size_gb",
-                        f"Fly volumes can only grow: {canonical(olds['size_gb'])} GB "
-                        f"cannot shrink to {size} GB",
+                        f"Fly volumes can only grow: {canonical(olds['size_gb'])} GB cannot shrink to {size} GB",
                     )
                 )
         retention = canonical(news.get("snapshot_retention"))
@@ -446,9 +436,7 @@ class FlyVolumeProvider(FlyProviderBase):
             id_,
             outs,
             inputs={
-                k: outs[k]
-                for k in (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete")
-                if k in outs
+                k: outs[k] for k in (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete") if k in outs
             },
         )
 
@@ -513,9 +501,7 @@ class FlyMachineProvider(FlyProviderBase):
             failures.append(CheckFailure("name", f"machine names are DNS labels (got {name!r})"))
         image = news.get("image")
         if not isinstance(image, Unknown) and (not image or str(image).endswith(":latest")):
-            failures.append(
-                CheckFailure("image", f"a pinned image is required, never latest (got {image!r})")
-            )
+            failures.append(CheckFailure("image", f"a pinned image is required, never latest (got {image!r})"))
         text = news.get("fly_toml")
         if isinstance(text, str):
             try:
@@ -553,15 +539,15 @@ class FlyMachineProvider(FlyProviderBase):
             not result.changes
             and "config" in news
             and not has_unknown(news["config"])
-            and flytoml.normalize(canonical(olds.get("config") or {}))
-            != flytoml.normalize(canonical(news["config"]))
+            and flytoml.normalize(canonical(olds.get("config") or {})) != flytoml.normalize(canonical(news["config"]))
         ):
             return DiffResult(changes=True, replaces=[])
         return result
 
     def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "config": props["config"],
+            # Numbers arrive from the engine as doubles; the API wants Go ints.
+            "config": canonical(props["config"]),
             "region": props["region"],
             "skip_launch": props["desired_state"] == "stopped",
         }
@@ -594,9 +580,7 @@ class FlyMachineProvider(FlyProviderBase):
                 if current.get("state") != "started":
                     fly.wait(app, machine_id, "started", timeout_s=timeout)
                 stop = (props.get("config") or {}).get("stop_config") or {}
-                fly.stop_machine(
-                    app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout")
-                )
+                fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
             if current.get("state") != "created":
                 fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
             current = fly.get_machine(app, machine_id) or current
@@ -637,18 +621,13 @@ class FlyMachineProvider(FlyProviderBase):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
-        reconfigure = bool(
-            changed_keys(olds, news, ("fly_toml", "image", "metadata", "min_secrets_version"))
-        ) or (
-            flytoml.normalize(canonical(olds.get("config") or {}))
-            != flytoml.normalize(canonical(news["config"]))
+        reconfigure = bool(changed_keys(olds, news, ("fly_toml", "image", "metadata", "min_secrets_version"))) or (
+            flytoml.normalize(canonical(olds.get("config") or {})) != flytoml.normalize(canonical(news["config"]))
         )
         with self.client() as fly, fly.lease(app, id_) as nonce:
             machine = fly.get_machine(app, id_)
             if machine is None:
-                raise FlyError(
-                    f"machine {id_} of app {app} no longer exists; run `pulumi refresh` then `pulumi up`"
-                )
+                raise FlyError(f"machine {id_} of app {app} no longer exists; run `pulumi refresh` then `pulumi up`")
             if reconfigure:
                 machine = fly.update_machine(app, id_, self._body(news), nonce)
             machine = self._settle(fly, app, machine, news, nonce)
@@ -660,9 +639,7 @@ class FlyMachineProvider(FlyProviderBase):
         if machine is None:
             return ReadResult("", {})
         outs = self._outs(props, machine)
-        inputs = {
-            k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")
-        }
+        inputs = {k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")}
         return ReadResult(id_, outs, inputs=inputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:

@@ -1,0 +1,179 @@
+"""DevEnvStack: one silo's Supabase dev environment, one Fly app per service.
+
+Per service: FlyApp → FlyIpAssignment(s) → FlySecrets → FlyVolume (pg, storage) → FlyMachine, the
+machine config coming from the service's rendered fly.toml. Names depend only on silo:client,
+silo:app and the service, so stopping, starting or re-running never changes a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+
+from components import services as svc
+from components.catalog import ResolvedImage as Image
+from components.config import SiloConfig
+from components.costs import estimate
+from components.fly import flytoml
+from components.fly.providers import FlyApp, FlyExec, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.keys import supabase_keys
+from components.render import render_fly_toml
+from components.rls import rls_sql
+
+# The anon/service keys are signed with this fixed `iat` so they are identical on every run (a new
+# `iat` would mean a diff on every preview). Rotating keys is a config change: silo:keyGeneration.
+KEYS_ISSUED_AT = 1767225600  # 2026-01-01T00:00:00Z
+KEYS_VALID_YEARS = 10
+
+
+@dataclass
+class ServiceResources:
+    app: FlyApp
+    secrets: FlySecrets
+    machine: FlyMachine
+    volume: FlyVolume | None
+    ips: list[FlyIpAssignment]
+
+
+class DevEnvStack(pulumi.ComponentResource):
+    """All Fly resources of one silo; see the module docstring for the graph."""
+
+    def __init__(self, cfg: SiloConfig, images: Mapping[str, Image], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("silo:devenv:DevEnvStack", f"devenv-{cfg.silo_id}", None, opts)
+        self.cfg = cfg
+        child = pulumi.ResourceOptions(parent=self)
+        keepers = {"generation": str(cfg.key_generation)}
+
+        def password(name: str, length: int) -> random.RandomPassword:
+            # Letters and digits only: the values end up in connection URLs (supabase docs).
+            return random.RandomPassword(
+                f"devenv-{cfg.silo_id}-{name}", length=length, special=False, keepers=keepers, opts=child
+            )
+
+        self.jwt_secret = password("jwt-secret", 48).result
+        self.db_password = password("db-password", 32).result
+        dashboard_password = password("dashboard-password", 24).result
+        meta_crypto_key = password("pg-meta-crypto-key", 40).result
+        keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
+        self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
+        self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))
+        secrets = pulumi.Output.all(
+            self.jwt_secret,
+            self.db_password,
+            dashboard_password,
+            meta_crypto_key,
+            self.anon_key,
+            self.service_role_key,
+        ).apply(
+            lambda v: svc.SiloSecrets(
+                jwt_secret=v[0],
+                postgres_password=v[1],
+                dashboard_username="supabase",
+                dashboard_password=v[2],
+                pg_meta_crypto_key=v[3],
+                anon_key=v[4],
+                service_role_key=v[5],
+            )
+        )
+
+        desired = "started" if cfg.state == "running" else "stopped"
+        self.services: dict[str, ServiceResources] = {}
+        for name in cfg.services:  # dependency order: upstreams first
+            self.services[name] = self._service(cfg, name, images[name], secrets, desired, child)
+
+        pg = self.services["pg"]
+        self.rls = (
+            FlyExec(
+                f"{cfg.app_name('pg')}-rls-{cfg.rls_mode}",
+                app=pg.app.name,
+                machine_id=pg.machine.machine_id,
+                command=psql_command(rls_sql(cfg.rls_mode)),
+                description=f"RLS mode {cfg.rls_mode}",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[pg.machine], aliases=[]),
+            )
+            if cfg.state == "running"
+            else None
+        )
+
+        self.cost = estimate(
+            [self._guest(cfg, n, images[n]) for n in cfg.services],
+            [svc.SERVICES[n].volume.size_gb for n in cfg.services if svc.SERVICES[n].volume],
+        )
+        self.register_outputs({"supabase_url": cfg.kong_url})
+
+    # -- one service ------------------------------------------------------------------------------
+    def _service(
+        self,
+        cfg: SiloConfig,
+        name: str,
+        image: Image,
+        secrets: pulumi.Output[svc.SiloSecrets],
+        desired: str,
+        child: pulumi.ResourceOptions,
+    ) -> ServiceResources:
+        spec = svc.SERVICES[name]
+        app_name = cfg.app_name(name)
+        keeps_data = spec.volume is not None and not cfg.allow_data_deletion
+        # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        app = FlyApp(
+            app_name,
+            name=app_name,
+            org=cfg.fly_org,
+            keep_volumes=not cfg.allow_data_deletion,
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
+        )
+        on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])
+        ip_types = ["v6", "shared_v4"] if spec.public else ["private_v6"]
+        ips = [
+            FlyIpAssignment(f"{app_name}-ip-{t.replace('_', '-')}", app=app.name, type=t, opts=on_app) for t in ip_types
+        ]
+        fly_secrets = FlySecrets(
+            f"{app_name}-secrets",
+            app=app.name,
+            values=secrets.apply(lambda s, n=name: svc.secret_env(cfg, n, s)),
+            opts=on_app,
+        )
+        volume = None
+        if spec.volume is not None:
+            volume = FlyVolume(
+                f"{app_name}-{spec.volume.name.replace('_', '-')}",
+                app=app.name,
+                name=spec.volume.name,
+                region=cfg.region,
+                size_gb=spec.volume.size_gb,
+                allow_delete=cfg.allow_data_deletion,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[app], retain_on_delete=keeps_data),
+            )
+        upstreams = [self.services[u].machine for u in spec.upstreams if u in self.services]
+        machine = FlyMachine(
+            f"{app_name}-machine",
+            app=app.name,
+            name=f"{app_name}-1",
+            region=cfg.region,
+            fly_toml=render_fly_toml(cfg, name, image.ref),
+            image=image.ref,
+            desired_state=desired,
+            volume_id=volume.volume_id if volume else None,
+            min_secrets_version=fly_secrets.version,
+            metadata={"silo_id": cfg.silo_id, "silo_service": name, "silo_image_tag": image.tag},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*ips, fly_secrets, *upstreams]),
+        )
+        return ServiceResources(app=app, secrets=fly_secrets, machine=machine, volume=volume, ips=ips)
+
+    @staticmethod
+    def _guest(cfg: SiloConfig, name: str, image: Image) -> dict[str, Any]:
+        config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(cfg, name, image.ref)), image=image.ref)
+        return config.get("guest") or {}
+
+
+def psql_command(sql: str) -> list[str]:
+    """psql on the pg machine itself; the password comes from the machine's env, never the command."""
+    script = (
+        'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U supabase_admin -d postgres '
+        '-v ON_ERROR_STOP=1 -c "$1"'
+    )
+    return ["sh", "-c", script, "psql", sql]
