@@ -146,6 +146,7 @@ class DevEnvStack(pulumi.ComponentResource):
                 region=cfg.region,
                 size_gb=spec.volume.size_gb,
                 allow_delete=cfg.allow_data_deletion,
+                allow_region_change=cfg.region_migration,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[app], retain_on_delete=keeps_data),
             )
         upstreams = [self.services[u].machine for u in spec.upstreams if u in self.services]

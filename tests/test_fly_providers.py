@@ -115,3 +115,12 @@ def test_ip_assignment_is_idempotent(fly_emulator, app) -> None:
     provider.delete(first.id, first.outs)
     provider.delete(first.id, first.outs)
     assert not fly_emulator.snapshot()["ips"].get(app)
+
+
+def test_region_change_of_a_data_volume_is_refused_without_the_migration_override() -> None:
+    provider = FlyVolumeProvider()
+    olds = {"app": "a", "name": "pg_data", "region": "yul", "size_gb": 10}
+    refused = provider.check(olds, {**olds, "region": "ams"})
+    assert [f.property for f in refused.failures] == ["region"]
+    assert "silo:regionMigration" in refused.failures[0].reason
+    assert provider.check(olds, {**olds, "region": "ams", "allow_region_change": True}).failures == []

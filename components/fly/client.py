@@ -371,21 +371,22 @@ class FlyClient:
             return None
         return None if volume.get("state") in ("destroyed", "destroying") else volume
 
-    def find_volume(self, app: str, name: str) -> dict | None:
-        matches = [v for v in self.list_volumes(app) if v.get("name") == name]
+    def find_volume(self, app: str, name: str, region: str | None = None) -> dict | None:
+        """The live volume of that name (in that region: a migrated app keeps its old one elsewhere)."""
+        matches = [v for v in self.list_volumes(app) if v.get("name") == name and region in (None, v.get("region"))]
         if len(matches) > 1:
             ids = ", ".join(v["id"] for v in matches)
             raise FlyError(f"app {app} has several volumes named {name!r} ({ids}); remove the extra ones")
         return matches[0] if matches else None
 
     def create_volume(self, app: str, body: Mapping[str, Any]) -> dict:
-        name = str(body["name"])
-        existing = self.find_volume(app, name)
+        name, region = str(body["name"]), body.get("region")
+        existing = self.find_volume(app, name, region)
         if existing is not None:
             return existing
         return self._create_idempotently(
             lambda: self._json("POST", f"/apps/{app}/volumes", json=dict(body), retry=False),
-            lambda: self.find_volume(app, name),
+            lambda: self.find_volume(app, name, region),
         )
 
     def extend_volume(self, app: str, volume_id: str, size_gb: int) -> dict:
@@ -400,9 +401,7 @@ class FlyClient:
             self.request("DELETE", f"/apps/{app}/volumes/{volume_id}")
 
     # -- machines ---------------------------------------------------------------------------------
-    def list_machines(
-        self, app: str, metadata: Mapping[str, str] | None = None, summary: bool = False
-    ) -> list[dict]:
+    def list_machines(self, app: str, metadata: Mapping[str, str] | None = None, summary: bool = False) -> list[dict]:
         params: dict[str, str] = {f"metadata.{k}": v for k, v in (metadata or {}).items()}
         if summary:
             params["summary"] = "true"
@@ -428,9 +427,7 @@ class FlyClient:
         )
 
     def update_machine(self, app: str, machine_id: str, body: Mapping[str, Any], nonce: str | None) -> dict:
-        return self._json(
-            "POST", f"/apps/{app}/machines/{machine_id}", json=dict(body), headers=_nonce_header(nonce)
-        )
+        return self._json("POST", f"/apps/{app}/machines/{machine_id}", json=dict(body), headers=_nonce_header(nonce))
 
     def start_machine(self, app: str, machine_id: str, nonce: str | None = None) -> None:
         self.request("POST", f"/apps/{app}/machines/{machine_id}/start", headers=_nonce_header(nonce))
@@ -445,13 +442,9 @@ class FlyClient:
         timeout: str | None = None,
     ) -> None:
         body = {k: v for k, v in (("signal", signal), ("timeout", timeout)) if v}
-        self.request(
-            "POST", f"/apps/{app}/machines/{machine_id}/stop", json=body or None, headers=_nonce_header(nonce)
-        )
+        self.request("POST", f"/apps/{app}/machines/{machine_id}/stop", json=body or None, headers=_nonce_header(nonce))
 
-    def delete_machine(
-        self, app: str, machine_id: str, nonce: str | None = None, *, force: bool = True
-    ) -> None:
+    def delete_machine(self, app: str, machine_id: str, nonce: str | None = None, *, force: bool = True) -> None:
         with contextlib.suppress(FlyNotFound):
             self.request(
                 "DELETE",
@@ -513,29 +506,22 @@ class FlyClient:
             if machine is None:
                 raise FlyError(f"machine {machine_id} of app {app} disappeared while waiting for checks")
             checks = [
-                c
-                for c in machine.get("checks") or []
-                if not str(c.get("name", "")).startswith(COMPAT_CHECK_PREFIX)
+                c for c in machine.get("checks") or [] if not str(c.get("name", "")).startswith(COMPAT_CHECK_PREFIX)
             ]
             failing = [c for c in checks if c.get("status") != "passing"]
             if not failing:
                 return machine
             if time.monotonic() >= deadline:
-                detail = "; ".join(
-                    f"{c.get('name')}={c.get('status')} {c.get('output', '')}".strip() for c in failing
-                )
+                detail = "; ".join(f"{c.get('name')}={c.get('status')} {c.get('output', '')}".strip() for c in failing)
                 raise FlyWaitTimeout(
-                    f"health checks of machine {machine_id} (app {app}) not passing after "
-                    f"{timeout_s:.0f}s: {detail}"
+                    f"health checks of machine {machine_id} (app {app}) not passing after {timeout_s:.0f}s: {detail}"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
     # -- leases -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lease(
-        self, app: str, machine_id: str, ttl_s: int = 120, *, wait_s: float = 60
-    ) -> Iterator[str | None]:
+    def lease(self, app: str, machine_id: str, ttl_s: int = 120, *, wait_s: float = 60) -> Iterator[str | None]:
         """Hold the machine's lease for the block; 409 (held by someone else) is retried up to `wait_s`."""
         path = f"/apps/{app}/machines/{machine_id}/lease"
         for attempt in Retrying(

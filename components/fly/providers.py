@@ -379,6 +379,15 @@ class FlyVolumeProvider(FlyProviderBase):
             failures.append(CheckFailure("snapshot_retention", "must be between 1 and 60 days"))
         if not news.get("region"):
             failures.append(CheckFailure("region", "the Fly region is required"))
+        elif olds.get("region") and olds["region"] != news["region"] and not news.get("allow_region_change"):
+            # A volume cannot move: a new region means a new, empty volume (fly-machines-api.md §1.3).
+            failures.append(
+                CheckFailure(
+                    "region",
+                    f"moving volume {news.get('name')} from {olds['region']} to {news['region']} would replace it "
+                    "with an empty one; migrate the data first, then set silo:regionMigration=true",
+                )
+            )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -465,6 +474,7 @@ class FlyVolume(Resource, module="fly", name="Volume"):
         allow_delete: bool = False,
         encrypted: bool = True,
         snapshot_retention: int | None = None,
+        allow_region_change: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -475,6 +485,7 @@ class FlyVolume(Resource, module="fly", name="Volume"):
             "allow_delete": allow_delete,
             "encrypted": encrypted,
             "snapshot_retention": snapshot_retention,
+            "allow_region_change": allow_region_change,
             "volume_id": None,
             "zone": None,
         }
