@@ -6,14 +6,15 @@ The same provider objects also run through the SDK's provider host over gRPC in 
 from __future__ import annotations
 
 import pytest
-from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic import Config as DynamicConfig
+from pulumi.dynamic import ConfigureRequest
 from pulumi.output import Unknown
 
 from components.fly.client import FlyError
 from components.fly.providers import (
     FlyAppProvider,
     FlyIpAssignmentProvider,
+    FlyMachineProvider,
     FlySecretsProvider,
     FlyVolumeProvider,
 )
@@ -124,3 +125,100 @@ def test_region_change_of_a_data_volume_is_refused_without_the_migration_overrid
     assert [f.property for f in refused.failures] == ["region"]
     assert "silo:regionMigration" in refused.failures[0].reason
     assert provider.check(olds, {**olds, "region": "ams", "allow_region_change": True}).failures == []
+
+
+FLY_TOML = """
+app = "devenv-acme-erp-meta"
+primary_region = "yul"
+kill_signal = "SIGTERM"
+kill_timeout = 10
+
+[env]
+PG_META_PORT = "8080"
+
+[[services]]
+internal_port = 8080
+protocol = "tcp"
+auto_stop_machines = "stop"
+auto_start_machines = true
+min_machines_running = 0
+
+[[services.ports]]
+port = 8080
+
+[[services.tcp_checks]]
+interval = "15s"
+timeout = "5s"
+grace_period = "5s"
+"""
+
+
+def machine_props(app: str, **overrides):
+    props = {"app": app, "name": f"{app}-1", "region": "yul", "fly_toml": FLY_TOML,
+             "image": "supabase/postgres-meta:v0.95.2", "desired_state": "started", "metadata": {},
+             "ready_timeout_s": 5}
+    props.update(overrides)
+    checked = FlyMachineProvider().check({}, props)
+    assert checked.failures == []
+    return checked.inputs
+
+
+@pytest.fixture
+def meta_app(fly_emulator):
+    configured(FlyAppProvider(), fly_emulator).create({"name": "devenv-acme-erp-meta", "org": "acme"})
+    return "devenv-acme-erp-meta"
+
+
+def test_machine_check_rejects_latest_and_invalid_fly_toml() -> None:
+    bad = FlyMachineProvider().check({}, {"app": "a", "name": "a-1", "region": "yul", "desired_state": "up",
+                                         "image": "kong:latest", "fly_toml": "[autoscaling]\nmax_machines = 3\n"})
+    assert {f.property for f in bad.failures} == {"desired_state", "image", "fly_toml"}
+
+
+def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> None:
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    props = machine_props(meta_app)
+    created = provider.create(props)
+    machine = fly_emulator.snapshot()["machines"][created.id]
+    assert created.outs["state"] == "started"
+    assert machine["config"]["metadata"]["fly_platform_version"] == "v2"
+    # Unchanged inputs arriving as engine floats: no diff.
+    assert provider.diff(created.id, created.outs, {**props, "ready_timeout_s": 5.0}).changes is False
+
+    new_image = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0")
+    diff = provider.diff(created.id, created.outs, new_image)
+    assert diff.changes and not diff.replaces
+    updated = provider.update(created.id, created.outs, new_image)
+    assert updated.outs["instance_id"] != created.outs["instance_id"]
+    assert fly_emulator.snapshot()["machines"][created.id]["config"]["image"] == "supabase/postgres-meta:v0.91.0"
+
+    stopped = provider.update(created.id, updated.outs, {**new_image, "desired_state": "stopped"})
+    assert stopped.outs["state"] == "stopped"
+    started = provider.update(created.id, stopped.outs, new_image)
+    assert started.outs["state"] == "started"
+
+    moved = provider.diff(created.id, started.outs, {**new_image, "region": "ams"})
+    assert moved.replaces == ["region"] and moved.delete_before_replace
+
+    provider.delete(created.id, started.outs)
+    provider.delete(created.id, started.outs)
+    assert created.id not in fly_emulator.snapshot()["machines"]
+
+
+def test_machine_that_never_gets_healthy_is_rolled_back(fly_emulator, meta_app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(check_pass_s=60))
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    with pytest.raises(FlyError, match="health checks"):
+        provider.create(machine_props(meta_app, ready_timeout_s=2))
+    assert fly_emulator.snapshot()["machines"] == {}
+
+
+def test_delete_flushes_through_exec_first(fly_emulator, meta_app) -> None:
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    props = machine_props(meta_app, pre_stop_exec=["/usr/local/bin/r2-sync.sh", "--immediate"])
+    created = provider.create(props)
+    provider.delete(created.id, created.outs)
+    assert [e["cmd"] for e in fly_emulator.exec_log()] == [["/usr/local/bin/r2-sync.sh", "--immediate"]]
+    assert created.id not in fly_emulator.snapshot()["machines"]
