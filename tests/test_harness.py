@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ import pytest
 import yaml
 
 from harness import state as harness_state
+from harness.builtins import (
+    DIFF_NONE,
+    LOWER,
+    RandomPasswordProvider,
+    RandomStringProvider,
+    RandomUuidProvider,
+)
 from harness.engine import HarnessResult, run
 
 pytestmark = pytest.mark.harness
@@ -243,6 +251,10 @@ def test_protected_resource_blocks_replacement(toy: Toy) -> None:
     assert "guarded" in result.error and "protect" in result.error
     assert ("delete", "guarded") not in [(c["method"], c["name"]) for c in toy.calls()]
 
+    removed = toy.run("up")  # dropping it from the program must not delete it either
+    assert not removed.ok and "guarded" in removed.error and "protected" in removed.error
+    assert not toy.calls("delete") and "guarded" in toy.custom_names()
+
 
 def test_check_failure_names_the_property_and_creates_nothing(toy: Toy) -> None:
     result = toy.run("up", size=0)
@@ -340,3 +352,21 @@ def test_encrypted_stack_config_is_refused_with_the_key_named(toy: Toy) -> None:
     assert not result.ok
     assert "toy:token" in result.error and "--secret" in result.error
     assert not (toy.state_dir / "test.json").exists()
+
+
+def test_random_builtins_follow_the_upstream_rules() -> None:
+    urn = "urn:pulumi:test::toy::random:index/randomPassword:RandomPassword::pw"
+    password = RandomPasswordProvider()
+    inputs, failures = password.check(urn, {}, {"length": 12, "upper": False, "numeric": False, "overrideSpecial": "#"})
+    assert failures == []
+    _, outs = password.create(urn, inputs)
+    assert len(outs["result"]) == 12 and set(outs["result"]) <= set(LOWER + "#")
+    _, failures = password.check(urn, {}, {"length": 4, "minLower": 3, "minUpper": 3})
+    assert [prop for prop, _ in failures] == ["length"]
+    assert password.diff(urn, "none", outs, {**inputs, "length": 13}, inputs).replaces == ["length"]
+    assert password.diff(urn, "none", outs, inputs, inputs).changes == DIFF_NONE
+
+    id_, outs = RandomStringProvider().create(urn, RandomStringProvider().check(urn, {}, {"length": 8})[0])
+    assert id_ == outs["result"] and len(id_) == 8
+    id_, outs = RandomUuidProvider().create(urn, {})
+    assert str(uuid.UUID(id_)) == outs["result"]
