@@ -8,8 +8,9 @@ unknowns as the unknown sentinel and secrets as the secret wrapper, which is wha
 (acceptSecrets/acceptResources false) ends up seeing from the real engine. Without
 `resourceReferences`, resources passed as inputs serialize as their id/URN, which is also what the
 engine gives a provider that does not accept resources. Options the harness does not implement
-(transforms, hooks, deletedWith, replaceWith, alias specs) are therefore refused by the SDK with a clear
-"not supported" error instead of being silently ignored; aliases still work via their URNs.
+(transforms, resource hooks, deletedWith, replaceWith) are therefore refused by the SDK with a clear
+"not supported" error instead of being silently ignored. Without `aliasSpecs` the SDK sends aliases as
+URNs, which the deployment honours.
 """
 
 from __future__ import annotations
