@@ -453,15 +453,16 @@ def _struct(props: dict[str, Any]) -> struct_pb2.Struct:
 
 
 @pytest.fixture
-def provider_host() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
+def provider_host(tmp_path: Path) -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
     env["PYTHONPATH"] = str(REPO)
+    stderr = (tmp_path / "provider-host.stderr").open("w")  # a file: a full pipe would stall the host
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "pulumi.dynamic"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     try:
@@ -473,6 +474,7 @@ def provider_host() -> Iterator[provider_pb2_grpc.ResourceProviderStub]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        stderr.close()
 
 
 def test_round_trip_through_the_provider_host(
