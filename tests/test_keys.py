@@ -77,21 +77,23 @@ def test_bad_lifetimes_are_rejected(issued_at: int, years: int) -> None:
 
 
 def test_verify_rejects_forged_expired_and_foreign_tokens() -> None:
-    keys = supabase_keys(SECRET, issued_at=NOW)
+    # Fresh clock: a module-level NOW can be minutes old when a long suite reaches this test.
+    now = int(time.time())
+    keys = supabase_keys(SECRET, issued_at=now)
     with pytest.raises(jwt.InvalidSignatureError):
         verify_key(keys.anon_key, SECRET.upper())
     expired = supabase_keys(SECRET, issued_at=int(datetime(2015, 1, 1, tzinfo=UTC).timestamp()), years=1)
     with pytest.raises(jwt.ExpiredSignatureError):
         verify_key(expired.anon_key, SECRET)
     # The public demo keys of .env.example use iss "supabase-demo": not ours.
-    demo = jwt.encode({"role": "anon", "iss": "supabase-demo", "iat": NOW, "exp": NOW + 60}, SECRET)
+    demo = jwt.encode({"role": "anon", "iss": "supabase-demo", "iat": now, "exp": now + 3600}, SECRET)
     with pytest.raises(jwt.InvalidIssuerError):
         verify_key(demo, SECRET)
-    user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": NOW, "exp": NOW + 60}, SECRET)
+    user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": now, "exp": now + 3600}, SECRET)
     with pytest.raises(jwt.InvalidTokenError, match="unexpected role"):
         verify_key(user_token, SECRET)
     unsigned = jwt.encode(
-        {"role": "anon", "iss": "supabase", "iat": NOW, "exp": NOW + 60}, None, algorithm="none"
+        {"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none"
     )
     with pytest.raises(jwt.InvalidAlgorithmError):
         verify_key(unsigned, SECRET)
