@@ -23,10 +23,15 @@ else:
     devenv = DevEnvStack(cfg, images)
     outputs = silo_outputs(cfg, devenv)
     if cfg.towns:
-        from components.town import TownSandbox
+        from components.town import ControlPlaneRef, TownSandbox
 
-        towns = [TownSandbox(cfg, town, images["town"], opts=pulumi.ResourceOptions()) for town in cfg.towns]
+        control = ControlPlaneRef(cfg.control_stack)
+        towns = [TownSandbox(cfg, town, images["town"], control) for town in cfg.towns]
         outputs["towns"] = {sandbox.town.name: sandbox.outputs for sandbox in towns}
+        # Secret, and apart: one secret value would hide the whole towns map.
+        outputs["town_internal_api_keys"] = pulumi.Output.secret(
+            {sandbox.town.name: sandbox.internal_api_key for sandbox in towns}
+        )
 
 for key, value in outputs.items():
     pulumi.export(key, value)

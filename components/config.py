@@ -60,6 +60,10 @@ FIELD_BY_KEY: dict[str, str] = {
     "keyGeneration": "key_generation",
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
+    # Keys of the `control` stack only.
+    "backupBucket": "backup_bucket",
+    "backupLocationHint": "backup_location_hint",
+    "usersTable": "users_table",
 }
 # Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
 # copied into the model, so a SiloConfig can be printed or logged safely.
@@ -161,8 +165,7 @@ def _git_url(value: str) -> str:
     if "://" not in value and _SCP_LIKE_GIT.fullmatch(value):
         return value
     raise ValueError(
-        f"must be a git URL: https://host/path, ssh://host/path, git@host:path or file:///path "
-        f"(got {_shown(value)})"
+        f"must be a git URL: https://host/path, ssh://host/path, git@host:path or file:///path (got {_shown(value)})"
     )
 
 
@@ -184,9 +187,7 @@ def _branch(value: str) -> str:
 
 def _town_name(value: str) -> str:
     if value != value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(
-            f"must not start or end with spaces or contain control characters (got {_shown(value)})"
-        )
+        raise ValueError(f"must not start or end with spaces or contain control characters (got {_shown(value)})")
     return value
 
 
@@ -194,19 +195,13 @@ def _image_tag(value: str) -> str:
     if value == "latest":
         raise ValueError('must be a pinned tag, not "latest" (images are pinned so previews are stable)')
     if not _IMAGE_TAG.fullmatch(value):
-        raise ValueError(
-            f"must be an image tag such as 15.1.1.78, not an image reference (got {_shown(value)})"
-        )
+        raise ValueError(f"must be an image tag such as 15.1.1.78, not an image reference (got {_shown(value)})")
     return value
 
 
 def _region(value: str) -> str:
     if value not in FLY_REGIONS:
-        near = (
-            [value.lower()]
-            if value.lower() in FLY_REGIONS
-            else difflib.get_close_matches(value, FLY_REGIONS, n=1)
-        )
+        near = [value.lower()] if value.lower() in FLY_REGIONS else difflib.get_close_matches(value, FLY_REGIONS, n=1)
         hint = f"; did you mean {near[0]}?" if near else ""
         raise ValueError(f"unknown Fly region {_shown(value)}{hint} (known: {', '.join(FLY_REGIONS)})")
     return value
@@ -328,8 +323,7 @@ class SiloConfig(_Model):
         _reject_duplicates([t.name for t in towns], "town name", "towns")
         if towns and not info.data.get("control_stack"):
             raise ValueError(
-                "towns need silo:controlStack, the control stack that holds the registry database and "
-                "the backup bucket"
+                "towns need silo:controlStack, the control stack that holds the registry database and the backup bucket"
             )
         return towns
 
@@ -425,6 +419,32 @@ def _errors_from_validation(exc: ValidationError) -> list[tuple[str, str]]:
     return [(_config_key(tuple(e["loc"])), _message(e)) for e in exc.errors(include_url=False)]
 
 
+class ControlConfig(_Model):
+    """The shared `control` stack: registry database schema, image catalog sync, backup bucket.
+
+    Its database DSN is the secret `silo:registryDsn` (read by the providers, never by this model).
+    """
+
+    kind: Literal["control"]
+    # R2 bucket names: 3-63 lowercase letters, digits and dashes (the R2 provider checks it again).
+    backup_bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")] = "silo-gastown-backups"
+    backup_location_hint: Literal["apac", "eeur", "enam", "weur", "wnam", "oc"] | None = None
+    allow_data_deletion: StrictBool = False
+    # The users table the registry's user_id columns reference ("schema.table"), when it is in this database.
+    users_table: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")] | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_errors_from_validation(exc)) from None
+
+
+_CONTROL_FIELDS = frozenset(ControlConfig.model_fields)
+_SILO_ONLY = frozenset(SiloConfig.model_fields) - _CONTROL_FIELDS
+_CONTROL_ONLY = _CONTROL_FIELDS - frozenset(SiloConfig.model_fields)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loaders
 
@@ -449,7 +469,7 @@ def _suggest(key: str) -> str:
     return f" (did you mean {NAMESPACE}:{near[0]}?)" if near else ""
 
 
-def from_mapping(config: Mapping[str, Any]) -> SiloConfig:
+def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
     """A ``SiloConfig`` from namespaced keys (``silo:client``, ``fly:apiUrl``, ...).
 
     Keys of other namespaces are ignored; ``fly:apiUrl`` is checked to be an http(s) URL.
@@ -485,9 +505,17 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig:
                 value = ""
         data[FIELD_BY_KEY[key]] = value
     reported = {k for k, _ in errors}
+    control = data.get("kind") == "control"
+    misplaced = _SILO_ONLY if control else _CONTROL_ONLY
+    for field in sorted(misplaced & data.keys()):
+        errors.append(
+            (f"{NAMESPACE}:{KEY_BY_FIELD[field]}", f"is not used by a {'control' if control else 'silo'} stack")
+        )
+        reported.add(f"{NAMESPACE}:{KEY_BY_FIELD[field]}")
+        del data[field]
     try:
-        # SiloConfig.__init__ turns pydantic's ValidationError into ConfigError.
-        cfg = SiloConfig(**data)
+        # The models' __init__ turn pydantic's ValidationError into ConfigError.
+        cfg = ControlConfig(**data) if control else SiloConfig(**data)
     except ConfigError as exc:
         # A key rejected above is absent from data; don't also call it "required".
         errors.extend((key, msg) for key, msg in exc.errors if key not in reported)
@@ -558,12 +586,12 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     return {str(k): v for k, v in config.items()}
 
 
-def load_stack_file(path: Path) -> SiloConfig:
+def load_stack_file(path: Path) -> SiloConfig | ControlConfig:
     """Validate the ``config:`` map of a ``Pulumi.<stack>.yaml`` file."""
     return from_mapping(read_stack_file(path))
 
 
-def from_pulumi_config() -> SiloConfig:
+def from_pulumi_config() -> SiloConfig | ControlConfig:
     """The running Pulumi program's ``silo:`` config (and ``fly:apiUrl``), validated.
 
     ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as

@@ -153,7 +153,7 @@ class DevEnvStack(pulumi.ComponentResource):
         machine = FlyMachine(
             f"{app_name}-machine",
             app=app.name,
-            name=f"{app_name}-1",
+            name=name,
             region=cfg.region,
             fly_toml=render_fly_toml(cfg, name, image.ref),
             image=image.ref,
