@@ -33,6 +33,11 @@ T = TypeVar("T")
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 WAIT_CALL_MAX_S = 60  # the API refuses longer waits with 400 (fly-machines-api.md §2.4)
 COMPAT_CHECK_PREFIX = "bg_deployments_compat"
+# Health-check polling backs off from 0.1 s to this. The client's waits sit on the critical path of
+# an up (every machine waits for its checks before its dependents start), and the overshoot past the
+# moment checks pass averages half this interval; 0.5 s keeps one poller at <= 2 GET/s per machine,
+# well inside Get Machine's documented 5 req/s (burst 10) limit (fly-machines-api.md §3.2).
+CHECK_POLL_MAX_S = 0.5
 
 
 class FlyError(Exception):
@@ -517,7 +522,7 @@ class FlyClient:
                     f"health checks of machine {machine_id} (app {app}) not passing after {timeout_s:.0f}s: {detail}"
                 )
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, CHECK_POLL_MAX_S)
 
     # -- leases -----------------------------------------------------------------------------------
     @contextlib.contextmanager
