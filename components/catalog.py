@@ -47,12 +47,14 @@ DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalog" / "images.y
 # Serialises catalog syncs and pins on one database (pg_advisory_xact_lock key).
 SYNC_LOCK_KEY = 0x51_10_CA_7A  # "silo catalog"
 DOCKER_HUB = "https://registry-1.docker.io"
-MANIFEST_TYPES = ", ".join((
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-))
+MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    )
+)
 
 
 class CatalogError(ValueError):
@@ -105,8 +107,9 @@ class ResolvedImage:
     warnings: tuple[str, ...] = ()
 
 
-def _resolved(service: str, repository: str, tag: str, digest: str | None, status: str,
-              warnings: Iterable[str] = ()) -> ResolvedImage:
+def _resolved(
+    service: str, repository: str, tag: str, digest: str | None, status: str, warnings: Iterable[str] = ()
+) -> ResolvedImage:
     notes = list(warnings)
     if status == "deprecated":
         notes.append(f"{service} image tag {tag} is deprecated: still deployed, but move to a current tag")
@@ -114,8 +117,10 @@ def _resolved(service: str, repository: str, tag: str, digest: str | None, statu
         ref = f"{repository}@{digest}"
     else:
         ref = f"{repository}:{tag}"
-        notes.append(f"{service} image {repository}:{tag} has no digest in the catalog: deploying by tag, "
-                     "which the registry can change under us")
+        notes.append(
+            f"{service} image {repository}:{tag} has no digest in the catalog: deploying by tag, "
+            "which the registry can change under us"
+        )
     return ResolvedImage(service, repository, ref, tag, digest, status, tuple(notes))
 
 
@@ -136,15 +141,18 @@ class Catalog(BaseModel):
             tags[entry.tag] = entry
             if entry.digest:
                 if entry.digest in digests:
-                    raise ValueError(f"digest {entry.digest} appears twice: entries {digests[entry.digest].label} "
-                                     f"and {entry.label} (one image cannot be two tags)")
+                    raise ValueError(
+                        f"digest {entry.digest} appears twice: entries {digests[entry.digest].label} "
+                        f"and {entry.label} (one image cannot be two tags)"
+                    )
                 digests[entry.digest] = entry
             if entry.default:
                 if entry.status != "active":
                     raise ValueError(f"entry {entry.label}: a default tag must be active (it is {entry.status})")
                 if entry.service in defaults:
-                    raise ValueError(f"service {entry.service} has two default tags: "
-                                     f"{defaults[entry.service].tag} and {entry.tag}")
+                    raise ValueError(
+                        f"service {entry.service} has two default tags: {defaults[entry.service].tag} and {entry.tag}"
+                    )
                 defaults[entry.service] = entry
         return self
 
@@ -163,11 +171,14 @@ class Catalog(BaseModel):
         entry = self.entry(service, tag)
         if entry is None:
             known = ", ".join(e.tag for e in self.images if e.service == service and e.status != "disabled")
-            raise CatalogError(f"silo:images.{service}: tag {tag!r} is not in the image catalog "
-                               f"(deployable tags: {known or 'none'})")
+            raise CatalogError(
+                f"silo:images.{service}: tag {tag!r} is not in the image catalog (deployable tags: {known or 'none'})"
+            )
         if entry.status == "disabled":
-            raise CatalogError(f"silo:images.{service}: tag {tag!r} is disabled in the image catalog "
-                               f"({entry.notes or 'not deployable'}); pick another tag")
+            raise CatalogError(
+                f"silo:images.{service}: tag {tag!r} is disabled in the image catalog "
+                f"({entry.notes or 'not deployable'}); pick another tag"
+            )
         return _resolved(service, entry.repository, entry.tag, entry.digest, entry.status)
 
 
@@ -211,8 +222,14 @@ _COLUMNS = ("service", "repository", "image_tag", "image_digest", "status", "not
 
 
 def _row(entry: ImageEntry) -> dict[str, Any]:
-    return {"service": entry.service, "repository": entry.repository, "image_tag": entry.tag,
-            "image_digest": entry.digest, "status": entry.status, "notes": entry.notes}
+    return {
+        "service": entry.service,
+        "repository": entry.repository,
+        "image_tag": entry.tag,
+        "image_digest": entry.digest,
+        "status": entry.status,
+        "notes": entry.notes,
+    }
 
 
 def sync_catalog(dsn: str, catalog: Catalog) -> SyncResult:
@@ -234,7 +251,9 @@ def sync_catalog(dsn: str, catalog: Catalog) -> SyncResult:
                 rows = conn.execute(
                     "SELECT id, service, repository, image_tag, image_digest, status, notes "
                     "FROM kiloclaw_available_versions WHERE image_tag = ANY(%s) OR image_digest = ANY(%s) "
-                    "ORDER BY id FOR UPDATE", (tags, digests)).fetchall()
+                    "ORDER BY id FOR UPDATE",
+                    (tags, digests),
+                ).fetchall()
                 by_tag = {r["image_tag"]: r for r in rows}
                 by_digest = {r["image_digest"]: r for r in rows if r["image_digest"]}
                 conflicts = _conflicts(catalog.images, by_tag, by_digest)
@@ -247,42 +266,54 @@ def sync_catalog(dsn: str, catalog: Catalog) -> SyncResult:
                             "INSERT INTO kiloclaw_available_versions "
                             "(service, repository, image_tag, image_digest, status, notes) "
                             "VALUES (%(service)s, %(repository)s, %(image_tag)s, %(image_digest)s, "
-                            "%(status)s, %(notes)s)", row)
+                            "%(status)s, %(notes)s)",
+                            row,
+                        )
                         result.inserted.append(entry.tag)
                     elif any(current[c] != row[c] for c in _COLUMNS):
                         conn.execute(
                             "UPDATE kiloclaw_available_versions SET image_digest = %(image_digest)s, "
                             "status = %(status)s, notes = %(notes)s, updated_at = now() "
-                            "WHERE image_tag = %(image_tag)s", row)
+                            "WHERE image_tag = %(image_tag)s",
+                            row,
+                        )
                         result.updated.append(entry.tag)
                     else:
                         result.unchanged.append(entry.tag)
         except pg_errors.UniqueViolation as exc:
             # Only a writer that bypasses the lock (manual SQL) can get here; still no raw error.
             detail = exc.diag.message_detail or str(exc)
-            raise CatalogConflict(f"the catalog conflicts with a row written concurrently: {detail} "
-                                  "(nothing was written)") from None
+            raise CatalogConflict(
+                f"the catalog conflicts with a row written concurrently: {detail} (nothing was written)"
+            ) from None
     return result
 
 
-def _conflicts(entries: Iterable[ImageEntry], by_tag: dict[str, dict[str, Any]],
-               by_digest: dict[str, dict[str, Any]]) -> list[str]:
+def _conflicts(
+    entries: Iterable[ImageEntry], by_tag: dict[str, dict[str, Any]], by_digest: dict[str, dict[str, Any]]
+) -> list[str]:
     problems = []
     for entry in entries:
         owner = by_digest.get(entry.digest) if entry.digest else None
         if owner is not None and owner["image_tag"] != entry.tag:
-            problems.append(f"digest {entry.digest} of tag {entry.tag} ({entry.service}) already belongs to "
-                            f"tag {owner['image_tag']} ({owner['service']}) in the database")
+            problems.append(
+                f"digest {entry.digest} of tag {entry.tag} ({entry.service}) already belongs to "
+                f"tag {owner['image_tag']} ({owner['service']}) in the database"
+            )
         current = by_tag.get(entry.tag)
         if current is None:
             continue
         if current["image_digest"] and current["image_digest"] != entry.digest:
-            problems.append(f"tag {entry.tag} ({entry.service}) is recorded with digest "
-                            f"{current['image_digest']} but the catalog says {entry.digest}: "
-                            "a published tag's content must not change; publish a new tag")
+            problems.append(
+                f"tag {entry.tag} ({entry.service}) is recorded with digest "
+                f"{current['image_digest']} but the catalog says {entry.digest}: "
+                "a published tag's content must not change; publish a new tag"
+            )
         if (current["service"], current["repository"]) != (entry.service, entry.repository):
-            problems.append(f"tag {entry.tag} is recorded for {current['service']} {current['repository']} "
-                            f"but the catalog lists it for {entry.service} {entry.repository}")
+            problems.append(
+                f"tag {entry.tag} is recorded for {current['service']} {current['repository']} "
+                f"but the catalog lists it for {entry.service} {entry.repository}"
+            )
     return problems
 
 
@@ -295,16 +326,16 @@ class Pin:
     warnings: tuple[str, ...] = ()
 
 
-def pin_user(dsn: str, user_id: str, tag: str, *, pinned_by: str | None = None,
-             reason: str | None = None) -> Pin:
+def pin_user(dsn: str, user_id: str, tag: str, *, pinned_by: str | None = None, reason: str | None = None) -> Pin:
     """Pin ``user_id`` to ``tag`` (for the tag's service). Unknown or disabled tags are refused;
     deprecated tags are accepted with a warning, and resolve_pin honours them the same way."""
     if not user_id:
         raise CatalogError("user_id: required")
     with psycopg.connect(dsn, row_factory=dict_row) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
-        row = conn.execute("SELECT service, status FROM kiloclaw_available_versions WHERE image_tag = %s "
-                           "FOR SHARE", (tag,)).fetchone()
+        row = conn.execute(
+            "SELECT service, status FROM kiloclaw_available_versions WHERE image_tag = %s FOR SHARE", (tag,)
+        ).fetchone()
         if row is None:
             raise CatalogError(f"tag: {tag!r} is not in kiloclaw_available_versions; sync the catalog first")
         if row["status"] == "disabled":
@@ -313,9 +344,14 @@ def pin_user(dsn: str, user_id: str, tag: str, *, pinned_by: str | None = None,
             "INSERT INTO kiloclaw_version_pins (user_id, service, image_tag, pinned_by, reason) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, service) DO UPDATE SET "
             "image_tag = EXCLUDED.image_tag, pinned_by = EXCLUDED.pinned_by, reason = EXCLUDED.reason, "
-            "updated_at = now()", (user_id, row["service"], tag, pinned_by, reason))
-    warnings = (f"tag {tag} is deprecated: the pin is honoured, but move the user to a current tag",) \
-        if row["status"] == "deprecated" else ()
+            "updated_at = now()",
+            (user_id, row["service"], tag, pinned_by, reason),
+        )
+    warnings = (
+        (f"tag {tag} is deprecated: the pin is honoured, but move the user to a current tag",)
+        if row["status"] == "deprecated"
+        else ()
+    )
     return Pin(user_id, row["service"], tag, warnings)
 
 
@@ -329,14 +365,24 @@ def resolve_pin(dsn: str, user_id: str, service: str) -> ResolvedImage | None:
         row = conn.execute(
             "SELECT v.service, v.repository, v.image_tag, v.image_digest, v.status "
             "FROM kiloclaw_version_pins p JOIN kiloclaw_available_versions v ON v.image_tag = p.image_tag "
-            "WHERE p.user_id = %s AND p.service = %s", (user_id, service)).fetchone()
+            "WHERE p.user_id = %s AND p.service = %s",
+            (user_id, service),
+        ).fetchone()
     if row is None:
         return None
     if row["status"] == "disabled":
-        raise CatalogError(f"user {user_id} is pinned to {service} tag {row['image_tag']}, which is now "
-                           "disabled: re-pin the user or remove the pin")
-    return _resolved(row["service"], row["repository"], row["image_tag"], row["image_digest"], row["status"],
-                     [f"user {user_id} is pinned to {service} tag {row['image_tag']}"])
+        raise CatalogError(
+            f"user {user_id} is pinned to {service} tag {row['image_tag']}, which is now "
+            "disabled: re-pin the user or remove the pin"
+        )
+    return _resolved(
+        row["service"],
+        row["repository"],
+        row["image_tag"],
+        row["image_digest"],
+        row["status"],
+        [f"user {user_id} is pinned to {service} tag {row['image_tag']}"],
+    )
 
 
 # -- CatalogSync dynamic resource (control stack) -------------------------------------------------
@@ -367,19 +413,24 @@ class CatalogSyncProvider(ResourceProvider):
         try:
             Catalog.model_validate({"images": images})
         except ValidationError as exc:
-            reasons = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-                       for e in exc.errors()]
+            reasons = [
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+            ]
             return CheckResult(news, [CheckFailure("images", "; ".join(reasons))])
         return CheckResult(news, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return DiffResult(changes=olds.get("images") != news.get("images") or olds.get("dsn") != news.get("dsn"),
-                          replaces=[])
+        return DiffResult(
+            changes=olds.get("images") != news.get("images") or olds.get("dsn") != news.get("dsn"), replaces=[]
+        )
 
     def _sync(self, props: Mapping[str, Any]) -> dict[str, Any]:
         result = sync_catalog(self._dsn_for(props), Catalog.model_validate({"images": props["images"]}))
-        return {"tags": sorted(e["tag"] for e in props["images"]), "inserted": result.inserted,
-                "updated": result.updated}
+        return {
+            "tags": sorted(e["tag"] for e in props["images"]),
+            "inserted": result.inserted,
+            "updated": result.updated,
+        }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         return CreateResult("image-catalog", {**props, **self._sync(props)})
@@ -389,8 +440,10 @@ class CatalogSyncProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with psycopg.connect(self._dsn_for(props)) as conn:
-            rows = conn.execute("SELECT image_tag FROM kiloclaw_available_versions WHERE image_tag = ANY(%s)",
-                                (props.get("tags") or [],)).fetchall()
+            rows = conn.execute(
+                "SELECT image_tag FROM kiloclaw_available_versions WHERE image_tag = ANY(%s)",
+                (props.get("tags") or [],),
+            ).fetchall()
         return ReadResult(id_, {**props, "tags": sorted(r[0] for r in rows)})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -403,8 +456,14 @@ class CatalogSync(Resource, module="catalog", name="Sync"):
 
     tags: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, catalog: Catalog | None = None, *, dsn: pulumi.Input[str] | None = None,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        catalog: Catalog | None = None,
+        *,
+        dsn: pulumi.Input[str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         catalog = catalog or load_catalog()
         props = {
             "tags": None,
@@ -452,8 +511,9 @@ def resolve_digest(repository: str, tag: str, *, registry: str = DOCKER_HUB, tim
             raise CatalogError(f"{repository}:{tag}: the registry answered HTTP {response.status_code}")
         digest = response.headers.get("Docker-Content-Digest", "")
     if not DIGEST.match(digest):
-        raise CatalogError(f"{repository}:{tag}: the registry returned no usable Docker-Content-Digest "
-                           f"(got {digest!r})")
+        raise CatalogError(
+            f"{repository}:{tag}: the registry returned no usable Docker-Content-Digest (got {digest!r})"
+        )
     return digest
 
 

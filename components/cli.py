@@ -76,11 +76,7 @@ def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
     An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
     so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
     """
-    return {
-        key: raw[key]
-        for key in (FLY_API_URL_KEY, FLY_API_TOKEN_KEY)
-        if isinstance(raw.get(key), str) and raw[key]
-    }
+    return {key: raw[key] for key in (FLY_API_URL_KEY, FLY_API_TOKEN_KEY) if isinstance(raw.get(key), str) and raw[key]}
 
 
 def _cell(value: Any) -> str:
@@ -98,9 +94,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     table = [[title for _, title in STATUS_COLUMNS]]
     table += [[_cell(row.get(key)) for key, _ in STATUS_COLUMNS] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(STATUS_COLUMNS))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
-    )
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

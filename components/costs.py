@@ -40,9 +40,7 @@ def estimate(guests: Iterable[Mapping[str, Any]], volume_sizes_gb: Iterable[int]
         "compute_always_on": round(compute, 2),
         "volumes": round(storage, 2),
         "total_always_on": round(compute + storage, 2),
-        f"total_{SEED_ACTIVE_HOURS}h_active": round(
-            compute * SEED_ACTIVE_HOURS / HOURS_PER_MONTH + storage, 2
-        ),
+        f"total_{SEED_ACTIVE_HOURS}h_active": round(compute * SEED_ACTIVE_HOURS / HOURS_PER_MONTH + storage, 2),
         "total_stopped": round(storage, 2),
         "assumptions": "Fly.io list prices (components/costs.py); started time billed per second; "
         "bandwidth not included",

@@ -46,8 +46,7 @@ class RegistryProviderBase(ResourceProvider):
         dsn = getattr(self, "_dsn", None) or os.environ.get(DSN_ENV)
         if not dsn:
             raise RuntimeError(
-                f"no registry database: set `pulumi config set --secret {DSN_CONFIG_KEY} ...` "
-                f"or export {DSN_ENV}"
+                f"no registry database: set `pulumi config set --secret {DSN_CONFIG_KEY} ...` or export {DSN_ENV}"
             )
         return psycopg.connect(dsn, connect_timeout=15)
 
@@ -105,9 +104,7 @@ class TownRegistrationProvider(RegistryProviderBase):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         # Soft delete: the row stays for history; the name and sandbox id become free again.
         with self.connect() as conn, conn.transaction():
-            conn.execute(
-                "UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s AND status = 'active'", (id_,)
-            )
+            conn.execute("UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s AND status = 'active'", (id_,))
             conn.execute(
                 "UPDATE gastown_towns SET status = 'destroyed', destroyed_at = now() "
                 "WHERE id = %s AND destroyed_at IS NULL",
@@ -154,9 +151,7 @@ class TownRecordProvider(RegistryProviderBase):
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return diff_result(
-            olds, news, compare=self.FIELDS, replace_on=("town_id",), delete_before_replace=False
-        )
+        return diff_result(olds, news, compare=self.FIELDS, replace_on=("town_id",), delete_before_replace=False)
 
     def _write(self, props: Mapping[str, Any]) -> None:
         rigs: Sequence[Mapping[str, Any]] = props.get("rigs") or []

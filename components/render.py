@@ -142,9 +142,7 @@ def _fly_context(cfg: SiloConfig, name: str, image: str) -> dict[str, Any]:
     }
     if name == "pg":
         ctx["processes"] = {"app": svc.PG_COMMAND}
-        ctx["files"] = [
-            {"guest_path": path, "raw_value": render_file(template)} for path, template in PG_FILES.items()
-        ]
+        ctx["files"] = [{"guest_path": path, "raw_value": render_file(template)} for path, template in PG_FILES.items()]
     if name == "kong":
         ctx["kong_secret"] = svc.KONG_YML_SECRET
         ctx["kong_config_path"] = svc.KONG_DECLARATIVE_CONFIG
@@ -154,9 +152,7 @@ def _fly_context(cfg: SiloConfig, name: str, image: str) -> dict[str, Any]:
 def render_fly_toml(cfg: SiloConfig, service: str, image: str | None = None) -> str:
     """The fly.toml of one service's app. ``image`` (a full reference) defaults to the pinned tag."""
     if service not in cfg.services:
-        raise ValueError(
-            f"service {service!r} is not enabled in this silo (enabled: {', '.join(cfg.services)})"
-        )
+        raise ValueError(f"service {service!r} is not enabled in this silo (enabled: {', '.join(cfg.services)})")
     return render_file(f"fly/{service}.toml.j2", **_fly_context(cfg, service, image or svc.image_ref(cfg, service)))
 
 
@@ -173,9 +169,7 @@ def render_kong_yml(cfg: SiloConfig, secrets: svc.SiloSecrets | None) -> str:
         }
     )
     upstream = {name: cfg.flycast_url(name, svc.SERVICES[name].port) for name in svc.enabled_upstreams(cfg, "kong")}
-    return render_file(
-        "kong/kong.yml.j2", app=cfg.app_name("kong"), studio=cfg.studio, upstream=upstream, **values
-    )
+    return render_file("kong/kong.yml.j2", app=cfg.app_name("kong"), studio=cfg.studio, upstream=upstream, **values)
 
 
 def render_stack(cfg: SiloConfig, out_dir: Path) -> list[Path]:

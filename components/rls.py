@@ -24,6 +24,10 @@ def rls_sql(mode: str) -> str:
     """The idempotent SQL (one DO block) for ``mode``; an unknown mode is an error naming the key."""
     if mode not in RLS_MODES:
         raise ValueError(f"silo:rlsMode: must be one of {', '.join(RLS_MODES)} (got {mode!r})")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     return env.get_template("pg/rls.sql.j2").render(mode=mode, prefix=POLICY_PREFIX, lock_key=LOCK_KEY)

@@ -87,8 +87,10 @@ class Drift:
     def message(self) -> str:
         if self.current is None:
             return f"migration {self.name} was applied but its file is missing from the migrations folder"
-        return (f"migration {self.name} was changed after it was applied (checksum {self.recorded[:12]}… "
-                f"recorded, {self.current[:12]}… now): add a new migration instead of editing an applied one")
+        return (
+            f"migration {self.name} was changed after it was applied (checksum {self.recorded[:12]}… "
+            f"recorded, {self.current[:12]}… now): add a new migration instead of editing an applied one"
+        )
 
 
 @dataclass
@@ -112,12 +114,13 @@ def load_migrations(folder: str | Path) -> list[Migration]:
     for file in sorted(path.glob("*.sql")):
         match = MIGRATION_FILE.match(file.name)
         if not match:
-            raise MigrationError(f"migration file {file.name!r} must be named NNNN_description.sql "
-                                 "(four digits, lowercase letters, digits and underscores)")
+            raise MigrationError(
+                f"migration file {file.name!r} must be named NNNN_description.sql "
+                "(four digits, lowercase letters, digits and underscores)"
+            )
         version = match["version"]
         if version in seen:
-            raise MigrationError(
-                f"migration files {seen[version]!r} and {file.name!r} share version {version}")
+            raise MigrationError(f"migration files {seen[version]!r} and {file.name!r} share version {version}")
         seen[version] = file.name
         text = file.read_text(encoding="utf-8")
         migrations.append(Migration(version=version, name=file.name, sql=text, checksum=checksum(text)))
@@ -197,7 +200,8 @@ def apply(dsn: str, folder: str | Path, settings: Mapping[str, str] | None = Non
                         conn.execute(migration.sql.encode("utf-8"))  # bytes: sent as is, no placeholders
                         conn.execute(
                             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                            (migration.version, migration.name, migration.checksum))
+                            (migration.version, migration.name, migration.checksum),
+                        )
                 except psycopg.Error as exc:
                     raise MigrationError(f"migration {migration.name} failed: {exc}") from exc
                 applied.append(migration.name)
@@ -253,8 +257,9 @@ class PostgresSchemaProvider(ResourceProvider):
         if current != expected:
             changed = sorted(set(current.items()) ^ set(expected.items()))
             names = sorted({name for name, _ in changed})
-            raise MigrationError(f"migrations: the folder changed since the program read it "
-                                 f"({', '.join(names)}); run preview again")
+            raise MigrationError(
+                f"migrations: the folder changed since the program read it ({', '.join(names)}); run preview again"
+            )
         return current
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -278,9 +283,11 @@ class PostgresSchemaProvider(ResourceProvider):
                 for name, digest in migrations.items():
                     digest_ok = isinstance(digest, str) and SHA256_HEX.match(digest)
                     if not MIGRATION_FILE.match(name) or not digest_ok:
-                        failures.append(CheckFailure(
-                            "migrations",
-                            f"entry {name!r}: expected NNNN_description.sql mapped to a sha256 digest"))
+                        failures.append(
+                            CheckFailure(
+                                "migrations", f"entry {name!r}: expected NNNN_description.sql mapped to a sha256 digest"
+                            )
+                        )
                 # Drift against what this stack already applied (state), no database needed.
                 previous = olds.get("migrations")
                 if isinstance(previous, Mapping) and not failures:
@@ -306,13 +313,19 @@ class PostgresSchemaProvider(ResourceProvider):
                 recorded = _recorded(conn)
         except (psycopg.OperationalError, MigrationError) as exc:
             # Preview without database access: compare with the state instead.
-            log.warning("PostgresSchema diff: database not reachable (%s); comparing with state",
-                        _safe(exc, str(news.get("dsn") or "")))
+            log.warning(
+                "PostgresSchema diff: database not reachable (%s); comparing with state",
+                _safe(exc, str(news.get("dsn") or "")),
+            )
         result = compare(recorded, migrations or {})
         if result.drift:
             raise MigrationDrift(result.drift)
-        changed = bool(result.pending) or olds.get("settings") != news.get("settings") \
-            or olds.get("folder") != news.get("folder") or olds.get("migrations") != migrations
+        changed = (
+            bool(result.pending)
+            or olds.get("settings") != news.get("settings")
+            or olds.get("folder") != news.get("folder")
+            or olds.get("migrations") != migrations
+        )
         return DiffResult(changes=changed, replaces=[])
 
     def _apply(self, props: Mapping[str, Any]) -> dict[str, Any]:
@@ -328,8 +341,12 @@ class PostgresSchemaProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         computed = self._apply(props)
         dsn_info = conninfo.conninfo_to_dict(self._resolve_dsn(props))
-        ident = "schema:" + hashlib.sha256(
-            f"{dsn_info.get('host')}:{dsn_info.get('port')}/{dsn_info.get('dbname')}".encode()).hexdigest()[:16]
+        ident = (
+            "schema:"
+            + hashlib.sha256(
+                f"{dsn_info.get('host')}:{dsn_info.get('port')}/{dsn_info.get('dbname')}".encode()
+            ).hexdigest()[:16]
+        )
         return CreateResult(ident, {**props, **computed})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -347,8 +364,10 @@ class PostgresSchemaProvider(ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         # Dropping the control-plane tables would destroy the registry: removing the resource from
         # the stack only forgets it. Say so, since the tables stay behind.
-        message = (f"PostgresSchema {id_}: removed from the stack; tables and data are left in place "
-                   f"(applied migrations: {', '.join(props.get('applied') or []) or 'none'})")
+        message = (
+            f"PostgresSchema {id_}: removed from the stack; tables and data are left in place "
+            f"(applied migrations: {', '.join(props.get('applied') or []) or 'none'})"
+        )
         log.warning(message)
         print(message)
 
@@ -360,8 +379,15 @@ class PostgresSchemaResource(Resource, module="postgres", name="Schema"):
     last_applied: pulumi.Output[list[str]]
     migrations: pulumi.Output[dict[str, str]]
 
-    def __init__(self, name: str, *, folder: str, dsn: pulumi.Input[str] | None = None,
-                 settings: Mapping[str, str] | None = None, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        folder: str,
+        dsn: pulumi.Input[str] | None = None,
+        settings: Mapping[str, str] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         props = {
             "applied": None,
             "last_applied": None,
@@ -378,11 +404,19 @@ class PostgresSchema(pulumi.ComponentResource):
 
     applied: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, *, folder: str = "migrations", dsn: pulumi.Input[str] | None = None,
-                 users_table: str | None = None, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        folder: str = "migrations",
+        dsn: pulumi.Input[str] | None = None,
+        users_table: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("silo:control:PostgresSchema", name, None, opts)
         settings = {"silo.users_table": users_table} if users_table else {}
-        self.schema = PostgresSchemaResource(f"{name}-migrations", folder=folder, dsn=dsn, settings=settings,
-                                             opts=pulumi.ResourceOptions(parent=self))
+        self.schema = PostgresSchemaResource(
+            f"{name}-migrations", folder=folder, dsn=dsn, settings=settings, opts=pulumi.ResourceOptions(parent=self)
+        )
         self.applied = self.schema.applied
         self.register_outputs({"applied": self.applied})

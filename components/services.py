@@ -181,10 +181,7 @@ def _url(cfg: SiloConfig, name: str) -> str:
 
 def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
     # Passwords are letters and digits (supabase docs); quote anyway so no character can break the URL.
-    return (
-        f"postgres://{user}:{quote(password, safe='')}@{cfg.flycast_host('pg')}:"
-        f"{SERVICES['pg'].port}/{POSTGRES_DB}"
-    )
+    return f"postgres://{user}:{quote(password, safe='')}@{cfg.flycast_host('pg')}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
 
 def _pg_command() -> str:

@@ -73,8 +73,17 @@ AUTOSTOP_VALUES = ("off", "stop", "suspend")
 RESTART_POLICIES = ("always", "never", "on-failure")
 DEPLOY_STRATEGIES = ("rolling", "immediate", "canary", "bluegreen")
 SIGNALS = ("SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2")
-SERVICE_SETTINGS = frozenset({"auto_stop_machines", "auto_start_machines", "min_machines_running",
-                              "internal_port", "force_https", "processes", "concurrency"})
+SERVICE_SETTINGS = frozenset(
+    {
+        "auto_stop_machines",
+        "auto_start_machines",
+        "min_machines_running",
+        "internal_port",
+        "force_https",
+        "processes",
+        "concurrency",
+    }
+)
 MAX_KILL_TIMEOUT_S = 300
 # Env names that hold credentials: they belong in Fly secrets, never in fly.toml.
 _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
@@ -230,14 +239,13 @@ def _check_processes_ref(where: str, section: Mapping[str, Any], groups: set[str
 
 def _validate_env(env: Any) -> list[str]:
     if not isinstance(env, dict):
-        return ["[env]: must be a table of NAME = \"value\""]
+        return ['[env]: must be a table of NAME = "value"']
     problems: list[str] = []
     for name, value in env.items():
         at = f"[env].{name}"
         if name in SERVICE_SETTINGS:
             problems.append(
-                f"{at}: a service setting, not an environment variable; move it to [http_service] or "
-                "[[services]]"
+                f"{at}: a service setting, not an environment variable; move it to [http_service] or [[services]]"
             )
         elif not isinstance(value, str):
             problems.append(f"{at}: values must be strings (got {type(value).__name__} {value!r})")
@@ -299,7 +307,7 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
     if "processes" in doc:
         procs = doc["processes"]
         if not isinstance(procs, dict) or not all(isinstance(v, str) and v.strip() for v in procs.values()):
-            problems.append("[processes]: must be a table of group = \"command\"")
+            problems.append('[processes]: must be a table of group = "command"')
         else:
             groups = set(procs)
 

@@ -69,12 +69,8 @@ def resolve_fly_settings(
                 f"no Fly API token for {url}: set it with `pulumi config set --secret fly:apiToken ...` "
                 "or export FLY_API_TOKEN"
             )
-        return FlySettings(
-            base_url=(url or LOCAL_EMULATOR_URL).rstrip("/"), token=EMULATOR_TOKEN, source="emulator"
-        )
-    return FlySettings(
-        base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source
-    )
+        return FlySettings(base_url=(url or LOCAL_EMULATOR_URL).rstrip("/"), token=EMULATOR_TOKEN, source="emulator")
+    return FlySettings(base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source)
 
 
 def _is_loopback(url: str) -> bool:
