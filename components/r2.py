@@ -54,6 +54,8 @@ from pulumi.output import Unknown
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
+from components.dynamic import canonical, changed_keys, has_unknown, pick
+
 log = logging.getLogger(__name__)
 
 PROVIDER_KEY = "__provider"
@@ -396,38 +398,6 @@ class CloudflareClient:
         return True
 
 
-# -- helpers shared by the providers ------------------------------------------------------------
-def canonical(value: Any) -> Any:
-    """Numbers cross gRPC as doubles (86400 → 86400.0) and None-valued keys are dropped: normalise."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | Unknown):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {k: canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
-    return value
-
-
-def has_unknown(value: Any) -> bool:
-    if isinstance(value, Unknown):
-        return True
-    if isinstance(value, Mapping):
-        return any(has_unknown(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(has_unknown(v) for v in value)
-    return False
-
-
-def _changed(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
-    return [k for k in keys if has_unknown(news.get(k)) or canonical(olds.get(k)) != canonical(news.get(k))]
-
-
-def _inputs(props: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-    return {k: props[k] for k in keys if k in props}
-
-
 def _bucket_name_failure(prop: str, name: Any) -> CheckFailure | None:
     if isinstance(name, Unknown):
         return None
@@ -495,7 +465,7 @@ class R2BucketProvider(_CloudflareProvider):
         defaults = {"jurisdiction": "default", "allow_delete": False}
         olds = {**defaults, **{k: v for k, v in olds.items() if v is not None}}
         news = {**defaults, **{k: v for k, v in news.items() if v is not None}}
-        changes = _changed(olds, news, ("name", "jurisdiction", "allow_delete"))
+        changes = changed_keys(olds, news, ("name", "jurisdiction", "allow_delete"))
         replaces = [k for k in ("name", "jurisdiction") if k in changes]
         # Explicit names: the new bucket cannot coexist with the old one, so delete first
         # (and the delete refuses unless allow_delete: nothing is lost by accident).
@@ -541,7 +511,7 @@ class R2BucketProvider(_CloudflareProvider):
             if bucket is None:
                 return ReadResult("", {})
             outs = self._outs({**props, "name": id_}, bucket, cf.settings.account_id)
-        return ReadResult(id_, outs, inputs=_inputs(outs, BUCKET_INPUTS))
+        return ReadResult(id_, outs, inputs=pick(outs, BUCKET_INPUTS))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         if props.get("allow_delete") is not True:
@@ -681,7 +651,7 @@ class R2LifecycleProvider(_CloudflareProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         olds = {**olds, "jurisdiction": olds.get("jurisdiction") or "default"}
         news = {**news, "jurisdiction": news.get("jurisdiction") or "default"}
-        changes = _changed(olds, news, ("bucket", "jurisdiction"))
+        changes = changed_keys(olds, news, ("bucket", "jurisdiction"))
         new_rules = news.get("rules")
         if has_unknown(new_rules) or normalise_rules(olds.get("rules")) != normalise_rules(new_rules):
             changes.append("rules")
@@ -707,7 +677,7 @@ class R2LifecycleProvider(_CloudflareProvider):
         if rules is None:
             return ReadResult("", {})
         outs = {**props, "rules": normalise_rules(rules)}
-        return ReadResult(id_, outs, inputs=_inputs(outs, ("bucket", "jurisdiction", "rules")))
+        return ReadResult(id_, outs, inputs=pick(outs, ("bucket", "jurisdiction", "rules")))
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         # Hand the bucket back in R2's initial state rather than with no rules at all.
@@ -808,7 +778,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
             "refresh_margin_seconds": DEFAULT_REFRESH_MARGIN_S,
             **news,
         }
-        changes = _changed(olds, news, CREDENTIAL_INPUTS)
+        changes = changed_keys(olds, news, CREDENTIAL_INPUTS)
         replaces = [k for k in ("town_id", "bucket", "jurisdiction") if k in changes]
         if self._needs_refresh(olds, news):
             changes.append("expires_at")  # re-mint before the town loses access
@@ -863,7 +833,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         # Temporary credentials cannot be listed or fetched: state is the only record.
-        return ReadResult(id_, props, inputs=_inputs(props, CREDENTIAL_INPUTS))
+        return ReadResult(id_, props, inputs=pick(props, CREDENTIAL_INPUTS))
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # They cannot be revoked either; they lapse at expires_at. Nothing to call.

@@ -29,7 +29,7 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
-from components.fly.providers import diff_result, strip_provider
+from components.dynamic import diff_result, strip_provider
 
 DSN_CONFIG_KEY = "silo:registryDsn"
 DSN_ENV = "SILO_REGISTRY_DSN"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pulumi
@@ -29,74 +29,18 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
+from components.dynamic import canonical, changed_keys, diff_result, has_unknown, strip_provider
 from components.fly import flytoml
 from components.fly.client import FlyClient, FlyError, ip_kind
 from components.fly.settings import FlySettings, resolve_fly_settings
 
 log = logging.getLogger(__name__)
 
-PROVIDER_KEY = "__provider"
 DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
-
-
-# -- helpers shared by the providers ----------------------------------------------------------------
-def canonical(value: Any) -> Any:
-    """Numbers cross the gRPC boundary as doubles (3 → 3.0): compare 3.0 and 3 as equal."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | Unknown):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {k: canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
-    return value
-
-
-def has_unknown(value: Any) -> bool:
-    if isinstance(value, Unknown):
-        return True
-    if isinstance(value, Mapping):
-        return any(has_unknown(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(has_unknown(v) for v in value)
-    return False
-
-
-def changed_keys(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
-    """Keys whose value differs (an unknown new value counts as a change: it may differ)."""
-    out = []
-    for key in keys:
-        new = news.get(key)
-        if has_unknown(new) or canonical(olds.get(key)) != canonical(new):
-            out.append(key)
-    return out
-
-
-def diff_result(
-    olds: Mapping[str, Any],
-    news: Mapping[str, Any],
-    *,
-    compare: Iterable[str],
-    replace_on: Iterable[str],
-    delete_before_replace: bool = True,
-) -> DiffResult:
-    compare = list(compare)
-    changes = changed_keys(olds, news, compare)
-    replaces = [k for k in replace_on if k in changes]
-    return DiffResult(
-        changes=bool(changes),
-        replaces=replaces,
-        delete_before_replace=delete_before_replace if replaces else None,
-    )
-
-
-def strip_provider(props: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in props.items() if k != PROVIDER_KEY}
 
 
 class FlyProviderBase(ResourceProvider):
