@@ -12,7 +12,6 @@ unique violation, even with concurrent syncs. Pins: ``pin_user`` / ``resolve_pin
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,16 +28,16 @@ from psycopg.rows import dict_row
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
     Resource,
-    ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
 
 Service = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong", "town"]
 Status = Literal["active", "deprecated", "disabled"]
@@ -387,21 +386,14 @@ def resolve_pin(dsn: str, user_id: str, service: str) -> ResolvedImage | None:
 
 # -- CatalogSync dynamic resource (control stack) -------------------------------------------------
 # The control database's DSN, shared with components/registry.py and components/schema.py.
-DSN_CONFIG_KEY = "silo:registryDsn"
-DSN_ENV = "SILO_REGISTRY_DSN"
+DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
 
-class CatalogSyncProvider(ResourceProvider):
+class CatalogSyncProvider(ControlDbProvider):
     """Keeps kiloclaw_available_versions in step with the catalog; plain data only (pickled by reference)."""
 
-    def __init__(self) -> None:
-        self._dsn: str | None = None
-
-    def configure(self, req: ConfigureRequest) -> None:
-        self._dsn = req.config.get(DSN_CONFIG_KEY)
-
     def _dsn_for(self, props: Mapping[str, Any]) -> str:
-        dsn = props.get("dsn") or getattr(self, "_dsn", None) or os.environ.get(DSN_ENV)
+        dsn = self.control_dsn(props)
         if not dsn:
             raise CatalogError(f"dsn: the control database is not configured ({DSN_CONFIG_KEY} or {DSN_ENV})")
         return str(dsn)

@@ -9,10 +9,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pulumi.dynamic import DiffResult
+from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 
 PROVIDER_KEY = "__provider"
@@ -67,3 +68,23 @@ def strip_provider(props: Mapping[str, Any]) -> dict[str, Any]:
 
 def pick(props: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return {k: props[k] for k in keys if k in props}
+
+
+# The control database (registry, catalog, migrations): its DSN is a stack secret read in configure(),
+# with the environment as the fallback, never a plain resource input.
+CONTROL_DSN_CONFIG_KEY = "silo:registryDsn"
+CONTROL_DSN_ENV = "SILO_REGISTRY_DSN"
+
+
+class ControlDbProvider(ResourceProvider):
+    """Base of the providers that write to the control database."""
+
+    def __init__(self) -> None:
+        self._dsn: str | None = None
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self._dsn = req.config.get(CONTROL_DSN_CONFIG_KEY)
+
+    def control_dsn(self, props: Mapping[str, Any] | None = None) -> str | None:
+        """An explicit `dsn` input first (secret), then stack config, then the environment."""
+        return (props or {}).get("dsn") or getattr(self, "_dsn", None) or os.environ.get(CONTROL_DSN_ENV)

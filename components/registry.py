@@ -9,7 +9,6 @@ and the rigs once the machine is there. The DSN is read in ``configure()`` from 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,31 +18,22 @@ from psycopg.types.json import Jsonb
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
     Resource,
-    ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import diff_result, strip_provider
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, diff_result, strip_provider
 
-DSN_CONFIG_KEY = "silo:registryDsn"
-DSN_ENV = "SILO_REGISTRY_DSN"
+DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
 
-class RegistryProviderBase(ResourceProvider):
-    def __init__(self) -> None:
-        self._dsn: str | None = None
-
-    def configure(self, req: ConfigureRequest) -> None:
-        self._dsn = req.config.get(DSN_CONFIG_KEY)
-
+class RegistryProviderBase(ControlDbProvider):
     def connect(self) -> psycopg.Connection:
-        dsn = getattr(self, "_dsn", None) or os.environ.get(DSN_ENV)
+        dsn = self.control_dsn()
         if not dsn:
             raise RuntimeError(
                 f"no registry database: set `pulumi config set --secret {DSN_CONFIG_KEY} ...` or export {DSN_ENV}"

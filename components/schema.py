@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,15 +25,15 @@ from psycopg import conninfo
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
     Resource,
-    ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
+
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # Fixed key for pg_advisory_lock: every runner against the same database serialises on it.
 ADVISORY_LOCK_KEY = 0x51_10_5C_4E_3A  # "silo schema"
 # The same control database as components/registry.py: one secret, one env var.
-DSN_CONFIG_KEY = "silo:registryDsn"
-DSN_ENV = "SILO_REGISTRY_DSN"
+DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -233,17 +231,11 @@ def _safe(exc: BaseException, dsn: str) -> str:
     return text.replace(str(password), "***") if password else text
 
 
-class PostgresSchemaProvider(ResourceProvider):
+class PostgresSchemaProvider(ControlDbProvider):
     """Plain data only (pickled by reference); the DSN comes from the secret input or configure()."""
 
-    def __init__(self) -> None:
-        self._dsn: str | None = None
-
-    def configure(self, req: ConfigureRequest) -> None:
-        self._dsn = req.config.get(DSN_CONFIG_KEY)
-
     def _resolve_dsn(self, props: Mapping[str, Any]) -> str:
-        dsn = props.get("dsn") or getattr(self, "_dsn", None) or os.environ.get(DSN_ENV)
+        dsn = self.control_dsn(props)
         problem = _dsn_problem(dsn)
         if problem:
             raise MigrationError(f"dsn: {problem}")
