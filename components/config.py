@@ -60,6 +60,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "keyGeneration": "key_generation",
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
+    "pgPublic": "pg_public",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -288,6 +289,8 @@ class SiloConfig(_Model):
     site_url: Annotated[str, AfterValidator(_https_url)]
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
+    # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
+    pg_public: StrictBool = False
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
     # The `control` stack (registry database, backup bucket) that towns report to: "org/project/stack".
@@ -328,6 +331,16 @@ class SiloConfig(_Model):
         return towns
 
     # -- derived names ------------------------------------------------------------------------------
+
+    @property
+    def pg_host(self) -> str:
+        """Where the other services reach Postgres.
+
+        Private silos go through Flycast (the proxy wakes a stopped pg). With `silo:pgPublic` every
+        port of the app is public and TLS-only, so the services use 6PN (`.internal`) directly and pg
+        never auto-stops (`.internal` only resolves started machines).
+        """
+        return f"{self.app_name('pg')}.internal" if self.pg_public else self.flycast_host("pg")
 
     @property
     def silo_id(self) -> str:

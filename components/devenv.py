@@ -128,6 +128,10 @@ class DevEnvStack(pulumi.ComponentResource):
         )
         on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])
         ip_types = ["v6", "shared_v4"] if spec.public else ["private_v6"]
+        if name == "pg" and cfg.pg_public:
+            # Raw TCP (pg_tls on 5432) cannot be routed on a shared IPv4: flyctl's rule gives it a
+            # dedicated (billed) IPv4.
+            ip_types = ["private_v6", "v6", "v4"]
         ips = [
             FlyIpAssignment(f"{app_name}-ip-{t.replace('_', '-')}", app=app.name, type=t, opts=on_app) for t in ip_types
         ]

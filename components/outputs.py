@@ -21,7 +21,11 @@ MASK = "********"
 
 def db_connection_string(cfg: SiloConfig, password: str) -> str:
     # The database is private: reachable over Fly's private network (Flycast), never on fly.dev.
-    return f"postgres://postgres:{password}@{cfg.flycast_host('pg')}:5432/postgres"
+    return f"postgres://postgres:{password}@{cfg.pg_host}:5432/postgres"
+
+
+def db_public_connection_string(cfg: SiloConfig, password: str) -> str:
+    return f"postgres://postgres:{password}@{cfg.app_name('pg')}.fly.dev:5432/postgres?sslmode=require"
 
 
 def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:
@@ -68,6 +72,11 @@ def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:
             "db_password": pulumi.Output.secret(devenv.db_password),
             "db_connection_string": db_url,
             "studio_url": cfg.studio_url if cfg.studio else None,
+            "db_public_connection_string": pulumi.Output.secret(
+                devenv.db_password.apply(lambda p: db_public_connection_string(cfg, p))
+            )
+            if cfg.pg_public
+            else None,
             "connection_info": pulumi.Output.secret(
                 {
                     "silo_id": cfg.silo_id,

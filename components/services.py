@@ -181,7 +181,7 @@ def _url(cfg: SiloConfig, name: str) -> str:
 
 def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
     # Passwords are letters and digits (supabase docs); quote anyway so no character can break the URL.
-    return f"postgres://{user}:{quote(password, safe='')}@{cfg.flycast_host('pg')}:{SERVICES['pg'].port}/{POSTGRES_DB}"
+    return f"postgres://{user}:{quote(password, safe='')}@{cfg.pg_host}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
 
 def _pg_command() -> str:
@@ -282,7 +282,7 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         return {
             "PG_META_HOST": DUAL_STACK_HOST,  # postgres-meta PR #353
             "PG_META_PORT": "8080",
-            "PG_META_DB_HOST": cfg.flycast_host("pg"),
+            "PG_META_DB_HOST": cfg.pg_host,
             "PG_META_DB_PORT": "5432",
             "PG_META_DB_NAME": POSTGRES_DB,
             "PG_META_DB_USER": "supabase_admin",
@@ -292,7 +292,7 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "HOSTNAME": DUAL_STACK_HOST,
             "STUDIO_PG_META_URL": _url(cfg, "meta"),
             # Without these Studio falls back to host "db" (supabase/supabase#39593).
-            "POSTGRES_HOST": cfg.flycast_host("pg"),
+            "POSTGRES_HOST": cfg.pg_host,
             "POSTGRES_PORT": "5432",
             "POSTGRES_DB": POSTGRES_DB,
             "PGRST_DB_SCHEMAS": PGRST_DB_SCHEMAS,

@@ -1,0 +1,73 @@
+"""silo:pgPublic: Postgres reachable from outside Fly only through TLS (Fly's pg_tls handler)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import services as svc
+from components.config import SiloConfig
+from components.fly import flytoml
+from components.render import render_fly_toml
+from harness.engine import run
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = svc.SiloSecrets(
+    jwt_secret="j" * 48,
+    postgres_password="Pw0rdLettersAndDigits",
+    dashboard_username="supabase",
+    dashboard_password="d" * 24,
+    pg_meta_crypto_key="m" * 40,
+    anon_key="a",
+    service_role_key="s",
+)
+
+
+def silo(**overrides) -> SiloConfig:
+    return SiloConfig(client="acme", app="erp", fly_org="acme-erp", site_url="https://acme.example", **overrides)
+
+
+def pg_ports(cfg: SiloConfig) -> list[dict]:
+    config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(cfg, "pg")), image="supabase/postgres:15.8.1.085")
+    return [(s.get("autostop"), p) for s in config["services"] for p in s["ports"]]
+
+
+def test_private_by_default_through_flycast() -> None:
+    cfg = silo()
+    [(autostop, port)] = pg_ports(cfg)
+    assert port["port"] == 5432 and not port.get("handlers") and autostop in (True, "stop")
+    assert "devenv-acme-erp-pg.flycast" in svc.secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"]
+
+
+def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
+    cfg = silo(pg_public=True)
+    assert flytoml.validate(flytoml.parse(render_fly_toml(cfg, "pg"))) == []
+    [(autostop, port)] = pg_ports(cfg)
+    assert port["port"] == 5432 and port.get("handlers") == ["pg_tls"]
+    assert autostop in (False, "off")  # .internal only resolves started machines
+    for name, key in (("rest", "PGRST_DB_URI"), ("auth", "GOTRUE_DB_DATABASE_URL"), ("storage", "DATABASE_URL")):
+        assert "@devenv-acme-erp-pg.internal:5432/" in svc.secret_env(cfg, name, SECRETS)[key]
+    assert svc.public_env(cfg, "meta")["PG_META_DB_HOST"] == "devenv-acme-erp-pg.internal"
+
+
+@pytest.mark.harness
+def test_public_pg_gets_public_ips_and_a_tls_connection_string(tmp_path: Path, fly_emulator) -> None:
+    config = {
+        **yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"],
+        "silo:studio": "false",
+        "silo:pgPublic": "true",
+    }
+    config_file = tmp_path / "Pulumi.dev.yaml"
+    config_file.write_text(yaml.safe_dump({"config": config}))
+    result = run(
+        "up", "dev", ROOT, tmp_path / "state", config_file=config_file, env={"FLY_API_HOSTNAME": fly_emulator.url}
+    )
+    assert result.ok, result.error
+    kinds = sorted(
+        ip.get("type") or ("private_v6" if ip["ip"].startswith("fdaa:") else "v6" if ":" in ip["ip"] else "v4")
+        for ip in fly_emulator.snapshot()["ips"]["devenv-acme-erp-pg"]
+    )
+    assert kinds == ["private_v6", "v4", "v6"]
+    assert result.outputs["db_public_connection_string"] == "[secret]"
