@@ -132,3 +132,15 @@ def test_mutations_hold_the_lease(fly, fly_emulator) -> None:
     assert err.value.status == 409
     # Released afterwards: the next mutation goes through.
     fly.stop_machine("devenv-acme-erp-kong", machine["id"], None)
+
+
+def test_a_lost_lease_answer_is_adopted_not_deadlocked(fly, fly_emulator) -> None:
+    fly.create_app("devenv-acme-erp-rest", "acme")
+    machine = fly.create_machine("devenv-acme-erp-rest", {"name": "rest-1", "config": MACHINE_CONFIG})
+    fly.wait("devenv-acme-erp-rest", machine["id"], "started", timeout_s=30)
+    fly_emulator.fail("POST", "/v1/apps/{app}/machines/{machine_id}/lease", status=502, after_effect=True)
+    with fly.lease("devenv-acme-erp-rest", machine["id"], wait_s=10) as nonce:
+        assert nonce
+        fly.stop_machine("devenv-acme-erp-rest", machine["id"], nonce)
+    # Released: another writer can mutate right away.
+    fly.start_machine("devenv-acme-erp-rest", machine["id"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -527,8 +528,33 @@ class FlyClient:
     # -- leases -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lease(self, app: str, machine_id: str, ttl_s: int = 120, *, wait_s: float = 60) -> Iterator[str | None]:
-        """Hold the machine's lease for the block; 409 (held by someone else) is retried up to `wait_s`."""
+        """Hold the machine's lease for the block; 409 (held by someone else) is retried up to `wait_s`.
+
+        Acquiring is not idempotent either: if the answer to a granted lease is lost, the retry sees our
+        own lease as "held by someone". Each acquisition carries a unique description, so after an
+        ambiguous failure the lease is read back and adopted when it is ours (fly-machines-api.md §3.4).
+        """
         path = f"/apps/{app}/machines/{machine_id}/lease"
+        description = f"pulumi silo {uuid.uuid4().hex[:12]}"
+
+        def ours() -> dict | None:
+            try:
+                held = self._once("GET", path).json()
+            except FlyError:
+                return None
+            held = held.get("data", held) if isinstance(held, dict) else {}
+            return held if held.get("description") == description and held.get("nonce") else None
+
+        def acquire() -> dict:
+            try:
+                return self._once("POST", path, json={"ttl": ttl_s, "description": description}).json()
+            except FlyError as exc:
+                if exc.transient or isinstance(exc, FlyConflict):
+                    held = ours()
+                    if held is not None:
+                        return {"data": held}
+                raise
+
         for attempt in Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, FlyConflict) or _is_transient(e)),
             stop=stop_after_delay(wait_s),
@@ -536,7 +562,7 @@ class FlyClient:
             reraise=True,
         ):
             with attempt:
-                body = self._once("POST", path, json={"ttl": ttl_s, "description": "pulumi silo"}).json()
+                body = acquire()
         data = body.get("data", body) if isinstance(body, dict) else {}
         nonce = data.get("nonce")
         try:
