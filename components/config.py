@@ -61,6 +61,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
+    "readyTimeoutSeconds": "ready_timeout_seconds",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -291,6 +292,8 @@ class SiloConfig(_Model):
     region_migration: StrictBool = False
     # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
     pg_public: StrictBool = False
+    # How long `up` waits for a machine to start and pass its health checks (image pulls included).
+    ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
     # The `control` stack (registry database, backup bucket) that towns report to: "org/project/stack".

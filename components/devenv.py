@@ -162,6 +162,7 @@ class DevEnvStack(pulumi.ComponentResource):
             fly_toml=render_fly_toml(cfg, name, image.ref),
             image=image.ref,
             desired_state=desired,
+            ready_timeout_s=cfg.ready_timeout_seconds,
             volume_id=volume.volume_id if volume else None,
             min_secrets_version=fly_secrets.version,
             metadata={"silo_id": cfg.silo_id, "silo_service": name, "silo_image_tag": image.tag},

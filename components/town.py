@@ -140,6 +140,7 @@ class TownSandbox(pulumi.ComponentResource):
             min_secrets_version=self.secrets.version,
             metadata={"silo_id": cfg.silo_id, "gastown_sandbox_id": sid, "silo_image_tag": image.tag},
             pre_stop_exec=FLUSH_COMMAND,
+            ready_timeout_s=cfg.ready_timeout_seconds,
             opts=child(self.ip, self.secrets, self.volume),
         )
         self.record = TownRecord(
