@@ -31,7 +31,7 @@ KONG_PLACEHOLDERS: dict[str, str] = {
 
 # guest path → template of the pg app's init files (shipped with [[files]] raw_value).
 PG_FILES: dict[str, str] = {
-    f"{svc.PG_INITDB_DIR}/99-roles.sql": "pg/roles.sql",
+    svc.ROLES_SQL_PATH: "pg/roles.sql",
     f"{svc.PG_INITDB_DIR}/99-jwt.sql": "pg/jwt.sql",
     svc.PG_HBA_PATH: "pg/pg_hba.conf",
 }

@@ -44,6 +44,7 @@ PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
 PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
+ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
 STORAGE_PATH = "/var/lib/storage"
 
 
@@ -197,6 +198,12 @@ def _pg_command() -> str:
         f'if [ -z "$(ls -A {PG_CUSTOM_DIR})" ]; then cp -a /etc/postgresql-custom/. {PG_CUSTOM_DIR}/; fi; '
         f"chown -R postgres:postgres {PG_CUSTOM_DIR}; "
         f"rm -rf /etc/postgresql-custom; ln -s {PG_CUSTOM_DIR} /etc/postgresql-custom; "
+        # Re-apply the role passwords from POSTGRES_PASSWORD on every boot (over the trusted local
+        # socket): init SQL runs only on an empty PGDATA, so a rotated password (silo:keyGeneration) or
+        # a retained volume adopted by a new stack would otherwise lock the services out.
+        "( for i in $(seq 120); do pg_isready -q -h /var/run/postgresql "
+        "&& psql -q -h /var/run/postgresql -U supabase_admin -d postgres -v ON_ERROR_STOP=1 "
+        f"-f {ROLES_SQL_PATH} >/dev/null 2>&1 && break; sleep 2; done ) & "
         "exec docker-entrypoint.sh postgres -c config_file=/etc/postgresql/postgresql.conf "
         f"-c hba_file={PG_HBA_PATH} -c log_min_messages=fatal"
     )

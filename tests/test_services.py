@@ -248,6 +248,28 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
                             password="").close()
 
 
+@pytest.mark.db
+def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
+    # What the pg start command runs on every boot over the trusted local socket: roles.sql again.
+    assert svc.ROLES_SQL_PATH in svc.PG_COMMAND and "pg_isready" in svc.PG_COMMAND
+    server = supabase_like_server
+    _restart_with_our_hba(server)  # passwords are checked over TCP (scram), as on Fly
+    roles = tmp_path / "roles.sql"
+    roles.write_text(render_file("pg/roles.sql"))
+    for password in ("FirstPassw0rd", "RotatedPassw0rd"):
+        result = subprocess.run(
+            [str(server.bindir / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", str(server.root), "-p",
+             str(server.port), "-U", "postgres", "-d", "postgres", "-f", str(roles)],
+            capture_output=True, text=True, env={**os.environ, "POSTGRES_PASSWORD": password}, check=False,
+        )
+        assert result.returncode == 0, result.stderr
+    dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
+    with psycopg.connect(dsn, password="RotatedPassw0rd") as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("authenticator",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn, password="FirstPassw0rd").close()
+
+
 def test_password_with_url_characters_stays_one_password() -> None:
     odd = svc.SiloSecrets(**{**SECRETS.__dict__, "postgres_password": "p@ss:w/rd#1"})
     url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
