@@ -69,8 +69,14 @@ def from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
 def _provider_message(err: grpc.RpcError) -> tuple[str, str]:
     details = err.details() or str(err.code())
     lines = [line for line in details.strip().splitlines() if line.strip()]
-    # The host aborts with a full traceback; its last line is "<ExcType>: <message>".
-    return (lines[-1].strip() if lines else details), details
+    # The host aborts with a full traceback; after its last frame comes "<ExcType>: <message>", which
+    # may span lines (psycopg puts the reason first and CONTEXT/DETAIL after it): keep all of it.
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    start = frames[-1] + 1 if frames else 0
+    while frames and start < len(lines) and lines[start].startswith("    "):
+        start += 1  # the frame's source and caret lines
+    message = " ".join(line.strip() for line in lines[start:]) if start < len(lines) else details.strip()
+    return message, details
 
 
 class ProviderHost:
