@@ -684,9 +684,9 @@ class FlyExecProvider(FlyProviderBase):
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return diff_result(
-            olds, news, compare=("app", "machine_id", "command"), replace_on=(), delete_before_replace=False
-        )
+        # The command's effect lives in the database on the volume, not in the machine: a new machine id
+        # (unknown during a preview whenever the machine changes) is no reason to run it again.
+        return diff_result(olds, news, compare=("app", "command"), replace_on=(), delete_before_replace=False)
 
     def _run(self, props: Mapping[str, Any]) -> dict[str, Any]:
         app, machine_id = props["app"], props["machine_id"]
