@@ -222,3 +222,14 @@ def test_delete_flushes_through_exec_first(fly_emulator, meta_app) -> None:
     provider.delete(created.id, created.outs)
     assert [e["cmd"] for e in fly_emulator.exec_log()] == [["/usr/local/bin/r2-sync.sh", "--immediate"]]
     assert created.id not in fly_emulator.snapshot()["machines"]
+
+
+def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -> None:
+    ips = configured(FlyIpAssignmentProvider(), fly_emulator)
+    created = ips.create({"app": app, "type": "private_v6"})
+    read = ips.read(created.id, created.outs)
+    assert read.id == created.id and read.inputs == {"app": app, "type": "private_v6"}
+    ips.delete(created.id, created.outs)
+    assert ips.read(created.id, created.outs).id == ""
+    apps = configured(FlyAppProvider(), fly_emulator)
+    assert apps.read(app, {"name": app, "org": "acme"}).inputs["name"] == app

@@ -166,7 +166,8 @@ class FlyIpAssignmentProvider(FlyProviderBase):
         match = next((ip for ip in ips if ip.get("ip") == id_), None)
         if match is None:
             return ReadResult("", {})
-        return ReadResult(id_, {**props, "address": id_, "type": ip_kind(match)})
+        outs = {**props, "address": id_, "type": ip_kind(match)}
+        return ReadResult(id_, outs, inputs={k: outs[k] for k in ("app", "type", "region") if k in outs})
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.client() as fly:
