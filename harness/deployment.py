@@ -19,7 +19,7 @@ from typing import Any
 from pulumi.output import Unknown
 from pulumi.runtime.proto import provider_pb2
 
-from .builtins import BUILTIN_SECRET_OUTPUTS, builtin_provider
+from .builtins import BUILTIN_SECRET_OUTPUTS, POSTGRES_TYPES, builtin_provider
 from .provider_host import PROVIDER_KEY, ProviderError, ProviderHost
 from .state import ResourceState, StackState, StateStore
 
@@ -150,7 +150,15 @@ class Deployment:
         self.diagnose("error", message, urn)
         return DeploymentError(message)
 
-    def _provider(self, type_: str) -> Any:
+    def _provider(self, type_: str, provider_ref: str = "") -> Any:
+        if type_ in POSTGRES_TYPES:
+            # Connection settings come from the explicit postgresql provider resource it names.
+            provider_urn = provider_ref.rsplit("::", 1)[0]
+            with self.lock:
+                provider_res = self.state.resources.get(provider_urn)
+            if provider_res is None:
+                raise DeploymentError(f"{type_} needs an explicit postgresql provider (got {provider_ref!r})")
+            return POSTGRES_TYPES[type_](provider_res.inputs)
         if type_.startswith(DYNAMIC_PREFIX):
             with self.lock:
                 if self._host is None:
@@ -160,7 +168,7 @@ class Deployment:
         if builtin is None:
             raise DeploymentError(
                 f"no provider for resource type {type_!r}: the harness runs dynamic providers and "
-                "emulates random:* and pulumi:providers:* only"
+                "emulates random:*, postgresql Role/Grant and pulumi:providers:* only"
             )
         return builtin
 
@@ -247,7 +255,7 @@ class Deployment:
         return Outcome("", {}, set())
 
     def _register_custom(self, reg: Registration, old: ResourceState | None, old_urn: str) -> Outcome:
-        provider = self._provider(reg.type)
+        provider = self._provider(reg.type, reg.provider)
         news = dict(reg.inputs)
         secret_in = set(reg.secret_inputs) | ({PROVIDER_KEY} if PROVIDER_KEY in news else set())
         old_inputs = old.inputs if old is not None else {}
@@ -320,7 +328,7 @@ class Deployment:
         self._check_cancelled(reg)
         if diff_dbr or reg.delete_before_replace:
             if not old.retain_on_delete:
-                self._provider(old.type).delete(old.urn, old.id, old.outputs, old.inputs)
+                self._provider(old.type, old.provider).delete(old.urn, old.id, old.outputs, old.inputs)
             with self.lock:
                 self.state.resources.pop(old_urn, None)
                 self._checkpoint()
@@ -359,7 +367,7 @@ class Deployment:
             )
         if not self.preview and res.custom and not res.retain_on_delete and res.type != STACK_REFERENCE_TYPE:
             try:
-                self._provider(res.type).delete(res.urn, res.id, res.outputs, res.inputs)
+                self._provider(res.type, res.provider).delete(res.urn, res.id, res.outputs, res.inputs)
             except ProviderError as err:
                 raise DeploymentError(f"{res.type} {res.name!r}: Delete failed: {err.message}") from None
         with self.lock:

@@ -288,10 +288,13 @@ def test_provider_failure_keeps_progress_and_next_up_converges(toy: Toy) -> None
     assert not failed.ok and failed.returncode != 0
     assert "toy create failed for b" in failed.error
     assert "b" not in toy.custom_names() and {"a", "c", "s"} <= toy.custom_names()
+    # Registrations still queued when b failed are not started (which ones depends on timing).
+    missing = (THINGS | {"pw", "rid"}) - toy.custom_names()
 
     healed = toy.run("up")
     assert healed.ok, healed.error
-    assert toy.names("create") == ["b"]
+    created = set(toy.names("create"))
+    assert "b" in created and created <= missing
     assert not toy.calls("delete") and not toy.calls("update")
     assert toy.custom_names() == THINGS | {"pw", "rid"}
 

@@ -13,6 +13,7 @@ import yaml
 
 from components.naming import sandbox_id, town_volume_name
 from harness.engine import run
+from harness.state import load as load_state
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
 
 pytestmark = [pytest.mark.db, pytest.mark.harness]
@@ -73,7 +74,9 @@ def active(dsn: str) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in towns_in_db(dsn).values() if not t["destroyed"]}
 
 
-def test_control_stack_then_two_towns_lifecycle(deploy, pg_database, fly_emulator, cloudflare_emulator) -> None:
+def test_control_stack_then_two_towns_lifecycle(
+    deploy, tmp_path: Path, pg_database, fly_emulator, cloudflare_emulator
+) -> None:
     control = {"silo:kind": "control", "silo:backupBucket": "acme-gastown-backups"}
     first = deploy("up", "control", control)
     assert first.outputs["backup_bucket"] == "acme-gastown-backups"
@@ -81,6 +84,13 @@ def test_control_stack_then_two_towns_lifecycle(deploy, pg_database, fly_emulato
     with psycopg.connect(pg_database) as conn:
         tags = {r[0] for r in conn.execute("SELECT image_tag FROM kiloclaw_available_versions")}
     assert "15.8.1.085" in tags
+    # The backend's login (pulumi-postgresql Role + Grants) reads the catalog and cannot rewrite it.
+    assert first.outputs["registry_backend_dsn"] == "[secret]"
+    backend_dsn = load_state(tmp_path / "state", "control").outputs["registry_backend_dsn"]
+    with psycopg.connect(backend_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM kiloclaw_available_versions").fetchone()[0] >= 7
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM kiloclaw_available_versions")
     again = deploy("up", "control", control)
     assert set(again.changes) == {"same"}, again.changes
 
