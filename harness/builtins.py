@@ -1,6 +1,7 @@
 """Providers the harness emulates in-process because no plugin binaries exist here.
 
-`pulumi_random` resources (RandomPassword/String/Id/Uuid) and `pulumi:providers:*` resources. They expose
+`pulumi_random` resources (RandomPassword/String/Id/Uuid), `pulumi_postgresql` Role and Grant (run with
+psycopg against the database of the explicit provider resource they name), and `pulumi:providers:*`. They expose
 the same Check/Diff/Create/Update/Delete surface as `ProviderHost`, so the deployment treats every
 custom resource the same way. Property names are the wire (camelCase) names the `pulumi_random` SDK sends.
 """
