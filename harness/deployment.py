@@ -59,6 +59,7 @@ class Registration:
     inputs: dict[str, Any]
     secret_inputs: set[str]
     dependencies: list[str] = field(default_factory=list)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     protect: bool = False
     retain_on_delete: bool = False
     delete_before_replace: bool = False
@@ -128,6 +129,8 @@ class Deployment:
         self.stack_outputs: dict[str, Any] | None = None
         self.stack_secret_outputs: set[str] = set()
         self._host: ProviderHost | None = None
+        # Dependents deleted ahead of a delete-before-replace; their later creation is their replacement.
+        self._delete_replaced: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -227,6 +230,7 @@ class Deployment:
             secret_inputs={k for k in inputs if k in secret_in},
             secret_outputs=secret_out,
             dependencies=list(reg.dependencies),
+            property_dependencies={k: list(v) for k, v in reg.property_dependencies.items()},
             protect=reg.protect,
             retain_on_delete=reg.retain_on_delete,
             additional_secret_outputs=list(reg.additional_secret_outputs),
@@ -306,7 +310,8 @@ class Deployment:
             return self._commit(self._new_state(reg, "", checked, checked, secret_in), old_urn, "create")
         self._check_cancelled(reg)
         id_, outputs = provider.create(reg.urn, checked)
-        return self._commit(self._new_state(reg, id_, checked, outputs, secret_in), old_urn, "create")
+        op = "replace" if reg.urn in self._delete_replaced else "create"
+        return self._commit(self._new_state(reg, id_, checked, outputs, secret_in), old_urn, op)
 
     def _replace(
         self,
@@ -327,6 +332,7 @@ class Deployment:
             return self._commit(self._new_state(reg, "", checked, checked, secret_in), old_urn, "replace")
         self._check_cancelled(reg)
         if diff_dbr or reg.delete_before_replace:
+            self._delete_dependent_replacements(old)
             if not old.retain_on_delete:
                 self._provider(old.type, old.provider).delete(old.urn, old.id, old.outputs, old.inputs)
             with self.lock:
@@ -338,6 +344,42 @@ class Deployment:
         id_, outputs = provider.create(reg.urn, checked)
         new = self._new_state(reg, id_, checked, outputs, secret_in)
         return self._commit(new, old_urn, "replace", pending=old)
+
+    def _dependent_replacements(self, root: ResourceState) -> list[ResourceState]:
+        """What the engine deletes before a delete-before-replace of `root`: every resource in state whose
+        inputs come from a resource being replaced and whose provider says that makes it a replacement
+        too (asked with those inputs unknown), transitively."""
+        replaced, found = {root.urn}, []
+        with self.lock:
+            candidates = [
+                r for r in self.state.resources.values() if r.custom and r.urn not in self.registered
+            ]
+        progress = True
+        while progress:
+            progress = False
+            for res in candidates:
+                if res.urn in replaced:
+                    continue
+                keys = {k for k, urns in res.property_dependencies.items() if replaced.intersection(urns)}
+                if not keys:
+                    continue
+                news = {k: (Unknown() if k in keys else v) for k, v in res.inputs.items()}
+                diff = self._provider(res.type, res.provider).diff(res.urn, res.id, res.outputs, news, res.inputs)
+                if diff.replaces:
+                    replaced.add(res.urn)
+                    found.append(res)
+                    progress = True
+        return found
+
+    def _delete_dependent_replacements(self, root: ResourceState) -> None:
+        dependents = self._dependent_replacements(root)
+        if not dependents:
+            return
+        self._delete_in_order(dependents, pending=False, record=lambda _res: None)
+        if self.failed.is_set():
+            raise DeploymentCancelled(f"{root.type} {root.name!r} was not replaced: deleting its dependents failed")
+        with self.lock:
+            self._delete_replaced.update(r.urn for r in dependents)
 
     def read_stack_reference(self, urn: str, name: str) -> tuple[dict[str, Any], set[str]]:
         """Outputs of another stack in the same state dir (`org/project/stack`, `project/stack` or `stack`)."""

@@ -78,6 +78,7 @@ class HarnessMonitor:
                 inputs=inputs,
                 secret_inputs=secret,
                 dependencies=dependencies,
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
                 protect=bool(request.protect),
                 retain_on_delete=bool(request.retainOnDelete),
                 delete_before_replace=request.deleteBeforeReplace,

@@ -54,6 +54,8 @@ class ResourceState:
     secret_inputs: set[str] = field(default_factory=set)
     secret_outputs: set[str] = field(default_factory=set)
     dependencies: list[str] = field(default_factory=list)
+    # input key -> URNs its value came from (the engine's propertyDependencies)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     protect: bool = False
     retain_on_delete: bool = False
     additional_secret_outputs: list[str] = field(default_factory=list)
@@ -130,6 +132,7 @@ def _encode_resource(cipher: _Cipher, res: ResourceState) -> dict[str, Any]:
         "inputs": _encode_props(cipher, res.inputs, res.secret_inputs),
         "outputs": _encode_props(cipher, res.outputs, res.secret_outputs),
         "dependencies": list(res.dependencies),
+        "property_dependencies": {k: list(v) for k, v in res.property_dependencies.items()},
         "protect": res.protect,
         "retain_on_delete": res.retain_on_delete,
         "additional_secret_outputs": list(res.additional_secret_outputs),
@@ -152,6 +155,7 @@ def _decode_resource(cipher: _Cipher, urn: str, raw: dict[str, Any]) -> Resource
         secret_inputs=secret_inputs,
         secret_outputs=secret_outputs,
         dependencies=list(raw.get("dependencies", [])),
+        property_dependencies={k: list(v) for k, v in raw.get("property_dependencies", {}).items()},
         protect=raw.get("protect", False),
         retain_on_delete=raw.get("retain_on_delete", False),
         additional_secret_outputs=list(raw.get("additional_secret_outputs", [])),

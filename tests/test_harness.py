@@ -220,6 +220,25 @@ def test_delete_before_replace_deletes_first(deployed: dict[str, Any], toy: Toy)
     assert order.index(("create", "a")) < order.index(("delete", "a"))  # a did not
 
 
+def test_delete_before_replace_deletes_the_dependents_it_replaces_first(toy: Toy) -> None:
+    """As the engine does: a dependent whose provider says it must be replaced once its input from the
+    delete-before-replace resource is unknown (d) is deleted before that resource and recreated after it;
+    one that only updates (e) is left alone until it is updated."""
+    assert toy.run("up", chain="true", dbr="true").ok
+    result = toy.run("up", chain="true", dbr="true", zone="west")
+    assert result.ok, result.error
+    order = [(c["method"], c["name"]) for c in toy.calls() if c["method"] in MUTATIONS]
+    assert order.index(("delete", "d")) < order.index(("delete", "c")) < order.index(("create", "c"))
+    assert order.index(("create", "c")) < order.index(("create", "d"))
+    assert ("delete", "e") not in order and ("update", "e") in order
+    assert {"c", "d"} <= set(result.ops("replace")) and "e" in result.ops("update")
+    st = toy.load()
+    by_name = {r.name: r for r in st.resources.values()}
+    assert by_name["d"].outputs["zone"] == by_name["c"].outputs["serial"] == by_name["e"].outputs["upstream"]
+    assert not st.pending_deletions
+    assert set(toy.run("up", chain="true", dbr="true", zone="west").changes) == {"same"}
+
+
 def test_removed_resource_is_deleted_and_retained_one_is_forgotten(toy: Toy) -> None:
     assert toy.run("up", extra="true", kept="true").ok
     result = toy.run("up")

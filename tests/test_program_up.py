@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from components import services as svc
+from components.fly.client import FlyClient
+from components.fly.settings import FlySettings
 from components.keys import verify_key
 from components.outputs import MASK, db_connection_string
 from emulators.fly import FlyEmulator
@@ -198,6 +200,52 @@ def test_region_change_is_refused_before_anything_changes(deployed: tuple[SiloPr
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
     assert program.emulator.snapshot()["volumes"].keys() == before["volumes"].keys()
     program.write_config()  # back to the shared config for the other tests
+
+
+def test_region_migration_adopts_the_migrated_volume_and_keeps_the_old_ones(silo_program: SiloProgram) -> None:
+    """With the override, the silo moves: a pg_data volume the user restored in the new region (e.g. with
+    `fly volumes create pg_data --snapshot-id ... --region ams`) is adopted, storage gets a new volume, the
+    old volumes are kept (never deleted without silo:allowDataDeletion), and every name stays the same."""
+    program = silo_program
+    first = program.up()
+    old_volumes = {r.id for r in program.fly_resources("Volume")}
+    with FlyClient(FlySettings(program.emulator.url, "test", "env")) as fly:
+        restored = fly.create_volume("devenv-acme-erp-pg", {"name": "pg_data", "region": "ams", "size_gb": 10})
+
+    moved = program.up(region="ams", regionMigration="true")
+    assert moved.ok, moved.error
+    assert "delete" not in moved.changes and "create" not in moved.changes, moved.changes
+    snap = program.emulator.snapshot()
+    assert {m["region"] for m in snap["machines"].values()} == {"ams"}
+    assert set(machine_states(program).values()) == {"started"}
+    assert old_volumes <= set(snap["volumes"]), "a volume in the old region was deleted"
+    assert all(snap["volumes"][v]["attached_machine_id"] is None for v in old_volumes)
+    pg_volume = program.resource("devenv-acme-erp-pg-pg-data")
+    assert pg_volume.id == restored["id"] and snap["volumes"][restored["id"]]["attached_machine_id"]
+    assert {r.outputs["region"] for r in program.fly_resources("Volume")} == {"ams"}
+    assert set(snap["apps"]) == APPS and moved.outputs["supabase_url"] == first.outputs["supabase_url"] == KONG_URL
+    # The kept volumes are out of state (retained on replace): the user deletes them once the move is verified.
+    assert {r.id for r in program.fly_resources("Volume")} == set(snap["volumes"]) - old_volumes
+
+    again = program.up(region="ams", regionMigration="true")
+    assert set(again.changes) == {"same"}, again.changes
+
+
+def test_region_migration_with_data_deletion_allowed_replaces_machines_and_volumes(
+    silo_program: SiloProgram,
+) -> None:
+    """Delete-before-replace of a volume takes its machine down first (the engine deletes dependents it
+    replaces), so the old volume can be deleted: the account then holds exactly the silo, in the new region."""
+    program = silo_program
+    program.up(allowDataDeletion="true")
+    moved = program.up(region="ams", regionMigration="true", allowDataDeletion="true")
+    assert moved.ok, moved.error
+    snap = program.emulator.snapshot()
+    assert {v["region"] for v in snap["volumes"].values()} == {"ams"} and len(snap["volumes"]) == 2
+    assert {m["region"] for m in snap["machines"].values()} == {"ams"}
+    assert set(machine_states(program).values()) == {"started"}
+    assert world(snap) == expected_world(program.cfg(region="ams"))
+    assert_state_matches_emulator(program)
 
 
 # -- without Studio -------------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ group = Group("grp")
 Plain("p", {"size": size}, pulumi.ResourceOptions(depends_on=[a]))
 if cfg.get_bool("extra"):
     Thing("extra", {"size": size}, pulumi.ResourceOptions(depends_on=[b]))
+if cfg.get_bool("chain"):
+    # Both take c's serial: into "zone" (a replacement key of the toy) for d, into "upstream" for e.
+    Thing("d", {"size": size, "zone": c.serial})
+    Thing("e", {"size": size, "upstream": c.serial})
 if cfg.get_bool("kept"):
     Thing("kept", {"size": size}, pulumi.ResourceOptions(retain_on_delete=True))
 if cfg.get_bool("guarded"):
