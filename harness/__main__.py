@@ -34,9 +34,11 @@ def _human(operation: str, stack: str, result: dict[str, Any]) -> str:
     for step in result["steps"]:
         if step["op"] != "same":
             lines.append(f"  {_SYMBOLS[step['op']]:<2} {step['op']:<8} {step['type']}  {step['name']}")
-    for diag in result["diagnostics"]:
-        if diag["message"] != result["error"]:
-            lines.append(f"  {diag['severity']}: {diag['message']}")
+    # Printed live as they happened; summarised once more like the CLI's "Diagnostics:" section.
+    diagnostics = [d for d in result["diagnostics"] if d["message"] != result["error"]]
+    if diagnostics:
+        lines.append("Diagnostics:")
+        lines.extend(f"  {d['severity']}: {d['message']}" for d in diagnostics)
     if result["outputs"]:
         lines.append("Outputs:")
         lines.extend(f"    {k}: {json.dumps(v)}" for k, v in result["outputs"].items())

@@ -125,7 +125,11 @@ class ProviderHost:
                 raise RuntimeError(f"dynamic provider host did not print its port (got {first!r})")
             # Anything the provider prints later is forwarded like the engine shows plugin output.
             threading.Thread(target=self._pump, args=(self._proc.stdout,), daemon=True).start()
-            self._channel = grpc.insecure_channel(f"127.0.0.1:{first}")
+            # The host puts the provider's whole traceback into grpc-message: allow more than 8 KB of
+            # metadata so a long error reaches the user instead of "received metadata size exceeds".
+            self._channel = grpc.insecure_channel(
+                f"127.0.0.1:{first}", options=[("grpc.max_metadata_size", 4 * 1024 * 1024)]
+            )
             grpc.channel_ready_future(self._channel).result(timeout=60)
             stub = provider_pb2_grpc.ResourceProviderStub(self._channel)
             stub.Configure(

@@ -3,6 +3,7 @@
 # program talks to the local Fly emulator, which this script starts (state kept in .silo/).
 # Without the Pulumi CLI it first tries Pulumi's official installer; where that cannot download
 # (an offline machine) it runs the same program under the in-repo engine harness instead.
+# SILO_ENGINE=harness skips the CLI altogether; SILO_EMULATOR_PORT moves the emulator (default 4280).
 set -euo pipefail
 op=${1:?usage: scripts/pulumi.sh up|preview|destroy STACK}
 stack=${2:-dev}
@@ -11,7 +12,7 @@ root=$(pwd)
 mkdir -p .silo
 
 has_token() {
-  [ -n "${FLY_API_TOKEN:-}" ] || [ -n "${FLY_ACCESS_TOKEN:-}" ] || grep -q "fly:apiToken" "Pulumi.${stack}.yaml"
+  [ -n "${FLY_API_TOKEN:-}" ] || [ -n "${FLY_ACCESS_TOKEN:-}" ] || grep -qE '^[[:space:]]*fly:apiToken:' "Pulumi.${stack}.yaml"
 }
 
 if ! has_token && [ -z "${FLY_API_HOSTNAME:-}${FLY_FLAPS_BASE_URL:-}" ]; then
@@ -20,11 +21,21 @@ if ! has_token && [ -z "${FLY_API_HOSTNAME:-}${FLY_FLAPS_BASE_URL:-}" ]; then
     echo "no Fly token configured: starting the local Fly emulator on 127.0.0.1:${port} (state: .silo/fly-emulator.json)"
     nohup venv/bin/python -m components.cli emulator --port "${port}" --state .silo/fly-emulator.json \
       >.silo/fly-emulator.log 2>&1 &
-    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null && break; sleep 0.1; done
+    echo $! >.silo/fly-emulator.pid  # it keeps serving for later runs: kill "$(cat .silo/fly-emulator.pid)"
+    for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null && break; sleep 0.1; done
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+      echo "the Fly emulator did not start on 127.0.0.1:${port}; its log (.silo/fly-emulator.log):" >&2
+      cat .silo/fly-emulator.log >&2
+      exit 1
+    fi
   fi
   export FLY_API_HOSTNAME="http://127.0.0.1:${port}"
 fi
 
+engine=${SILO_ENGINE:-auto}
+if [ "${engine}" = harness ]; then
+  exec venv/bin/python -m harness "${op}" --stack "${stack}" --project-dir "${root}"
+fi
 if ! command -v pulumi >/dev/null 2>&1 && [ ! -x "${HOME}/.pulumi/bin/pulumi" ]; then
   echo "installing the Pulumi CLI with its official installer"
   curl -fsSL --max-time 60 https://get.pulumi.com | sh || true
