@@ -39,20 +39,11 @@ from emulators.fly import FlyEmulator
 from harness.engine import HarnessResult, run
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.program import FLY, REPO_ROOT, STACK, SiloProgram, assert_state_matches_emulator
+from tests.fixtures.program import FLY, REPO_ROOT, STACK, TOWNS_SILO, SiloProgram, assert_state_matches_emulator
 
 pytestmark = [pytest.mark.db, pytest.mark.harness]
 
 CONTROL = {"silo:kind": "control", "silo:backupBucket": "acme-gastown-backups"}
-SILO = {
-    "silo:client": "acme",
-    "silo:app": "erp",
-    "silo:flyOrg": "acme-erp",
-    "silo:region": "yul",
-    "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
-    "silo:studio": "false",
-    "silo:controlStack": "control",
-}
 TOWN = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
 SID = sandbox_id(TOWN["user"], TOWN["name"])
 TOWN_SECRETS = {"R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_SESSION_TOKEN", "INTERNAL_API_KEY"}
@@ -62,7 +53,7 @@ CF_FAULT_STATUS = 400
 
 
 def silo_config(state: str = "running") -> dict[str, str]:
-    return {**SILO, "silo:towns": json.dumps([{**TOWN, "state": state}])}
+    return {**TOWNS_SILO, "silo:towns": json.dumps([{**TOWN, "state": state}])}
 
 
 @dataclass
@@ -127,7 +118,7 @@ def baseline(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathF
         try:
             world = World(root, fly, cf, postgres_server.dsn(database))
             world.up("control", CONTROL)
-            world.up(STACK, SILO)
+            world.up(STACK, TOWNS_SILO)
         finally:
             fly.stop()
             cf.stop()

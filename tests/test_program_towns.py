@@ -15,19 +15,11 @@ from components.naming import sandbox_id, town_volume_name
 from harness.engine import run
 from harness.state import load as load_state
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
+from tests.fixtures.program import TOWNS_SILO
 
 pytestmark = [pytest.mark.db, pytest.mark.harness]
 
 ROOT = Path(__file__).resolve().parent.parent
-SILO = {
-    "silo:client": "acme",
-    "silo:app": "erp",
-    "silo:flyOrg": "acme-erp",
-    "silo:region": "yul",
-    "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
-    "silo:studio": "false",
-    "silo:controlStack": "control",
-}
 ALPHA = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
 BETA = {"name": "Beta Town", "user": "user-2", "rigs": []}
 
@@ -94,7 +86,7 @@ def test_control_stack_then_two_towns_lifecycle(
     again = deploy("up", "control", control)
     assert set(again.changes) == {"same"}, again.changes
 
-    silo = {**SILO, "silo:towns": json.dumps([ALPHA, BETA])}
+    silo = {**TOWNS_SILO, "silo:towns": json.dumps([ALPHA, BETA])}
     up = deploy("up", "dev", silo)
     alpha_id, beta_id = sandbox_id("user-1", "alpha"), sandbox_id("user-2", "Beta Town")
     snap = fly_emulator.snapshot()
@@ -122,7 +114,7 @@ def test_control_stack_then_two_towns_lifecycle(
 
     # Stop beta, add a rig to alpha: no replacement, volumes kept, rows follow.
     alpha_rigs = {**ALPHA, "rigs": [*ALPHA["rigs"], {"name": "api", "url": "https://github.com/acme/api.git"}]}
-    changed = deploy("up", "dev", {**SILO, "silo:towns": json.dumps([alpha_rigs, {**BETA, "state": "stopped"}])})
+    changed = deploy("up", "dev", {**TOWNS_SILO, "silo:towns": json.dumps([alpha_rigs, {**BETA, "state": "stopped"}])})
     assert not changed.ops("replace") and not changed.ops("delete"), changed.steps
     rows2 = active(pg_database)
     assert rows2["Beta Town"]["status"] == "stopped"
@@ -135,12 +127,12 @@ def test_control_stack_then_two_towns_lifecycle(
 
     # Destroy beta by removing it from the config. Its data goes only once deletion was allowed by a
     # previous up (the flag recorded in state is what protects a removed resource, as with Pulumi).
-    kept = deploy("up", "dev", {**SILO, "silo:towns": json.dumps([alpha_rigs])})
+    kept = deploy("up", "dev", {**TOWNS_SILO, "silo:towns": json.dumps([alpha_rigs])})
     assert beta_id in fly_emulator.snapshot()["apps"], "data of a removed town is kept by default"
     assert [v for v in fly_emulator.snapshot()["volumes"].values() if v["app"] == beta_id]
     assert not fly_emulator.snapshot()["machines"].get(rows2["Beta Town"]["machine"])
     assert kept.ok
-    allowed = {**SILO, "silo:allowDataDeletion": "true"}
+    allowed = {**TOWNS_SILO, "silo:allowDataDeletion": "true"}
     deploy("up", "dev", {**allowed, "silo:towns": json.dumps([alpha_rigs, BETA])})
     gone = deploy("up", "dev", {**allowed, "silo:towns": json.dumps([alpha_rigs])})
     assert beta_id not in fly_emulator.snapshot()["apps"]
