@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pulumi
 from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 
@@ -88,3 +90,28 @@ class ControlDbProvider(ResourceProvider):
     def control_dsn(self, props: Mapping[str, Any] | None = None) -> str | None:
         """An explicit `dsn` input first (secret), then stack config, then the environment."""
         return (props or {}).get("dsn") or getattr(self, "_dsn", None) or os.environ.get(CONTROL_DSN_ENV)
+
+
+class DynamicResource(pulumi.dynamic.Resource):
+    """The base of every dynamic resource here.
+
+    pulumi 3.272's `serialize_provider` patches `pickle._Pickler._batch_setitems` with a sorting
+    wrapper and never puts the original back, so each dynamic resource a process constructs adds one
+    more wrapper layer around the last: after a few hundred resources (a silo with ~50 towns in one
+    `up`) pickling a provider raises RecursionError. The SDK restores it itself from 3.274
+    (sdk/python/lib/pulumi/dynamic/dynamic.py); PyPI here stops at 3.272, so restore it around each
+    construction: every serialization then wraps the same original method once.
+    """
+
+    def __init__(
+        self,
+        provider: ResourceProvider,
+        name: str,
+        props: Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        saved = pickle._Pickler.__dict__["_batch_setitems"]
+        try:
+            super().__init__(provider, name, dict(props), opts)
+        finally:
+            pickle._Pickler._batch_setitems = saved

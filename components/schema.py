@@ -28,12 +28,11 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, DynamicResource
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +363,7 @@ class PostgresSchemaProvider(ControlDbProvider):
         print(message)
 
 
-class PostgresSchemaResource(Resource, module="postgres", name="Schema"):
+class PostgresSchemaResource(DynamicResource, module="postgres", name="Schema"):
     """One database's migration state; ``applied`` lists every applied migration file."""
 
     applied: pulumi.Output[list[str]]
