@@ -59,7 +59,8 @@ class RunResult:
         return ops[0] if ops else None
 
     def changed(self, *, providers: bool = False) -> dict[str, str]:
-        """Resources with any step other than `same`, by name → op (replacements as "replace").
+        """Resources with any step other than `same` or `read`, by name → op (replacements as "replace").
+        A `read` (a StackReference, a resource read by id) changes nothing.
 
         Provider resources are left out unless asked for: the default dynamic provider's inputs are the
         whole stack config, so every config change also updates it (the engine stores them in state).
@@ -67,7 +68,7 @@ class RunResult:
         return {
             s.name: self.op_of(s.name) or s.op
             for s in self.steps
-            if s.op != "same" and (providers or not s.type.startswith(PROVIDER_TYPE_PREFIX))
+            if s.op not in ("same", "read") and (providers or not s.type.startswith(PROVIDER_TYPE_PREFIX))
         }
 
     def warnings(self) -> list[str]:
@@ -127,7 +128,12 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
         answer = call(on_output=collect, on_error=err.append, on_event=on_event, **kwargs)
     except CommandError as exc:
         result.ok = False
-        errors = [d["message"] for d in result.diagnostics if d["severity"] == "error"]
+        # Each error with the resource it is about (its URN names the type and the logical name).
+        errors = [
+            f"{d['urn']}: {d['message']}" if d["urn"] else d["message"]
+            for d in result.diagnostics
+            if d["severity"] == "error"
+        ]
         result.error = "\n".join(errors) or str(exc)
     else:
         outputs = getattr(answer, "outputs", None) or {}

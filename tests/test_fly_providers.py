@@ -1,6 +1,6 @@
 """The Fly dynamic providers' methods against the emulator (the engine's view: check, diff, CRUD).
 
-The same provider objects also run through the SDK's provider host over gRPC in the harness tests.
+The same provider objects also run through the SDK's provider host, started by the real CLI, in the program tests.
 """
 
 from __future__ import annotations
