@@ -171,6 +171,21 @@ def _git_url(value: str) -> str:
     )
 
 
+_STACK_PART = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def _stack_reference(value: str) -> str:
+    # Pulumi's fully qualified stack name: org/project/stack (tokens.ParseStackReference); a bare stack
+    # name would be resolved in whatever organisation the backend defaults to.
+    parts = value.split("/")
+    if len(parts) != 3 or not all(_STACK_PART.match(p) for p in parts):
+        raise ValueError(
+            f"must be a fully qualified stack name, <org>/<project>/<stack> (got {_shown(value)}): "
+            "organization/silo/control on a file backend, <your-org>/silo/control on Pulumi Cloud"
+        )
+    return value
+
+
 def _branch(value: str) -> str:
     # A subset of `git check-ref-format --branch`, plus no leading dash (it would read as an option).
     bad = (
@@ -296,8 +311,10 @@ class SiloConfig(_Model):
     ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
-    # The `control` stack (registry database, backup bucket) that towns report to: "org/project/stack".
-    control_stack: str | None = None
+    # The `control` stack (registry database, backup bucket) that towns report to, as a stack
+    # reference names it: "<org>/silo/control" on Pulumi Cloud, "organization/silo/control" on a file
+    # backend (the only organisation it has).
+    control_stack: Annotated[str, AfterValidator(_stack_reference)] | None = None
     kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).

@@ -205,6 +205,29 @@ class TownRecordProvider(RegistryProviderBase):
         self._write(news)
         return UpdateResult(strip_provider(news))
 
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """The row as the registry holds it now, so a refresh shows an edit made outside Pulumi (a
+        status, a Fly id, a rig) and the next `up` writes the row back."""
+        with self.connect() as conn:
+            town = conn.execute(
+                "SELECT status, fly_machine_id, fly_volume_id FROM gastown_towns "
+                "WHERE id = %s AND destroyed_at IS NULL",
+                (props["town_id"],),
+            ).fetchone()
+            if town is None:
+                return ReadResult("", {})
+            rigs = conn.execute(
+                "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active' "
+                "ORDER BY rig_name",
+                (props["town_id"],),
+            ).fetchall()
+        live_rigs = [{"name": name, "url": url, "branch": branch} for name, url, branch in rigs]
+        order = [r.get("name") for r in props.get("rigs") or []]
+        live_rigs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        status, machine_id, volume_id = town
+        outs = {**props, "status": status, "fly_machine_id": machine_id, "fly_volume_id": volume_id, "rigs": live_rigs}
+        return ReadResult(id_, outs, inputs={k: outs[k] for k in self.FIELDS if k in outs})
+
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # The machine is being removed next; TownRegistration (deleted last) soft-deletes the row.
         return None

@@ -257,6 +257,11 @@ class FlyEmulator:
             self._rate_limits = enabled
             self._buckets.clear()
 
+    def set_token(self, token: str | None) -> None:
+        """Accept only `token` from now on (None: any token), as after revoking the old one."""
+        with self._cond:
+            self._token = token
+
     def fail(
         self,
         method: str,

@@ -59,8 +59,8 @@ class RunResult:
         return ops[0] if ops else None
 
     def changed(self, *, providers: bool = False) -> dict[str, str]:
-        """Resources with any step other than `same` or `read`, by name → op (replacements as "replace").
-        A `read` (a StackReference, a resource read by id) changes nothing.
+        """Resources with any step other than `same`, `read` or a `refresh` that found no drift, by
+        name → op (replacements as "replace"); a refresh that found drift shows as `update`/`delete`.
 
         Provider resources are left out unless asked for: the default dynamic provider's inputs are the
         whole stack config, so every config change also updates it (the engine stores them in state).
@@ -68,7 +68,7 @@ class RunResult:
         return {
             s.name: self.op_of(s.name) or s.op
             for s in self.steps
-            if s.op not in ("same", "read") and (providers or not s.type.startswith(PROVIDER_TYPE_PREFIX))
+            if s.op not in ("same", "read", "refresh") and (providers or not s.type.startswith(PROVIDER_TYPE_PREFIX))
         }
 
     def warnings(self) -> list[str]:
@@ -97,6 +97,15 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
                     diffs=list(meta.diffs or []),
                 )
             )
+        elif event.res_outputs_event:
+            # During a refresh every step is `refresh`; the engine says which ones found drift in the
+            # outputs event (`update`, `delete`).
+            meta = event.res_outputs_event.metadata
+            op = meta.op.value if hasattr(meta.op, "value") else str(meta.op)
+            if op not in ("refresh", "same"):
+                for step in result.steps:
+                    if step.urn == meta.urn and step.op == "refresh":
+                        step.op = op
         elif event.diagnostic_event:
             diag = event.diagnostic_event
             result.diagnostics.append(

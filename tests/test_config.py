@@ -106,6 +106,8 @@ def test_direct_construction_uses_field_names_and_raises_config_error() -> None:
         ("fly:apiUrl", "api.machines.dev", "must be an http(s) URL"),
         ("fly:apiUrl", "http://[::1", "must be an http(s) URL"),
         ("silo:siteUrl", "https://[fe80::1", "must be an https:// URL with a host"),
+        ("silo:controlStack", "control", "fully qualified stack name, <org>/<project>/<stack>"),
+        ("silo:controlStack", "silo/control", "organization/silo/control on a file backend"),
     ],
 )
 def test_each_bad_value_is_reported_under_its_key(key: str, value: str, expected: str) -> None:

@@ -70,7 +70,11 @@ def test_short_secrets_are_rejected_without_echoing_them() -> None:
         verify_key("x.y.z", "short")
 
 
-@pytest.mark.parametrize(("issued_at", "years"), [(-1, 5), (NOW, 0), (True, 5), (NOW, -3)])
+@pytest.mark.parametrize(
+    ("issued_at", "years"),
+    [(-1, 5), (NOW, 0), (True, 5), (NOW, -3)],
+    ids=["negative-iat", "zero-years", "bool-iat", "negative-years"],  # stable ids: xdist workers must agree
+)
 def test_bad_lifetimes_are_rejected(issued_at: int, years: int) -> None:
     with pytest.raises(ValueError, match=r"issued_at|years"):
         supabase_keys(SECRET, issued_at=issued_at, years=years)

@@ -189,6 +189,24 @@ def test_preview_of_an_rls_mode_change_touches_only_the_rls_exec(deployed: tuple
     assert result.changed() == {"devenv-acme-erp-pg-rls-permissive": "create", RLS_PRODUCTION: "delete"}
 
 
+def test_preview_of_allowing_data_deletion_updates_the_safety_switches_and_replaces_nothing(
+    deployed: tuple[SiloProgram, RunResult],
+) -> None:
+    """A change that only updates the data volumes (and the apps that own them) must not preview the
+    machines that mount them as replacements: their volume ids are unknown in a preview."""
+    program, _ = deployed
+    result = program.run("preview", allowDataDeletion="true")
+    assert result.ok, result.error
+    changed = result.changed()
+    assert set(changed.values()) == {"update"}, changed
+    assert {n for n in changed if n.endswith(("-pg-data", "-storage-data"))} == {
+        "devenv-acme-erp-pg-pg-data",
+        "devenv-acme-erp-storage-storage-data",
+    }
+    assert not [n for n in changed if n.endswith("-machine")], changed
+    program.write_config()
+
+
 def test_region_change_is_refused_before_anything_changes(deployed: tuple[SiloProgram, RunResult]) -> None:
     """A volume cannot move between regions: the program refuses rather than replace data with an empty volume."""
     program, _ = deployed

@@ -154,9 +154,17 @@ class FlyIpAssignmentProvider(FlyProviderBase):
         return diff_result(olds, news, compare=keys, replace_on=keys, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
+        app, kind = props["app"], props["type"]
         with self.client() as fly:
-            ip = fly.allocate_ip(props["app"], props["type"], props.get("region"))
-        address = ip.get("ip") or ip.get("address")
+            ip = fly.allocate_ip(app, kind, props.get("region"))
+            address = ip.get("ip") or ip.get("address")
+            if not address:
+                # The address is the id, and an empty id fails the whole `up` ("plugin returned empty
+                # resource.ID"): an answer without it is looked up in the app's list.
+                ip = next((i for i in fly.list_ips(app) if ip_kind(i) == kind and i.get("ip")), ip)
+                address = ip.get("ip")
+        if not address:
+            raise FlyError(f"Fly allocated a {kind} IP for app {app} but reported no address; run `up` again")
         return CreateResult(address, {**props, "address": address, "shared": bool(ip.get("shared"))})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -336,7 +344,13 @@ class FlyVolumeProvider(FlyProviderBase):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         keys = (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete")
-        return diff_result(olds, news, compare=keys, replace_on=self.IMMUTABLE)
+        result = diff_result(olds, news, compare=keys, replace_on=self.IMMUTABLE, delete_before_replace=False)
+        if result.replaces and all(k not in result.replaces for k in ("app", "name", "region")):
+            # Same name in the same region: create would adopt the old volume, so it must go first.
+            # Otherwise (a new region, a new name) the new volume is made first: the machine that
+            # mounts the old one is replaced onto it, and only then is the old volume released.
+            result.delete_before_replace = True
+        return result
 
     def _outs(self, props: Mapping[str, Any], volume: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -489,6 +503,14 @@ class FlyMachineProvider(FlyProviderBase):
             "pre_stop_exec",
         )
         result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
+        if "volume_id" in result.replaces and self._same_volume(olds, news):
+            # In a preview the volume's id is unknown whenever the volume itself has any update (a
+            # dynamic provider's outputs are its inputs until it runs). The same volume name in the same
+            # region is the same volume: an update of it, not a new machine. A volume that is really
+            # replaced changes its region or name, which replaces the machine anyway; and the engine
+            # diffs again with the real id before it updates.
+            news = {**news, "volume_id": olds.get("volume_id")}
+            result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
         # The template may be unchanged while the conversion changed (a code upgrade): compare configs.
         if (
             not result.changes
@@ -498,6 +520,22 @@ class FlyMachineProvider(FlyProviderBase):
         ):
             return DiffResult(changes=True, replaces=[])
         return result
+
+    @staticmethod
+    def _same_volume(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+        """An unknown new volume id, with the old machine's mount, region and name unchanged."""
+        if not isinstance(news.get("volume_id"), Unknown) or not olds.get("volume_id"):
+            return False
+        if any(
+            has_unknown(news.get(k)) or canonical(olds.get(k)) != canonical(news.get(k))
+            for k in ("app", "name", "region")
+        ):
+            return False
+        texts = (olds.get("fly_toml"), news.get("fly_toml"))
+        if not all(isinstance(t, str) for t in texts):
+            return False
+        old_mounts, new_mounts = (flytoml.parse(t).get("mounts") for t in texts)
+        return bool(new_mounts) and canonical(old_mounts) == canonical(new_mounts)
 
     def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -595,6 +633,11 @@ class FlyMachineProvider(FlyProviderBase):
             return ReadResult("", {})
         outs = self._outs(props, machine)
         inputs = {k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")}
+        actual = _effective_state(machine.get("state"), props.get("config") or {})
+        if actual is not None and actual != props.get("desired_state"):
+            # Started or stopped by hand: record what it is, so the refresh shows it and the next `up`
+            # (whose program still wants `desired_state`) puts it back.
+            inputs["desired_state"] = outs["desired_state"] = actual
         return ReadResult(id_, outs, inputs=inputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -621,6 +664,21 @@ class FlyMachineProvider(FlyProviderBase):
             fly.delete_machine(app, id_, force=True)
             # The volume stays attached until the machine is really gone.
             fly.wait(app, id_, "destroyed", timeout_s=300)
+
+
+def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None:
+    """`started`/`stopped` as far as the desired state goes, or None while in transition.
+
+    A machine whose services auto-stop is stopped by Fly's proxy when idle and started again by the
+    next request (fly.toml `auto_stop_machines`/`auto_start_machines`): stopped is its normal resting
+    state, not drift.
+    """
+    if state == "started":
+        return "started"
+    if state in ("stopped", "suspended"):
+        autostops = any(s.get("autostop") in (True, "stop", "suspend") for s in config.get("services") or [])
+        return "started" if autostops else "stopped"
+    return None
 
 
 class FlyMachine(DynamicResource, module="fly", name="Machine"):
