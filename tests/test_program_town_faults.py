@@ -349,3 +349,29 @@ def test_unreachable_registry_creates_nothing_on_fly_and_the_next_up_converges(w
     world.up(STACK, silo_config())
 
     assert_converged(world, town_objects(world.fly), check_preview=False)
+
+
+# -- the registry row edited outside Pulumi ------------------------------------------------------------------
+def test_refresh_shows_a_registry_row_edited_by_hand_and_the_next_up_writes_it_back(world: World) -> None:
+    world.up(STACK, silo_config())
+    clean = world.run("refresh", STACK, silo_config())
+    assert clean.ok and clean.changed() == {}, clean.changed()
+    [row] = registry_rows(world.dsn)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE gastown_towns SET status = 'stopped', fly_machine_id = NULL WHERE id = %s", (row["id"],))
+        conn.execute("UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s", (row["id"],))
+
+    drift = world.run("refresh", STACK, silo_config())
+    assert drift.ok, drift.error
+    assert drift.changed() == {f"{SID}-record": "update"}
+    recorded = world.program.resource(f"{SID}-record").outputs
+    assert (recorded["status"], recorded.get("fly_machine_id"), recorded["rigs"]) == ("stopped", None, [])
+
+    repaired = world.up(STACK, silo_config())
+    assert repaired.changed() == {f"{SID}-record": "update"}
+    [row] = registry_rows(world.dsn)
+    assert (row["status"], row["machine"]) == ("running", town_objects(world.fly)["machines"].popitem()[0])
+    with psycopg.connect(world.dsn) as conn:
+        rigs = conn.execute("SELECT rig_name FROM gastown_rigs WHERE town_id = %s AND status = 'active'", (row["id"],))
+        assert [r[0] for r in rigs] == [TOWN["rigs"][0]["name"]]
+    assert world.run("refresh", STACK, silo_config()).changed() == {}

@@ -12,7 +12,14 @@ import pytest
 
 from components.naming import sandbox_id, town_volume_name
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID
-from tests.fixtures.program import TOWNS_SILO, StackProgram, control_env, fly_env
+from tests.fixtures.program import (
+    GENERATED_SECRET,
+    TOWNS_SILO,
+    StackProgram,
+    assert_no_secret_leaks,
+    control_env,
+    fly_env,
+)
 
 pytestmark = [pytest.mark.db, pytest.mark.engine]
 ALPHA = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
@@ -34,6 +41,30 @@ def deploy(stacks: dict[str, StackProgram]):
         return result
 
     return deploy
+
+
+def town_secrets(stacks: dict[str, StackProgram]) -> dict[str, str]:
+    """Every secret the two stacks hold: generated keys, towns' R2 credentials, the backend login."""
+    found: dict[str, str] = {}
+    for name, program in stacks.items():
+        st = program.state()
+        for res in st.resources.values():
+            if res.type == GENERATED_SECRET:
+                found[f"{name} {res.name}"] = res.outputs["result"]
+            if res.type.endswith("cloudflare:R2TownCredentials"):
+                for key in ("secret_access_key", "session_token"):
+                    found[f"{name} {res.name}.{key}"] = res.outputs[key]
+        if "registry_backend_dsn" in st.outputs:
+            found[f"{name} registry_backend_dsn"] = st.outputs["registry_backend_dsn"]
+    return found
+
+
+def assert_no_town_secret_leaks(stacks: dict[str, StackProgram], *results) -> None:
+    """No town credential in plaintext in the shared backend's files, the stack files or the runs' output."""
+    secrets = town_secrets(stacks)
+    assert {k for k in secrets if k.endswith(".session_token")}, "no town credentials found in state"
+    for program in stacks.values():
+        assert_no_secret_leaks(program, secrets, *results)
 
 
 def towns_in_db(dsn: str) -> dict[str, dict[str, Any]]:
@@ -106,6 +137,7 @@ def test_control_stack_then_two_towns_lifecycle(
             "INTERNAL_API_KEY",
         }
     assert rows["alpha"]["rigs"] == [("web", "active")]
+    assert_no_town_secret_leaks(stacks, first, up)
     # Each town's R2 credentials are limited to its own prefix.
     prefixes = {json.dumps(c.get("prefixes")) for c in cloudflare_emulator.snapshot()["temp_credentials"]}
     assert prefixes == {json.dumps([f"gastown/{up.outputs['towns'][n]['town_id']}/"]) for n in ("alpha", "Beta Town")}
