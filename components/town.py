@@ -17,7 +17,7 @@ import pulumi
 import pulumi_random as random
 
 from components.catalog import ResolvedImage
-from components.config import SiloConfig, TownConfig
+from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
 from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
 from components.r2 import R2TownCredentials
 from components.registry import TownRecord, TownRegistration
@@ -111,8 +111,15 @@ class TownSandbox(pulumi.ComponentResource):
             f"{sid}-r2-credentials", town_id=town_id, bucket=control.bucket, opts=child(self.registration)
         )
         kilo_jwt = pulumi.Config("silo").get_secret("kiloJwt")
+        # Private rigs: the town's credential store, only ever a Fly secret (never the URL, see config).
+        git_credentials = pulumi.Config("silo").get_secret(GIT_CREDENTIALS_KEY)
         values = pulumi.Output.all(
-            self.r2.access_key_id, self.r2.secret_access_key, self.r2.session_token, self.internal_api_key, kilo_jwt
+            self.r2.access_key_id,
+            self.r2.secret_access_key,
+            self.r2.session_token,
+            self.internal_api_key,
+            kilo_jwt,
+            git_credentials,
         ).apply(_secret_values)
         self.secrets = FlySecrets(f"{sid}-secrets", app=self.app.name, values=values, opts=child(self.app))
         self.volume = FlyVolume(
@@ -166,13 +173,13 @@ class TownSandbox(pulumi.ComponentResource):
 
 
 def _secret_values(values: list[Any]) -> dict[str, str]:
-    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt = values
+    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt, git_credentials = values
     out = {
         "R2_ACCESS_KEY_ID": access_key_id,
         "R2_SECRET_ACCESS_KEY": secret_access_key,
         "R2_SESSION_TOKEN": session_token,
         "INTERNAL_API_KEY": internal_api_key,
+        "KILO_JWT": kilo_jwt,
+        GIT_CREDENTIALS_SECRET: git_credentials,
     }
-    if kilo_jwt:
-        out["KILO_JWT"] = kilo_jwt
     return {k: v for k, v in out.items() if v}
