@@ -61,6 +61,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
+    "authSignup": "auth_signup",
     "readyTimeoutSeconds": "ready_timeout_seconds",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
@@ -350,6 +351,9 @@ class SiloConfig(_Model):
     region_migration: StrictBool = False
     # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
     pg_public: StrictBool = False
+    # GoTrue's open sign-up: with mail auto-confirm, anyone on the internet could mint an `authenticated`
+    # JWT (every table, in permissive RLS mode). Closed by default; users are invited or created by admins.
+    auth_signup: StrictBool = False
     # How long `up` waits for a machine to start and pass its health checks (image pulls included).
     ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     # Per-service tag overrides; services not listed use the catalog's pinned default.

@@ -252,7 +252,8 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "GOTRUE_DB_DRIVER": "postgres",
             "GOTRUE_SITE_URL": cfg.site_url,
             "GOTRUE_URI_ALLOW_LIST": f"{cfg.site_url},{cfg.site_url.rstrip('/')}/**",
-            "GOTRUE_DISABLE_SIGNUP": "false",
+            # silo:authSignup (default off): closed sign-up leaves the invite and admin APIs working.
+            "GOTRUE_DISABLE_SIGNUP": "false" if cfg.auth_signup else "true",
             "GOTRUE_JWT_ADMIN_ROLES": "service_role",
             "GOTRUE_JWT_AUD": "authenticated",
             "GOTRUE_JWT_DEFAULT_GROUP_NAME": "authenticated",

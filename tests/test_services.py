@@ -275,3 +275,24 @@ def test_password_with_url_characters_stays_one_password() -> None:
     url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
     params = psycopg.conninfo.conninfo_to_dict(url)
     assert params["password"] == "p@ss:w/rd#1" and params["host"] == "devenv-acme-erp-pg.flycast"
+
+
+# -- sign-up and proxies (issue 11) --------------------------------------------------------------------------
+def _machine_env(cfg: SiloConfig, service: str) -> dict[str, str]:
+    from components.fly import flytoml
+    from components.render import render_fly_toml
+
+    return flytoml.to_machine_config(flytoml.parse(render_fly_toml(cfg, service)), image="x:1")["env"]
+
+
+def test_sign_up_is_closed_unless_silo_auth_signup() -> None:
+    from components.config import from_mapping
+
+    base = {"silo:client": "acme", "silo:app": "erp", "silo:flyOrg": "acme", "silo:siteUrl": "https://erp.acme.dev"}
+    closed = from_mapping(base)
+    assert closed.auth_signup is False
+    assert _machine_env(closed, "auth")["GOTRUE_DISABLE_SIGNUP"] == "true"
+    opened = from_mapping({**base, "silo:authSignup": "true"})
+    assert _machine_env(opened, "auth")["GOTRUE_DISABLE_SIGNUP"] == "false"
+    with pytest.raises(Exception, match=r"silo:authSignup: must be true or false"):
+        from_mapping({**base, "silo:authSignup": "yes"})
