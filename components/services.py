@@ -39,6 +39,7 @@ PGRST_ADMIN_PORT = 3001  # PostgREST serves /live and /ready here; it must diffe
 KONG_STATUS_PORT = 8100  # KONG_STATUS_LISTEN: /status without exposing the Admin API
 KONG_DECLARATIVE_CONFIG = "/home/kong/kong.yml"
 KONG_YML_SECRET = "SUPABASE_KONG_YML"  # base64 of the rendered kong.yml; not KONG_* (Kong reads those)
+KONG_TRUSTED_IPS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"  # see public_env("kong")
 PG_MOUNT = "/data"
 PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
@@ -324,8 +325,12 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         "KONG_PLUGINS": "request-transformer,cors,key-auth,acl,basic-auth,request-termination,ip-restriction",
         "KONG_NGINX_PROXY_PROXY_BUFFER_SIZE": "160k",
         "KONG_NGINX_PROXY_PROXY_BUFFERS": "64 160k",
-        # Fly Proxy is the client Kong sees; trust its X-Forwarded-* (TUS uploads; SupaAutoFly).
-        "KONG_TRUSTED_IPS": "0.0.0.0/0,::/0",
+        # Kong believes X-Forwarded-* (client IP, proto, host: TUS upload URLs, SupaAutoFly) only from
+        # these peers. Fly Proxy, which carries every public request, reaches a machine over its private
+        # IPv4 (fly.io/docs/networking/app-services); Fly publishes no fixed proxy address, so the private
+        # IPv4 ranges are trusted. Nothing else reaches Kong over IPv4: machine-to-machine traffic (6PN,
+        # fdaa::/16) is IPv6 and stays untrusted, so a machine on the network cannot spoof a client IP.
+        "KONG_TRUSTED_IPS": KONG_TRUSTED_IPS,
         "KONG_PROXY_LISTEN": "0.0.0.0:8000, [::]:8000",
         "KONG_STATUS_LISTEN": f"0.0.0.0:{KONG_STATUS_PORT}, [::]:{KONG_STATUS_PORT}",
         "KONG_PROXY_ACCESS_LOG": "/dev/stdout",

@@ -148,7 +148,6 @@ def test_every_server_binds_ipv4_and_ipv6() -> None:
     assert "0.0.0.0:8000" in kong["KONG_PROXY_LISTEN"] and "[::]:8000" in kong["KONG_PROXY_LISTEN"]
     assert f"0.0.0.0:{svc.KONG_STATUS_PORT}" in kong["KONG_STATUS_LISTEN"]
     assert "AAAA" in kong["KONG_DNS_ORDER"].split(",")
-    assert kong["KONG_TRUSTED_IPS"] == "0.0.0.0/0,::/0"
     rest = svc.public_env(cfg, "rest")
     assert rest["PGRST_ADMIN_SERVER_PORT"] != rest["PGRST_SERVER_PORT"]
 
@@ -296,3 +295,19 @@ def test_sign_up_is_closed_unless_silo_auth_signup() -> None:
     assert _machine_env(opened, "auth")["GOTRUE_DISABLE_SIGNUP"] == "false"
     with pytest.raises(Exception, match=r"silo:authSignup: must be true or false"):
         from_mapping({**base, "silo:authSignup": "yes"})
+
+
+def test_kong_trusts_forwarded_headers_only_from_fly_proxy() -> None:
+    import ipaddress
+
+    trusted = [ipaddress.ip_network(n.strip()) for n in svc.public_env(_cfg(), "kong")["KONG_TRUSTED_IPS"].split(",")]
+
+    def is_trusted(address: str) -> bool:
+        return any(ipaddress.ip_address(address) in net for net in trusted)
+
+    # Fly Proxy reaches the machine over its private IPv4 (public and Flycast traffic alike).
+    assert is_trusted("172.16.5.186") and is_trusted("172.19.132.35")
+    # A machine on the private network (6PN is IPv6) or anyone on the internet can set X-Forwarded-For
+    # to whatever it likes: Kong must not believe it.
+    for spoofer in ("fdaa:0:18:a7b:7d:f066:b83b:2", "2a09:8280:1::1", "66.241.124.11", "8.8.8.8", "::1"):
+        assert not is_trusted(spoofer), spoofer
