@@ -58,6 +58,10 @@ class DevEnvStack(pulumi.ComponentResource):
         self.db_password = password("db-password", 32).result
         dashboard_password = password("dashboard-password", 24).result
         meta_crypto_key = password("pg-meta-crypto-key", 40).result
+        # silo:pgPublic: the internet-facing login's own password, held by the pg app alone.
+        self.public_db_password: pulumi.Output[str] | None = (
+            password("db-public-password", 32).result if cfg.pg_public else None
+        )
         keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
         self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
         self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))
@@ -68,6 +72,7 @@ class DevEnvStack(pulumi.ComponentResource):
             meta_crypto_key,
             self.anon_key,
             self.service_role_key,
+            self.public_db_password,
         ).apply(
             lambda v: svc.SiloSecrets(
                 jwt_secret=v[0],
@@ -77,6 +82,7 @@ class DevEnvStack(pulumi.ComponentResource):
                 pg_meta_crypto_key=v[3],
                 anon_key=v[4],
                 service_role_key=v[5],
+                public_db_password=v[6],
             )
         )
 

@@ -44,6 +44,10 @@ PG_MOUNT = "/data"
 PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
 PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
+# silo:pgPublic: the only role that may log in from outside the silo's private network (pg_hba.conf),
+# with its own password: the shared POSTGRES_PASSWORD, which every service holds, never opens it.
+PUBLIC_DB_ROLE = "silo_public"
+PUBLIC_DB_PASSWORD_SECRET = "SILO_PUBLIC_DB_PASSWORD"
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
 STORAGE_PATH = "/var/lib/storage"
@@ -148,6 +152,7 @@ class SiloSecrets:
     pg_meta_crypto_key: str
     anon_key: str
     service_role_key: str
+    public_db_password: str | None = None  # only with silo:pgPublic
 
     def __repr__(self) -> str:  # keeps values out of logs and tracebacks
         return "SiloSecrets(<redacted>)"
@@ -156,6 +161,7 @@ class SiloSecrets:
         return [
             self.jwt_secret, self.postgres_password, self.dashboard_password,
             self.pg_meta_crypto_key, self.anon_key, self.service_role_key,
+            *([self.public_db_password] if self.public_db_password else []),
         ]  # fmt: skip
 
 
@@ -347,7 +353,12 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
     service(name)
     s = secrets
     if name == "pg":
-        return {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        env = {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        if cfg.pg_public:
+            if not s.public_db_password:
+                raise ValueError("silo:pgPublic needs the public login's own password (SiloSecrets.public_db_password)")
+            env[PUBLIC_DB_PASSWORD_SECRET] = s.public_db_password  # read by roles.sql at boot
+        return env
     if name == "rest":
         return {
             "PGRST_DB_URI": _db_url(cfg, "authenticator", s.postgres_password),

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.config import SiloConfig, TownConfig
-from tests.fixtures.pulumi_mocks import RecordingMocks, declare_town, is_secret, plain
+from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo, declare_town, is_secret, plain
 
 CREDENTIALS = "https://x-access-token:ghp_SECRET123@github.com\n"
 
@@ -49,3 +50,26 @@ def test_without_git_credentials_the_town_gets_no_such_secret(silo_mocks: Record
     declare_town(silo(towns=[town]), town)
     [secrets] = silo_mocks.of_type("Secrets")
     assert "GIT_CREDENTIALS" not in plain(secrets.inputs["values"])
+
+
+def test_public_postgres_gets_its_own_login_password(silo_mocks: RecordingMocks) -> None:
+    from components import services as svc
+    from components.outputs import silo_outputs
+
+    cfg = silo(pg_public=True)
+    stack = declare_silo(cfg)
+    pg_secrets = next(r for r in silo_mocks.of_type("Secrets") if r.name == "devenv-acme-erp-pg-secrets")
+    values = plain(pg_secrets.inputs["values"])
+    assert values[svc.PUBLIC_DB_PASSWORD_SECRET] not in ("", values["POSTGRES_PASSWORD"])
+    for other in silo_mocks.of_type("Secrets"):  # no other app holds it
+        if other is not pg_secrets:
+            assert values[svc.PUBLIC_DB_PASSWORD_SECRET] not in repr(other.inputs), other.name
+    seen: dict[str, str] = {}
+
+    @pulumi.runtime.test
+    def outputs() -> pulumi.Output:
+        return silo_outputs(cfg, stack)["db_public_connection_string"].apply(lambda v: seen.update(url=v))
+
+    outputs()
+    assert seen["url"].startswith(f"postgres://{svc.PUBLIC_DB_ROLE}:{values[svc.PUBLIC_DB_PASSWORD_SECRET]}@")
+    assert seen["url"].endswith("@devenv-acme-erp-pg.fly.dev:5432/postgres?sslmode=require")
