@@ -55,6 +55,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "siteUrl": "site_url",
     "allowDataDeletion": "allow_data_deletion",
     "regionMigration": "region_migration",
+    "networkMigration": "network_migration",
     "images": "images",
     "towns": "towns",
     "keyGeneration": "key_generation",
@@ -322,6 +323,11 @@ class TownConfig(_Model):
     def volume_name(self) -> str:
         return naming.town_volume_name(self.sandbox_id)
 
+    @property
+    def network(self) -> str:
+        """The town's own Fly private network: it reaches no silo and no other town privately."""
+        return naming.town_network(self.sandbox_id)
+
 
 def _reject_duplicates(names: list[str], what: str, field: str) -> None:
     first: dict[str, int] = {}
@@ -349,6 +355,9 @@ class SiloConfig(_Model):
     site_url: Annotated[str, AfterValidator(_https_url)]
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
+    # Fly cannot move an app to another private network: moving an existing silo onto its own network
+    # replaces every app (see the README), so it needs this explicit override, like a region change.
+    network_migration: StrictBool = False
     # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
     pg_public: StrictBool = False
     # GoTrue's open sign-up: with mail auto-confirm, anyone on the internet could mint an `authenticated`
@@ -410,6 +419,11 @@ class SiloConfig(_Model):
     @property
     def silo_id(self) -> str:
         return f"{self.client}-{self.app}"
+
+    @property
+    def network(self) -> str:
+        """The silo's own Fly private network: its Flycast and .internal names resolve only inside it."""
+        return naming.silo_network(self.client, self.app)
 
     @property
     def services(self) -> list[str]:

@@ -125,11 +125,15 @@ class DevEnvStack(pulumi.ComponentResource):
         app_name = cfg.app_name(name)
         keeps_data = spec.volume is not None and not cfg.allow_data_deletion
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # Every app of the silo on the silo's own network: Flycast names (meta, Studio, pg...) resolve only
+        # for the silo's apps, never for towns or other silos. Kong's public IPs are the way in.
         app = FlyApp(
             app_name,
             name=app_name,
             org=cfg.fly_org,
             keep_volumes=not cfg.allow_data_deletion,
+            network=cfg.network,
+            allow_network_change=cfg.network_migration,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
         )
         on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])

@@ -100,8 +100,16 @@ class TownSandbox(pulumi.ComponentResource):
         )
         town_id = self.registration.town_id
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # The town runs hostile agent code: its own network, shared with no silo and no other town, so its
+        # private (6PN, Flycast) reach ends at itself; it talks to the world only through public addresses.
         self.app = FlyApp(
-            sid, name=sid, org=cfg.fly_org, keep_volumes=keeps_data, opts=child(self.registration, retain=keeps_data)
+            sid,
+            name=sid,
+            org=cfg.fly_org,
+            keep_volumes=keeps_data,
+            network=town.network,
+            allow_network_change=cfg.network_migration,
+            opts=child(self.registration, retain=keeps_data),
         )
         self.ip = FlyIpAssignment(f"{sid}-ip-private-v6", app=self.app.name, type="private_v6", opts=child(self.app))
         self.internal_api_key = random.RandomPassword(
