@@ -1,12 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark: bring up `Pulumi.dev.yaml` on the Fly emulator through the engine harness, then compare the
+"""Benchmark: bring up `Pulumi.dev.yaml` on the Fly emulator with the real Pulumi CLI, then compare the
 measured wall time with the lower bound the latency model allows.
 
     python bench/run.py [--json] [--scale 0.5] [--stack-file Pulumi.dev.yaml]
 
-What runs (each harness operation is a fresh `python -m harness` process with its own
-`python -m pulumi.dynamic` provider host, which serves at most 4 provider calls at once, like the
-real engine's host for dynamic providers):
+What runs (each operation is the real `pulumi` CLI through the Automation API; the engine starts a
+`python -m pulumi.dynamic` provider host, which serves at most 4 provider calls at once):
   1. `up` on an empty emulator                -> up_wall_s, api_calls_up, the recorded call log
   2. `up` again with no change                 -> mutating_calls_noop_up
   3. `preview` with no change                  -> api_calls_noop_preview
@@ -30,7 +29,7 @@ scale, so small scales inflate the ratio.
 
 critical_path_s (the lower bound for this model) = max(longest_chain_s, provider_busy_s / 4):
   * Every recorded API call of the `up` is attributed to the resource that made it, from its path
-    (`/v1/apps/{app}/<kind>/...`) and the harness state (app name and id per resource). `POST /v1/apps`
+    (`/v1/apps/{app}/<kind>/...`) and the checkpoint (app name and id per resource). `POST /v1/apps`
     carries no app name in its path: the k-th one (by start time) goes to the app whose first
     `GET /v1/apps/{app}` is the k-th. An exec call and the `GET machine` right before it belong to the
     FlyExec resource. Calls on a route shared by several resources of one app (Kong's two IP
@@ -41,7 +40,7 @@ critical_path_s (the lower bound for this model) = max(longest_chain_s, provider
     than that; the health-check `GET` returns no earlier than check_pass_s after `started`. Repeated
     identical polls (`GET` machine, `wait`, `GET` app) count once: extra polls are client overhead,
     not work the model requires.
-  * longest_chain_s: the longest path through the dependency graph in the harness state file
+  * longest_chain_s: the longest path through the dependency graph in the checkpoint
     (`dependencies` per resource), weighting each resource by its cost. Resources without API calls
     (random passwords, components) cost 0.
   * provider_busy_s: the sum of all costs. A provider call holds one of the host's 4 slots for its
@@ -51,10 +50,10 @@ sequential_baseline_s: the seed's order, postgres -> postgrest -> gotrue -> kong
 (meta, which the seed does not list, goes before studio, its dependent), one operation at a time, each
 service fully created and healthy before the next: the sum of every resource's cost above, grouped by
 service (the pg service includes the RLS exec). It is computed from the model and the per-service calls
-measured in this run, not measured (forcing the harness to serialise would need a product change).
+measured in this run, not measured (forcing the engine to serialise would need a product change).
 
-up_wall_s is the whole `python -m harness up` process as the caller sees it: interpreter start, program,
-provider host start, every provider call and the final checkpoint. harness_startup_s (launch -> first API
+up_wall_s is the whole `pulumi up` as the caller sees it: CLI start, program,
+provider host start, every provider call and the final checkpoint. startup_s (launch -> first API
 call) is reported separately, with ratio_excluding_startup next to the honest ratio.
 """
 
@@ -78,8 +77,10 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the
 
 from components.config import ConfigError, SiloConfig, load_stack_file  # noqa: E402
 from emulators.fly import FlyEmulator, LatencyModel  # noqa: E402
-from harness import state as harness_state  # noqa: E402
-from harness.engine import HarnessResult, run  # noqa: E402
+from engine.runner import RunResult, export_state  # noqa: E402
+from engine.runner import run as run_op  # noqa: E402
+from engine.state import StackState  # noqa: E402
+from engine.workspace import make_project, select_stack, workspace  # noqa: E402
 
 STACK = "dev"
 FLY_TYPE = "pulumi-python:dynamic/fly:"
@@ -127,7 +128,7 @@ class FlyResource:
     machine_id: str = ""  # Exec: the machine it runs on
 
 
-def fly_resources(state: harness_state.StackState) -> list[FlyResource]:
+def fly_resources(state: StackState) -> list[FlyResource]:
     out = []
     for res in state.resources.values():
         if not res.type.startswith(FLY_TYPE):
@@ -244,7 +245,7 @@ def resource_costs(
     return costs
 
 
-def longest_chain(state: harness_state.StackState, costs: Mapping[str, float]) -> tuple[float, list[str]]:
+def longest_chain(state: StackState, costs: Mapping[str, float]) -> tuple[float, list[str]]:
     """Longest cost-weighted path through the state's dependency graph, and its URNs (first to last)."""
     finish: dict[str, tuple[float, str | None]] = {}
 
@@ -310,7 +311,10 @@ def poll_overshoot(
 
 
 # -- running ---------------------------------------------------------------------------------------
-def _harness(op: str, emulator: FlyEmulator, state_dir: Path, stack_file: Path) -> tuple[HarnessResult, float]:
+def _stack(emulator: FlyEmulator, root: Path, stack_file: Path) -> Any:
+    """The stack in a project of its own under `root` (file backend, passphrase), on the emulator."""
+    work_dir = make_project(root / "project")
+    shutil.copy(stack_file, work_dir / f"Pulumi.{STACK}.yaml")
     env = {
         "FLY_API_HOSTNAME": emulator.url,
         # No token: the providers talk to the (loopback) emulator, never to a real account.
@@ -318,10 +322,14 @@ def _harness(op: str, emulator: FlyEmulator, state_dir: Path, stack_file: Path) 
         "FLY_ACCESS_TOKEN": "",
         "FLY_FLAPS_BASE_URL": "",
     }
+    return select_stack(workspace(work_dir, root / "state", env), STACK)
+
+
+def _run(op: str, stack: Any) -> tuple[RunResult, float]:
     started = time.time()
-    result = run(op, STACK, REPO_ROOT, state_dir, config_file=stack_file, env=env, timeout=RUN_TIMEOUT_S)
+    result = run_op(stack, op)
     if not result.ok:
-        raise RuntimeError(f"harness {op} failed: {result.error}\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"pulumi {op} failed: {result.error}\n{result.text[-3000:]}")
     return result, started
 
 
@@ -334,18 +342,19 @@ def run_benchmark(scale: float = DEFAULT_SCALE, stack_file: Path = REPO_ROOT / f
     emulator = FlyEmulator(latency=model)
     emulator.start()
     try:
-        up, up_started = _harness("up", emulator, state_dir, stack_file)
+        stack = _stack(emulator, state_dir, stack_file)
+        up, up_started = _run("up", stack)
         up_wall = time.time() - up_started
         up_calls = emulator.calls()
-        state = harness_state.load(state_dir, STACK)
+        state = export_state(stack)[0]
 
         emulator.clear_calls()
-        noop_up, noop_started = _harness("up", emulator, state_dir, stack_file)
+        noop_up, noop_started = _run("up", stack)
         noop_up_wall = time.time() - noop_started
         noop_up_calls = emulator.calls()
 
         emulator.clear_calls()
-        preview, preview_started = _harness("preview", emulator, state_dir, stack_file)
+        preview, preview_started = _run("preview", stack)
         preview_wall = time.time() - preview_started
         preview_calls = emulator.calls()
     finally:
@@ -365,7 +374,7 @@ def run_benchmark(scale: float = DEFAULT_SCALE, stack_file: Path = REPO_ROOT / f
     ratio = up_wall / critical if critical else float("inf")
     return {
         "up_wall_s": round(up_wall, 3),
-        "up_wall_includes": "the whole `python -m harness up` process: interpreter and program start, provider "
+        "up_wall_includes": "the whole real `pulumi up` (Automation API): CLI and program start, provider "
         "host start, all provider calls, final checkpoint",
         "critical_path_s": round(critical, 3),
         "sequential_baseline_s": round(baseline_s, 3),
@@ -389,7 +398,7 @@ def run_benchmark(scale: float = DEFAULT_SCALE, stack_file: Path = REPO_ROOT / f
             "chain": [{"resource": names[u], "cost_s": round(costs.get(u, 0.0), 3)} for u in chain],
         },
         "sequential_by_service_s": per_service,
-        "harness_startup_s": round(startup, 3),
+        "startup_s": round(startup, 3),
         "ratio_excluding_startup": round((up_wall - startup) / critical, 3) if critical else None,
         "check_poll_overshoot_s": poll_overshoot(groups, resources, model),
         "chain_profile": chain_profile(chain, costs, groups, resources, up_started),
@@ -411,7 +420,7 @@ def chain_profile(
     resources: Sequence[FlyResource],
     up_started: float,
 ) -> list[dict[str, Any]]:
-    """Per chain step: when its first API call started (from the harness launch) vs when it could have,
+    """Per chain step: when its first API call started (from the launch) vs when it could have,
     had every earlier step taken exactly its model cost and start-up taken no time. The growth of
     `late_s` along the chain shows where the wall time goes."""
     by_urn = {r.urn: r for r in resources}
@@ -443,7 +452,7 @@ def render_human(report: Mapping[str, Any]) -> str:
         f"Latency model (scale {model['scale']}): call {model['call_s']:.3f}s, boot {model['boot_s']:.2f}s, "
         f"checks pass {model['check_pass_s']:.2f}s after start",
         f"up (empty emulator):   {report['up_wall_s']:.2f}s wall, {report['api_calls_up']} API calls "
-        f"(harness start-up {report['harness_startup_s']:.2f}s of it)",
+        f"(start-up {report['startup_s']:.2f}s of it)",
         f"critical path:         {report['critical_path_s']:.2f}s  (longest chain {cp['longest_chain_s']:.2f}s, "
         f"provider busy {cp['provider_busy_s']:.2f}s / {cp['provider_slots']} = {cp['busy_bound_s']:.2f}s)",
         f"sequential baseline:   {report['sequential_baseline_s']:.2f}s (seed order, one step at a time)",

@@ -31,13 +31,12 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, DynamicResource
 
 Service = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong", "town"]
 Status = Literal["active", "deprecated", "disabled"]
@@ -446,7 +445,7 @@ class CatalogSyncProvider(ControlDbProvider):
         print(f"CatalogSync {id_}: removed from the stack; kiloclaw_available_versions rows are kept")
 
 
-class CatalogSync(Resource, module="catalog", name="Sync"):
+class CatalogSync(DynamicResource, module="catalog", name="Sync"):
     """Writes the image catalog into the control database on every ``pulumi up`` that changes it."""
 
     tags: pulumi.Output[list[str]]

@@ -702,7 +702,7 @@ def from_pulumi_config() -> SiloConfig | ControlConfig:
 
     ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as
     ``silo:autostopMinutes`` pass silently. The runtime's config map (set by the language host through
-    ``PULUMI_CONFIG``, or by ``set_all_config`` in tests and the harness) lists every key, so unknown
+    ``PULUMI_CONFIG``, or by the Automation API's inline-program server) lists every key, so unknown
     keys are reported.
     """
     from pulumi.runtime import config as runtime_config

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
 from components import services as svc
 from components.catalog import ResolvedImage as Image
@@ -20,6 +19,7 @@ from components.config import SiloConfig
 from components.costs import estimate
 from components.fly import flytoml
 from components.fly.providers import FlyApp, FlyExec, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.generated import GeneratedSecret
 from components.keys import supabase_keys
 from components.render import render_fly_toml
 from components.rls import rls_sql
@@ -48,11 +48,8 @@ class DevEnvStack(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         keepers = {"generation": str(cfg.key_generation)}
 
-        def password(name: str, length: int) -> random.RandomPassword:
-            # Letters and digits only: the values end up in connection URLs (supabase docs).
-            return random.RandomPassword(
-                f"devenv-{cfg.silo_id}-{name}", length=length, special=False, keepers=keepers, opts=child
-            )
+        def password(name: str, length: int) -> GeneratedSecret:
+            return GeneratedSecret(f"devenv-{cfg.silo_id}-{name}", length=length, keepers=keepers, opts=child)
 
         self.jwt_secret = password("jwt-secret", 48).result
         self.db_password = password("db-password", 32).result

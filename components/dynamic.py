@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
 import psycopg
+import pulumi
 from psycopg import conninfo
 from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
@@ -142,3 +144,28 @@ class ControlDbProvider(ResourceProvider):
             yield
         except psycopg.Error as exc:
             raise ControlDbError(f"{what}: {sanitized_db_error(exc, dsn)}") from None
+
+
+class DynamicResource(pulumi.dynamic.Resource):
+    """The base of every dynamic resource here.
+
+    pulumi 3.272's `serialize_provider` patches `pickle._Pickler._batch_setitems` with a sorting
+    wrapper and never puts the original back, so each dynamic resource a process constructs adds one
+    more wrapper layer around the last: after a few hundred resources (a silo with ~50 towns in one
+    `up`) pickling a provider raises RecursionError. The SDK restores it itself from 3.274
+    (sdk/python/lib/pulumi/dynamic/dynamic.py); PyPI here stops at 3.272, so restore it around each
+    construction: every serialization then wraps the same original method once.
+    """
+
+    def __init__(
+        self,
+        provider: ResourceProvider,
+        name: str,
+        props: Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        saved = pickle._Pickler.__dict__["_batch_setitems"]
+        try:
+            super().__init__(provider, name, dict(props), opts)
+        finally:
+            pickle._Pickler._batch_setitems = saved

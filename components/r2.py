@@ -46,7 +46,6 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     ResourceProvider,
     UpdateResult,
 )
@@ -54,7 +53,7 @@ from pulumi.output import Unknown
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from components.dynamic import canonical, changed_keys, has_unknown, pick
+from components.dynamic import DynamicResource, canonical, changed_keys, has_unknown, pick
 from components.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -520,7 +519,7 @@ class R2BucketProvider(_CloudflareProvider):
             cf.delete_bucket(id_, props.get("jurisdiction") or "default")
 
 
-class R2BucketResource(Resource, module="cloudflare", name="R2Bucket"):
+class R2BucketResource(DynamicResource, module="cloudflare", name="R2Bucket"):
     name: pulumi.Output[str]
     jurisdiction: pulumi.Output[str]
     account_id: pulumi.Output[str]
@@ -685,7 +684,7 @@ class R2LifecycleProvider(_CloudflareProvider):
                 return  # the bucket (and its rules) are gone
 
 
-class R2BucketLifecycle(Resource, module="cloudflare", name="R2BucketLifecycle"):
+class R2BucketLifecycle(DynamicResource, module="cloudflare", name="R2BucketLifecycle"):
     bucket: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
 
@@ -837,7 +836,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
         return None
 
 
-class R2TownCredentials(Resource, module="cloudflare", name="R2TownCredentials"):
+class R2TownCredentials(DynamicResource, module="cloudflare", name="R2TownCredentials"):
     town_id: pulumi.Output[str]
     bucket: pulumi.Output[str]
     prefix: pulumi.Output[str]

@@ -22,12 +22,18 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, diff_result, strip_provider
+from components.dynamic import (
+    CONTROL_DSN_CONFIG_KEY,
+    CONTROL_DSN_ENV,
+    ControlDbProvider,
+    DynamicResource,
+    diff_result,
+    strip_provider,
+)
 
 DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
@@ -109,7 +115,7 @@ class TownRegistrationProvider(RegistryProviderBase):
             )
 
 
-class TownRegistration(Resource, module="registry", name="TownRegistration"):
+class TownRegistration(DynamicResource, module="registry", name="TownRegistration"):
     town_id: pulumi.Output[str]
 
     def __init__(
@@ -211,7 +217,7 @@ class TownRecordProvider(RegistryProviderBase):
         return None
 
 
-class TownRecord(Resource, module="registry", name="TownRecord"):
+class TownRecord(DynamicResource, module="registry", name="TownRecord"):
     def __init__(
         self,
         resource_name: str,

@@ -28,7 +28,6 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
@@ -37,6 +36,7 @@ from components.dynamic import (
     CONTROL_DSN_CONFIG_KEY,
     CONTROL_DSN_ENV,
     ControlDbProvider,
+    DynamicResource,
     dsn_problem,
     sanitized_db_error,
 )
@@ -108,11 +108,21 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# A relative folder is the project's own (`migrations/` beside `components/`), wherever the engine
+# starts the provider host: the state keeps the relative name, so moving the checkout changes nothing.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrations_path(folder: str | Path) -> Path:
+    path = Path(folder)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def load_migrations(folder: str | Path) -> list[Migration]:
     """All migrations of a folder in apply order; errors name the offending file."""
-    path = Path(folder)
+    path = migrations_path(folder)
     if not path.is_dir():
-        raise MigrationError(f"migrations folder {str(path)!r} does not exist")
+        raise MigrationError(f"migrations folder {str(folder)!r} does not exist")
     migrations: list[Migration] = []
     seen: dict[str, str] = {}
     for file in sorted(path.glob("*.sql")):
@@ -250,7 +260,7 @@ class PostgresSchemaProvider(ControlDbProvider):
         if not isinstance(folder, Unknown):
             if not isinstance(folder, str) or not folder:
                 failures.append(CheckFailure("folder", "the migrations folder is required"))
-            elif not Path(folder).is_dir():
+            elif not migrations_path(folder).is_dir():
                 failures.append(CheckFailure("folder", f"migrations folder {folder!r} does not exist"))
         migrations = news.get("migrations")
         if not isinstance(migrations, Unknown):
@@ -349,7 +359,7 @@ class PostgresSchemaProvider(ControlDbProvider):
         print(message)
 
 
-class PostgresSchemaResource(Resource, module="postgres", name="Schema"):
+class PostgresSchemaResource(DynamicResource, module="postgres", name="Schema"):
     """One database's migration state; ``applied`` lists every applied migration file."""
 
     applied: pulumi.Output[list[str]]

@@ -14,11 +14,11 @@ import json
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
 from components.catalog import ResolvedImage
 from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
 from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.generated import GeneratedSecret
 from components.r2 import R2TownCredentials
 from components.registry import TownRecord, TownRegistration
 from components.render import render_file
@@ -112,9 +112,7 @@ class TownSandbox(pulumi.ComponentResource):
             opts=child(self.registration, retain=keeps_data),
         )
         self.ip = FlyIpAssignment(f"{sid}-ip-private-v6", app=self.app.name, type="private_v6", opts=child(self.app))
-        self.internal_api_key = random.RandomPassword(
-            f"{sid}-internal-api-key", length=48, special=False, opts=child()
-        ).result
+        self.internal_api_key = GeneratedSecret(f"{sid}-internal-api-key", length=48, opts=child()).result
         self.r2 = R2TownCredentials(
             f"{sid}-r2-credentials", town_id=town_id, bucket=control.bucket, opts=child(self.registration)
         )

@@ -69,8 +69,9 @@ def heartbeats() -> Iterator[Heartbeats]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            received.append({"path": self.path, "authorization": self.headers.get("Authorization"),
-                             "body": json.loads(body)})
+            received.append(
+                {"path": self.path, "authorization": self.headers.get("Authorization"), "body": json.loads(body)}
+            )
             self.send_response(204)
             self.end_headers()
 
@@ -102,14 +103,11 @@ class Sandbox:
     def prefix(self) -> str:
         return f"gastown/{TOWN_ID}"
 
-    def run(
-        self, script: str, *args: str, root: Path | None = None, **extra: str
-    ) -> subprocess.CompletedProcess:
+    def run(self, script: str, *args: str, root: Path | None = None, **extra: str) -> subprocess.CompletedProcess:
         env = {**self.env, **extra}
         if root is not None:
             env["GT_TOWN_ROOT"] = str(root)
-        return subprocess.run([str(self.bin_dir / script), *args], env=env, capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([str(self.bin_dir / script), *args], env=env, capture_output=True, text=True, timeout=300)
 
     def sync(self, **extra: str) -> subprocess.CompletedProcess:
         result = self.run("r2-sync.sh", "--immediate", **extra)
@@ -137,7 +135,7 @@ class Sandbox:
         manifest = self.manifest(ts)
         base = f"{self.prefix}/snapshots/{ts}/"
         listed = {f["path"] for f in manifest["files"]}
-        assert {k[len(base):] for k in self.bucket.keys(base)} == listed | {"manifest.json"}
+        assert {k[len(base) :] for k in self.bucket.keys(base)} == listed | {"manifest.json"}
         for entry in manifest["files"]:
             body = self.bucket.get(base + entry["path"])
             assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["size"], entry["sha256"])
@@ -176,9 +174,7 @@ def _render(bin_dir: Path, **ctx: object) -> dict[str, str]:
 
 
 @pytest.fixture
-def sandbox(
-    tmp_path: Path, s3_bucket: S3Bucket, gastown_town: Town, heartbeats: Heartbeats
-) -> Sandbox:
+def sandbox(tmp_path: Path, s3_bucket: S3Bucket, gastown_town: Town, heartbeats: Heartbeats) -> Sandbox:
     town = gastown_town
     bin_dir = tmp_path / "bin"
     _render(bin_dir)
@@ -206,15 +202,15 @@ def sandbox(
 
 @pytest.mark.parametrize(
     "ctx",
-    [{}, {"town_root": "/data/town", "sync_interval_seconds": 60, "keep_snapshots": 5,
-          "key_prefix": "dr/gastown"}],
+    [{}, {"town_root": "/data/town", "sync_interval_seconds": 60, "keep_snapshots": 5, "key_prefix": "dr/gastown"}],
 )
 def test_rendered_scripts_are_shellcheck_clean(tmp_path: Path, ctx: dict) -> None:
     bin_dir = tmp_path / "bin"
     scripts = _render(bin_dir, **ctx)
     assert sorted(scripts) == [str(bin_dir / n) for n in ("r2-restore.sh", "r2-sync.sh", "startup.sh")]
-    result = subprocess.run([str(VENV_BIN / "shellcheck"), "--severity=style", *scripts],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(VENV_BIN / "shellcheck"), "--severity=style", *scripts], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout
     sync = scripts[str(bin_dir / "r2-sync.sh")]
     expected = TownScriptContext(**ctx)
@@ -226,9 +222,13 @@ def test_rendered_scripts_are_shellcheck_clean(tmp_path: Path, ctx: dict) -> Non
 
 @pytest.mark.parametrize(
     ("bad", "field_name"),
-    [({"town_root": "data/gt"}, "town_root"), ({"bin_dir": "/usr/bin;rm -rf /"}, "bin_dir"),
-     ({"keep_snapshots": 0}, "keep_snapshots"), ({"key_prefix": "/abs"}, "key_prefix"),
-     ({"sync_interval": 5}, "sync_interval")],
+    [
+        ({"town_root": "data/gt"}, "town_root"),
+        ({"bin_dir": "/usr/bin;rm -rf /"}, "bin_dir"),
+        ({"keep_snapshots": 0}, "keep_snapshots"),
+        ({"key_prefix": "/abs"}, "key_prefix"),
+        ({"sync_interval": 5}, "sync_interval"),
+    ],
 )
 def test_bad_script_context_names_the_field(bad: dict, field_name: str) -> None:
     with pytest.raises(ValidationError, match=field_name):
@@ -237,8 +237,9 @@ def test_bad_script_context_names_the_field(bad: dict, field_name: str) -> None:
 
 def test_missing_r2_setting_is_named(sandbox: Sandbox) -> None:
     env = {k: v for k, v in sandbox.env.items() if k != "R2_BUCKET"}
-    result = subprocess.run([str(sandbox.bin_dir / "r2-sync.sh"), "--immediate"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(sandbox.bin_dir / "r2-sync.sh"), "--immediate"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1
     assert "R2_BUCKET is required" in result.stderr
     assert sandbox.bucket.keys() == []
@@ -261,8 +262,13 @@ def test_backup_then_restore_reproduces_the_town(sandbox: Sandbox, heartbeats: H
     manifest = json.loads(manifest_bytes)
     assert manifest["gt_version"] == "gt version 0.12.1-standin"
     assert sorted(manifest["databases"]) == sorted(["hq", *RIGS])  # the town's hq database too
-    assert {f["path"] for f in manifest["files"]} >= {"config.tar", "runtime.tar", "dolt/hq.tar",
-                                                       "git/webapp.bundle", "worktrees/webapp.tar"}
+    assert {f["path"] for f in manifest["files"]} >= {
+        "config.tar",
+        "runtime.tar",
+        "dolt/hq.tar",
+        "git/webapp.bundle",
+        "worktrees/webapp.tar",
+    }
     webapp = next(r for r in manifest["rigs"] if r["name"] == "webapp")
     assert webapp["git_url"] == sandbox.town.git_url("webapp")
     assert webapp["default_branch"] == "main"
@@ -291,14 +297,17 @@ def test_backup_then_restore_reproduces_the_town(sandbox: Sandbox, heartbeats: H
         repo = target / rig / ".repo.git"
         git("fsck", "--no-progress", cwd=repo)
         assert set((sandbox.town.root / rig / ".repo.git" / "shallow").read_text().split()) <= set(
-            (repo / "shallow").read_text().split())
+            (repo / "shallow").read_text().split()
+        )
         # Polecat branches only ever existed in the town: they came back from the bundle.
         assert git("log", "-1", "--format=%s", sandbox.town.polecat_branch("nux"), cwd=repo).strip() == (
-            "nux: local work never pushed")
+            "nux: local work never pushed"
+        )
     assert "v0.3" not in git("tag", cwd=target / "webapp" / ".repo.git")  # upstream's later tag: not ours
     nux = target / "webapp" / "polecats" / "nux" / "webapp"
     assert git("status", "--porcelain", cwd=nux).splitlines() == sorted(
-        [" D docs/guide.md", " M src/app.py", "?? .beads/", "?? notes/", "?? run.sh", "?? src/staged.py"])
+        [" D docs/guide.md", " M src/app.py", "?? .beads/", "?? notes/", "?? run.sh", "?? src/staged.py"]
+    )
     assert not (target / ".r2-restore-partial").exists()
 
     dolt_calls = (sandbox.tmp / "dolt-calls.log").read_text().splitlines()
@@ -416,8 +425,14 @@ def test_concurrent_syncs_wait_for_the_lock_and_leave_complete_snapshots(sandbox
     try:
         for log in logs:
             with open(log, "w") as err:
-                procs.append(subprocess.Popen([str(sandbox.bin_dir / "r2-sync.sh"), "--immediate"],
-                                              env=sandbox.env, stdout=subprocess.DEVNULL, stderr=err))
+                procs.append(
+                    subprocess.Popen(
+                        [str(sandbox.bin_dir / "r2-sync.sh"), "--immediate"],
+                        env=sandbox.env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
         _wait_for(lambda: all("waiting up to" in log.read_text() for log in logs), "both syncs to wait")
         assert sandbox.bucket.keys() == []  # nothing is uploaded while another sync holds the lock
         fcntl.flock(lock, fcntl.LOCK_UN)
@@ -495,8 +510,9 @@ def test_sigterm_flushes_a_snapshot_then_stops_gt(sandbox: Sandbox, heartbeats: 
     out = sandbox.tmp / "startup.log"
     env = {**sandbox.env, "SYNC_INTERVAL_SECONDS": "3600"}
     with open(out, "w") as log:
-        proc = subprocess.Popen([str(sandbox.bin_dir / "startup.sh")], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(sandbox.bin_dir / "startup.sh")], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_for(lambda: sandbox.bucket.keys(f"{sandbox.prefix}/latest.json") != [], "the first sync")
         [first] = sandbox.snapshots()

