@@ -123,7 +123,6 @@ def test_the_network_survives_a_restart_of_a_persistent_emulator(tmp_path) -> No
         address = flycast(api, "p-db")
     with FlyEmulator(state_file=state) as second:
         assert second.reach("p-api", "p-db.flycast")["addresses"] == [address]
-        second.reset()
 
 
 # -- what the program creates ---------------------------------------------------------------------------------

@@ -296,38 +296,43 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
             ).close()
 
 
+def _boot_roles(server: PostgresServer, env: dict[str, str], tmp_path: Path) -> None:
+    """roles.sql as the pg machine runs it at boot: over the local socket, passwords from the env."""
+    roles = tmp_path / "roles.sql"
+    roles.write_text(pg_files(_cfg())[svc.ROLES_SQL_PATH])
+    result = subprocess.run(
+        [
+            str(server.bindir / "psql"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(server.root),
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-f",
+            str(roles),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.db
 def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
     # What the pg start command runs on every boot over the trusted local socket: roles.sql again.
     assert svc.ROLES_SQL_PATH in svc.PG_COMMAND and "pg_isready" in svc.PG_COMMAND
     server = supabase_like_server
     _restart_with_our_hba(server)  # passwords are checked over TCP (scram), as on Fly
-    roles = tmp_path / "roles.sql"
-    roles.write_text(pg_files(_cfg())[svc.ROLES_SQL_PATH])
     for password in ("FirstPassw0rd", "RotatedPassw0rd"):
-        result = subprocess.run(
-            [
-                str(server.bindir / "psql"),
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(server.root),
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-f",
-                str(roles),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "POSTGRES_PASSWORD": password},
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        _boot_roles(server, {"POSTGRES_PASSWORD": password}, tmp_path)
     dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
     with psycopg.connect(dsn, password="RotatedPassw0rd") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("authenticator",)
@@ -380,35 +385,6 @@ def test_kong_trusts_forwarded_headers_only_from_fly_proxy() -> None:
 
 
 # -- what runs on the pg machine, run for real (issue 11) -----------------------------------------------------
-def _boot_roles(server: PostgresServer, env: dict[str, str], tmp_path: Path) -> None:
-    """roles.sql as the pg machine runs it at boot: over the local socket, passwords from the env."""
-    roles = tmp_path / "roles.sql"
-    roles.write_text(pg_files(_cfg())[svc.ROLES_SQL_PATH])
-    result = subprocess.run(
-        [
-            str(server.bindir / "psql"),
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(server.root),
-            "-p",
-            str(server.port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-f",
-            str(roles),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def _machine_run(
     server: PostgresServer, cfg: SiloConfig, secrets: svc.SiloSecrets, command: list[str]
 ) -> subprocess.CompletedProcess[str]:
