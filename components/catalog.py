@@ -416,7 +416,9 @@ class CatalogSyncProvider(ControlDbProvider):
         )
 
     def _sync(self, props: Mapping[str, Any]) -> dict[str, Any]:
-        result = sync_catalog(self._dsn_for(props), Catalog.model_validate({"images": props["images"]}))
+        dsn = self._dsn_for(props)
+        with self.database_errors(dsn):
+            result = sync_catalog(dsn, Catalog.model_validate({"images": props["images"]}))
         return {
             "tags": sorted(e["tag"] for e in props["images"]),
             "inserted": result.inserted,
@@ -430,7 +432,8 @@ class CatalogSyncProvider(ControlDbProvider):
         return UpdateResult({**news, **self._sync(news)})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        with psycopg.connect(self._dsn_for(props)) as conn:
+        dsn = self._dsn_for(props)
+        with self.database_errors(dsn), psycopg.connect(dsn) as conn:
             rows = conn.execute(
                 "SELECT image_tag FROM kiloclaw_available_versions WHERE image_tag = ANY(%s)",
                 (props.get("tags") or [],),

@@ -55,12 +55,14 @@ FIELD_BY_KEY: dict[str, str] = {
     "siteUrl": "site_url",
     "allowDataDeletion": "allow_data_deletion",
     "regionMigration": "region_migration",
+    "networkMigration": "network_migration",
     "images": "images",
     "towns": "towns",
     "keyGeneration": "key_generation",
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
+    "authSignup": "auth_signup",
     "readyTimeoutSeconds": "ready_timeout_seconds",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
@@ -69,7 +71,11 @@ FIELD_BY_KEY: dict[str, str] = {
 }
 # Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
 # copied into the model, so a SiloConfig can be printed or logged safely.
-SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt")
+SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials")
+# git-credential-store lines for the towns' private rigs, delivered to each town as the Fly secret
+# GIT_CREDENTIALS_SECRET; refused unless the stack marks it secret.
+GIT_CREDENTIALS_KEY = "gitCredentials"
+GIT_CREDENTIALS_SECRET = "GIT_CREDENTIALS"
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
 _STRUCTURED_KEYS = ("images", "towns")
 # Outside the silo namespace only these keys are read (by components.fly.settings); the rest belong to
@@ -81,6 +87,8 @@ _SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _ORG_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 # Docker's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# git's "<transport>::<address>" syntax (remote helpers: ext::, fd::, and any git-remote-<name>).
+_REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCP_LIKE_GIT = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\s][^\s]*)$")
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
 _LONGEST_SERVICE = max(naming.SERVICES, key=len)
@@ -109,8 +117,8 @@ def _shown(value: Any) -> str:
     if value is None:
         return "nothing"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    # A token in "https://user:token@host" must not reach a terminal or a CI log.
-    text = re.sub(r"(://[^/@:\s\"]*:)[^/@\s\"]*@", r"\1***@", text)
+    # A token in "https://user:token@host" or "https://token@host" must not reach a terminal or a CI log.
+    text = re.sub(r"(://)[^/@\s\"]+@", r"\1***@", text)
     text = text if len(text) <= 80 else text[:77] + "..."
     return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
 
@@ -147,24 +155,43 @@ def _https_url(value: str) -> str:
 
 
 def _git_url(value: str) -> str:
-    """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests)."""
+    """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests).
+
+    The URL reaches `git clone` inside a town (rigs.json) and is stored in plain text in the fly.toml,
+    the machine config, the state, the registry and the R2 manifest, so it must carry no credential;
+    and git must read it as a URL, never as an option or a remote-helper command.
+    """
     if not value or any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"must be a git URL without spaces (got {_shown(value)})")
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-' (git would read it as an option) (got {_shown(value)})")
+    if _REMOTE_HELPER.match(value):
+        # "<transport>::<address>" runs git-remote-<transport>; ext:: runs any command, fd:: uses open fds.
+        raise ValueError(f"must not use a git remote helper such as ext:: or fd:: (got {_shown(value)})")
     parts = _split(value)
     if parts is None:
         raise ValueError(f"must be a git URL (got {_shown(value)})")
+    if "@" in parts.netloc and (parts.scheme != "ssh" or parts.password is not None):
+        # Only an SSH login name may precede the host: anything else is a token in clear text.
+        raise ValueError(
+            "must not embed a password or token: private repositories get their credential from the secret "
+            f"{NAMESPACE}:{GIT_CREDENTIALS_KEY} (git-credential-store lines, delivered to the town as a Fly secret)"
+        )
     if parts.scheme in ("https", "ssh"):
         if not parts.hostname or parts.path.strip("/") == "":
             raise ValueError(f"must name a host and a repository path (got {_shown(value)})")
-        if parts.password:
-            # A token in the URL would end up in plain env and state; use a deploy key or secret.
-            raise ValueError("must not embed a password or token (use an SSH deploy key or a secret)")
+        if parts.hostname.startswith("-") or (parts.username or "").startswith("-"):
+            # ssh would take "-oProxyCommand=..." as an option (CVE-2017-1000117).
+            raise ValueError(f"must not have a host or user starting with '-' (got {_shown(value)})")
         return value
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError(f"must be file:///absolute/path (got {_shown(value)})")
         return value
-    if "://" not in value and _SCP_LIKE_GIT.fullmatch(value):
+    scp = _SCP_LIKE_GIT.fullmatch(value) if "://" not in value else None
+    if scp is not None:
+        if any(scp[group].startswith("-") for group in ("user", "host", "path")):
+            raise ValueError(f"must not have a user, host or path starting with '-' (got {_shown(value)})")
         return value
     raise ValueError(
         f"must be a git URL: https://host/path, ssh://host/path, git@host:path or file:///path (got {_shown(value)})"
@@ -184,6 +211,39 @@ def _stack_reference(value: str) -> str:
             "organization/silo/control on a file backend, <your-org>/silo/control on Pulumi Cloud"
         )
     return value
+
+
+def git_credentials_problem(value: Any) -> str | None:
+    """Why a `silo:gitCredentials` value is not git-credential-store lines; None when it is.
+
+    Each non-blank line is ``https://USER:TOKEN@HOST`` (``git credential-store``'s file format, the
+    user and token percent-encoded), which the town installs as its credential store. Only https:
+    a token must not travel in clear. The message never quotes the value, not even in part.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "must be git-credential-store lines (https://USER:TOKEN@HOST, one per line)"
+    for number, line in enumerate(value.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = _split(line)
+        well_formed = (
+            parts is not None
+            and not any(c.isspace() for c in line)
+            and parts.scheme == "https"
+            and bool(parts.hostname)
+            and bool(parts.username)
+            and bool(parts.password)
+            and parts.path in ("", "/")
+            and not parts.query
+            and not parts.fragment
+        )
+        if not well_formed:
+            return (
+                f"line {number}: must be https://USER:TOKEN@HOST (one git-credential-store line per host, "
+                "no repository path); the value is not shown"
+            )
+    return None
 
 
 def _branch(value: str) -> str:
@@ -278,6 +338,11 @@ class TownConfig(_Model):
     def volume_name(self) -> str:
         return naming.town_volume_name(self.sandbox_id)
 
+    @property
+    def network(self) -> str:
+        """The town's own Fly private network: it reaches no silo and no other town privately."""
+        return naming.town_network(self.sandbox_id)
+
 
 def _reject_duplicates(names: list[str], what: str, field: str) -> None:
     first: dict[str, int] = {}
@@ -305,8 +370,14 @@ class SiloConfig(_Model):
     site_url: Annotated[str, AfterValidator(_https_url)]
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
+    # Fly cannot move an app to another private network: moving an existing silo onto its own network
+    # replaces every app (see the README), so it needs this explicit override, like a region change.
+    network_migration: StrictBool = False
     # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
     pg_public: StrictBool = False
+    # GoTrue's open sign-up: with mail auto-confirm, anyone on the internet could mint an `authenticated`
+    # JWT (every table, in permissive RLS mode). Closed by default; users are invited or created by admins.
+    auth_signup: StrictBool = False
     # How long `up` waits for a machine to start and pass its health checks (image pulls included).
     ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     # Per-service tag overrides; services not listed use the catalog's pinned default.
@@ -365,6 +436,11 @@ class SiloConfig(_Model):
     @property
     def silo_id(self) -> str:
         return f"{self.client}-{self.app}"
+
+    @property
+    def network(self) -> str:
+        """The silo's own Fly private network: its Flycast and .internal names resolve only inside it."""
+        return naming.silo_network(self.client, self.app)
 
     @property
     def services(self) -> list[str]:
@@ -502,11 +578,14 @@ def _suggest(key: str) -> str:
     return f" (did you mean {NAMESPACE}:{near[0]}?)" if near else ""
 
 
-def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
+def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> SiloConfig | ControlConfig:
     """A ``SiloConfig`` from namespaced keys (``silo:client``, ``fly:apiUrl``, ...).
 
     Keys of other namespaces are ignored; ``fly:apiUrl`` is checked to be an http(s) URL.
+    ``secret_keys`` are the keys whose (decrypted) values the engine marks secret; in a stack file a
+    secret is an encrypted ``{secure: ...}`` map instead.
     """
+    secret = set(secret_keys)
     errors: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
     for full_key, raw in config.items():
@@ -520,6 +599,8 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
         if namespace != NAMESPACE:
             continue
         if key in SECRET_KEYS:
+            if key == GIT_CREDENTIALS_KEY:
+                errors.extend(_check_git_credentials(full_key, raw, full_key in secret))
             continue
         if key not in FIELD_BY_KEY:
             errors.append((full_key, f"unknown key{_suggest(key)}"))
@@ -585,6 +666,15 @@ def _structured(raw: Any, kind: type) -> tuple[Any, str | None]:
     return raw, None
 
 
+def _check_git_credentials(key: str, raw: Any, marked_secret: bool) -> list[tuple[str, str]]:
+    if isinstance(raw, Mapping) and "secure" in raw:
+        return []  # encrypted in the stack file; its lines are checked when the program runs
+    if not marked_secret:
+        return [(key, f"must be a secret: set it with `pulumi config set --secret {key} ...` (the value is not shown)")]
+    problem = git_credentials_problem(raw)
+    return [(key, problem)] if problem else []
+
+
 def _check_api_url(raw: Any) -> list[tuple[str, str]]:
     if raw is None or raw == "":
         return []
@@ -636,4 +726,7 @@ def from_pulumi_config() -> SiloConfig | ControlConfig:
 
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     wanted = sorted(k for k in keys if k.startswith(f"{NAMESPACE}:") or k == FLY_API_URL_KEY)
-    return from_mapping({k: runtime_config.get_config(k) for k in wanted})
+    # The language host lists secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (tests) keeps its own.
+    secret = set(runtime_config.get_config_secret_keys_env())
+    secret |= {k for k in wanted if runtime_config.is_config_secret(k)}
+    return from_mapping({k: runtime_config.get_config(k) for k in wanted}, secret_keys=secret)

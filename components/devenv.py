@@ -55,6 +55,10 @@ class DevEnvStack(pulumi.ComponentResource):
         self.db_password = password("db-password", 32).result
         dashboard_password = password("dashboard-password", 24).result
         meta_crypto_key = password("pg-meta-crypto-key", 40).result
+        # silo:pgPublic: the internet-facing login's own password, held by the pg app alone.
+        self.public_db_password: pulumi.Output[str] | None = (
+            password("db-public-password", 32).result if cfg.pg_public else None
+        )
         keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
         self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
         self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))
@@ -65,6 +69,7 @@ class DevEnvStack(pulumi.ComponentResource):
             meta_crypto_key,
             self.anon_key,
             self.service_role_key,
+            self.public_db_password,
         ).apply(
             lambda v: svc.SiloSecrets(
                 jwt_secret=v[0],
@@ -74,6 +79,7 @@ class DevEnvStack(pulumi.ComponentResource):
                 pg_meta_crypto_key=v[3],
                 anon_key=v[4],
                 service_role_key=v[5],
+                public_db_password=v[6],
             )
         )
 
@@ -116,11 +122,15 @@ class DevEnvStack(pulumi.ComponentResource):
         app_name = cfg.app_name(name)
         keeps_data = spec.volume is not None and not cfg.allow_data_deletion
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # Every app of the silo on the silo's own network: Flycast names (meta, Studio, pg...) resolve only
+        # for the silo's apps, never for towns or other silos. Kong's public IPs are the way in.
         app = FlyApp(
             app_name,
             name=app_name,
             org=cfg.fly_org,
             keep_volumes=not cfg.allow_data_deletion,
+            network=cfg.network,
+            allow_network_change=cfg.network_migration,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
         )
         on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])

@@ -54,6 +54,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from components.dynamic import DynamicResource, canonical, changed_keys, has_unknown, pick
+from components.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def resolve_cloudflare_settings(
     if not url.endswith(API_PATH):
         url += API_PATH
     if not token:
-        if not _is_loopback(url):
+        if not is_loopback_url(url):
             raise ValueError(
                 f"cloudflare:apiToken: no Cloudflare API token for {url}: set it with "
                 "`pulumi config set --secret cloudflare:apiToken ...` or export CLOUDFLARE_API_TOKEN"
@@ -134,10 +135,6 @@ def resolve_cloudflare_settings(
     return CloudflareSettings(
         api_url=url, account_id=account_id, token=token, parent_access_key_id=parent or None, source=source
     )
-
-
-def _is_loopback(url: str) -> bool:
-    return any(host in url for host in ("://127.0.0.1", "://localhost", "://[::1]"))
 
 
 def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:

@@ -9,7 +9,8 @@ and the rigs once the machine is there. The DSN is read in ``configure()`` from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -38,13 +39,19 @@ DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
 
 class RegistryProviderBase(ControlDbProvider):
-    def connect(self) -> psycopg.Connection:
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection for one operation; any database error leaves it with the password masked."""
         dsn = self.control_dsn()
         if not dsn:
             raise RuntimeError(
                 f"no registry database: set `pulumi config set --secret {DSN_CONFIG_KEY} ...` or export {DSN_ENV}"
             )
-        return psycopg.connect(dsn, connect_timeout=15)
+        with (
+            self.database_errors(dsn, f"registry database ({DSN_CONFIG_KEY})"),
+            psycopg.connect(dsn, connect_timeout=15) as conn,
+        ):
+            yield conn
 
 
 class TownRegistrationProvider(RegistryProviderBase):

@@ -143,11 +143,17 @@ def _fly_context(cfg: SiloConfig, name: str, image: str) -> dict[str, Any]:
     }
     if name == "pg":
         ctx["processes"] = {"app": svc.PG_COMMAND}
-        ctx["files"] = [{"guest_path": path, "raw_value": render_file(template)} for path, template in PG_FILES.items()]
+        ctx["files"] = [{"guest_path": path, "raw_value": text} for path, text in pg_files(cfg).items()]
     if name == "kong":
         ctx["kong_secret"] = svc.KONG_YML_SECRET
         ctx["kong_config_path"] = svc.KONG_DECLARATIVE_CONFIG
     return ctx
+
+
+def pg_files(cfg: SiloConfig) -> dict[str, str]:
+    """guest path → text of the pg app's init SQL and pg_hba.conf (which depends on silo:pgPublic)."""
+    ctx = {"pg_public": cfg.pg_public, "public_role": svc.PUBLIC_DB_ROLE}
+    return {path: render_file(template, **ctx) for path, template in PG_FILES.items()}
 
 
 def render_fly_toml(cfg: SiloConfig, service: str, image: str | None = None) -> str:

@@ -39,10 +39,15 @@ PGRST_ADMIN_PORT = 3001  # PostgREST serves /live and /ready here; it must diffe
 KONG_STATUS_PORT = 8100  # KONG_STATUS_LISTEN: /status without exposing the Admin API
 KONG_DECLARATIVE_CONFIG = "/home/kong/kong.yml"
 KONG_YML_SECRET = "SUPABASE_KONG_YML"  # base64 of the rendered kong.yml; not KONG_* (Kong reads those)
+KONG_TRUSTED_IPS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"  # see public_env("kong")
 PG_MOUNT = "/data"
 PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
 PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
+# silo:pgPublic: the only role that may log in from outside the silo's private network (pg_hba.conf),
+# with its own password: the shared POSTGRES_PASSWORD, which every service holds, never opens it.
+PUBLIC_DB_ROLE = "silo_public"
+PUBLIC_DB_PASSWORD_SECRET = "SILO_PUBLIC_DB_PASSWORD"
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
 STORAGE_PATH = "/var/lib/storage"
@@ -147,6 +152,7 @@ class SiloSecrets:
     pg_meta_crypto_key: str
     anon_key: str
     service_role_key: str
+    public_db_password: str | None = None  # only with silo:pgPublic
 
     def __repr__(self) -> str:  # keeps values out of logs and tracebacks
         return "SiloSecrets(<redacted>)"
@@ -155,6 +161,7 @@ class SiloSecrets:
         return [
             self.jwt_secret, self.postgres_password, self.dashboard_password,
             self.pg_meta_crypto_key, self.anon_key, self.service_role_key,
+            *([self.public_db_password] if self.public_db_password else []),
         ]  # fmt: skip
 
 
@@ -252,7 +259,8 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "GOTRUE_DB_DRIVER": "postgres",
             "GOTRUE_SITE_URL": cfg.site_url,
             "GOTRUE_URI_ALLOW_LIST": f"{cfg.site_url},{cfg.site_url.rstrip('/')}/**",
-            "GOTRUE_DISABLE_SIGNUP": "false",
+            # silo:authSignup (default off): closed sign-up leaves the invite and admin APIs working.
+            "GOTRUE_DISABLE_SIGNUP": "false" if cfg.auth_signup else "true",
             "GOTRUE_JWT_ADMIN_ROLES": "service_role",
             "GOTRUE_JWT_AUD": "authenticated",
             "GOTRUE_JWT_DEFAULT_GROUP_NAME": "authenticated",
@@ -323,8 +331,12 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         "KONG_PLUGINS": "request-transformer,cors,key-auth,acl,basic-auth,request-termination,ip-restriction",
         "KONG_NGINX_PROXY_PROXY_BUFFER_SIZE": "160k",
         "KONG_NGINX_PROXY_PROXY_BUFFERS": "64 160k",
-        # Fly Proxy is the client Kong sees; trust its X-Forwarded-* (TUS uploads; SupaAutoFly).
-        "KONG_TRUSTED_IPS": "0.0.0.0/0,::/0",
+        # Kong believes X-Forwarded-* (client IP, proto, host: TUS upload URLs, SupaAutoFly) only from
+        # these peers. Fly Proxy, which carries every public request, reaches a machine over its private
+        # IPv4 (fly.io/docs/networking/app-services); Fly publishes no fixed proxy address, so the private
+        # IPv4 ranges are trusted. Nothing else reaches Kong over IPv4: machine-to-machine traffic (6PN,
+        # fdaa::/16) is IPv6 and stays untrusted, so a machine on the network cannot spoof a client IP.
+        "KONG_TRUSTED_IPS": KONG_TRUSTED_IPS,
         "KONG_PROXY_LISTEN": "0.0.0.0:8000, [::]:8000",
         "KONG_STATUS_LISTEN": f"0.0.0.0:{KONG_STATUS_PORT}, [::]:{KONG_STATUS_PORT}",
         "KONG_PROXY_ACCESS_LOG": "/dev/stdout",
@@ -341,7 +353,12 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
     service(name)
     s = secrets
     if name == "pg":
-        return {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        env = {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        if cfg.pg_public:
+            if not s.public_db_password:
+                raise ValueError("silo:pgPublic needs the public login's own password (SiloSecrets.public_db_password)")
+            env[PUBLIC_DB_PASSWORD_SECRET] = s.public_db_password  # read by roles.sql at boot
+        return env
     if name == "rest":
         return {
             "PGRST_DB_URI": _db_url(cfg, "authenticator", s.postgres_password),

@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 
 from components.catalog import ResolvedImage
-from components.config import SiloConfig, TownConfig
+from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
 from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
 from components.generated import GeneratedSecret
 from components.r2 import R2TownCredentials
@@ -100,8 +100,16 @@ class TownSandbox(pulumi.ComponentResource):
         )
         town_id = self.registration.town_id
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # The town runs hostile agent code: its own network, shared with no silo and no other town, so its
+        # private (6PN, Flycast) reach ends at itself; it talks to the world only through public addresses.
         self.app = FlyApp(
-            sid, name=sid, org=cfg.fly_org, keep_volumes=keeps_data, opts=child(self.registration, retain=keeps_data)
+            sid,
+            name=sid,
+            org=cfg.fly_org,
+            keep_volumes=keeps_data,
+            network=town.network,
+            allow_network_change=cfg.network_migration,
+            opts=child(self.registration, retain=keeps_data),
         )
         self.ip = FlyIpAssignment(f"{sid}-ip-private-v6", app=self.app.name, type="private_v6", opts=child(self.app))
         self.internal_api_key = GeneratedSecret(f"{sid}-internal-api-key", length=48, opts=child()).result
@@ -109,8 +117,15 @@ class TownSandbox(pulumi.ComponentResource):
             f"{sid}-r2-credentials", town_id=town_id, bucket=control.bucket, opts=child(self.registration)
         )
         kilo_jwt = pulumi.Config("silo").get_secret("kiloJwt")
+        # Private rigs: the town's credential store, only ever a Fly secret (never the URL, see config).
+        git_credentials = pulumi.Config("silo").get_secret(GIT_CREDENTIALS_KEY)
         values = pulumi.Output.all(
-            self.r2.access_key_id, self.r2.secret_access_key, self.r2.session_token, self.internal_api_key, kilo_jwt
+            self.r2.access_key_id,
+            self.r2.secret_access_key,
+            self.r2.session_token,
+            self.internal_api_key,
+            kilo_jwt,
+            git_credentials,
         ).apply(_secret_values)
         self.secrets = FlySecrets(f"{sid}-secrets", app=self.app.name, values=values, opts=child(self.app))
         self.volume = FlyVolume(
@@ -164,13 +179,13 @@ class TownSandbox(pulumi.ComponentResource):
 
 
 def _secret_values(values: list[Any]) -> dict[str, str]:
-    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt = values
+    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt, git_credentials = values
     out = {
         "R2_ACCESS_KEY_ID": access_key_id,
         "R2_SECRET_ACCESS_KEY": secret_access_key,
         "R2_SESSION_TOKEN": session_token,
         "INTERNAL_API_KEY": internal_api_key,
+        "KILO_JWT": kilo_jwt,
+        GIT_CREDENTIALS_SECRET: git_credentials,
     }
-    if kilo_jwt:
-        out["KILO_JWT"] = kilo_jwt
     return {k: v for k, v in out.items() if v}

@@ -11,6 +11,10 @@ REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every AP
   ``destroy_s``. ``wait`` blocks on a condition variable (the state lock is released meanwhile).
 - Leases (409 without the nonce), whole-config updates with new versions, immutable name/region/mount,
   volume attach rules, secrets as digests only (values are never stored), IP assignments.
+- Private networks: an app lives on one 6PN network of its org (``network`` of app creation, else
+  ``default``); its machines' 6PN addresses and its Flycast addresses carry that network's id, and
+  ``reach(from_app, target)`` says whether a machine of one app could connect to a name or address of
+  another (``.flycast`` / ``.internal`` only within a network, public addresses from anywhere).
 - Test control: fault injection by templated route, call log, latency, rate limits (429 +
   Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
 
@@ -18,7 +22,8 @@ Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulato
 (LatencyModel fields), ``POST /__emulator/rate_limits`` ``{"enabled"}``, ``POST /__emulator/fail``
 (the ``fail()`` arguments), ``GET``/``DELETE /__emulator/calls``, ``GET /__emulator/snapshot``,
 ``GET /__emulator/exec_log``, ``POST /__emulator/foreign_apps`` ``{"name", "org"}``,
-``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``, and
+``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``,
+``POST /__emulator/reach`` ``{"from", "to"}`` (the ``reach()`` answer; 404 for an unknown app), and
 ``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
 answer, since a Python exec handler cannot travel over HTTP).
 
@@ -35,9 +40,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -68,7 +75,6 @@ from emulators._fly_util import (
     machine_id,
     not_found,
     parse_bool,
-    private_ipv6,
     request_id,
     require_bool,
     require_int,
@@ -92,6 +98,14 @@ RUNNING_STATES = frozenset({"started", "starting", "restarting", "updating", "re
 CHECK_STATUSES = frozenset({"passing", "warning", "critical"})
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 STATE_FILE_VERSION = 1
+# Custom private networks (fly.io/docs/networking/custom-private-networks): a name is unique within an
+# org and bound for good to a 32-bit network id, which follows "fdaa:" in every 6PN and Flycast address
+# of the network; names have letters, digits and dashes and start with a letter. An app is created on
+# one network ("default" unless `network` is given) and can never move to another.
+DEFAULT_NETWORK = "default"
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+FIRST_NETWORK_ID = 0x2_0000  # printed as fdaa:2:<n>:..., the shape of the docs' examples
+PUBLIC_IP_TYPES = frozenset({"v6", "v4", "shared_v4"})
 
 
 @dataclass
@@ -161,7 +175,8 @@ def _empty_state() -> dict[str, Any]:
         "secrets": {},  # app -> {name: {digest, created_at, updated_at}}; values are never stored
         "secrets_version": {},  # app -> int
         "shared_v4": f"66.241.124.{secrets.randbelow(254) + 1}",
-        "counters": {"v6": 0, "v4": 0, "private_v6": 0},
+        "counters": {"v6": 0, "v4": 0, "private_v6": 0, "network": 0},
+        "networks": {},  # "<org>/<network name>" -> network id
     }
 
 
@@ -344,6 +359,85 @@ class FlyEmulator:
             else:
                 self._forced_checks[(app, machine_id)] = status
 
+    def reach(self, from_app: str, target: str) -> dict:
+        """Could a machine of ``from_app`` open a connection to ``target``?
+
+        ``target`` is ``<app>.flycast``, ``<app>.internal``, ``<app>.fly.dev`` or an IP address. Answers
+        ``{"reachable", "addresses", "reason"}``. Fly's DNS and routing are scoped to a network
+        (custom-private-networks): ``.flycast`` resolves to the Flycast addresses allocated on the
+        asker's network (an address allocated with ``network`` serves that network, not the app's own;
+        networking/flycast), ``.internal`` to the started machines of an app on the asker's network;
+        public addresses (``v6``, ``v4``, ``shared_v4``) answer everyone. A private address of another
+        network is not routed even when known. Raises ValueError for an unknown ``from_app``.
+        """
+        with self._cond:
+            now = time.time()
+            self._settle_all(now)
+            source = self._state["apps"].get(from_app)
+            if source is None or source["foreign"]:
+                raise ValueError(f"unknown app {from_app!r}")
+            where = (source["org_slug"], source["network"])
+            addresses, reason = self._resolve(where, target.strip().lower().rstrip("."))
+            return {"reachable": bool(addresses), "addresses": addresses, "reason": "" if addresses else reason}
+
+    def can_reach(self, from_app: str, target: str) -> bool:
+        return bool(self.reach(from_app, target)["reachable"])
+
+    def _resolve(self, where: tuple[str, str], target: str) -> tuple[list[str], str]:
+        st = self._state
+        org, network = where
+        here = f"network {network} of org {org}"
+        try:
+            literal = str(ipaddress.ip_address(target))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            for app_name, ips in st["ips"].items():
+                for ip in ips:
+                    if ip["ip"] != literal:
+                        continue
+                    if ip["type"] in PUBLIC_IP_TYPES:
+                        return [literal], ""
+                    if self._ip_network(app_name, ip) == where:
+                        return [literal], ""
+            for m in st["machines"].values():
+                if m["private_ip"] == literal and m["state"] == "started":
+                    owner = st["apps"].get(m["app"])
+                    if owner is not None and (owner["org_slug"], owner["network"]) == where:
+                        return [literal], ""
+            return [], f"{literal} is not routed to {here} (another network, another org, or nobody's address)"
+        name, _, suffix = target.partition(".")
+        app = st["apps"].get(name)
+        if app is None or suffix not in ("flycast", "internal", "fly.dev"):
+            return [], f"{target} does not resolve on {here}"
+        ips = st["ips"].get(name, [])
+        if suffix == "fly.dev":
+            found = [ip["ip"] for ip in ips if ip["type"] in PUBLIC_IP_TYPES]
+            return found, f"{target} does not resolve: the app has no public IP"
+        if suffix == "flycast":
+            found = [ip["ip"] for ip in ips if ip["type"] == "private_v6" and self._ip_network(name, ip) == where]
+            return found, f"{target} does not resolve on {here} (no Flycast address of the app on it)"
+        if (app["org_slug"], app["network"]) != where:
+            return [], f"{target} does not resolve on {here}"
+        found = [m["private_ip"] for m in st["machines"].values() if m["app"] == name and m["state"] == "started"]
+        return found, f"{target} does not resolve: .internal lists started machines only, and the app has none"
+
+    def _ip_network(self, app_name: str, ip: dict) -> tuple[str, str]:
+        """(org, network) a private IP belongs to (older state files did not record it: the app's own)."""
+        app = self._state["apps"].get(app_name) or {}
+        return ip.get("org") or app.get("org_slug", ""), ip.get("network") or app.get("network", DEFAULT_NETWORK)
+
+    def _network_prefix(self, org: str, network: str) -> str:
+        """``fdaa:<hi>:<lo>``: the first 48 bits of every private address of that network."""
+        networks = self._state.setdefault("networks", {})
+        key = f"{org}/{network}"
+        if key not in networks:
+            counters = self._state["counters"]
+            counters["network"] = counters.get("network", 0) + 1
+            networks[key] = FIRST_NETWORK_ID + counters["network"]
+        net = networks[key]
+        return f"fdaa:{net >> 16:x}:{net & 0xFFFF:x}"
+
     # -- persistence --------------------------------------------------------------------------------
     def _load(self) -> None:
         path = self._state_file
@@ -520,6 +614,11 @@ class FlyEmulator:
                 self.add_foreign_app(str(body.get("name", "")), str(body.get("org", "")))
             elif (method, action) == ("POST", "check_status"):
                 self.set_check_status(str(body.get("app")), str(body.get("machine_id")), body.get("status"))
+            elif (method, action) == ("POST", "reach"):
+                source = str(body.get("from", ""))
+                if source not in self._state["apps"]:
+                    return _json_response(404, {"error": f"unknown app {source!r}"})
+                return _json_response(200, self.reach(source, str(body.get("to", ""))))
             elif (method, action) == ("POST", "exec_result"):
                 # A canned exec answer for callers that cannot pass a Python callable (null clears it).
                 result = body.get("result")
@@ -534,11 +633,12 @@ class FlyEmulator:
 
     # -- shared lookups (callers hold the lock) -------------------------------------------------------
     def _new_app(self, name: str, org: str, network: str | None, *, foreign: bool = False) -> dict:
+        self._network_prefix(org, network or DEFAULT_NETWORK)  # the name is bound to an id on first use
         return {
             "id": app_id(),
             "name": name,
             "org_slug": org,
-            "network": network or "default",
+            "network": network or DEFAULT_NETWORK,
             "foreign": foreign,
             "created_at": time.time(),
             "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16),
@@ -763,6 +863,12 @@ class FlyEmulator:
             network = body.get("network")
             if network is not None and not isinstance(network, str):
                 raise ApiError(400, "invalid network: must be a string")
+            if network and not NETWORK_NAME_RE.match(network):
+                raise ApiError(
+                    422,
+                    f"invalid network name {network!r}: letters, numbers and dashes, starting with a letter",
+                    "unknown",
+                )
             if not APP_NAME_RE.match(name):
                 raise ApiError(
                     422,
@@ -875,7 +981,7 @@ class FlyEmulator:
             "name": name or _machine_name(),
             "region": region,
             "instance_id": instance,
-            "private_ip": private_ipv6(),
+            "private_ip": self._machine_6pn(app),
             "config": config,
             "created_at": now,
             "updated_at": now,
@@ -898,6 +1004,12 @@ class FlyEmulator:
             m["lease"] = self._lease_record(request, m, lease_ttl, "created with lease_ttl", now)
             view["nonce"] = m["lease"]["nonce"]
         return view
+
+    def _machine_6pn(self, app: str) -> str:
+        """A machine's 6PN address: its network's prefix, then host and machine bits (private-networking)."""
+        record = self._state["apps"][app]
+        groups = [secrets.token_hex(2).lstrip("0") or "0" for _ in range(3)]
+        return f"{self._network_prefix(record['org_slug'], record['network'])}:a7b:{':'.join(groups)}:2"
 
     def _check_attachable(self, volume: dict, region: str, mid: str | None, now: float) -> None:
         if volume["region"] != region:
@@ -1421,7 +1533,7 @@ class FlyEmulator:
     # -- IP assignments -----------------------------------------------------------------------------------
     def _h_ips(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
-            self._app(app)
+            record = self._app(app)
             ips = self._state["ips"].setdefault(app, [])
             if method == "GET":
                 return 200, {"ips": [_ip_view(ip) for ip in ips]}
@@ -1432,6 +1544,11 @@ class FlyEmulator:
             region = body.get("region") or "global"
             if not isinstance(region, str):
                 raise ApiError(400, "invalid region: must be a string")
+            # A Flycast address serves one network: the app's own, or the one `network` names, which
+            # then reaches the app while its own network no longer does (networking/flycast).
+            network = body.get("network") or record["network"]
+            if not isinstance(network, str) or not NETWORK_NAME_RE.match(network):
+                raise ApiError(400, f"invalid network {network!r}")
             existing_shared = next((ip for ip in ips if ip["type"] == "shared_v4"), None)
             if kind == "shared_v4" and existing_shared is not None:
                 return 200, _ip_view(existing_shared)  # an app has one shared IPv4 at most
@@ -1444,7 +1561,7 @@ class FlyEmulator:
                 address = {
                     "v6": f"2a09:8280:1::{n:x}",
                     "v4": f"137.66.{(n >> 8) & 255}.{n & 255}",
-                    "private_v6": f"fdaa:0:{secrets.token_hex(2)}:0:1::{n:x}",
+                    "private_v6": f"{self._network_prefix(record['org_slug'], network)}:0:1::{n:x}",
                 }[kind]
             ip = {
                 "ip": address,
@@ -1454,6 +1571,8 @@ class FlyEmulator:
                 "shared": kind == "shared_v4",
                 "created_at": rfc3339(time.time()),
             }
+            if kind == "private_v6":
+                ip.update(network=network, org=record["org_slug"])
             ips.append(ip)
             return 200, _ip_view(ip)
 

@@ -13,7 +13,7 @@ import pytest
 from components import services as svc
 from components.config import SiloConfig
 from components.fly import flytoml
-from components.render import PG_FILES, render_file, render_fly_toml
+from components.render import pg_files, render_fly_toml
 
 # The fly.toml examples of seed 004 (docs "Fly.io Dev-Environment Architecture"), copied verbatim.
 # fly-machines-api.md §4.4 lists what is wrong with them.
@@ -516,7 +516,7 @@ def test_every_rendered_service_converts_to_the_expected_machine(studio: bool) -
 def test_pg_machine_gets_its_init_files_and_command() -> None:
     config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(_cfg(), "pg")), volume_id="vol_pg")
     files = {f["guest_path"]: base64.b64decode(f["raw_value"]).decode() for f in config["files"]}
-    assert files == {path: render_file(template) for path, template in PG_FILES.items()}
+    assert files == pg_files(_cfg())
     assert config["init"]["cmd"] == shlex.split(svc.PG_COMMAND)
     assert config["init"]["cmd"][:2] == ["bash", "-c"]
     assert "exec docker-entrypoint.sh postgres" in config["init"]["cmd"][2]

@@ -20,8 +20,10 @@ from psycopg import sql
 from components import naming
 from components import services as svc
 from components.config import SiloConfig
-from components.render import render_file
+from components.devenv import psql_command
+from components.render import pg_files
 from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir
+from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo
 
 SECRETS = svc.SiloSecrets(
     jwt_secret="jwt-secret-value-0123456789abcdefghijkl",
@@ -163,7 +165,6 @@ def test_every_server_binds_ipv4_and_ipv6() -> None:
     assert "0.0.0.0:8000" in kong["KONG_PROXY_LISTEN"] and "[::]:8000" in kong["KONG_PROXY_LISTEN"]
     assert f"0.0.0.0:{svc.KONG_STATUS_PORT}" in kong["KONG_STATUS_LISTEN"]
     assert "AAAA" in kong["KONG_DNS_ORDER"].split(",")
-    assert kong["KONG_TRUSTED_IPS"] == "0.0.0.0/0,::/0"
     rest = svc.public_env(cfg, "rest")
     assert rest["PGRST_ADMIN_SERVER_PORT"] != rest["PGRST_SERVER_PORT"]
 
@@ -198,21 +199,22 @@ def supabase_like_server() -> Iterator[PostgresServer]:
         with psycopg.connect(server.dsn(), autocommit=True) as conn:
             for role in SERVICE_ROLES:
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+            conn.execute("ALTER ROLE supabase_admin SUPERUSER")  # as in supabase/postgres
         yield server
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _restart_with_our_hba(server: PostgresServer) -> None:
+def _restart_with_our_hba(server: PostgresServer, cfg: SiloConfig | None = None, also_listen: str = "") -> None:
     """Restart the way the pg app runs: -c hba_file=<our pg_hba.conf>, listening on IPv4 and IPv6."""
     hba = server.root / "pg_hba.conf"
-    hba.write_text(render_file("pg/pg_hba.conf"))
+    hba.write_text(pg_files(cfg or _cfg())[svc.PG_HBA_PATH])
     if server.user is not None:
         os.chown(hba, server.user.pw_uid, server.user.pw_gid)
+    listen = ",".join(a for a in ("127.0.0.1", "::1", also_listen) if a)
     options = (
-        f"-c listen_addresses=127.0.0.1,::1 -c port={server.port} -c unix_socket_directories={server.root} "
-        f"-c hba_file={hba}"
+        f"-c listen_addresses={listen} -c port={server.port} -c unix_socket_directories={server.root} -c hba_file={hba}"
     )
     result = server._run(
         str(server.bindir / "pg_ctl"),
@@ -261,7 +263,7 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
     password = SECRETS.postgres_password
     env = {**svc.secret_env(_cfg(), "pg", SECRETS), **svc.public_env(_cfg(), "pg")}
     for name in ("roles.sql", "jwt.sql"):
-        text = render_file(f"pg/{name}")
+        text = pg_files(_cfg())[f"{svc.PG_INITDB_DIR}/99-jwt.sql" if name == "jwt.sql" else svc.ROLES_SQL_PATH]
         assert password not in text and SECRETS.jwt_secret not in text
         path = tmp_path / name
         path.write_text(text)
@@ -294,38 +296,43 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
             ).close()
 
 
+def _boot_roles(server: PostgresServer, env: dict[str, str], tmp_path: Path) -> None:
+    """roles.sql as the pg machine runs it at boot: over the local socket, passwords from the env."""
+    roles = tmp_path / "roles.sql"
+    roles.write_text(pg_files(_cfg())[svc.ROLES_SQL_PATH])
+    result = subprocess.run(
+        [
+            str(server.bindir / "psql"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(server.root),
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-f",
+            str(roles),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.db
 def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
     # What the pg start command runs on every boot over the trusted local socket: roles.sql again.
     assert svc.ROLES_SQL_PATH in svc.PG_COMMAND and "pg_isready" in svc.PG_COMMAND
     server = supabase_like_server
     _restart_with_our_hba(server)  # passwords are checked over TCP (scram), as on Fly
-    roles = tmp_path / "roles.sql"
-    roles.write_text(render_file("pg/roles.sql"))
     for password in ("FirstPassw0rd", "RotatedPassw0rd"):
-        result = subprocess.run(
-            [
-                str(server.bindir / "psql"),
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(server.root),
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-f",
-                str(roles),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "POSTGRES_PASSWORD": password},
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+        _boot_roles(server, {"POSTGRES_PASSWORD": password}, tmp_path)
     dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
     with psycopg.connect(dsn, password="RotatedPassw0rd") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("authenticator",)
@@ -338,3 +345,141 @@ def test_password_with_url_characters_stays_one_password() -> None:
     url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
     params = psycopg.conninfo.conninfo_to_dict(url)
     assert params["password"] == "p@ss:w/rd#1" and params["host"] == "devenv-acme-erp-pg.flycast"
+
+
+# -- sign-up and proxies (issue 11) --------------------------------------------------------------------------
+def _machine_env(cfg: SiloConfig, service: str) -> dict[str, str]:
+    from components.fly import flytoml
+    from components.render import render_fly_toml
+
+    return flytoml.to_machine_config(flytoml.parse(render_fly_toml(cfg, service)), image="x:1")["env"]
+
+
+def test_sign_up_is_closed_unless_silo_auth_signup() -> None:
+    from components.config import from_mapping
+
+    base = {"silo:client": "acme", "silo:app": "erp", "silo:flyOrg": "acme", "silo:siteUrl": "https://erp.acme.dev"}
+    closed = from_mapping(base)
+    assert closed.auth_signup is False
+    assert _machine_env(closed, "auth")["GOTRUE_DISABLE_SIGNUP"] == "true"
+    opened = from_mapping({**base, "silo:authSignup": "true"})
+    assert _machine_env(opened, "auth")["GOTRUE_DISABLE_SIGNUP"] == "false"
+    with pytest.raises(Exception, match=r"silo:authSignup: must be true or false"):
+        from_mapping({**base, "silo:authSignup": "yes"})
+
+
+def test_kong_trusts_forwarded_headers_only_from_fly_proxy() -> None:
+    import ipaddress
+
+    trusted = [ipaddress.ip_network(n.strip()) for n in svc.public_env(_cfg(), "kong")["KONG_TRUSTED_IPS"].split(",")]
+
+    def is_trusted(address: str) -> bool:
+        return any(ipaddress.ip_address(address) in net for net in trusted)
+
+    # Fly Proxy reaches the machine over its private IPv4 (public and Flycast traffic alike).
+    assert is_trusted("172.16.5.186") and is_trusted("172.19.132.35")
+    # A machine on the private network (6PN is IPv6) or anyone on the internet can set X-Forwarded-For
+    # to whatever it likes: Kong must not believe it.
+    for spoofer in ("fdaa:0:18:a7b:7d:f066:b83b:2", "2a09:8280:1::1", "66.241.124.11", "8.8.8.8", "::1"):
+        assert not is_trusted(spoofer), spoofer
+
+
+# -- what runs on the pg machine, run for real (issue 11) -----------------------------------------------------
+def _machine_run(
+    server: PostgresServer, cfg: SiloConfig, secrets: svc.SiloSecrets, command: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``command`` with the pg machine's environment (its [env] and Fly secrets); the test server's port
+    stands in for the machine's PGPORT, and its psql for the image's."""
+    env = {
+        **svc.public_env(cfg, "pg"),
+        **svc.secret_env(cfg, "pg", secrets),
+        "PGPORT": str(server.port),
+        "PATH": f"{server.bindir}:{os.environ['PATH']}",
+    }
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.db
+def test_the_rls_command_flyexec_runs_works_on_the_pg_machine(
+    supabase_like_server: PostgresServer, silo_mocks: RecordingMocks, tmp_path: Path
+) -> None:
+    server = supabase_like_server
+    cfg = _cfg(rls_mode="permissive", studio=False)
+    declare_silo(cfg)
+    [rls] = silo_mocks.of_type("Exec")
+    command = rls.inputs["command"]  # exactly what FlyExec sends to the machine's exec endpoint
+    assert SECRETS.postgres_password not in repr(command)
+
+    _boot_roles(server, svc.secret_env(cfg, "pg", SECRETS), tmp_path)
+    _restart_with_our_hba(server, cfg)  # TCP logins need the password, as on Fly
+    local = f"host={server.root} port={server.port} dbname=postgres user=postgres"
+    with psycopg.connect(local, autocommit=True) as conn:
+        for role in ("anon", "authenticated", "service_role"):
+            if conn.execute("SELECT to_regrole(%s)", (role,)).fetchone() == (None,):
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        conn.execute("DROP TABLE IF EXISTS public.rls_probe")
+        conn.execute("CREATE TABLE public.rls_probe (id int)")
+
+    result = _machine_run(server, cfg, SECRETS, command)
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(local, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT relrowsecurity FROM pg_class WHERE oid = 'public.rls_probe'::regclass"
+        ).fetchone() == (True,)
+        assert conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'rls_probe'").fetchone() == (1,)
+
+    # A failing statement fails the command, so FlyExec reports it instead of recording success.
+    failed = _machine_run(server, cfg, SECRETS, psql_command("SELECT 1/0"))
+    assert failed.returncode != 0 and "division by zero" in failed.stderr
+
+
+def _non_loopback_address() -> str | None:
+    """This host's own address on its outbound interface (no packet is sent), if it has one."""
+    import ipaddress
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route lookup happens
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.db
+def test_public_postgres_admits_only_its_own_login_from_outside(
+    supabase_like_server: PostgresServer, tmp_path: Path
+) -> None:
+    """With silo:pgPublic, anything not from loopback or 6PN came through Fly Proxy from the internet."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to connect from")
+    server = supabase_like_server
+    cfg = _cfg(pg_public=True)
+    secrets = svc.SiloSecrets(**{**SECRETS.__dict__, "public_db_password": "PublicPassw0rdValue"})
+    env = svc.secret_env(cfg, "pg", secrets)
+    assert env[svc.PUBLIC_DB_PASSWORD_SECRET] == "PublicPassw0rdValue"
+    _boot_roles(server, env, tmp_path)
+    _restart_with_our_hba(server, cfg, also_listen=address)
+
+    def login(host: str, user: str, password: str) -> str:
+        dsn = f"host={host} port={server.port} dbname=postgres user={user} connect_timeout=10"
+        with psycopg.connect(dsn, password=password) as conn:
+            return conn.execute("SELECT current_user").fetchone()[0]
+
+    for superuser in ("postgres", "supabase_admin", *SERVICE_ROLES):
+        with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection"):
+            login(address, superuser, SECRETS.postgres_password)
+    assert login(address, svc.PUBLIC_DB_ROLE, "PublicPassw0rdValue") == svc.PUBLIC_DB_ROLE
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        login(address, svc.PUBLIC_DB_ROLE, SECRETS.postgres_password)  # the shared password does not open it
+    # Inside the machine (FlyExec's psql, the boot scripts) nothing changes.
+    assert login("127.0.0.1", "supabase_admin", SECRETS.postgres_password) == "supabase_admin"
+
+    # A private silo has no public path: its boundary is the silo's own Fly network.
+    _boot_roles(server, svc.secret_env(_cfg(), "pg", SECRETS), tmp_path)
+    _restart_with_our_hba(server, _cfg(), also_listen=address)
+    assert login(address, "postgres", SECRETS.postgres_password) == "postgres"
+    with pytest.raises(psycopg.OperationalError):
+        login(address, svc.PUBLIC_DB_ROLE, "PublicPassw0rdValue")  # turned off with pgPublic

@@ -36,6 +36,9 @@ from components.fly.settings import FlySettings, resolve_fly_settings
 log = logging.getLogger(__name__)
 
 DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Fly network names: letters, digits and dashes, starting with a letter (custom-private-networks docs).
+NETWORK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+DEFAULT_NETWORK = "default"  # where an app created without `network` lives (what GET /apps/{app} says)
 VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
@@ -60,7 +63,7 @@ class FlyProviderBase(ResourceProvider):
 
 # -- FlyApp -----------------------------------------------------------------------------------------
 class FlyAppProvider(FlyProviderBase):
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         name = news.get("name")
         if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
@@ -73,15 +76,63 @@ class FlyAppProvider(FlyProviderBase):
             )
         if not news.get("org"):
             failures.append(CheckFailure("org", "the Fly organization slug is required (silo:flyOrg)"))
+        network = news.get("network")
+        if network is not None and not isinstance(network, Unknown) and not NETWORK_NAME.match(str(network)):
+            failures.append(
+                CheckFailure(
+                    "network",
+                    f"Fly network names are letters, digits and dashes, starting with a letter (got {network!r})",
+                )
+            )
+        failures += self._network_change_failures(olds, news)
         return CheckResult(news, failures)
+
+    @staticmethod
+    def _network_change_failures(olds: dict[str, Any], news: dict[str, Any]) -> list[CheckFailure]:
+        """Refuse, at preview, to move an existing app to another network without the explicit override.
+
+        Fly cannot change an app's network (custom-private-networks: "You can't add an existing app to a
+        custom 6PN or change an app's 6PN"), so it is a replacement: the app is deleted, its machines and
+        volumes with it, and created again under the same name on the new network.
+        """
+        if not olds or isinstance(news.get("network"), Unknown):
+            return []
+        old, new = olds.get("network") or DEFAULT_NETWORK, news.get("network") or DEFAULT_NETWORK
+        if old == new:
+            return []
+        move = f"moving Fly app {news.get('name')} from network {old} to {new}"
+        if not news.get("allow_network_change"):
+            reason = (
+                f"{move} replaces it: Fly cannot move an app between networks, so the app is deleted (with its "
+                "machines and volumes) and created again. Set silo:networkMigration=true to do it (README: "
+                "moving an existing silo to its own network)"
+            )
+            return [CheckFailure("network", reason)]
+        if news.get("keep_volumes", True):
+            reason = (
+                f"{move} deletes the app and its volumes, which silo:allowDataDeletion=false forbids: back the "
+                "data up, then set silo:allowDataDeletion=true for the migration"
+            )
+            return [CheckFailure("network", reason)]
+        return []
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         keys = ("name", "org", "network", "keep_volumes")
         return diff_result(olds, news, compare=keys, replace_on=("name", "org", "network"))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
+        wanted = props.get("network") or DEFAULT_NETWORK
         with self.client() as fly:
             app = fly.create_app(props["name"], props["org"], props.get("network"))
+        actual = app.get("network") or DEFAULT_NETWORK
+        if actual != wanted:
+            # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
+            # another network cannot be used: its Flycast names would not resolve for the silo's apps.
+            raise FlyError(
+                f"Fly app {props['name']} already exists on network {actual}, not {wanted}, and Fly cannot move "
+                "an app between networks: delete the app (its volumes with it, back them up first) or keep it "
+                "out of this stack"
+            )
         return CreateResult(props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -94,8 +145,11 @@ class FlyAppProvider(FlyProviderBase):
         if app is None:
             return ReadResult("", {})
         outs = {**props, "app_id": app.get("id", ""), "status": app.get("status", "")}
+        actual = app.get("network")
+        if actual and actual != (props.get("network") or DEFAULT_NETWORK):
+            outs["network"] = actual  # a refresh records where the app really is; the next diff replaces
         return ReadResult(
-            id_, outs, inputs={k: props[k] for k in ("name", "org", "network", "keep_volumes") if k in props}
+            id_, outs, inputs={k: outs[k] for k in ("name", "org", "network", "keep_volumes") if k in outs}
         )
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -125,6 +179,7 @@ class FlyApp(DynamicResource, module="fly", name="App"):
         org: pulumi.Input[str],
         keep_volumes: bool = True,
         network: str | None = None,
+        allow_network_change: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -132,6 +187,8 @@ class FlyApp(DynamicResource, module="fly", name="App"):
             "org": org,
             "keep_volumes": keep_volumes,
             "network": network,
+            # A local switch (silo:networkMigration), read by check(); not compared by diff.
+            "allow_network_change": allow_network_change,
             "app_id": None,
             "status": None,
         }
