@@ -52,10 +52,19 @@ def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
 
 @pytest.mark.engine
 def test_public_pg_gets_public_ips_and_a_tls_connection_string(tmp_path: Path, fly_emulator) -> None:
-    result = SiloProgram(fly_emulator, tmp_path, studio="false", pgPublic="true").up()
+    program = SiloProgram(fly_emulator, tmp_path, studio="false", pgPublic="true")
+    result = program.up()
     kinds = sorted(
         ip.get("type") or ("private_v6" if ip["ip"].startswith("fdaa:") else "v6" if ":" in ip["ip"] else "v4")
         for ip in fly_emulator.snapshot()["ips"]["devenv-acme-erp-pg"]
     )
     assert kinds == ["private_v6", "v4", "v6"]
     assert result.outputs["db_public_connection_string"] == "[secret]"
+    # The public login is its own role with its own password, a secret of the pg app alone.
+    public_dsn = program.state().outputs["db_public_connection_string"]
+    assert public_dsn.startswith("postgres://silo_public:") and "sslmode=require" in public_dsn
+    secrets = fly_emulator.snapshot()["secrets"]
+    assert "SILO_PUBLIC_DB_PASSWORD" in secrets["devenv-acme-erp-pg"]
+    assert not [
+        app for app, names in secrets.items() if app != "devenv-acme-erp-pg" and "SILO_PUBLIC_DB_PASSWORD" in names
+    ]

@@ -23,6 +23,7 @@ from tests.fixtures.program import (
 
 pytestmark = [pytest.mark.db, pytest.mark.engine]
 ALPHA = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
+GIT_CREDENTIALS = "https://rig-bot:ghp_neverInPlaintext0123456789@github.com"
 BETA = {"name": "Beta Town", "user": "user-2", "rigs": []}
 
 
@@ -61,7 +62,7 @@ def town_secrets(stacks: dict[str, StackProgram]) -> dict[str, str]:
 
 def assert_no_town_secret_leaks(stacks: dict[str, StackProgram], *results) -> None:
     """No town credential in plaintext in the shared backend's files, the stack files or the runs' output."""
-    secrets = town_secrets(stacks)
+    secrets = {**town_secrets(stacks), "silo:gitCredentials": GIT_CREDENTIALS}
     assert {k for k in secrets if k.endswith(".session_token")}, "no town credentials found in state"
     for program in stacks.values():
         assert_no_secret_leaks(program, secrets, *results)
@@ -112,6 +113,7 @@ def test_control_stack_then_two_towns_lifecycle(
     assert set(again.changes) == {"same"}, again.changes
 
     silo = {**TOWNS_SILO, "silo:towns": json.dumps([ALPHA, BETA])}
+    stacks["dev"].set_secret("silo:gitCredentials", GIT_CREDENTIALS)  # private rigs
     up = deploy("up", "dev", silo)
     alpha_id, beta_id = sandbox_id("user-1", "alpha"), sandbox_id("user-2", "Beta Town")
     snap = fly_emulator.snapshot()
@@ -135,9 +137,19 @@ def test_control_stack_then_two_towns_lifecycle(
             "R2_SECRET_ACCESS_KEY",
             "R2_SESSION_TOKEN",
             "INTERNAL_API_KEY",
+            "GIT_CREDENTIALS",
         }
     assert rows["alpha"]["rigs"] == [("web", "active")]
     assert_no_town_secret_leaks(stacks, first, up)
+    # Networks: the silo's apps share one; each town has its own and reaches the silo only through Kong.
+    assert {snap["apps"][f"devenv-acme-erp-{s}"]["network"] for s in ("pg", "meta", "kong")} == {"devenv-acme-erp"}
+    for sid in (alpha_id, beta_id):
+        assert snap["apps"][sid]["network"] == sid
+        for service in ("meta", "pg", "rest"):
+            assert not fly_emulator.can_reach(sid, f"devenv-acme-erp-{service}.flycast"), (sid, service)
+        assert fly_emulator.can_reach(sid, "devenv-acme-erp-kong.fly.dev")
+    assert not fly_emulator.can_reach(alpha_id, f"{beta_id}.flycast"), "one town reaches another"
+    assert fly_emulator.can_reach("devenv-acme-erp-kong", "devenv-acme-erp-meta.flycast")
     # Each town's R2 credentials are limited to its own prefix.
     prefixes = {json.dumps(c.get("prefixes")) for c in cloudflare_emulator.snapshot()["temp_credentials"]}
     assert prefixes == {json.dumps([f"gastown/{up.outputs['towns'][n]['town_id']}/"]) for n in ("alpha", "Beta Town")}
