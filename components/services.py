@@ -20,6 +20,7 @@ alone would lose one of the two.
 from __future__ import annotations
 
 import base64
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
@@ -43,6 +44,7 @@ PG_MOUNT = "/data"
 PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
 PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
+PG_CONFIG_FILE = "/etc/postgresql/postgresql.conf"  # the image's own config file
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
 STORAGE_PATH = "/var/lib/storage"
@@ -185,6 +187,21 @@ def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
     return f"postgres://{user}:{quote(password, safe='')}@{cfg.pg_host}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
 
+# The postgres server's argv. The image's postgresql.conf pins data_directory = '/var/lib/postgresql/data'
+# (supabase/postgres:ansible/files/postgresql_config/postgresql.conf.j2, FILE LOCATIONS), and a
+# data_directory in the config file wins over PGDATA and -D, so with PGDATA on the volume the server would
+# open an empty image directory and die on every boot. A -c option on the command line outranks the file
+# (PostgreSQL docs, "Setting Parameters", §Parameter Interaction via the Shell), so data_directory is
+# given here; the entrypoint's initdb and its temporary init server use PGDATA and these same options.
+PG_SERVER_ARGS: tuple[str, ...] = (
+    "postgres",
+    "-c", f"config_file={PG_CONFIG_FILE}",
+    "-c", f"data_directory={PGDATA}",
+    "-c", f"hba_file={PG_HBA_PATH}",
+    "-c", "log_min_messages=fatal",
+)  # fmt: skip
+
+
 def _pg_command() -> str:
     """Postgres start command: persist /etc/postgresql-custom on the one volume, then the stock entrypoint.
 
@@ -204,8 +221,7 @@ def _pg_command() -> str:
         "( for i in $(seq 120); do pg_isready -q -h /var/run/postgresql "
         "&& psql -q -h /var/run/postgresql -U supabase_admin -d postgres -v ON_ERROR_STOP=1 "
         f"-f {ROLES_SQL_PATH} >/dev/null 2>&1 && break; sleep 2; done ) & "
-        "exec docker-entrypoint.sh postgres -c config_file=/etc/postgresql/postgresql.conf "
-        f"-c hba_file={PG_HBA_PATH} -c log_min_messages=fatal"
+        f"exec docker-entrypoint.sh {shlex.join(PG_SERVER_ARGS)}"
     )
     return f"bash -c '{script}'"
 

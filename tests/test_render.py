@@ -70,7 +70,11 @@ def test_volumes_and_files() -> None:
     cfg = _cfg()
     pg = tomllib.loads(render_fly_toml(cfg, "pg"))
     assert pg["mounts"] == [{"source": "pg_data", "destination": "/data", "initial_size": "10gb"}]
-    assert pg["env"]["PGDATA"].startswith("/data/")  # PGDATA and the pgsodium key dir on the one volume
+    # PGDATA and the pgsodium key dir on the one volume, and the server told to open PGDATA: the image's
+    # postgresql.conf pins another data_directory, which only a command-line -c outranks (proven on a real
+    # server in test_services.py).
+    assert pg["env"]["PGDATA"].startswith(pg["mounts"][0]["destination"] + "/")
+    assert f"-c data_directory={pg['env']['PGDATA']}" in pg["processes"]["app"]
     assert svc.PG_CUSTOM_DIR.startswith("/data/") and f"ln -s {svc.PG_CUSTOM_DIR} /etc/postgresql-custom" in (
         pg["processes"]["app"]
     )

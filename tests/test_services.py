@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,8 +24,8 @@ from psycopg import sql
 from components import naming
 from components import services as svc
 from components.config import SiloConfig
-from components.render import render_file
-from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir
+from components.render import render_file, render_fly_toml
+from tests.fixtures.postgres import PostgresServer, _free_port, _os_user, find_bindir
 
 SECRETS = svc.SiloSecrets(
     jwt_secret="jwt-secret-value-0123456789abcdefghijkl",
@@ -275,3 +279,95 @@ def test_password_with_url_characters_stays_one_password() -> None:
     url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
     params = psycopg.conninfo.conninfo_to_dict(url)
     assert params["password"] == "p@ss:w/rd#1" and params["host"] == "devenv-acme-erp-pg.flycast"
+
+
+# -- the pg app's start command on a real PostgreSQL ---------------------------------------------------------
+
+
+def _rendered_pg_server_argv() -> list[str]:
+    """The postgres argv the pg app runs, read back from the rendered fly.toml's [processes] command."""
+    command = tomllib.loads(render_fly_toml(_cfg(), "pg"))["processes"]["app"]
+    outer = shlex.split(command)
+    assert outer[:2] == ["bash", "-c"], command
+    _, found, server = outer[2].partition("exec docker-entrypoint.sh ")
+    assert found, outer[2]
+    return shlex.split(server)
+
+
+def _relocate(argv: list[str], root: Path) -> list[str]:
+    """The same argv with every absolute path in a `-c name=/path` moved under `root` (a stand-in for /)."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(f"{name}={root}{value}" if eq and value.startswith("/") else arg)
+    return out
+
+
+@pytest.mark.db
+def test_postgres_starts_on_the_volume_although_the_image_config_pins_another_data_directory() -> None:
+    """supabase/postgres's postgresql.conf pins data_directory = '/var/lib/postgresql/data'
+    (supabase/postgres:ansible/files/postgresql_config/postgresql.conf.j2, FILE LOCATIONS); the entrypoint's
+    initdb fills PGDATA on the volume. The exact server command line we render must start on PGDATA."""
+    bindir, user = find_bindir(), _os_user()
+    # Not under pytest's tmp_path: the server's OS user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="silo-pg-start-"))
+    try:
+        _start_with_the_rendered_command_line(bindir, user, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_with_the_rendered_command_line(bindir: Path, user, root: Path) -> None:
+    argv = _rendered_pg_server_argv()
+    assert argv[0] == "postgres"
+    pgdata = root / svc.PGDATA.lstrip("/")
+    config = root / svc.PG_CONFIG_FILE.lstrip("/")
+    config.parent.mkdir(parents=True)
+    (root / "run").mkdir()
+    port = _free_port()
+    # The image's FILE LOCATIONS block, relocated under root, plus where this test may listen.
+    config.write_text(
+        f"data_directory = '{root}/var/lib/postgresql/data'\n"
+        f"hba_file = '{root}/etc/postgresql/pg_hba.conf'\n"
+        f"ident_file = '{root}/etc/postgresql/pg_ident.conf'\n"
+        f"listen_addresses = ''\nport = {port}\nunix_socket_directories = '{root}/run'\n"
+    )
+    (config.parent / "pg_hba.conf").write_text(render_file("pg/pg_hba.conf"))
+    (config.parent / "pg_ident.conf").write_text("")
+    run_as: dict = {}
+    if user is not None:
+        run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        for path in [root, *sorted(root.rglob("*"))]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
+    initdb = subprocess.run([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                             "--no-sync"], capture_output=True, text=True, env=env, check=False, **run_as)
+    assert initdb.returncode == 0, initdb.stderr
+
+    server = subprocess.Popen([str(bindir / "postgres"), *_relocate(argv[1:], root)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=env, cwd=root, **run_as)
+    try:
+        dsn = f"host={root}/run port={port} dbname=postgres user=postgres connect_timeout=5"
+        data_directory = None
+        for _ in range(240):  # bounded: until the server answers or exits
+            if server.poll() is not None:
+                break
+            try:
+                with psycopg.connect(dsn) as conn:
+                    data_directory = conn.execute("SHOW data_directory").fetchone()[0]
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.25)
+        if data_directory is None:
+            server.send_signal(signal.SIGINT)
+            output = server.communicate(timeout=60)[0]
+            pytest.fail(f"postgres did not start with the rendered command line:\n{output}")
+        assert data_directory == str(pgdata)
+        assert not (root / "var/lib/postgresql/data").exists()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)  # fast shutdown
+            server.communicate(timeout=60)
