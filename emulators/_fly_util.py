@@ -95,8 +95,9 @@ def parse_bool(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def require_int(body: dict[str, Any], key: str, *, default: int | None = None, lo: int | None = None,
-                hi: int | None = None) -> int | None:
+def require_int(
+    body: dict[str, Any], key: str, *, default: int | None = None, lo: int | None = None, hi: int | None = None
+) -> int | None:
     """An integer field of a JSON body (JSON floats with no fraction count, booleans do not)."""
     value = body.get(key, default)
     if value is None:

@@ -205,8 +205,9 @@ class FlyEmulator:
         self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://{host}:{self._server.server_port}"
         # A short poll interval keeps stop() quick (shutdown waits for the serve loop to notice).
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fly-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fly-emulator", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -391,8 +392,14 @@ class FlyEmulator:
             response = self._dispatch(request, method, route, args, extra)
         mutating = method not in ("GET", "HEAD")
         with self._cond:
-            call = {"method": method, "route": route, "path": request.path, "status": response.status_code,
-                    "mutating": mutating, "t": started}
+            call = {
+                "method": method,
+                "route": route,
+                "path": request.path,
+                "status": response.status_code,
+                "mutating": mutating,
+                "t": started,
+            }
             call.update(extra)
             self._calls.append(call)
             if mutating:
@@ -488,10 +495,13 @@ class FlyEmulator:
                     if not isinstance(body.get(key), str):
                         raise ApiError(400, f"{key} is required")
                 self.fail(
-                    body["method"], body["route"], nth=require_int(body, "nth", default=1) or 1,
+                    body["method"],
+                    body["route"],
+                    nth=require_int(body, "nth", default=1) or 1,
                     status=require_int(body, "status", default=500) or 500,
                     after_effect=require_bool(body, "after_effect", False),
-                    times=require_int(body, "times", default=1) or 1, body=body.get("body"),
+                    times=require_int(body, "times", default=1) or 1,
+                    body=body.get("body"),
                 )
             elif (method, action) == ("GET", "calls"):
                 return _json_response(200, self.calls())
@@ -519,9 +529,15 @@ class FlyEmulator:
 
     # -- shared lookups (callers hold the lock) -------------------------------------------------------
     def _new_app(self, name: str, org: str, network: str | None, *, foreign: bool = False) -> dict:
-        return {"id": app_id(), "name": name, "org_slug": org, "network": network or "default",
-                "foreign": foreign, "created_at": time.time(),
-                "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)}
+        return {
+            "id": app_id(),
+            "name": name,
+            "org_slug": org,
+            "network": network or "default",
+            "foreign": foreign,
+            "created_at": time.time(),
+            "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16),
+        }
 
     def _app(self, name: str) -> dict:
         app = self._state["apps"].get(name)
@@ -549,16 +565,22 @@ class FlyEmulator:
         return v
 
     def _app_view(self, app: dict) -> dict:
-        machines = [m for m in self._state["machines"].values() if m["app"] == app["name"]
-                    and m["state"] != "destroyed"]
+        machines = [
+            m for m in self._state["machines"].values() if m["app"] == app["name"] and m["state"] != "destroyed"
+        ]
         volumes = [v for v in self._state["volumes"].values() if v["app"] == app["name"]]
         org = app["org_slug"]
         return {
-            "id": app["id"], "name": app["name"],
+            "id": app["id"],
+            "name": app["name"],
             "status": "deployed" if any(m["state"] == "started" for m in machines) else "pending",
             "organization": {"name": org, "slug": org, "internal_numeric_id": app["internal_numeric_id"]},
-            "network": app["network"], "machine_count": len(machines), "volume_count": len(volumes),
-            "internal_numeric_id": app["internal_numeric_id"], "org_slug": org, "foreign": app["foreign"],
+            "network": app["network"],
+            "machine_count": len(machines),
+            "volume_count": len(volumes),
+            "internal_numeric_id": app["internal_numeric_id"],
+            "org_slug": org,
+            "foreign": app["foreign"],
         }
 
     # -- machine lifecycle (timestamps, no timers) -----------------------------------------------------
@@ -588,8 +610,9 @@ class FlyEmulator:
         self._settle(m, now)
 
     def _event(self, m: dict, kind: str, at: float, status: str | None = None) -> None:
-        m["events"].append({"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd",
-                            "timestamp": int(at * 1000)})
+        m["events"].append(
+            {"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd", "timestamp": int(at * 1000)}
+        )
         del m["events"][:-50]
 
     def _check_lease(self, m: dict, request: Request, now: float) -> None:
@@ -600,8 +623,12 @@ class FlyEmulator:
             m["lease"] = None
             return
         if request.headers.get("fly-machine-lease-nonce") != lease["nonce"]:
-            raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
-                                f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+            raise ApiError(
+                409,
+                f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                f"expires at {rfc3339(lease['expires_at'])}",
+                "unknown",
+            )
 
     def _checks(self, m: dict, now: float) -> list[dict]:
         cfg = m["config"]
@@ -623,11 +650,17 @@ class FlyEmulator:
 
     def _machine_view(self, m: dict, now: float, *, summary: bool = False) -> dict:
         view: dict[str, Any] = {
-            "id": m["id"], "name": m["name"], "state": m["state"], "region": m["region"],
-            "instance_id": m["instance_id"], "private_ip": m["private_ip"],
+            "id": m["id"],
+            "name": m["name"],
+            "state": m["state"],
+            "region": m["region"],
+            "instance_id": m["instance_id"],
+            "private_ip": m["private_ip"],
             "image_ref": _image_ref(m["config"].get("image", "")),
-            "created_at": rfc3339(m["created_at"]), "updated_at": rfc3339(m["updated_at"]),
-            "host_status": "ok", "cordoned": m.get("cordoned", False),
+            "created_at": rfc3339(m["created_at"]),
+            "updated_at": rfc3339(m["updated_at"]),
+            "host_status": "ok",
+            "cordoned": m.get("cordoned", False),
         }
         if not summary:
             view["config"] = copy.deepcopy(m["config"])
@@ -643,8 +676,14 @@ class FlyEmulator:
         image = config.get("image")
         if not isinstance(image, str) or not image.strip():
             raise ApiError(400, "invalid config.image: an image is required")
-        for key, kind in (("env", dict), ("metadata", dict), ("checks", dict), ("services", list),
-                          ("mounts", list), ("guest", dict)):
+        for key, kind in (
+            ("env", dict),
+            ("metadata", dict),
+            ("checks", dict),
+            ("services", list),
+            ("mounts", list),
+            ("guest", dict),
+        ):
             if config.get(key) is not None and not isinstance(config[key], kind):
                 raise ApiError(400, f"invalid config.{key}: must be {'an object' if kind is dict else 'a list'}")
         for section in ("env", "metadata"):
@@ -661,14 +700,18 @@ class FlyEmulator:
             if "autostop" in svc:
                 svc["autostop"] = _normalize_autostop(svc["autostop"], f"config.services[{i}].autostop")
             if "autostart" in svc and not isinstance(svc["autostart"], bool):
-                raise ApiError(400, f"invalid config.services[{i}].autostart: must be a boolean, "
-                                    f"got {svc['autostart']!r}")
+                raise ApiError(
+                    400, f"invalid config.services[{i}].autostart: must be a boolean, got {svc['autostart']!r}"
+                )
         mounts = config.get("mounts") or []
         if len(mounts) > 1:
             raise ApiError(400, "invalid config.mounts: a machine can mount at most one volume")
         for i, mount in enumerate(mounts):
-            if not isinstance(mount, dict) or not isinstance(mount.get("volume"), str) \
-                    or not isinstance(mount.get("path"), str):
+            if (
+                not isinstance(mount, dict)
+                or not isinstance(mount.get("volume"), str)
+                or not isinstance(mount.get("path"), str)
+            ):
                 raise ApiError(400, f"invalid config.mounts[{i}]: volume and path are required")
         return config
 
@@ -676,14 +719,20 @@ class FlyEmulator:
         wanted = require_int(body, "min_secrets_version", lo=0)
         current = self._state["secrets_version"].get(app, 0)
         if wanted is not None and wanted > current:
-            raise ApiError(422, f"min_secrets_version {wanted} is newer than the app's secrets version {current}",
-                           "unknown")
+            raise ApiError(
+                422, f"min_secrets_version {wanted} is newer than the app's secrets version {current}", "unknown"
+            )
 
     def _lease_record(self, request: Request, m: dict, ttl: int, description: str, now: float) -> dict:
         token = request.headers.get("Authorization", "").partition(" ")[2].strip()
         owner = hashlib.sha256(token.encode()).hexdigest()[:12] + "@tokens.fly.io"
-        return {"nonce": lease_nonce(), "expires_at": int(now + ttl), "owner": owner,
-                "description": description, "version": m["instance_id"]}
+        return {
+            "nonce": lease_nonce(),
+            "expires_at": int(now + ttl),
+            "owner": owner,
+            "description": description,
+            "version": m["instance_id"],
+        }
 
     # -- apps -------------------------------------------------------------------------------------------
     def _h_apps(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
@@ -692,8 +741,9 @@ class FlyEmulator:
                 org = request.args.get("org_slug")
                 if not org:
                     raise ApiError(400, "org_slug is required")
-                apps = [self._app_view(a) for a in self._state["apps"].values()
-                        if a["org_slug"] == org and not a["foreign"]]
+                apps = [
+                    self._app_view(a) for a in self._state["apps"].values() if a["org_slug"] == org and not a["foreign"]
+                ]
                 for a in apps:
                     a.pop("foreign")
                     a.pop("org_slug")
@@ -709,9 +759,13 @@ class FlyEmulator:
             if network is not None and not isinstance(network, str):
                 raise ApiError(400, "invalid network: must be a string")
             if not APP_NAME_RE.match(name):
-                raise ApiError(422, f"Validation failed: app name {name!r} must consist of only lowercase "
-                                    "letters, numbers, and dashes, at most 63 characters, not starting or "
-                                    "ending with a dash", "unknown")
+                raise ApiError(
+                    422,
+                    f"Validation failed: app name {name!r} must consist of only lowercase "
+                    "letters, numbers, and dashes, at most 63 characters, not starting or "
+                    "ending with a dash",
+                    "unknown",
+                )
             if name in self._state["apps"]:  # app names are global across all of Fly.io
                 raise ApiError(422, "Name has already been taken", "name_taken")
             app = self._state["apps"][name] = self._new_app(name, org, network)
@@ -780,8 +834,11 @@ class FlyEmulator:
         live = [m for m in self._state["machines"].values() if m["app"] == app and m["state"] != "destroyed"]
         taken = next((m for m in live if name and m["name"] == name), None)
         if taken is not None:
-            raise ApiError(422, f'unique machine name violation, machine ID {taken["id"]} already exists '
-                                f'with name "{name}"', "unknown")
+            raise ApiError(
+                422,
+                f'unique machine name violation, machine ID {taken["id"]} already exists with name "{name}"',
+                "unknown",
+            )
         region = body.get("region")
         if region is not None and (not isinstance(region, str) or not region):
             raise ApiError(400, "invalid region: must be a region code")
@@ -792,11 +849,15 @@ class FlyEmulator:
         for mount in config.get("mounts") or []:
             mount_volume = self._state["volumes"].get(mount["volume"])
             if mount_volume is None or mount_volume["app"] != app:
-                raise ApiError(400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found "
-                                    f"in app {app}")
+                raise ApiError(
+                    400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found in app {app}"
+                )
         app_volumes = [v for v in self._state["volumes"].values() if v["app"] == app]
-        region = region or (mount_volume or {}).get("region") or (
-            app_volumes[0]["region"] if app_volumes else DEFAULT_REGION)
+        region = (
+            region
+            or (mount_volume or {}).get("region")
+            or (app_volumes[0]["region"] if app_volumes else DEFAULT_REGION)
+        )
         if mount_volume is not None:
             self._check_attachable(mount_volume, region, None, now)
         mid = machine_id()
@@ -804,10 +865,22 @@ class FlyEmulator:
             mid = machine_id()
         instance = ulid(now)
         m = {
-            "id": mid, "app": app, "name": name or _machine_name(), "region": region, "instance_id": instance,
-            "private_ip": private_ipv6(), "config": config, "created_at": now, "updated_at": now,
-            "state": "created", "settles_to": None, "settles_at": None, "events": [], "lease": None,
-            "cordoned": False, "versions": [{"version": instance, "user_config": copy.deepcopy(config)}],
+            "id": mid,
+            "app": app,
+            "name": name or _machine_name(),
+            "region": region,
+            "instance_id": instance,
+            "private_ip": private_ipv6(),
+            "config": config,
+            "created_at": now,
+            "updated_at": now,
+            "state": "created",
+            "settles_to": None,
+            "settles_at": None,
+            "events": [],
+            "lease": None,
+            "cordoned": False,
+            "versions": [{"version": instance, "user_config": copy.deepcopy(config)}],
         }
         self._state["machines"][mid] = m
         if mount_volume is not None:
@@ -823,8 +896,11 @@ class FlyEmulator:
 
     def _check_attachable(self, volume: dict, region: str, mid: str | None, now: float) -> None:
         if volume["region"] != region:
-            raise ApiError(400, f"volume {volume['id']} is in region {volume['region']}, not {region}: a machine "
-                                "must be in its volume's region")
+            raise ApiError(
+                400,
+                f"volume {volume['id']} is in region {volume['region']}, not {region}: a machine "
+                "must be in its volume's region",
+            )
         holder_id = volume.get("attached_machine_id")
         holder = self._state["machines"].get(holder_id) if holder_id else None
         if holder is not None:
@@ -854,17 +930,26 @@ class FlyEmulator:
         for key in ("name", "region"):
             value = body.get(key)
             if value not in (None, "") and value != m[key]:
-                raise ApiError(400, f"invalid {key}: a machine's {key} cannot be changed "
-                                    f"(machine {m['id']} has {key} {m[key]!r}); create a new machine instead")
+                raise ApiError(
+                    400,
+                    f"invalid {key}: a machine's {key} cannot be changed "
+                    f"(machine {m['id']} has {key} {m[key]!r}); create a new machine instead",
+                )
         old_volumes = [x.get("volume") for x in m["config"].get("mounts") or []]
         new_volumes = [x.get("volume") for x in config.get("mounts") or []]
         if old_volumes != new_volumes:
-            raise ApiError(400, "invalid config.mounts: the mounted volume of a machine cannot be changed "
-                                f"(machine {m['id']} mounts {old_volumes or 'none'}); create a new machine instead")
+            raise ApiError(
+                400,
+                "invalid config.mounts: the mounted volume of a machine cannot be changed "
+                f"(machine {m['id']} mounts {old_volumes or 'none'}); create a new machine instead",
+            )
         current = body.get("current_version")
         if current and current != m["instance_id"]:
-            raise ApiError(412, f"failed_precondition: machine {m['id']} is at version {m['instance_id']}, "
-                                f"not {current}", "unknown")
+            raise ApiError(
+                412,
+                f"failed_precondition: machine {m['id']} is at version {m['instance_id']}, not {current}",
+                "unknown",
+            )
         skip_launch = require_bool(body, "skip_launch", False)
         self._check_secrets_version(m["app"], body)
         m["instance_id"] = ulid(now)
@@ -875,8 +960,7 @@ class FlyEmulator:
         was_running = m["state"] in RUNNING_STATES
         if was_running or not skip_launch:
             # A running machine reboots onto the new config; a stopped one starts unless skip_launch.
-            self._transition(m, "starting" if not was_running else "replacing", "started",
-                             self._latency.boot_s, now)
+            self._transition(m, "starting" if not was_running else "replacing", "started", self._latency.boot_s, now)
         return self._machine_view(m, now)
 
     def _destroy_machine(self, request: Request, m: dict, now: float) -> dict:
@@ -884,8 +968,12 @@ class FlyEmulator:
         if m["state"] == "destroying":
             return {"ok": True}
         if m["state"] in RUNNING_STATES and not force:
-            raise ApiError(412, "failed_precondition: unable to destroy machine, not currently stopped, "
-                                "suspended, or failed (use force=true)", "unknown")
+            raise ApiError(
+                412,
+                "failed_precondition: unable to destroy machine, not currently stopped, "
+                "suspended, or failed (use force=true)",
+                "unknown",
+            )
         self._transition(m, "destroying", "destroyed", self._latency.destroy_s, now)
         return {"ok": True}
 
@@ -896,27 +984,28 @@ class FlyEmulator:
             raise ApiError(412, f"failed_precondition: machine {mid} is being destroyed", "unknown")
         return m
 
-    def _h_machine_start(self, request: Request, method: str, extra: dict, app: str,
-                         machine_id: str) -> tuple[int, Any]:
+    def _h_machine_start(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             previous = m["state"]
             if previous not in ("created", "stopped", "suspended", "failed"):
-                raise ApiError(412, f"failed_precondition: unable to start machine from current state: "
-                                    f"'{previous}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to start machine from current state: '{previous}'", "unknown"
+                )
             self._transition(m, "starting", "started", self._latency.boot_s, now)
             return 200, {"previous_state": previous, "migrated": False, "new_host": ""}
 
-    def _h_machine_stop(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_stop(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         sig = body.get("signal")
         if sig is not None and sig not in SIGNALS:
             raise ApiError(400, f"invalid signal {sig!r}; expected one of {sorted(SIGNALS)}")
         timeout = body.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, str | int)):
-            raise ApiError(400, f"invalid timeout {timeout!r}: a duration such as \"10s\" is expected")
+            raise ApiError(400, f'invalid timeout {timeout!r}: a duration such as "10s" is expected')
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
@@ -924,42 +1013,47 @@ class FlyEmulator:
                 self._transition(m, "stopping", "stopped", self._latency.stop_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_restart(self, request: Request, method: str, extra: dict, app: str,
-                           machine_id: str) -> tuple[int, Any]:
+    def _h_machine_restart(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: unable to restart machine from current state: "
-                                    f"'{m['state']}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to restart machine from current state: '{m['state']}'", "unknown"
+                )
             self._transition(m, "restarting", "started", self._latency.boot_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_suspend(self, request: Request, method: str, extra: dict, app: str,
-                           machine_id: str) -> tuple[int, Any]:
+    def _h_machine_suspend(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: unable to suspend machine from current state: "
-                                    f"'{m['state']}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to suspend machine from current state: '{m['state']}'", "unknown"
+                )
             self._transition(m, "suspending", "suspended", self._latency.stop_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_cordon(self, request: Request, method: str, extra: dict, app: str,
-                          machine_id: str) -> tuple[int, Any]:
+    def _h_machine_cordon(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = True
             return 200, {"ok": True}
 
-    def _h_machine_uncordon(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_uncordon(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = False
             return 200, {"ok": True}
 
-    def _h_machine_wait(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_wait(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         states = [s for v in request.args.getlist("state") for s in v.split(",") if s] or ["started"]
         bad = [s for s in states if s not in WAIT_STATES]
         if bad:
@@ -968,14 +1062,18 @@ class FlyEmulator:
         try:
             timeout = int(raw_timeout.removesuffix("s"))
         except ValueError:
-            raise ApiError(400, f"invalid_argument: invalid timeout {raw_timeout!r}: integer seconds expected") \
-                from None
+            raise ApiError(
+                400, f"invalid_argument: invalid timeout {raw_timeout!r}: integer seconds expected"
+            ) from None
         if not 1 <= timeout <= 60:
             raise ApiError(400, WAIT_TIMEOUT_MESSAGE)
         version = request.args.get("version") or request.args.get("instance_id")
         if "stopped" in states and not version:
-            raise ApiError(400, "invalid_argument: version (instance_id) is required when waiting for a machine "
-                                "to be in the stopped state")
+            raise ApiError(
+                400,
+                "invalid_argument: version (instance_id) is required when waiting for a machine "
+                "to be in the stopped state",
+            )
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -994,16 +1092,21 @@ class FlyEmulator:
                     raise not_found()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ApiError(408, f"deadline_exceeded: machine {machine_id} did not reach state "
-                                        f"{','.join(states)!r} within {timeout}s (state: {m['state']})", "unknown")
+                    raise ApiError(
+                        408,
+                        f"deadline_exceeded: machine {machine_id} did not reach state "
+                        f"{','.join(states)!r} within {timeout}s (state: {m['state']})",
+                        "unknown",
+                    )
                 if self._stopping:
                     raise ApiError(503, "the emulator is shutting down", "unknown")
                 next_change = m["settles_at"] - now if m.get("settles_at") else remaining
                 # Releases the lock while sleeping; mutating calls notify to wake us early.
                 self._cond.wait(timeout=max(0.001, min(remaining, next_change + 0.001)))
 
-    def _h_machine_lease(self, request: Request, method: str, extra: dict, app: str,
-                         machine_id: str) -> tuple[int, Any]:
+    def _h_machine_lease(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._machine(app, machine_id, now)
@@ -1021,8 +1124,9 @@ class FlyEmulator:
                 if not lease:
                     raise ApiError(404, "lease not found")
                 if nonce != lease["nonce"]:
-                    raise ApiError(409, f"aborted: lease nonce mismatch; the lease is held by {lease['owner']}",
-                                   "unknown")
+                    raise ApiError(
+                        409, f"aborted: lease nonce mismatch; the lease is held by {lease['owner']}", "unknown"
+                    )
                 m["lease"] = None
                 return 200, None
             body = _json_body(request)
@@ -1034,8 +1138,12 @@ class FlyEmulator:
             ttl = require_int(body, "ttl", default=DEFAULT_LEASE_TTL_S, lo=1) or DEFAULT_LEASE_TTL_S
             description = body.get("description") or ""
             if lease and nonce != lease["nonce"]:
-                raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
-                                    f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+                raise ApiError(
+                    409,
+                    f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                    f"expires at {rfc3339(lease['expires_at'])}",
+                    "unknown",
+                )
             if lease:  # refresh by the holder
                 lease["expires_at"] = int(now + ttl)
                 lease["description"] = description or lease["description"]
@@ -1043,14 +1151,16 @@ class FlyEmulator:
                 lease = m["lease"] = self._lease_record(request, m, ttl, description, now)
             return 200, {"status": "success", "data": dict(lease)}
 
-    def _h_machine_metadata(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_metadata(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             return 200, dict(m["config"].get("metadata") or {})
 
-    def _h_machine_metadata_key(self, request: Request, method: str, extra: dict, app: str, machine_id: str,
-                                key: str) -> tuple[int, Any]:
+    def _h_machine_metadata_key(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str, key: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._machine(app, machine_id, now)
@@ -1071,8 +1181,9 @@ class FlyEmulator:
             meta[key] = value
             return 204, None
 
-    def _h_machine_events(self, request: Request, method: str, extra: dict, app: str,
-                          machine_id: str) -> tuple[int, Any]:
+    def _h_machine_events(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         try:
             limit = int(request.args.get("limit", "20"))
         except ValueError:
@@ -1081,14 +1192,14 @@ class FlyEmulator:
             m = self._machine(app, machine_id, time.time())
             return 200, list(reversed(m["events"]))[: max(1, min(limit, 50))]
 
-    def _h_machine_versions(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_versions(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             return 200, [copy.deepcopy(v) for v in reversed(m["versions"])]
 
-    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         if isinstance(body.get("command"), list) and body["command"]:
             cmd = body["command"]
@@ -1102,8 +1213,9 @@ class FlyEmulator:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: machine {machine_id} is {m['state']}, not started",
-                               "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: machine {machine_id} is {m['state']}, not started", "unknown"
+                )
             handler = self._exec_handler
             self._exec_log.append({"app": app, "machine_id": machine_id, "cmd": list(cmd)})
         extra["cmd"] = list(cmd)
@@ -1113,8 +1225,12 @@ class FlyEmulator:
             if not isinstance(answer, dict):
                 raise ApiError(500, f"exec handler returned {type(answer).__name__}, not a dict")
             result.update(answer)
-        return 200, {"exit_code": int(result["exit_code"]), "exit_signal": 0,
-                     "stdout": str(result["stdout"]), "stderr": str(result["stderr"])}
+        return 200, {
+            "exit_code": int(result["exit_code"]),
+            "exit_signal": 0,
+            "stdout": str(result["stdout"]),
+            "stderr": str(result["stderr"]),
+        }
 
     # -- volumes ----------------------------------------------------------------------------------------
     def _volume_view(self, v: dict) -> dict:
@@ -1139,8 +1255,11 @@ class FlyEmulator:
             if not isinstance(name, str) or not name:
                 raise ApiError(400, "invalid name: a volume name is required")
             if not VOLUME_NAME_RE.match(name):
-                raise ApiError(400, f"invalid name {name!r}: volume names may only contain lowercase letters, "
-                                    "numbers, and underscores, and be at most 30 characters")
+                raise ApiError(
+                    400,
+                    f"invalid name {name!r}: volume names may only contain lowercase letters, "
+                    "numbers, and underscores, and be at most 30 characters",
+                )
             region = body.get("region")
             if not isinstance(region, str) or not region:
                 raise ApiError(400, "invalid region: a region is required to create a volume")
@@ -1150,14 +1269,21 @@ class FlyEmulator:
             now = time.time()
             vid = volume_id()
             v = {
-                "id": vid, "app": app, "name": name, "state": "created", "region": region,
+                "id": vid,
+                "app": app,
+                "name": name,
+                "state": "created",
+                "region": region,
                 "zone": secrets.token_hex(2),
                 "size_gb": require_int(body, "size_gb", default=3, lo=1, hi=500),
                 "encrypted": require_bool(body, "encrypted", True),
                 "snapshot_retention": require_int(body, "snapshot_retention", default=5, lo=1, hi=60),
                 "auto_backup_enabled": require_bool(body, "auto_backup_enabled", True),
                 "require_unique_zone": require_bool(body, "require_unique_zone", True),
-                "fstype": fstype, "attached_machine_id": None, "host_status": "ok", "type": "local",
+                "fstype": fstype,
+                "attached_machine_id": None,
+                "host_status": "ok",
+                "type": "local",
                 "created_at": now,
             }
             self._state["volumes"][vid] = v
@@ -1181,8 +1307,12 @@ class FlyEmulator:
             if method == "DELETE":
                 holder = self._volume_holder(v, now)
                 if holder is not None:
-                    raise ApiError(412, f"failed_precondition: volume {volume_id} is attached to machine "
-                                        f"{holder['id']}; destroy the machine first", "unknown")
+                    raise ApiError(
+                        412,
+                        f"failed_precondition: volume {volume_id} is attached to machine "
+                        f"{holder['id']}; destroy the machine first",
+                        "unknown",
+                    )
                 del self._state["volumes"][volume_id]
                 return 200, {**self._volume_view(v), "state": "destroyed"}
             # Only these two fields are mutable; other (unknown to this request) fields are ignored.
@@ -1193,8 +1323,7 @@ class FlyEmulator:
                 v["auto_backup_enabled"] = require_bool(body, "auto_backup_enabled", True)
             return 200, self._volume_view(v)
 
-    def _h_volume_extend(self, request: Request, method: str, extra: dict, app: str,
-                         volume_id: str) -> tuple[int, Any]:
+    def _h_volume_extend(self, request: Request, method: str, extra: dict, app: str, volume_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         with self._cond:
             now = time.time()
@@ -1203,21 +1332,31 @@ class FlyEmulator:
             if size is None:
                 raise ApiError(400, "invalid size_gb: the new size is required")
             if size <= v["size_gb"]:
-                raise ApiError(400, f"invalid size_gb: {size} GB is not larger than the current {v['size_gb']} GB; "
-                                    "volumes can only grow")
+                raise ApiError(
+                    400,
+                    f"invalid size_gb: {size} GB is not larger than the current {v['size_gb']} GB; "
+                    "volumes can only grow",
+                )
             v["size_gb"] = size
             return 200, {"volume": self._volume_view(v), "needs_restart": self._volume_holder(v, now) is not None}
 
     # -- secrets ----------------------------------------------------------------------------------------
     def _secret_view(self, name: str, s: dict) -> dict:
-        return {"name": name, "digest": s["digest"], "created_at": rfc3339(s["created_at"]),
-                "updated_at": rfc3339(s["updated_at"])}
+        return {
+            "name": name,
+            "digest": s["digest"],
+            "created_at": rfc3339(s["created_at"]),
+            "updated_at": rfc3339(s["updated_at"]),
+        }
 
     def _write_secret(self, app: str, name: str, value: str, now: float) -> None:
         table = self._state["secrets"].setdefault(app, {})
         old = table.get(name)
-        table[name] = {"digest": secret_digest(value), "created_at": old["created_at"] if old else now,
-                       "updated_at": now}
+        table[name] = {
+            "digest": secret_digest(value),
+            "created_at": old["created_at"] if old else now,
+            "updated_at": now,
+        }
 
     def _bump_secrets(self, app: str) -> int:
         version = self._state["secrets_version"].get(app, 0) + 1
@@ -1235,8 +1374,11 @@ class FlyEmulator:
                 raise ApiError(400, "invalid values: an object of secret name -> value (or null to unset) is required")
             for name, value in values.items():
                 if not SECRET_NAME_RE.match(name):
-                    raise ApiError(400, f"invalid secret name {name!r}: letters, digits and underscores only, "
-                                        "not starting with a digit")
+                    raise ApiError(
+                        400,
+                        f"invalid secret name {name!r}: letters, digits and underscores only, "
+                        "not starting with a digit",
+                    )
                 if value is not None and not isinstance(value, str):
                     raise ApiError(400, f"invalid value for secret {name}: a string or null is required")
             now = time.time()
@@ -1299,8 +1441,14 @@ class FlyEmulator:
                     "v4": f"137.66.{(n >> 8) & 255}.{n & 255}",
                     "private_v6": f"fdaa:0:{secrets.token_hex(2)}:0:1::{n:x}",
                 }[kind]
-            ip = {"ip": address, "type": kind, "region": region, "service_name": str(body.get("service_name") or ""),
-                  "shared": kind == "shared_v4", "created_at": rfc3339(time.time())}
+            ip = {
+                "ip": address,
+                "type": kind,
+                "region": region,
+                "service_name": str(body.get("service_name") or ""),
+                "shared": kind == "shared_v4",
+                "created_at": rfc3339(time.time()),
+            }
             ips.append(ip)
             return 200, _ip_view(ip)
 
@@ -1327,8 +1475,7 @@ def _integer(value: Any, path: str) -> None:
 
 def _check_integer_fields(config: dict) -> None:
     """The integer fields of a machine config a renderer is likely to set (fly-machines-api.md §2)."""
-    for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)),
-                          ("restart", ("max_retries",))):
+    for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)), ("restart", ("max_retries",))):
         part = config.get(section)
         if isinstance(part, dict):
             for key in keys:
@@ -1365,7 +1512,7 @@ def _normalize_autostop(value: Any, key: str) -> bool | str:
         return value
     if isinstance(value, str) and value in mapping:
         return mapping[value]
-    raise ApiError(400, f"invalid {key}: {value!r}; expected \"off\", \"stop\", \"suspend\", true or false")
+    raise ApiError(400, f'invalid {key}: {value!r}; expected "off", "stop", "suspend", true or false')
 
 
 def _image_ref(image: str) -> dict:
@@ -1378,8 +1525,13 @@ def _image_ref(image: str) -> dict:
         registry, repository = first, remainder
     else:
         registry, repository = "docker-hub-mirror.fly.io", path if "/" in path else f"library/{path}"
-    return {"registry": registry, "repository": repository, "tag": tag or "latest",
-            "digest": digest or "sha256:" + hashlib.sha256(image.encode()).hexdigest(), "labels": {}}
+    return {
+        "registry": registry,
+        "repository": repository,
+        "tag": tag or "latest",
+        "digest": digest or "sha256:" + hashlib.sha256(image.encode()).hexdigest(),
+        "labels": {},
+    }
 
 
 def _machine_name() -> str:
@@ -1406,8 +1558,11 @@ def _json_response(status: int, payload: Any) -> Response:
 
 
 def _fault_response(fault: _Fault) -> Response:
-    body = fault.body if fault.body is not None else {
-        "error": f"injected failure: HTTP {fault.status} from the Fly emulator", "status": "unknown"}
+    body = (
+        fault.body
+        if fault.body is not None
+        else {"error": f"injected failure: HTTP {fault.status} from the Fly emulator", "status": "unknown"}
+    )
     response = _json_response(fault.status, body)
     if fault.status == 429:
         response.headers["Retry-After"] = "1"

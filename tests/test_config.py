@@ -49,9 +49,7 @@ def errors_of(config: dict[str, Any]) -> dict[str, str]:
 
 
 def test_defaults_and_string_coercion() -> None:
-    cfg = from_mapping(
-        BASE | {"silo:autoStopMinutes": "0", "silo:studio": "false", "silo:allowDataDeletion": "TRUE"}
-    )
+    cfg = from_mapping(BASE | {"silo:autoStopMinutes": "0", "silo:studio": "false", "silo:allowDataDeletion": "TRUE"})
     assert (cfg.kind, cfg.region, cfg.state, cfg.rls_mode) == ("silo", "yul", "running", "production")
     assert cfg.auto_stop_minutes == 0 and cfg.studio is False and cfg.allow_data_deletion is True
     assert cfg.region_migration is False and cfg.images == {} and cfg.towns == []
@@ -141,9 +139,7 @@ def test_unknown_silo_keys_are_errors_with_a_suggestion() -> None:
 def test_other_namespaces_are_ignored_and_unnamespaced_keys_rejected() -> None:
     cfg = from_mapping(BASE | {"fly:apiToken": {"secure": "v1:abc"}, "aws:region": "us-east-1"})
     assert cfg.silo_id == "acme-erp"
-    assert errors_of(BASE | {"client": "acme"}) == {
-        "client": "config keys must be namespaced, e.g. silo:client"
-    }
+    assert errors_of(BASE | {"client": "acme"}) == {"client": "config keys must be namespaced, e.g. silo:client"}
     assert "must not be a secret" in errors_of(BASE | {"silo:siteUrl": {"secure": "v1:abc"}})["silo:siteUrl"]
 
 
@@ -161,9 +157,7 @@ def test_images_are_pinned_tags_of_known_services() -> None:
     assert cfg.images == {"pg": "15.8.1.060", "kong": "2.8.1"}
     as_json = from_mapping(BASE | {"silo:images": json.dumps({"rest": "v12.2.0"})})
     assert as_json.images == {"rest": "v12.2.0"}
-    errors = errors_of(
-        BASE | {"silo:images": {"pg": "latest", "postgrest": "v12", "kong": "kong:2.8.1", "auth": ""}}
-    )
+    errors = errors_of(BASE | {"silo:images": {"pg": "latest", "postgrest": "v12", "kong": "kong:2.8.1", "auth": ""}})
     assert errors["silo:images.pg"].startswith('must be a pinned tag, not "latest"')
     assert errors["silo:images.postgrest"].startswith('unknown service "postgrest"')
     assert "not an image reference" in errors["silo:images.kong"]
@@ -347,9 +341,7 @@ def test_from_pulumi_config_reads_every_silo_key(pulumi_config: Any, monkeypatch
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(BASE | {"silo:autoStopMinute": "5"}))
     with pytest.raises(ConfigError) as caught:
         from_pulumi_config()
-    assert caught.value.errors == [
-        ("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")
-    ]
+    assert caught.value.errors == [("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")]
 
 
 def test_towns_need_the_control_stack_and_secret_keys_stay_out_of_the_model() -> None:

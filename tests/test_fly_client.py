@@ -19,14 +19,17 @@ APPS = "/v1/apps"
 MACHINES = "/v1/apps/{app}/machines"
 WAIT = "/v1/apps/{app}/machines/{machine_id}/wait"
 
-MACHINE_CONFIG = {"image": "registry-1.docker.io/library/busybox:1.36", "guest": {"cpu_kind": "shared", "cpus": 1,
-                                                                                   "memory_mb": 256}}
+MACHINE_CONFIG = {
+    "image": "registry-1.docker.io/library/busybox:1.36",
+    "guest": {"cpu_kind": "shared", "cpus": 1, "memory_mb": 256},
+}
 
 
 @pytest.fixture
 def fly(fly_emulator):
-    client = FlyClient(FlySettings(base_url=fly_emulator.url, token="test", source="config"),
-                       backoff_initial=0.01, backoff_max=0.05)
+    client = FlyClient(
+        FlySettings(base_url=fly_emulator.url, token="test", source="config"), backoff_initial=0.01, backoff_max=0.05
+    )
     yield client
     client.close()
 
@@ -39,8 +42,10 @@ def test_token_scheme_follows_prefix() -> None:
 
 
 def test_settings_resolution_order() -> None:
-    cfg = resolve_fly_settings({"fly:apiToken": "t", "fly:apiUrl": "https://flaps.example/v1"},
-                               env={"FLY_API_TOKEN": "env", "FLY_API_HOSTNAME": "http://x"})
+    cfg = resolve_fly_settings(
+        {"fly:apiToken": "t", "fly:apiUrl": "https://flaps.example/v1"},
+        env={"FLY_API_TOKEN": "env", "FLY_API_HOSTNAME": "http://x"},
+    )
     assert (cfg.base_url, cfg.token, cfg.source) == ("https://flaps.example", "t", "config")
     cfg = resolve_fly_settings({}, env={"FLY_API_TOKEN": "env", "FLY_FLAPS_BASE_URL": "http://127.0.0.1:9"})
     assert (cfg.base_url, cfg.token) == ("http://127.0.0.1:9", "env")

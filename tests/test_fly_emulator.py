@@ -82,8 +82,9 @@ def test_app_create_get_list_delete(fly_api, fly_emulator) -> None:
 
     # Deleting an app takes its machines, volumes, IPs and secrets with it.
     volume = make_volume(fly_api, "devenv-acme-erp-kong")
-    make_machine(fly_api, "devenv-acme-erp-kong", config={"image": IMAGE, "mounts": [
-        {"volume": volume["id"], "path": "/data"}]})
+    make_machine(
+        fly_api, "devenv-acme-erp-kong", config={"image": IMAGE, "mounts": [{"volume": volume["id"], "path": "/data"}]}
+    )
     fly_api.post("/apps/devenv-acme-erp-kong/secrets", json={"values": {"K": "v"}})
     fly_api.post("/apps/devenv-acme-erp-kong/ip_assignments", json={"type": "v6"})
     assert fly_api.delete("/apps/devenv-acme-erp-kong").status_code == 202
@@ -150,8 +151,9 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     assert fly_api.get(f"/apps/{app}/machines/{mid}").json()["state"] == "started"
 
     fly_emulator.set_latency(LatencyModel())
-    assert fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGTERM", "timeout": "5s"}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGTERM", "timeout": "5s"}).status_code == 200
+    )
     stopped = fly_api.get(wait, params={"state": "stopped", "version": version, "timeout": 10})
     assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
     assert fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGFOO"}).status_code == 400
@@ -169,8 +171,7 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     deleted = fly_api.get(f"/apps/{app}/machines/{mid}", params={"include_deleted": "true"})
     assert deleted.json()["state"] == "destroyed"
     assert fly_api.get(f"/apps/{app}/machines").json() == []
-    assert [m["id"] for m in fly_api.get(f"/apps/{app}/machines", params={"include_deleted": "true"}).json()] \
-        == [mid]
+    assert [m["id"] for m in fly_api.get(f"/apps/{app}/machines", params={"include_deleted": "true"}).json()] == [mid]
     assert fly_api.get(f"/apps/{app}/machines/nope/wait", params={"state": "destroyed"}).status_code == 200
     assert fly_api.get(f"/apps/{app}/machines/nope/wait").status_code == 404
     assert mid not in fly_emulator.snapshot()["machines"]
@@ -184,11 +185,16 @@ def test_machine_create_validation(fly_api, fly_emulator) -> None:
     bad_autostart = {"image": IMAGE, "services": [{"internal_port": 80, "protocol": "tcp", "autostart": "true"}]}
     response = fly_api.post(f"/apps/{app}/machines", json={"config": bad_autostart})
     assert response.status_code == 400 and "autostart" in response.json()["error"]
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE, "guest": {"memory_mb": 300}}}
-                        ).status_code == 400
+    assert (
+        fly_api.post(
+            f"/apps/{app}/machines", json={"config": {"image": IMAGE, "guest": {"memory_mb": 300}}}
+        ).status_code
+        == 400
+    )
     # Unknown fields are ignored, as Fly does.
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "future_field": 1}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "future_field": 1}).status_code == 200
+    )
     assert fly_api.post("/apps/missing-app/machines", json={"config": {"image": IMAGE}}).status_code == 404
 
     # Names are unique per app among live machines (including one still being destroyed).
@@ -198,20 +204,24 @@ def test_machine_create_validation(fly_api, fly_emulator) -> None:
     assert dup.status_code == 422 and first["id"] in dup.json()["error"]
     fly_api.delete(f"/apps/{app}/machines/{first['id']}", params={"kill": "true"})
     assert fly_api.get(f"/apps/{app}/machines/{first['id']}").json()["state"] == "destroying"
-    assert fly_api.post(f"/apps/{app}/machines", json={"name": "kong-1", "config": {"image": IMAGE}}
-                        ).status_code == 422
+    assert fly_api.post(f"/apps/{app}/machines", json={"name": "kong-1", "config": {"image": IMAGE}}).status_code == 422
     # Another app may use the same machine name.
     other = make_app(fly_api, "devenv-acme-erp-rest")
     assert make_machine(fly_api, other, name="kong-1")["name"] == "kong-1"
 
 
-@pytest.mark.parametrize(("config", "path"), [
-    ({"services": [{"internal_port": 8080.0, "protocol": "tcp"}]}, "config.services[0].internal_port"),
-    ({"services": [{"internal_port": 80, "protocol": "tcp", "ports": [{"port": "443"}]}]},
-     "config.services[0].ports[0].port"),
-    ({"guest": {"cpu_kind": "shared", "cpus": 1.0, "memory_mb": 256}}, "config.guest.cpus"),
-    ({"checks": {"status": {"type": "http", "port": 5500.0}}}, "config.checks.status.port"),
-])
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"services": [{"internal_port": 8080.0, "protocol": "tcp"}]}, "config.services[0].internal_port"),
+        (
+            {"services": [{"internal_port": 80, "protocol": "tcp", "ports": [{"port": "443"}]}]},
+            "config.services[0].ports[0].port",
+        ),
+        ({"guest": {"cpu_kind": "shared", "cpus": 1.0, "memory_mb": 256}}, "config.guest.cpus"),
+        ({"checks": {"status": {"type": "http", "port": 5500.0}}}, "config.checks.status.port"),
+    ],
+)
 def test_float_and_string_integers_are_refused_like_go_json(fly_api, config: dict, path: str) -> None:
     # Numbers from the Pulumi engine arrive as floats; Fly (Go) refuses 8080.0 for an int field.
     app = make_app(fly_api)
@@ -236,8 +246,12 @@ def test_skip_launch_and_autostop_forms(fly_api) -> None:
     machine = make_machine(fly_api, app, skip_launch=True, config={"image": IMAGE, "services": services})
     assert machine["state"] == "created"
     assert [s["autostop"] for s in machine["config"]["services"]] == [True, False, "suspend", True]
-    bad = fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE, "services": [
-        {"internal_port": 80, "protocol": "tcp", "autostop": "sometimes"}]}})
+    bad = fly_api.post(
+        f"/apps/{app}/machines",
+        json={
+            "config": {"image": IMAGE, "services": [{"internal_port": 80, "protocol": "tcp", "autostop": "sometimes"}]}
+        },
+    )
     assert bad.status_code == 400 and "services[0].autostop" in bad.json()["error"]
 
 
@@ -293,15 +307,22 @@ def test_list_filters_and_summary(fly_api) -> None:
 
 def test_checks_follow_the_latency_model(fly_api, fly_emulator) -> None:
     app = make_app(fly_api)
-    config = {"image": IMAGE, "checks": {"status": {"type": "http", "port": 5500, "path": "/status"}},
-              "services": [{"internal_port": 8080, "protocol": "tcp",
-                            "checks": [{"type": "http", "path": "/"}, {"type": "tcp"}]}]}
+    config = {
+        "image": IMAGE,
+        "checks": {"status": {"type": "http", "port": 5500, "path": "/status"}},
+        "services": [
+            {"internal_port": 8080, "protocol": "tcp", "checks": [{"type": "http", "path": "/"}, {"type": "tcp"}]}
+        ],
+    }
     fly_emulator.set_latency(LatencyModel(check_pass_s=120))
     machine = make_machine(fly_api, app, config=config)
     url = f"/apps/{app}/machines/{machine['id']}"
     checks = {c["name"]: c["status"] for c in fly_api.get(url).json()["checks"]}
-    assert checks == {"status": "warning", "servicecheck-00-http-8080": "warning",
-                      "servicecheck-01-tcp-8080": "warning"}
+    assert checks == {
+        "status": "warning",
+        "servicecheck-00-http-8080": "warning",
+        "servicecheck-01-tcp-8080": "warning",
+    }
     fly_emulator.set_check_status(app, machine["id"], "critical")
     assert {c["status"] for c in fly_api.get(url).json()["checks"]} == {"critical"}
     fly_emulator.set_latency(LatencyModel(check_pass_s=0))
@@ -358,10 +379,14 @@ def test_create_with_lease_ttl_returns_a_nonce_and_leases_expire(fly_api) -> Non
 
 def test_volume_create_rules_and_defaults(fly_api) -> None:
     app = make_app(fly_api)
-    for body, key in (({"region": "yul"}, "name"), ({"name": "PG-data", "region": "yul"}, "name"),
-                      ({"name": "a" * 31, "region": "yul"}, "name"), ({"name": "pg_data"}, "region"),
-                      ({"name": "pg_data", "region": "yul", "snapshot_retention": 61}, "snapshot_retention"),
-                      ({"name": "pg_data", "region": "yul", "size_gb": 0}, "size_gb")):
+    for body, key in (
+        ({"region": "yul"}, "name"),
+        ({"name": "PG-data", "region": "yul"}, "name"),
+        ({"name": "a" * 31, "region": "yul"}, "name"),
+        ({"name": "pg_data"}, "region"),
+        ({"name": "pg_data", "region": "yul", "snapshot_retention": 61}, "snapshot_retention"),
+        ({"name": "pg_data", "region": "yul", "size_gb": 0}, "size_gb"),
+    ):
         response = fly_api.post(f"/apps/{app}/volumes", json=body)
         assert response.status_code == 400 and key in response.json()["error"], body
     volume = make_volume(fly_api, app)
@@ -383,8 +408,9 @@ def test_volume_attach_extend_and_delete(fly_api, fly_emulator) -> None:
 
     wrong_region = fly_api.post(f"/apps/{app}/machines", json={"region": "yul", "config": mount})
     assert wrong_region.status_code == 400 and "region" in wrong_region.json()["error"]
-    missing = fly_api.post(f"/apps/{app}/machines", json={"config": {**mount, "mounts": [
-        {"volume": "vol_missing", "path": "/data"}]}})
+    missing = fly_api.post(
+        f"/apps/{app}/machines", json={"config": {**mount, "mounts": [{"volume": "vol_missing", "path": "/data"}]}}
+    )
     assert missing.status_code == 400 and "vol_missing" in missing.json()["error"]
     machine = make_machine(fly_api, app, config=mount)  # region follows the volume
     assert machine["region"] == "ams"
@@ -423,8 +449,10 @@ def test_secrets_digests_and_versions(fly_api, fly_emulator) -> None:
     assert first.status_code == 200 and first.json()["version"] == 1
     listed = fly_api.get(secrets_url)
     digests = {s["name"]: s["digest"] for s in listed.json()["secrets"]}
-    assert digests == {"JWT_SECRET": hashlib.sha256(b"j1").hexdigest()[:16],
-                       "POSTGRES_PASSWORD": hashlib.sha256(b"p1").hexdigest()[:16]}
+    assert digests == {
+        "JWT_SECRET": hashlib.sha256(b"j1").hexdigest()[:16],
+        "POSTGRES_PASSWORD": hashlib.sha256(b"p1").hexdigest()[:16],
+    }
     assert "p1" not in listed.text and "j1" not in listed.text
     assert all({"created_at", "updated_at"} <= set(s) for s in listed.json()["secrets"])
 
@@ -444,8 +472,10 @@ def test_secrets_digests_and_versions(fly_api, fly_emulator) -> None:
     # A machine create can demand at least a secrets version.
     too_new = fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 4})
     assert too_new.status_code == 422 and "min_secrets_version" in too_new.json()["error"]
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 3}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 3}).status_code
+        == 200
+    )
 
 
 # -- IP assignments ---------------------------------------------------------------------------------
@@ -505,8 +535,7 @@ def test_fault_after_effect_performs_the_change(fly_api, fly_emulator) -> None:
     assert lost.status_code == 502
     assert "app-two" in fly_emulator.snapshot()["apps"]  # the response was lost, the app exists
     fly_emulator.fail("POST", "/v1/apps/{app}/machines", status=500, after_effect=True)
-    assert fly_api.post("/apps/app-two/machines", json={"name": "m1", "config": {"image": IMAGE}}
-                        ).status_code == 500
+    assert fly_api.post("/apps/app-two/machines", json={"name": "m1", "config": {"image": IMAGE}}).status_code == 500
     assert [m["name"] for m in fly_api.get("/apps/app-two/machines").json()] == ["m1"]
 
 
@@ -552,8 +581,9 @@ def test_control_over_http(fly_emulator) -> None:
     with control, api:
         assert control.post("/foreign_apps", json={"name": "theirs", "org": "other"}).status_code == 200
         assert api.get("/apps/theirs").status_code == 403
-        assert control.post("/fail", json={"method": "GET", "route": "/v1/apps/{app}", "status": 500}
-                            ).status_code == 200
+        assert (
+            control.post("/fail", json={"method": "GET", "route": "/v1/apps/{app}", "status": 500}).status_code == 200
+        )
         assert api.get("/apps/theirs").status_code == 500
         assert control.post("/fail", json={"method": "GET", "route": "/bad"}).status_code == 400
         calls = control.get("/calls").json()
@@ -603,8 +633,9 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     with FlyEmulator(state_file=state) as first, httpx.Client(base_url=first.url + "/v1", headers=headers) as api:
         app = make_app(api)
         volume = make_volume(api, app)
-        machine = make_machine(api, app, name="pg-1", config={"image": IMAGE, "mounts": [
-            {"volume": volume["id"], "path": "/data"}]})
+        machine = make_machine(
+            api, app, name="pg-1", config={"image": IMAGE, "mounts": [{"volume": volume["id"], "path": "/data"}]}
+        )
         api.post(f"/apps/{app}/secrets", json={"values": {"POSTGRES_PASSWORD": "hunter2-secret"}})
         api.post(f"/apps/{app}/machines/{machine['id']}/stop")
         ip = api.post(f"/apps/{app}/ip_assignments", json={"type": "private_v6"}).json()["ip"]
@@ -617,8 +648,10 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         again = api.get(f"/apps/{app}/machines/{machine['id']}").json()
         assert (again["name"], again["state"], again["instance_id"]) == ("pg-1", "stopped", machine["instance_id"])
         assert api.get(f"/apps/{app}/volumes/{volume['id']}").json()["attached_machine_id"] == machine["id"]
-        assert api.get(f"/apps/{app}/secrets").json()["secrets"][0]["digest"] == \
-            hashlib.sha256(b"hunter2-secret").hexdigest()[:16]
+        assert (
+            api.get(f"/apps/{app}/secrets").json()["secrets"][0]["digest"]
+            == hashlib.sha256(b"hunter2-secret").hexdigest()[:16]
+        )
         assert [i["ip"] for i in api.get(f"/apps/{app}/ip_assignments").json()["ips"]] == [ip]
         # The name stays taken after the restart, and writes keep persisting.
         assert api.post("/apps", json={"name": app, "org_slug": "acme"}).json()["status"] == "name_taken"

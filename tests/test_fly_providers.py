@@ -21,8 +21,9 @@ from components.fly.providers import (
 
 
 def configured(provider, fly_emulator):
-    provider.configure(ConfigureRequest(DynamicConfig({"fly:apiToken": "test", "fly:apiUrl": fly_emulator.url},
-                                                      "silo")))
+    provider.configure(
+        ConfigureRequest(DynamicConfig({"fly:apiToken": "test", "fly:apiUrl": fly_emulator.url}, "silo"))
+    )
     return provider
 
 
@@ -154,9 +155,16 @@ grace_period = "5s"
 
 
 def machine_props(app: str, **overrides):
-    props = {"app": app, "name": f"{app}-1", "region": "yul", "fly_toml": FLY_TOML,
-             "image": "supabase/postgres-meta:v0.95.2", "desired_state": "started", "metadata": {},
-             "ready_timeout_s": 5}
+    props = {
+        "app": app,
+        "name": f"{app}-1",
+        "region": "yul",
+        "fly_toml": FLY_TOML,
+        "image": "supabase/postgres-meta:v0.95.2",
+        "desired_state": "started",
+        "metadata": {},
+        "ready_timeout_s": 5,
+    }
     props.update(overrides)
     checked = FlyMachineProvider().check({}, props)
     assert checked.failures == []
@@ -170,8 +178,17 @@ def meta_app(fly_emulator):
 
 
 def test_machine_check_rejects_latest_and_invalid_fly_toml() -> None:
-    bad = FlyMachineProvider().check({}, {"app": "a", "name": "a-1", "region": "yul", "desired_state": "up",
-                                         "image": "kong:latest", "fly_toml": "[autoscaling]\nmax_machines = 3\n"})
+    bad = FlyMachineProvider().check(
+        {},
+        {
+            "app": "a",
+            "name": "a-1",
+            "region": "yul",
+            "desired_state": "up",
+            "image": "kong:latest",
+            "fly_toml": "[autoscaling]\nmax_machines = 3\n",
+        },
+    )
     assert {f.property for f in bad.failures} == {"desired_state", "image", "fly_toml"}
 
 

@@ -30,8 +30,9 @@ SECRETS = svc.SiloSecrets(
 
 
 def _cfg(**overrides: object) -> SiloConfig:
-    return SiloConfig(**{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev",
-                         **overrides})
+    return SiloConfig(
+        **{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev", **overrides}
+    )
 
 
 @pytest.mark.parametrize("studio", [True, False])
@@ -75,8 +76,9 @@ def test_volumes_and_files() -> None:
     # server in test_services.py).
     assert pg["env"]["PGDATA"].startswith(pg["mounts"][0]["destination"] + "/")
     assert f"-c data_directory={pg['env']['PGDATA']}" in pg["processes"]["app"]
-    assert svc.PG_CUSTOM_DIR.startswith("/data/") and f"ln -s {svc.PG_CUSTOM_DIR} /etc/postgresql-custom" in (
-        pg["processes"]["app"]
+    assert (
+        svc.PG_CUSTOM_DIR.startswith("/data/")
+        and f"ln -s {svc.PG_CUSTOM_DIR} /etc/postgresql-custom" in (pg["processes"]["app"])
     )
     paths = {f["guest_path"]: f for f in pg["files"]}
     assert set(paths) == {
@@ -173,8 +175,9 @@ def test_kong_yml_routes_and_protection() -> None:
     # Studio: basic-auth with the DASHBOARD user, which is no API consumer.
     dashboard = _route(doc, "/project/default")
     assert _plugins(dashboard) == {"cors": {}, "basic-auth": {"hide_credentials": True}}
-    assert doc["basicauth_credentials"] == [{"consumer": "DASHBOARD", "username": "supabase",
-                                             "password": SECRETS.dashboard_password}]
+    assert doc["basicauth_credentials"] == [
+        {"consumer": "DASHBOARD", "username": "supabase", "password": SECRETS.dashboard_password}
+    ]
     assert not _admitted(doc, "/api/mcp", service)
     assert {(a["consumer"], a["group"]) for a in doc["acls"]} == {("anon", "anon"), ("service_role", "admin")}
 

@@ -44,15 +44,21 @@ EXPECTED_SECRET_NAMES = {
     "auth": {"GOTRUE_DB_DATABASE_URL", "GOTRUE_JWT_SECRET"},
     "storage": {"DATABASE_URL", "PGRST_JWT_SECRET", "ANON_KEY", "SERVICE_KEY"},
     "meta": {"PG_META_DB_PASSWORD", "CRYPTO_KEY"},
-    "studio": {"POSTGRES_PASSWORD", "AUTH_JWT_SECRET", "SUPABASE_ANON_KEY", "SUPABASE_SERVICE_KEY",
-               "PG_META_CRYPTO_KEY"},
+    "studio": {
+        "POSTGRES_PASSWORD",
+        "AUTH_JWT_SECRET",
+        "SUPABASE_ANON_KEY",
+        "SUPABASE_SERVICE_KEY",
+        "PG_META_CRYPTO_KEY",
+    },
     "kong": {svc.KONG_YML_SECRET},
 }
 
 
 def _cfg(**overrides: object) -> SiloConfig:
-    return SiloConfig(**{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev",
-                         **overrides})
+    return SiloConfig(
+        **{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev", **overrides}
+    )
 
 
 def test_catalogue_pins_the_s_2026_02_images() -> None:
@@ -70,8 +76,10 @@ def test_catalogue_pins_the_s_2026_02_images() -> None:
 
 def test_catalogue_shape() -> None:
     assert [n for n, s in svc.SERVICES.items() if s.public] == ["kong"]
-    assert {n: s.volume.name for n, s in svc.SERVICES.items() if s.volume} == {"pg": "pg_data",
-                                                                               "storage": "storage_data"}
+    assert {n: s.volume.name for n, s in svc.SERVICES.items() if s.volume} == {
+        "pg": "pg_data",
+        "storage": "storage_data",
+    }
     assert svc.SERVICES["pg"].volume.size_gb == 10
     assert all(naming.is_volume_name(s.volume.name) for s in svc.SERVICES.values() if s.volume)
     assert all(s.vm.size == "shared-cpu-1x" for s in svc.SERVICES.values())
@@ -82,7 +90,12 @@ def test_catalogue_shape() -> None:
     for name, spec in svc.SERVICES.items():
         assert all(order.index(u) < order.index(name) for u in spec.upstreams), name
     assert {n: s.upstreams for n, s in svc.SERVICES.items()} == {
-        "pg": (), "rest": ("pg",), "auth": ("pg",), "storage": ("pg",), "meta": ("pg",), "studio": ("meta",),
+        "pg": (),
+        "rest": ("pg",),
+        "auth": ("pg",),
+        "storage": ("pg",),
+        "meta": ("pg",),
+        "studio": ("meta",),
         "kong": ("rest", "auth", "storage", "meta", "studio"),
     }
 
@@ -124,7 +137,6 @@ def test_database_urls_are_secrets_on_flycast_with_the_right_roles() -> None:
         assert (parts.hostname, parts.port, parts.path) == ("devenv-acme-erp-pg.flycast", 5432, "/postgres")
 
 
-
 def test_public_urls_are_kong_and_upstreams_are_flycast() -> None:
     cfg = _cfg()
     kong = "https://devenv-acme-erp-kong.fly.dev"
@@ -143,8 +155,11 @@ def test_public_urls_are_kong_and_upstreams_are_flycast() -> None:
 def test_every_server_binds_ipv4_and_ipv6() -> None:
     cfg = _cfg()
     binds = {
-        "rest": "PGRST_SERVER_HOST", "auth": "GOTRUE_API_HOST", "storage": "SERVER_HOST",
-        "meta": "PG_META_HOST", "studio": "HOSTNAME",
+        "rest": "PGRST_SERVER_HOST",
+        "auth": "GOTRUE_API_HOST",
+        "storage": "SERVER_HOST",
+        "meta": "PG_META_HOST",
+        "studio": "HOSTNAME",
     }
     for name, key in binds.items():
         assert svc.public_env(cfg, name)[key] == "::", name
@@ -199,18 +214,48 @@ def _restart_with_our_hba(server: PostgresServer) -> None:
     hba.write_text(render_file("pg/pg_hba.conf"))
     if server.user is not None:
         os.chown(hba, server.user.pw_uid, server.user.pw_gid)
-    options = (f"-c listen_addresses=127.0.0.1,::1 -c port={server.port} -c unix_socket_directories={server.root} "
-               f"-c hba_file={hba}")
-    result = server._run(str(server.bindir / "pg_ctl"), "-D", str(server.data), "-l", str(server.log),
-                         "-o", options, "-w", "-t", "60", "-m", "fast", "restart")
+    options = (
+        f"-c listen_addresses=127.0.0.1,::1 -c port={server.port} -c unix_socket_directories={server.root} "
+        f"-c hba_file={hba}"
+    )
+    result = server._run(
+        str(server.bindir / "pg_ctl"),
+        "-D",
+        str(server.data),
+        "-l",
+        str(server.log),
+        "-o",
+        options,
+        "-w",
+        "-t",
+        "60",
+        "-m",
+        "fast",
+        "restart",
+    )
     assert result.returncode == 0, result.stderr + server.log.read_text()
 
 
 def _psql(server: PostgresServer, sql_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(server.bindir / "psql"), "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(server.port),
-         "-U", "postgres", "-d", "postgres", "-f", str(sql_file)],
-        capture_output=True, text=True, env={**os.environ, **env},
+        [
+            str(server.bindir / "psql"),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(server.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-f",
+            str(sql_file),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
     )
 
 
@@ -248,8 +293,9 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
                 psycopg.connect(dsn, password="wrong").close()
         # The superuser gets no trust over TCP any more either.
         with pytest.raises(psycopg.OperationalError):
-            psycopg.connect(f"host={host} port={server.port} dbname=postgres user=postgres connect_timeout=10",
-                            password="").close()
+            psycopg.connect(
+                f"host={host} port={server.port} dbname=postgres user=postgres connect_timeout=10", password=""
+            ).close()
 
 
 @pytest.mark.db
@@ -262,9 +308,26 @@ def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer,
     roles.write_text(render_file("pg/roles.sql"))
     for password in ("FirstPassw0rd", "RotatedPassw0rd"):
         result = subprocess.run(
-            [str(server.bindir / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-h", str(server.root), "-p",
-             str(server.port), "-U", "postgres", "-d", "postgres", "-f", str(roles)],
-            capture_output=True, text=True, env={**os.environ, "POSTGRES_PASSWORD": password}, check=False,
+            [
+                str(server.bindir / "psql"),
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(server.root),
+                "-p",
+                str(server.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-f",
+                str(roles),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "POSTGRES_PASSWORD": password},
+            check=False,
         )
         assert result.returncode == 0, result.stderr
     dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
@@ -343,12 +406,25 @@ def _start_with_the_rendered_command_line(bindir: Path, user, root: Path) -> Non
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if user is not None:
         os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
-    initdb = subprocess.run([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                             "--no-sync"], capture_output=True, text=True, env=env, check=False, **run_as)
+    initdb = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        **run_as,
+    )
     assert initdb.returncode == 0, initdb.stderr
 
-    server = subprocess.Popen([str(bindir / "postgres"), *_relocate(argv[1:], root)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=env, cwd=root, **run_as)
+    server = subprocess.Popen(
+        [str(bindir / "postgres"), *_relocate(argv[1:], root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
+        **run_as,
+    )
     try:
         dsn = f"host={root}/run port={port} dbname=postgres user=postgres connect_timeout=5"
         data_directory = None
