@@ -182,6 +182,22 @@ def test_kong_yml_routes_and_protection() -> None:
     assert {(a["consumer"], a["group"]) for a in doc["acls"]} == {("anon", "anon"), ("service_role", "admin")}
 
 
+@pytest.mark.parametrize("studio", [True, False])
+def test_kong_routes_graphql_to_postgrest_with_the_graphql_public_profile(studio: bool) -> None:
+    """Upstream's graphql-v1 service (supabase/supabase:docker/volumes/api/kong.yml): /graphql/v1 goes to
+    PostgREST's /rpc/graphql with `Content-Profile: graphql_public`, behind key-auth and the ACL. Without it
+    the request falls through to the dashboard's catch-all (basic-auth: 401)."""
+    doc = yaml.safe_load(render_kong_yml(_cfg(studio=studio), SECRETS))
+    service = _route(doc, "/graphql/v1")
+    assert service["url"] == "http://devenv-acme-erp-rest.flycast:3000/rpc/graphql"
+    plugins = _plugins(service)
+    assert plugins["request-transformer"]["add"]["headers"] == ["Content-Profile:graphql_public"]
+    assert plugins["acl"]["allow"] == ["admin", "anon"]
+    assert _admitted(doc, "/graphql/v1", SECRETS.anon_key) and _admitted(doc, "/graphql/v1", SECRETS.service_role_key)
+    assert not _admitted(doc, "/graphql/v1", None) and not _admitted(doc, "/graphql/v1", "made-up")
+    assert "graphql" in svc.public_env(_cfg(), "rest")["PGRST_DB_SCHEMAS"]
+
+
 def test_kong_upstreams_are_flycast() -> None:
     doc = yaml.safe_load(render_kong_yml(_cfg(), SECRETS))
     expected = {
