@@ -1483,6 +1483,12 @@ def _check_integer_fields(config: dict) -> None:
     for name, check in (config.get("checks") or {}).items():
         if isinstance(check, dict):
             _integer(check.get("port"), f"config.checks.{name}.port")
+    for i, file in enumerate(config.get("files") or []):
+        # File.Mode is a Go uint32 (chmod(2) bits) in fly-go machine_types.go.
+        if isinstance(file, dict):
+            _integer(file.get("mode"), f"config.files[{i}].mode")
+            if file.get("mode") is not None and not 0 <= file["mode"] <= 0o7777:
+                raise ApiError(400, f"invalid config.files[{i}].mode: {file['mode']!r} is not a file mode")
     for i, mount in enumerate(config.get("mounts") or []):
         if isinstance(mount, dict):
             for key in ("size_gb", "extend_threshold_percent", "add_size_gb", "size_gb_limit"):

@@ -250,3 +250,32 @@ def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -
     assert ips.read(created.id, created.outs).id == ""
     apps = configured(FlyAppProvider(), fly_emulator)
     assert apps.read(app, {"name": app, "org": "acme"}).inputs["name"] == app
+
+
+@pytest.mark.parametrize("service", ["kong", "pg"])
+def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emulator, service: str) -> None:
+    """Kong (user kong) reads kong.yml; postgres reads pg_hba.conf and the init SQL. fly.toml has no file mode
+    (flyctl's appconfig.File), so the Machine config sets one (fly-go File.Mode) instead of Fly's default."""
+    from components import services as svc
+    from components.config import SiloConfig
+    from components.render import render_fly_toml
+
+    cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
+    app = cfg.app_name(service)
+    configured(FlyAppProvider(), fly_emulator).create({"name": app, "org": "acme"})
+    volume_id = None
+    if svc.SERVICES[service].volume:
+        volume = configured(FlyVolumeProvider(), fly_emulator).create(
+            {"app": app, "name": svc.SERVICES[service].volume.name, "region": "yul", "size_gb": 1}
+        )
+        volume_id = volume.id
+    props = machine_props(
+        app,
+        name=service,
+        fly_toml=render_fly_toml(cfg, service),
+        image=svc.image_ref(cfg, service),
+        volume_id=volume_id,
+    )
+    created = configured(FlyMachineProvider(), fly_emulator).create(props)
+    files = fly_emulator.snapshot()["machines"][created.id]["config"]["files"]
+    assert files and {f["guest_path"]: f.get("mode") for f in files} == {f["guest_path"]: 0o444 for f in files}
