@@ -47,6 +47,7 @@ PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
 PG_CONFIG_FILE = "/etc/postgresql/postgresql.conf"  # the image's own config file
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
+ROLE_SYNC_PATH = "/usr/local/bin/silo-role-sync.sh"  # templates/pg/role-sync.sh, shipped as a machine file
 STORAGE_PATH = "/var/lib/storage"
 
 
@@ -215,12 +216,9 @@ def _pg_command() -> str:
         f'if [ -z "$(ls -A {PG_CUSTOM_DIR})" ]; then cp -a /etc/postgresql-custom/. {PG_CUSTOM_DIR}/; fi; '
         f"chown -R postgres:postgres {PG_CUSTOM_DIR}; "
         f"rm -rf /etc/postgresql-custom; ln -s {PG_CUSTOM_DIR} /etc/postgresql-custom; "
-        # Re-apply the role passwords from POSTGRES_PASSWORD on every boot (over the trusted local
-        # socket): init SQL runs only on an empty PGDATA, so a rotated password (silo:keyGeneration) or
-        # a retained volume adopted by a new stack would otherwise lock the services out.
-        "( for i in $(seq 120); do pg_isready -q -h /var/run/postgresql "
-        "&& psql -q -h /var/run/postgresql -U supabase_admin -d postgres -v ON_ERROR_STOP=1 "
-        f"-f {ROLES_SQL_PATH} >/dev/null 2>&1 && break; sleep 2; done ) & "
+        # Re-apply the role passwords on every boot, in the background while the entrypoint starts the
+        # server (templates/pg/role-sync.sh: it logs why when it gives up).
+        f"bash {ROLE_SYNC_PATH} & "
         f"exec docker-entrypoint.sh {shlex.join(PG_SERVER_ARGS)}"
     )
     return f"bash -c '{script}'"

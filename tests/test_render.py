@@ -85,6 +85,7 @@ def test_volumes_and_files() -> None:
         "/docker-entrypoint-initdb.d/init-scripts/99-roles.sql",
         "/docker-entrypoint-initdb.d/init-scripts/99-jwt.sql",
         "/etc/postgresql/pg_hba.conf",
+        "/usr/local/bin/silo-role-sync.sh",
     }
     assert "::/0" in paths["/etc/postgresql/pg_hba.conf"]["raw_value"]
     storage = tomllib.loads(render_fly_toml(cfg, "storage"))

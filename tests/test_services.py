@@ -298,43 +298,69 @@ def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresSe
             ).close()
 
 
+def _role_sync_script(roles_sql: Path) -> str:
+    """The role-password sync script the pg machine gets, with the init SQL's path pointed at `roles_sql`."""
+    doc = tomllib.loads(render_fly_toml(_cfg(), "pg"))
+    files = {f["guest_path"]: f["raw_value"] for f in doc["files"]}
+    # The start command runs it in the background before handing over to the image's entrypoint.
+    assert f"bash {svc.ROLE_SYNC_PATH} &" in doc["processes"]["app"]
+    return files[svc.ROLE_SYNC_PATH].replace(svc.ROLES_SQL_PATH, str(roles_sql))
+
+
+def _run_role_sync(server: PostgresServer, tmp_path: Path, password: str, tries: int) -> subprocess.CompletedProcess:
+    roles = tmp_path / "roles.sql"
+    roles.write_text(render_file("pg/roles.sql"))
+    script = tmp_path / "role-sync.sh"
+    script.write_text(_role_sync_script(roles))
+    env = {
+        **os.environ,
+        **svc.public_env(_cfg(), "pg"),
+        "PATH": f"{server.bindir}:{os.environ['PATH']}",
+        "POSTGRES_HOST": str(server.root),  # the server's socket directory stands in for /var/run/postgresql
+        "PGPORT": str(server.port),
+        "POSTGRES_PASSWORD": password,
+        # Fewer, quicker attempts than on a machine (120 every 2 s): the outcome is the same.
+        "SILO_ROLE_SYNC_TRIES": str(tries),
+        "SILO_ROLE_SYNC_DELAY_S": "0",
+    }
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False, timeout=120)
+
+
 @pytest.mark.db
 def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
     # What the pg start command runs on every boot over the trusted local socket: roles.sql again.
-    assert svc.ROLES_SQL_PATH in svc.PG_COMMAND and "pg_isready" in svc.PG_COMMAND
     server = supabase_like_server
     _restart_with_our_hba(server)  # passwords are checked over TCP (scram), as on Fly
-    roles = tmp_path / "roles.sql"
-    roles.write_text(render_file("pg/roles.sql"))
-    for password in ("FirstPassw0rd", "RotatedPassw0rd"):
-        result = subprocess.run(
-            [
-                str(server.bindir / "psql"),
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                str(server.root),
-                "-p",
-                str(server.port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-f",
-                str(roles),
-            ],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "POSTGRES_PASSWORD": password},
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
+    local = f"host={server.root} port={server.port} dbname=postgres user=postgres"  # the trusted socket
+    with psycopg.connect(local, autocommit=True) as conn:
+        conn.execute("ALTER ROLE supabase_admin SUPERUSER")  # as in supabase/postgres
+    try:
+        for password in ("FirstPassw0rd", "RotatedPassw0rd"):
+            result = _run_role_sync(server, tmp_path, password, tries=3)
+            assert result.returncode == 0, result.stderr
+            assert "role passwords applied" in result.stdout
+    finally:
+        with psycopg.connect(local, autocommit=True) as conn:
+            conn.execute("ALTER ROLE supabase_admin NOSUPERUSER")
     dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
     with psycopg.connect(dsn, password="RotatedPassw0rd") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("authenticator",)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, password="FirstPassw0rd").close()
+
+
+@pytest.mark.db
+def test_role_sync_that_never_succeeds_says_why_in_the_machine_log(
+    supabase_like_server: PostgresServer, tmp_path: Path
+) -> None:
+    # supabase_admin without superuser cannot ALTER the postgres superuser: every attempt fails.
+    password = "NeverShownPassw0rd"
+    result = _run_role_sync(supabase_like_server, tmp_path, password, tries=2)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "could not re-apply the role passwords" in line]
+    assert len(lines) == 1, result.stderr
+    assert "after 2 attempts" in lines[0] and "ERROR" in lines[0] and "superuser" in lines[0]
+    assert password not in result.stderr + result.stdout
 
 
 def test_password_with_url_characters_stays_one_password() -> None:
