@@ -62,6 +62,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
     "readyTimeoutSeconds": "ready_timeout_seconds",
+    "smtp": "smtp",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -69,9 +70,9 @@ FIELD_BY_KEY: dict[str, str] = {
 }
 # Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
 # copied into the model, so a SiloConfig can be printed or logged safely.
-SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt")
+SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "smtpPassword")
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
-_STRUCTURED_KEYS = ("images", "towns")
+_STRUCTURED_KEYS = ("images", "towns", "smtp")
 # Outside the silo namespace only these keys are read (by components.fly.settings); the rest belong to
 # other programs and providers and are ignored.
 FLY_API_URL_KEY = "fly:apiUrl"
@@ -82,6 +83,7 @@ _ORG_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 # Docker's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SCP_LIKE_GIT = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\s][^\s]*)$")
+_EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
 _LONGEST_SERVICE = max(naming.SERVICES, key=len)
 
@@ -264,6 +266,26 @@ class TownConfig(_Model):
         return naming.town_volume_name(self.sandbox_id)
 
 
+def _email(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError(f"must be an email address such as dev@acme.dev (got {_shown(value)})")
+    return value
+
+
+class SmtpConfig(_Model):
+    """GoTrue's mail server (supabase/supabase:docker/docker-compose.yml, GOTRUE_SMTP_*). The password is
+    the secret ``silo:smtpPassword``, never part of this map. Without SMTP, GoTrue confirms sign-ups
+    itself and sends no mail at all (README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    user: str | None = None
+    admin_email: Annotated[str, Field(alias="adminEmail"), AfterValidator(_email)]
+    sender_name: Annotated[str, Field(alias="senderName", min_length=1)] = "Supabase"
+
+
 def _reject_duplicates(names: list[str], what: str, field: str) -> None:
     first: dict[str, int] = {}
     for index, name in enumerate(names):
@@ -302,6 +324,8 @@ class SiloConfig(_Model):
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
+    # GoTrue's SMTP server (optional); its password is the secret silo:smtpPassword.
+    smtp: SmtpConfig | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -418,6 +442,8 @@ def _message(error: Any) -> str:
         return f"must be a whole number (got {_shown(value)})"
     if kind == "greater_than_equal":
         return f"must be at least {ctx.get('ge')} (got {_shown(value)})"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')} (got {_shown(value)})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
@@ -515,6 +541,8 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
             if problem:
                 errors.append((full_key, problem))
                 continue
+            if key == "smtp" and not value:
+                value = None  # an empty map means no SMTP server
         else:
             value = _as_config_string(raw)
             if value is None:

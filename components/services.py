@@ -49,6 +49,7 @@ PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
 ROLE_SYNC_PATH = "/usr/local/bin/silo-role-sync.sh"  # templates/pg/role-sync.sh, shipped as a machine file
 STORAGE_PATH = "/var/lib/storage"
+STUDIO_SNIPPETS_DIR = "/tmp/snippets"  # writable by Studio's non-root user; not persisted
 
 
 @dataclass(frozen=True)
@@ -150,15 +151,17 @@ class SiloSecrets:
     pg_meta_crypto_key: str
     anon_key: str
     service_role_key: str
+    smtp_password: str | None = None  # the secret silo:smtpPassword (GoTrue's SMTP login), when set
 
     def __repr__(self) -> str:  # keeps values out of logs and tracebacks
         return "SiloSecrets(<redacted>)"
 
     def values(self) -> list[str]:
-        return [
+        values = [
             self.jwt_secret, self.postgres_password, self.dashboard_password,
             self.pg_meta_crypto_key, self.anon_key, self.service_role_key,
         ]  # fmt: skip
+        return [*values, self.smtp_password] if self.smtp_password else values
 
 
 def service(name: str) -> Service:
@@ -227,6 +230,22 @@ def _pg_command() -> str:
 PG_COMMAND = _pg_command()
 
 
+def _smtp_env(cfg: SiloConfig) -> dict[str, str]:
+    """GoTrue's SMTP settings (supabase/supabase:docker/docker-compose.yml, auth); the password is a secret."""
+    smtp = cfg.smtp
+    if smtp is None:
+        return {}
+    env = {
+        "GOTRUE_SMTP_HOST": smtp.host,
+        "GOTRUE_SMTP_PORT": str(smtp.port),
+        "GOTRUE_SMTP_ADMIN_EMAIL": smtp.admin_email,
+        "GOTRUE_SMTP_SENDER_NAME": smtp.sender_name,
+    }
+    if smtp.user:
+        env["GOTRUE_SMTP_USER"] = smtp.user
+    return env
+
+
 def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
     """Non-secret environment of one service (the fly.toml ``[env]``); never holds a secret."""
     service(name)
@@ -273,14 +292,16 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "GOTRUE_JWT_EXP": str(JWT_EXPIRY_SECONDS),
             "GOTRUE_EXTERNAL_EMAIL_ENABLED": "true",
             "GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED": "false",
-            # A dev environment has no SMTP server: confirm sign-ups without mail.
-            "GOTRUE_MAILER_AUTOCONFIRM": "true",
+            # Without an SMTP server (silo:smtp) GoTrue cannot send mail: sign-ups are confirmed without
+            # it. With one, sign-ups confirm their address by mail, as upstream's default does.
+            "GOTRUE_MAILER_AUTOCONFIRM": "false" if cfg.smtp else "true",
             "GOTRUE_MAILER_URLPATHS_INVITE": verify,
             "GOTRUE_MAILER_URLPATHS_CONFIRMATION": verify,
             "GOTRUE_MAILER_URLPATHS_RECOVERY": verify,
             "GOTRUE_MAILER_URLPATHS_EMAIL_CHANGE": verify,
             "GOTRUE_EXTERNAL_PHONE_ENABLED": "false",
             "GOTRUE_SMS_AUTOCONFIRM": "false",
+            **_smtp_env(cfg),
         }
     if name == "storage":
         return {
@@ -327,6 +348,10 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             # No Logflare/Vector in a dev silo (supabase/supabase PR #45327).
             "ENABLED_FEATURES_LOGS_ALL": "false",
             "NEXT_PUBLIC_ENABLE_LOGS": "false",
+            # The SQL editor saves snippets here (upstream mounts ./volumes/snippets at /app/snippets). The
+            # studio app has no volume, so saved snippets are lost when the machine stops or restarts
+            # (autostop included): the README says so; keep SQL worth keeping in the app's migrations.
+            "SNIPPETS_MANAGEMENT_FOLDER": STUDIO_SNIPPETS_DIR,
         }
     # kong
     return {
@@ -363,10 +388,13 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
             "PGRST_APP_SETTINGS_JWT_SECRET": s.jwt_secret,
         }
     if name == "auth":
-        return {
+        auth = {
             "GOTRUE_DB_DATABASE_URL": _db_url(cfg, "supabase_auth_admin", s.postgres_password),
             "GOTRUE_JWT_SECRET": s.jwt_secret,
         }
+        if cfg.smtp is not None and s.smtp_password:
+            auth["GOTRUE_SMTP_PASS"] = s.smtp_password
+        return auth
     if name == "storage":
         return {
             "DATABASE_URL": _db_url(cfg, "supabase_storage_admin", s.postgres_password),

@@ -124,6 +124,45 @@ def test_each_app_gets_exactly_its_secrets(name: str) -> None:
         assert all(value not in v for v in public.values()), (name, value)
 
 
+SMTP = {
+    "host": "smtp.postmarkapp.com",
+    "port": 2525,
+    "user": "apikey",
+    "adminEmail": "dev@acme.dev",
+    "senderName": "Acme dev",
+}
+
+
+def test_auth_without_smtp_confirms_sign_ups_itself_and_gets_no_smtp_settings() -> None:
+    env = svc.public_env(_cfg(), "auth")
+    assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "true"
+    assert not [k for k in env if k.startswith("GOTRUE_SMTP_")]
+    assert "GOTRUE_SMTP_PASS" not in svc.secret_env(_cfg(), "auth", SECRETS)
+
+
+def test_auth_with_smtp_sends_mail_and_its_password_is_a_fly_secret_only() -> None:
+    cfg = _cfg(smtp=SMTP)
+    secrets = svc.SiloSecrets(**{**SECRETS.__dict__, "smtp_password": "SmtpPassw0rdValue"})
+    env = svc.public_env(cfg, "auth")
+    assert (env["GOTRUE_SMTP_HOST"], env["GOTRUE_SMTP_PORT"], env["GOTRUE_SMTP_USER"]) == (
+        "smtp.postmarkapp.com",
+        "2525",
+        "apikey",
+    )
+    assert (env["GOTRUE_SMTP_ADMIN_EMAIL"], env["GOTRUE_SMTP_SENDER_NAME"]) == ("dev@acme.dev", "Acme dev")
+    assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "false"  # sign-ups confirm their address by mail
+    assert svc.secret_env(cfg, "auth", secrets)["GOTRUE_SMTP_PASS"] == "SmtpPassw0rdValue"
+    assert "SmtpPassw0rdValue" not in render_fly_toml(cfg, "auth")
+    assert "SmtpPassw0rdValue" in secrets.values() and "SmtpPassw0rdValue" not in repr(secrets)
+
+
+def test_studio_has_a_writable_snippets_folder_off_the_volume() -> None:
+    # Studio's SQL editor saves snippets under SNIPPETS_MANAGEMENT_FOLDER (supabase/supabase:docker/
+    # docker-compose.yml); the studio app has no volume, so they are not kept across restarts (README).
+    folder = svc.public_env(_cfg(), "studio")["SNIPPETS_MANAGEMENT_FOLDER"]
+    assert folder.startswith("/tmp/") and svc.SERVICES["studio"].volume is None
+
+
 def test_database_urls_are_secrets_on_flycast_with_the_right_roles() -> None:
     cfg = _cfg()
     urls = {
