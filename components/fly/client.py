@@ -532,7 +532,9 @@ class FlyClient:
     def list_secrets(self, app: str, min_version: int | None = None) -> dict[str, str]:
         """name → digest (values are never returned). Secrets are versioned: pass the version a write
         returned, or a replica that has not seen it yet may answer (SPEC Secrets_list ``min_version``)."""
-        params = {"min_version": str(int(min_version))} if min_version else None
+        # The spec names the parameter min_version; fly-go's ListAppSecrets sends the same number as `version`
+        # (flyctl internal/appsecrets/secrets.go passes its min version there). Both are sent.
+        params = {"min_version": str(int(min_version)), "version": str(int(min_version))} if min_version else None
         body = self._json("GET", f"/apps/{app}/secrets", params=params) or {}
         return {s["name"]: s.get("digest", "") for s in body.get("secrets") or []}
 
