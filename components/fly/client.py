@@ -180,17 +180,22 @@ class _Pacer:
                 delay = (1.0 - tokens) / rate
             time.sleep(delay)
 
-    def throttled(self, key: tuple[str, str], retry_after: float) -> None:
-        """The API said 429 anyway (another process shares the budget): empty the bucket for that long."""
+    def throttled(self, key: tuple[str, str]) -> None:
+        """The API said 429 anyway (another process shares the budget): empty the bucket. The retry itself
+        waits for Retry-After first (``_WaitRetryAfter``)."""
         with self._lock:
-            self._buckets[key] = [-max(retry_after, 0.0), time.monotonic()]
+            self._buckets[key] = [0.0, time.monotonic()]
 
 
 _PACER = _Pacer()
 
 
-def _rate_key(method: str, path: str, headers: Mapping[str, str] | None) -> tuple[tuple[str, str], tuple[float, int]]:
-    """(action, object) and the limit of a call, from its method and path, e.g. GET /apps/{app}/machines/{id}."""
+def _rate_key(
+    method: str, path: str, headers: Mapping[str, str] | None, body: Any = None
+) -> tuple[tuple[str, str], tuple[float, int]]:
+    """(action, object) and the limit of a call, from its method and path, e.g. GET /apps/{app}/machines/{id}.
+    Creating an app is an action on the app it names (a silo creates its seven apps at once); a stricter
+    reading of the limit by the API would answer 429, which is honoured like any other."""
     parts = path.split("?", 1)[0].strip("/").split("/")
     template, subject = [], ""
     for i, part in enumerate(parts):
@@ -209,6 +214,8 @@ def _rate_key(method: str, path: str, headers: Mapping[str, str] | None) -> tupl
         return (action, subject), GET_MACHINE_LIMIT
     if action == "DELETE /apps/{app}":
         return (action, "*"), APP_DELETE_LIMIT
+    if action == "POST /apps" and isinstance(body, Mapping):
+        subject = str(body.get("name") or "")
     return (action, subject or "*"), DEFAULT_LIMIT
 
 
@@ -262,7 +269,7 @@ class FlyClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        key, (rate, burst) = _rate_key(method, path, headers)
+        key, (rate, burst) = _rate_key(method, path, headers, json)
         _PACER.acquire(key, rate, burst)
         try:
             response = self._http.request(
@@ -293,7 +300,7 @@ class FlyClient:
         if response.status_code >= 400:
             error = self._error(response, method, path)
             if error.status == 429:
-                _PACER.throttled(key, error.retry_after or 1.0)
+                _PACER.throttled(key)
             raise error
         return response
 
