@@ -64,6 +64,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "pgPublic": "pg_public",
     "authSignup": "auth_signup",
     "readyTimeoutSeconds": "ready_timeout_seconds",
+    "smtp": "smtp",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -71,13 +72,13 @@ FIELD_BY_KEY: dict[str, str] = {
 }
 # Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
 # copied into the model, so a SiloConfig can be printed or logged safely.
-SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials")
+SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials", "smtpPassword")
 # git-credential-store lines for the towns' private rigs, delivered to each town as the Fly secret
 # GIT_CREDENTIALS_SECRET; refused unless the stack marks it secret.
 GIT_CREDENTIALS_KEY = "gitCredentials"
 GIT_CREDENTIALS_SECRET = "GIT_CREDENTIALS"
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
-_STRUCTURED_KEYS = ("images", "towns")
+_STRUCTURED_KEYS = ("images", "towns", "smtp")
 # Outside the silo namespace only these keys are read (by components.fly.settings); the rest belong to
 # other programs and providers and are ignored.
 FLY_API_URL_KEY = "fly:apiUrl"
@@ -90,6 +91,7 @@ _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # git's "<transport>::<address>" syntax (remote helpers: ext::, fd::, and any git-remote-<name>).
 _REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCP_LIKE_GIT = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\s][^\s]*)$")
+_EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
 _LONGEST_SERVICE = max(naming.SERVICES, key=len)
 
@@ -344,6 +346,26 @@ class TownConfig(_Model):
         return naming.town_network(self.sandbox_id)
 
 
+def _email(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError(f"must be an email address such as dev@acme.dev (got {_shown(value)})")
+    return value
+
+
+class SmtpConfig(_Model):
+    """GoTrue's mail server (supabase/supabase:docker/docker-compose.yml, GOTRUE_SMTP_*). The password is
+    the secret ``silo:smtpPassword``, never part of this map. Without SMTP, GoTrue confirms sign-ups
+    itself and sends no mail at all (README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    user: str | None = None
+    admin_email: Annotated[str, Field(alias="adminEmail"), AfterValidator(_email)]
+    sender_name: Annotated[str, Field(alias="senderName", min_length=1)] = "Supabase"
+
+
 def _reject_duplicates(names: list[str], what: str, field: str) -> None:
     first: dict[str, int] = {}
     for index, name in enumerate(names):
@@ -390,6 +412,8 @@ class SiloConfig(_Model):
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
+    # GoTrue's SMTP server (optional); its password is the secret silo:smtpPassword.
+    smtp: SmtpConfig | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -511,6 +535,8 @@ def _message(error: Any) -> str:
         return f"must be a whole number (got {_shown(value)})"
     if kind == "greater_than_equal":
         return f"must be at least {ctx.get('ge')} (got {_shown(value)})"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')} (got {_shown(value)})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
@@ -613,6 +639,8 @@ def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> 
             if problem:
                 errors.append((full_key, problem))
                 continue
+            if key == "smtp" and not value:
+                value = None  # an empty map means no SMTP server
         else:
             value = _as_config_string(raw)
             if value is None:

@@ -59,6 +59,12 @@ class DevEnvStack(pulumi.ComponentResource):
         self.public_db_password: pulumi.Output[str] | None = (
             password("db-public-password", 32).result if cfg.pg_public else None
         )
+        # GoTrue's SMTP password: a stack secret, only ever a Fly secret of the auth app.
+        smtp_password = pulumi.Config("silo").get_secret("smtpPassword")
+        if smtp_password is not None and cfg.smtp is None:
+            pulumi.log.warn("silo:smtpPassword is set but silo:smtp is not: GoTrue sends no mail without silo:smtp")
+        elif cfg.smtp is not None and cfg.smtp.user and smtp_password is None:
+            pulumi.log.warn("silo:smtp.user is set without silo:smtpPassword: GoTrue cannot log in to the SMTP server")
         keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
         self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
         self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))
@@ -70,6 +76,7 @@ class DevEnvStack(pulumi.ComponentResource):
             self.anon_key,
             self.service_role_key,
             self.public_db_password,
+            smtp_password if smtp_password is not None else "",
         ).apply(
             lambda v: svc.SiloSecrets(
                 jwt_secret=v[0],
@@ -80,6 +87,7 @@ class DevEnvStack(pulumi.ComponentResource):
                 anon_key=v[4],
                 service_role_key=v[5],
                 public_db_password=v[6],
+                smtp_password=v[7] or None,
             )
         )
 

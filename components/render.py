@@ -34,6 +34,7 @@ PG_FILES: dict[str, str] = {
     svc.ROLES_SQL_PATH: "pg/roles.sql",
     f"{svc.PG_INITDB_DIR}/99-jwt.sql": "pg/jwt.sql",
     svc.PG_HBA_PATH: "pg/pg_hba.conf",
+    svc.ROLE_SYNC_PATH: "pg/role-sync.sh",
 }
 
 

@@ -20,6 +20,7 @@ alone would lose one of the two.
 from __future__ import annotations
 
 import base64
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
@@ -48,9 +49,12 @@ PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
 # with its own password: the shared POSTGRES_PASSWORD, which every service holds, never opens it.
 PUBLIC_DB_ROLE = "silo_public"
 PUBLIC_DB_PASSWORD_SECRET = "SILO_PUBLIC_DB_PASSWORD"
+PG_CONFIG_FILE = "/etc/postgresql/postgresql.conf"  # the image's own config file
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
+ROLE_SYNC_PATH = "/usr/local/bin/silo-role-sync.sh"  # templates/pg/role-sync.sh, shipped as a machine file
 STORAGE_PATH = "/var/lib/storage"
+STUDIO_SNIPPETS_DIR = "/tmp/snippets"  # writable by Studio's non-root user; not persisted
 
 
 @dataclass(frozen=True)
@@ -153,16 +157,18 @@ class SiloSecrets:
     anon_key: str
     service_role_key: str
     public_db_password: str | None = None  # only with silo:pgPublic
+    smtp_password: str | None = None  # the secret silo:smtpPassword (GoTrue's SMTP login), when set
 
     def __repr__(self) -> str:  # keeps values out of logs and tracebacks
         return "SiloSecrets(<redacted>)"
 
     def values(self) -> list[str]:
-        return [
+        values = [
             self.jwt_secret, self.postgres_password, self.dashboard_password,
             self.pg_meta_crypto_key, self.anon_key, self.service_role_key,
             *([self.public_db_password] if self.public_db_password else []),
         ]  # fmt: skip
+        return [*values, self.smtp_password] if self.smtp_password else values
 
 
 def service(name: str) -> Service:
@@ -192,6 +198,21 @@ def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
     return f"postgres://{user}:{quote(password, safe='')}@{cfg.pg_host}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
 
+# The postgres server's argv. The image's postgresql.conf pins data_directory = '/var/lib/postgresql/data'
+# (supabase/postgres:ansible/files/postgresql_config/postgresql.conf.j2, FILE LOCATIONS), and a
+# data_directory in the config file wins over PGDATA and -D, so with PGDATA on the volume the server would
+# open an empty image directory and die on every boot. A -c option on the command line outranks the file
+# (PostgreSQL docs, "Setting Parameters", §Parameter Interaction via the Shell), so data_directory is
+# given here; the entrypoint's initdb and its temporary init server use PGDATA and these same options.
+PG_SERVER_ARGS: tuple[str, ...] = (
+    "postgres",
+    "-c", f"config_file={PG_CONFIG_FILE}",
+    "-c", f"data_directory={PGDATA}",
+    "-c", f"hba_file={PG_HBA_PATH}",
+    "-c", "log_min_messages=fatal",
+)  # fmt: skip
+
+
 def _pg_command() -> str:
     """Postgres start command: persist /etc/postgresql-custom on the one volume, then the stock entrypoint.
 
@@ -205,19 +226,31 @@ def _pg_command() -> str:
         f'if [ -z "$(ls -A {PG_CUSTOM_DIR})" ]; then cp -a /etc/postgresql-custom/. {PG_CUSTOM_DIR}/; fi; '
         f"chown -R postgres:postgres {PG_CUSTOM_DIR}; "
         f"rm -rf /etc/postgresql-custom; ln -s {PG_CUSTOM_DIR} /etc/postgresql-custom; "
-        # Re-apply the role passwords from POSTGRES_PASSWORD on every boot (over the trusted local
-        # socket): init SQL runs only on an empty PGDATA, so a rotated password (silo:keyGeneration) or
-        # a retained volume adopted by a new stack would otherwise lock the services out.
-        "( for i in $(seq 120); do pg_isready -q -h /var/run/postgresql "
-        "&& psql -q -h /var/run/postgresql -U supabase_admin -d postgres -v ON_ERROR_STOP=1 "
-        f"-f {ROLES_SQL_PATH} >/dev/null 2>&1 && break; sleep 2; done ) & "
-        "exec docker-entrypoint.sh postgres -c config_file=/etc/postgresql/postgresql.conf "
-        f"-c hba_file={PG_HBA_PATH} -c log_min_messages=fatal"
+        # Re-apply the role passwords on every boot, in the background while the entrypoint starts the
+        # server (templates/pg/role-sync.sh: it logs why when it gives up).
+        f"bash {ROLE_SYNC_PATH} & "
+        f"exec docker-entrypoint.sh {shlex.join(PG_SERVER_ARGS)}"
     )
     return f"bash -c '{script}'"
 
 
 PG_COMMAND = _pg_command()
+
+
+def _smtp_env(cfg: SiloConfig) -> dict[str, str]:
+    """GoTrue's SMTP settings (supabase/supabase:docker/docker-compose.yml, auth); the password is a secret."""
+    smtp = cfg.smtp
+    if smtp is None:
+        return {}
+    env = {
+        "GOTRUE_SMTP_HOST": smtp.host,
+        "GOTRUE_SMTP_PORT": str(smtp.port),
+        "GOTRUE_SMTP_ADMIN_EMAIL": smtp.admin_email,
+        "GOTRUE_SMTP_SENDER_NAME": smtp.sender_name,
+    }
+    if smtp.user:
+        env["GOTRUE_SMTP_USER"] = smtp.user
+    return env
 
 
 def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
@@ -267,14 +300,16 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "GOTRUE_JWT_EXP": str(JWT_EXPIRY_SECONDS),
             "GOTRUE_EXTERNAL_EMAIL_ENABLED": "true",
             "GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED": "false",
-            # A dev environment has no SMTP server: confirm sign-ups without mail.
-            "GOTRUE_MAILER_AUTOCONFIRM": "true",
+            # Without an SMTP server (silo:smtp) GoTrue cannot send mail: sign-ups are confirmed without
+            # it. With one, sign-ups confirm their address by mail, as upstream's default does.
+            "GOTRUE_MAILER_AUTOCONFIRM": "false" if cfg.smtp else "true",
             "GOTRUE_MAILER_URLPATHS_INVITE": verify,
             "GOTRUE_MAILER_URLPATHS_CONFIRMATION": verify,
             "GOTRUE_MAILER_URLPATHS_RECOVERY": verify,
             "GOTRUE_MAILER_URLPATHS_EMAIL_CHANGE": verify,
             "GOTRUE_EXTERNAL_PHONE_ENABLED": "false",
             "GOTRUE_SMS_AUTOCONFIRM": "false",
+            **_smtp_env(cfg),
         }
     if name == "storage":
         return {
@@ -321,6 +356,10 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             # No Logflare/Vector in a dev silo (supabase/supabase PR #45327).
             "ENABLED_FEATURES_LOGS_ALL": "false",
             "NEXT_PUBLIC_ENABLE_LOGS": "false",
+            # The SQL editor saves snippets here (upstream mounts ./volumes/snippets at /app/snippets). The
+            # studio app has no volume, so saved snippets are lost when the machine stops or restarts
+            # (autostop included): the README says so; keep SQL worth keeping in the app's migrations.
+            "SNIPPETS_MANAGEMENT_FOLDER": STUDIO_SNIPPETS_DIR,
         }
     # kong
     return {
@@ -366,10 +405,13 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
             "PGRST_APP_SETTINGS_JWT_SECRET": s.jwt_secret,
         }
     if name == "auth":
-        return {
+        auth = {
             "GOTRUE_DB_DATABASE_URL": _db_url(cfg, "supabase_auth_admin", s.postgres_password),
             "GOTRUE_JWT_SECRET": s.jwt_secret,
         }
+        if cfg.smtp is not None and s.smtp_password:
+            auth["GOTRUE_SMTP_PASS"] = s.smtp_password
+        return auth
     if name == "storage":
         return {
             "DATABASE_URL": _db_url(cfg, "supabase_storage_admin", s.postgres_password),

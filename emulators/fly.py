@@ -18,6 +18,36 @@ REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every AP
 - Test control: fault injection by templated route, call log, latency, rate limits (429 +
   Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
 
+Strict by default, wherever the real API behaves so (each is documented again where it is modelled):
+
+- A freshly started machine reports an empty ``checks`` list at first (flyctl
+  internal/machine/leasable_machine.go ``WaitForHealthchecksToPass``: "Machine.Checks (runtime status) is
+  empty for freshly-launched machines").
+- A successful exec answers without ``exit_code`` (fly-go machine_types.go ``MachineExecResponse``:
+  ``exit_code,omitempty``, so Go drops the 0), nor empty ``stdout``/``stderr``.
+- A new app answers 404, then 401, before it is visible (fly-go flaps/flaps_apps.go ``WaitForApp``
+  retries exactly those two for up to a minute).
+- A deleted volume passes through ``scheduling_destroy``/``waiting_for_detach``/``pending_destroy``
+  before it disappears (fly-go flaps/flaps_volumes.go ``destroyedVolumeStates``).
+- App deletion answers 202 and completes later; it wants stopped machines or ``force=true`` (DOCS
+  machines/api/apps-resource "Delete an app"; SPEC ``Apps_delete`` 202 Accepted).
+- Secrets are versioned: reads without ``min_version`` come from a replica behind the last write (SPEC
+  ``Secrets_list`` ``min_version``: "Minimum secrets version to return. Returned when setting a new secret").
+- Leases expire; a mutation carrying the nonce of an expired lease is refused (flyctl PR #4313: a stale
+  nonce gave "lease not found").
+- Rate limits: 1 req/s with bursts of 3 per action and per object, Get Machine 5 req/s with bursts of 10,
+  app deletions 100/min (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+  #1630, #1966), answered with 429 and Retry-After.
+- An update of a running machine replaces it a moment later: until then the old version still runs, so
+  only a ``wait`` for the new ``version`` tells when the new one is up (SPEC ``Machines_wait`` version).
+- Flycast (``private_v6``) allocation names the org, and the network when the app has its own (flyctl
+  internal/command/deploy/deploy_first.go sends ``org_slug`` and ``network`` in every ``AssignIP``).
+- Growing a volume under a running machine answers ``needs_restart``: the filesystem grows at the next
+  (re)start (SPEC ``ExtendVolumeResponse``; flyctl internal/command/volumes/extend.go).
+
+The timing of these is in ``LatencyModel`` (set a field to 0 to switch one off where a test needs it);
+``FlyEmulator(rate_limits=False)`` turns the rate limits off.
+
 Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulator/latency``
 (LatencyModel fields), ``POST /__emulator/rate_limits`` ``{"enabled"}``, ``POST /__emulator/fail``
 (the ``fail()`` arguments), ``GET``/``DELETE /__emulator/calls``, ``GET /__emulator/snapshot``,
@@ -27,8 +57,8 @@ Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulato
 ``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
 answer, since a Python exec handler cannot travel over HTTP).
 
-Simplifications: a ``version`` given to ``wait`` is required for ``stopped`` but not matched against
-older versions; ``show_secrets`` is ignored because secret values are never stored; a ``created``
+Simplifications: a ``version`` given to ``wait`` is matched only for ``started`` (the version that
+runs); ``show_secrets`` is ignored because secret values are never stored; a ``created``
 (skip_launch) machine does not satisfy ``wait?state=stopped``.
 
 With ``state_file`` the world is loaded at ``start()`` and saved after every mutating call, so the
@@ -43,6 +73,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -106,6 +137,11 @@ DEFAULT_NETWORK = "default"
 NETWORK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 FIRST_NETWORK_ID = 0x2_0000  # printed as fdaa:2:<n>:..., the shape of the docs' examples
 PUBLIC_IP_TYPES = frozenset({"v6", "v4", "shared_v4"})
+# fly-go flaps/flaps_volumes.go destroyedVolumeStates (fork_cleanup follows a fork, which is not modelled).
+VOLUME_DESTROY_STATES = frozenset(
+    {"scheduling_destroy", "fork_cleanup", "waiting_for_detach", "pending_destroy", "destroying"}
+)
+NONCE_HEADER = "fly-machine-lease-nonce"
 
 
 @dataclass
@@ -115,6 +151,12 @@ class LatencyModel:
     stop_s: float = 0.0  # started -> stopped ("stopping")
     destroy_s: float = 0.0  # -> destroyed ("destroying")
     check_pass_s: float = 0.0  # after "started", checks are "warning" until this has passed, then "passing"
+    # Strict defaults: delays of the real API that a client has to wait out (sources in the module docstring).
+    replace_lag_s: float = 0.2  # an updated running machine keeps running the old version this long
+    app_delete_s: float = 2.0  # DELETE /apps answers 202; the name stays taken until this has passed
+    volume_destroy_s: float = 10.0  # a deleted volume stays listed, in its destroy states, this long
+    secrets_lag_s: float = 2.0  # reads without min_version see the secrets as they were this long ago
+    app_hidden_requests: int = 2  # requests about a new app answered 404, then 401, before it is visible
 
 
 @dataclass
@@ -174,6 +216,8 @@ def _empty_state() -> dict[str, Any]:
         "ips": {},  # app -> [ip record]
         "secrets": {},  # app -> {name: {digest, created_at, updated_at}}; values are never stored
         "secrets_version": {},  # app -> int
+        "secrets_history": {},  # app -> [{version, at, secrets}]: what a lagging replica can answer
+        "deleting_apps": {},  # name -> time the asynchronous deletion completes (the name is taken until then)
         "shared_v4": f"66.241.124.{secrets.randbelow(254) + 1}",
         "counters": {"v6": 0, "v4": 0, "private_v6": 0, "network": 0},
         "networks": {},  # "<org>/<network name>" -> network id
@@ -184,7 +228,7 @@ class FlyEmulator:
     def __init__(
         self,
         latency: LatencyModel | None = None,
-        rate_limits: bool = False,
+        rate_limits: bool = True,
         token: str | None = None,
         state_file: Path | None = None,
     ):
@@ -328,7 +372,11 @@ class FlyEmulator:
                         for mid, m in st["machines"].items()
                         if m["state"] != "destroyed"
                     },
-                    "volumes": {vid: {"app": v["app"], **self._volume_view(v)} for vid, v in st["volumes"].items()},
+                    "volumes": {
+                        vid: {"app": v["app"], **self._volume_view(v), "fs_size_gb": v.get("fs_size_gb", v["size_gb"])}
+                        for vid, v in st["volumes"].items()
+                        if v["state"] not in VOLUME_DESTROY_STATES
+                    },
                     "ips": {app: [dict(ip) for ip in ips] for app, ips in st["ips"].items()},
                     "secrets": {app: {n: s["digest"] for n, s in sec.items()} for app, sec in st["secrets"].items()},
                 }
@@ -425,7 +473,7 @@ class FlyEmulator:
     def _ip_network(self, app_name: str, ip: dict) -> tuple[str, str]:
         """(org, network) a private IP belongs to (older state files did not record it: the app's own)."""
         app = self._state["apps"].get(app_name) or {}
-        return ip.get("org") or app.get("org_slug", ""), ip.get("network") or app.get("network", DEFAULT_NETWORK)
+        return ip.get("org_slug") or app.get("org_slug", ""), ip.get("network") or app.get("network", DEFAULT_NETWORK)
 
     def _network_prefix(self, org: str, network: str) -> str:
         """``fdaa:<hi>:<lo>``: the first 48 bits of every private address of that network."""
@@ -514,7 +562,7 @@ class FlyEmulator:
         fault = self._take_fault(method, route)
         if fault is not None and not fault.after_effect:
             return _fault_response(fault)
-        limited = self._rate_limit(method, route, args)
+        limited = self._rate_limit(request, method, route, args)
         if limited is not None:
             return limited
         try:
@@ -556,17 +604,27 @@ class FlyEmulator:
                 return fault
         return None
 
-    def _rate_limit(self, method: str, route: str, args: dict) -> Response | None:
-        mutating = method not in ("GET", "HEAD")
-        get_machine = method == "GET" and route == "/v1/apps/{app}/machines/{machine_id}"
-        if not (mutating or get_machine):
-            return None
-        subject = str(args.get("machine_id") or args.get("app") or "-")
-        rate, burst = (1.0, 3) if mutating else (5.0, 10)
+    def _rate_limit(self, request: Request, method: str, route: str, args: dict) -> Response | None:
+        """Fly's documented limits (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+        #1630 and #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action, GETs
+        by id included; Get Machine 5 req/s with bursts of 10; app deletions 100/min."""
+        method = "GET" if method == "HEAD" else method
+        action = f"{method} {route}"
+        if method == "POST" and route.endswith("/lease") and request.headers.get(NONCE_HEADER):
+            action += " (refresh)"  # fly-go counts acquiring and refreshing as two actions (flaps/actions.go)
+        subject = str(args.get("machine_id") or args.get("volume_id") or args.get("app") or "")
+        if not subject and route == "/v1/apps":
+            # Creating an app is an action on the app it names; listing is one on the org.
+            subject = str(request.args.get("org_slug") or "") if method == "GET" else _body_name(request)
+        rate, burst = 1.0, 3
+        if method == "GET" and route == "/v1/apps/{app}/machines/{machine_id}":
+            rate, burst = 5.0, 10
+        elif method == "DELETE" and route == "/v1/apps/{app}":
+            rate, burst, subject = 100 / 60, 100, "*"
         with self._cond:
             if not self._rate_limits:
                 return None
-            wait_s = self._buckets.take((f"{method} {route}", subject), rate, burst, time.monotonic())
+            wait_s = self._buckets.take((action, subject or "*"), rate, burst, time.monotonic())
         if wait_s is None:
             return None
         response = _json_response(429, {"error": "rate limit exceeded", "status": "unknown"})
@@ -586,7 +644,10 @@ class FlyEmulator:
                 unknown = set(body) - known
                 if unknown:
                     raise ApiError(400, f"unknown latency keys {sorted(unknown)}; known: {sorted(known)}")
-                self.set_latency(LatencyModel(**{k: float(v) for k, v in body.items()}))
+                types = {f.name: f.type for f in fields(LatencyModel)}
+                self.set_latency(
+                    LatencyModel(**{k: int(v) if types[k] in (int, "int") else float(v) for k, v in body.items()})
+                )
             elif (method, action) == ("POST", "rate_limits"):
                 self.set_rate_limits(require_bool(body, "enabled", False))
             elif (method, action) == ("POST", "fail"):
@@ -634,7 +695,11 @@ class FlyEmulator:
     # -- shared lookups (callers hold the lock) -------------------------------------------------------
     def _new_app(self, name: str, org: str, network: str | None, *, foreign: bool = False) -> dict:
         self._network_prefix(org, network or DEFAULT_NETWORK)  # the name is bound to an id on first use
+        # Requests about a new app answer 404, then 401, before it is visible (fly-go flaps_apps.go WaitForApp
+        # retries both for up to a minute): the answers still owed are kept on the record.
+        hidden = [] if foreign else [404 if i % 2 == 0 else 401 for i in range(int(self._latency.app_hidden_requests))]
         return {
+            "hidden": hidden,
             "id": app_id(),
             "name": name,
             "org_slug": org,
@@ -650,7 +715,16 @@ class FlyEmulator:
             raise not_found()
         if app["foreign"]:
             raise ApiError(403, "unauthorized")
+        if app.get("hidden"):
+            if app["hidden"].pop(0) == 401:
+                raise ApiError(401, "Authenticate: token validation error")
+            raise not_found()
         return app
+
+    def _purge_deleted_apps(self, now: float) -> None:
+        deleting = self._state["deleting_apps"]
+        for name in [n for n, until in deleting.items() if until <= now]:
+            del deleting[name]
 
     def _machine(self, app: str, mid: str, now: float, *, include_deleted: bool = False) -> dict:
         self._app(app)
@@ -665,9 +739,28 @@ class FlyEmulator:
     def _volume(self, app: str, vid: str) -> dict:
         self._app(app)
         v = self._state["volumes"].get(vid)
+        if v is not None:
+            self._settle_volume(v, time.time())
+            v = self._state["volumes"].get(vid)
         if v is None or v["app"] != app:
             raise not_found()
         return v
+
+    def _settle_volume(self, v: dict, now: float) -> None:
+        """A deleted volume's way out (fly-go flaps/flaps_volumes.go destroyedVolumeStates): waiting_for_detach
+        while its machine is still being destroyed, then scheduling_destroy and pending_destroy for
+        ``volume_destroy_s`` in all, then gone."""
+        if v["state"] == "waiting_for_detach":
+            if self._volume_holder(v, now) is not None:
+                return
+            v["state"], v["destroy_at"] = "scheduling_destroy", now
+        if v["state"] not in ("scheduling_destroy", "pending_destroy"):
+            return
+        elapsed = now - v.get("destroy_at", now)
+        if elapsed >= self._latency.volume_destroy_s:
+            self._state["volumes"].pop(v["id"], None)
+        elif elapsed >= self._latency.volume_destroy_s / 2:
+            v["state"] = "pending_destroy"
 
     def _app_view(self, app: dict) -> dict:
         machines = [
@@ -692,8 +785,18 @@ class FlyEmulator:
     def _settle_all(self, now: float) -> None:
         for m in self._state["machines"].values():
             self._settle(m, now)
+        for v in list(self._state["volumes"].values()):
+            self._settle_volume(v, now)
+        self._purge_deleted_apps(now)
 
     def _settle(self, m: dict, now: float) -> None:
+        replace_at = m.get("replace_at")
+        if replace_at is not None and now >= replace_at:
+            # flyd gets to the queued update: the old version stops and the new one boots.
+            m["replace_at"] = None
+            m["state"], m["settles_to"], m["settles_at"] = "replacing", "started", replace_at + self._latency.boot_s
+            m["updated_at"] = replace_at
+            self._event(m, "replacing", replace_at)
         at = m.get("settles_at")
         if at is None or now < at:
             return
@@ -702,6 +805,12 @@ class FlyEmulator:
         m["updated_at"] = at
         if final == "started":
             m["started_at"] = at
+            m["running_version"] = m["instance_id"]
+            # Each start of an instance begins without health-check reports (see _checks).
+            m["checks_reported"] = False
+            for v in self._state["volumes"].values():
+                if v.get("attached_machine_id") == m["id"]:
+                    v["fs_size_gb"] = v["size_gb"]  # a grown volume's filesystem grows when the machine (re)starts
         if final == "destroyed":
             m["lease"] = None
             for v in self._state["volumes"].values():
@@ -710,6 +819,7 @@ class FlyEmulator:
         self._event(m, final, at)
 
     def _transition(self, m: dict, transient: str, final: str, duration: float, now: float) -> None:
+        m["replace_at"] = None  # a stop, restart or destroy overtakes a queued replacement
         m["state"], m["settles_to"], m["settles_at"] = transient, final, now + max(duration, 0.0)
         m["updated_at"] = now
         self._settle(m, now)
@@ -722,12 +832,20 @@ class FlyEmulator:
 
     def _check_lease(self, m: dict, request: Request, now: float) -> None:
         lease = m.get("lease")
+        if lease and lease["expires_at"] <= now:
+            lease = m["lease"] = None
+        nonce = request.headers.get(NONCE_HEADER)
         if not lease:
+            # Leases expire: a writer still sending the nonce of an expired (or released) lease is refused,
+            # not let through (flyctl PR #4313, "lease not found" from a stale nonce).
+            if nonce:
+                raise ApiError(
+                    409,
+                    f"aborted: lease not found for machine {m['id']} (nonce {nonce} expired or was released)",
+                    "unknown",
+                )
             return
-        if lease["expires_at"] <= now:
-            m["lease"] = None
-            return
-        if request.headers.get("fly-machine-lease-nonce") != lease["nonce"]:
+        if nonce != lease["nonce"]:
             raise ApiError(
                 409,
                 f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
@@ -735,12 +853,19 @@ class FlyEmulator:
                 "unknown",
             )
 
-    def _checks(self, m: dict, now: float) -> list[dict]:
+    def _checks(self, m: dict, now: float, *, observe: bool = False) -> list[dict]:
         cfg = m["config"]
         names = list((cfg.get("checks") or {}).keys())
         for svc in cfg.get("services") or []:
             for j, check in enumerate(svc.get("checks") or []):
                 names.append(f"servicecheck-{j:02d}-{check.get('type', 'tcp')}-{svc.get('internal_port')}")
+        if names and m["state"] == "started" and not m.get("checks_reported"):
+            # A freshly started instance has no check reports yet: the first read sees an empty list (flyctl
+            # internal/machine/leasable_machine.go WaitForHealthchecksToPass counts the configured checks
+            # because "Machine.Checks (runtime status) is empty for freshly-launched machines").
+            if observe:
+                m["checks_reported"] = True
+            return []
         forced = self._forced_checks.get((m["app"], m["id"]))
         if forced is not None:
             status, output, updated = forced, f"status forced to {forced} by the emulator", now
@@ -753,7 +878,7 @@ class FlyEmulator:
             updated = m.get("started_at", now) + self._latency.check_pass_s
         return [{"name": n, "status": status, "output": output, "updated_at": rfc3339_ms(updated)} for n in names]
 
-    def _machine_view(self, m: dict, now: float, *, summary: bool = False) -> dict:
+    def _machine_view(self, m: dict, now: float, *, summary: bool = False, observe: bool = False) -> dict:
         view: dict[str, Any] = {
             "id": m["id"],
             "name": m["name"],
@@ -770,7 +895,7 @@ class FlyEmulator:
         if not summary:
             view["config"] = copy.deepcopy(m["config"])
             view["events"] = list(reversed(m["events"][-20:]))
-            view["checks"] = self._checks(m, now)
+            view["checks"] = self._checks(m, now, observe=observe)
         return view
 
     def _validate_config(self, body: dict) -> dict:
@@ -833,7 +958,7 @@ class FlyEmulator:
         owner = hashlib.sha256(token.encode()).hexdigest()[:12] + "@tokens.fly.io"
         return {
             "nonce": lease_nonce(),
-            "expires_at": int(now + ttl),
+            "expires_at": math.ceil(now + ttl),
             "owner": owner,
             "description": description,
             "version": m["instance_id"],
@@ -842,6 +967,7 @@ class FlyEmulator:
     # -- apps -------------------------------------------------------------------------------------------
     def _h_apps(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
         with self._cond:
+            self._purge_deleted_apps(time.time())
             if method == "GET":
                 org = request.args.get("org_slug")
                 if not org:
@@ -877,13 +1003,17 @@ class FlyEmulator:
                     "ending with a dash",
                     "unknown",
                 )
-            if name in self._state["apps"]:  # app names are global across all of Fly.io
+            # App names are global across all of Fly.io, and an app being deleted keeps its name until the
+            # (asynchronous) deletion has finished.
+            if name in self._state["apps"] or name in self._state["deleting_apps"]:
                 raise ApiError(422, "Name has already been taken", "name_taken")
             app = self._state["apps"][name] = self._new_app(name, org, network)
             return 201, {"id": app["id"], "created_at": int(app["created_at"] * 1000)}
 
     def _h_app(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
+            now = time.time()
+            self._purge_deleted_apps(now)
             record = self._app(app)
             if method == "GET":
                 view = self._app_view(record)
@@ -891,14 +1021,28 @@ class FlyEmulator:
                 view.pop("org_slug")
                 return 200, view
             st = self._state
+            # "force=true stops all Machines and deletes immediately"; without it Machines should be stopped
+            # first (DOCS machines/api/apps-resource, Delete an app).
+            self._settle_all(now)
+            running = [m["id"] for m in st["machines"].values() if m["app"] == app and m["state"] in RUNNING_STATES]
+            if running and not parse_bool(request.args.get("force")):
+                raise ApiError(
+                    412,
+                    f"failed_precondition: app {app} has running machines ({', '.join(running)}); "
+                    "stop them first or delete with force=true",
+                    "unknown",
+                )
             for mid in [mid for mid, m in st["machines"].items() if m["app"] == app]:
                 del st["machines"][mid]
                 self._forced_checks.pop((app, mid), None)
             for vid in [vid for vid, v in st["volumes"].items() if v["app"] == app]:
                 del st["volumes"][vid]
-            for key in ("ips", "secrets", "secrets_version"):
+            for key in ("ips", "secrets", "secrets_version", "secrets_history"):
                 st[key].pop(app, None)
             del st["apps"][app]
+            # 202 Accepted (SPEC Apps_delete): the deletion completes later, and the name is taken until then.
+            if self._latency.app_delete_s > 0:
+                st["deleting_apps"][app] = now + self._latency.app_delete_s
             return 202, None
 
     # -- machines ---------------------------------------------------------------------------------------
@@ -934,7 +1078,7 @@ class FlyEmulator:
             meta = m["config"].get("metadata") or {}
             if any(meta.get(k) != v for k, v in wanted_meta.items()):
                 continue
-            out.append(self._machine_view(m, now, summary=summary))
+            out.append(self._machine_view(m, now, summary=summary, observe=True))
         return out
 
     def _create_machine(self, request: Request, app: str, body: dict, now: float) -> dict:
@@ -959,6 +1103,15 @@ class FlyEmulator:
         mount_volume = None
         for mount in config.get("mounts") or []:
             mount_volume = self._state["volumes"].get(mount["volume"])
+            if mount_volume is not None:
+                self._settle_volume(mount_volume, now)
+                mount_volume = self._state["volumes"].get(mount["volume"])
+            if mount_volume is not None and mount_volume["state"] in VOLUME_DESTROY_STATES:
+                raise ApiError(
+                    400,
+                    f"invalid config.mounts[0].volume: volume {mount['volume']} is being destroyed "
+                    f"({mount_volume['state']})",
+                )
             if mount_volume is None or mount_volume["app"] != app:
                 raise ApiError(
                     400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found in app {app}"
@@ -1031,7 +1184,7 @@ class FlyEmulator:
             include_deleted = method == "GET" and parse_bool(request.args.get("include_deleted"))
             m = self._machine(app, machine_id, now, include_deleted=include_deleted)
             if method == "GET":
-                view = self._machine_view(m, now)
+                view = self._machine_view(m, now, observe=True)
                 if parse_bool(request.args.get("include_leases")) and m.get("lease"):
                     view["lease"] = dict(m["lease"])
                 return 200, view
@@ -1075,7 +1228,11 @@ class FlyEmulator:
         m["updated_at"] = now
         self._event(m, "update", now, "replaced")
         was_running = m["state"] in RUNNING_STATES
-        if was_running or not skip_launch:
+        if m["state"] == "started" and self._latency.replace_lag_s > 0:
+            # The update is queued: the old version keeps running for a moment, then the machine is replaced
+            # (see _settle). Only a wait for the new version (SPEC Machines_wait `version`) tells when it runs.
+            m["replace_at"] = now + self._latency.replace_lag_s
+        elif was_running or not skip_launch:
             # A running machine reboots onto the new config; a stopped one starts unless skip_launch.
             self._transition(m, "starting" if not was_running else "replacing", "started", self._latency.boot_s, now)
         return self._machine_view(m, now)
@@ -1202,6 +1359,10 @@ class FlyEmulator:
                         return 200, {"ok": True, "state": "destroyed"}
                     raise
                 reached = m["state"] in states or ("settled" in states and m["state"] not in TRANSIENT_STATES)
+                if reached and version and m["state"] == "started":
+                    # "started" for a version means that version runs: right after an update the old one still
+                    # does (the replacement is queued, see _update_machine).
+                    reached = m.get("running_version", m["instance_id"]) == version
                 if reached:
                     event_id = m["events"][-1]["id"] if m["events"] else None
                     return 200, {"ok": True, "state": m["state"], "version": m["instance_id"], "event_id": event_id}
@@ -1217,7 +1378,8 @@ class FlyEmulator:
                     )
                 if self._stopping:
                     raise ApiError(503, "the emulator is shutting down", "unknown")
-                next_change = m["settles_at"] - now if m.get("settles_at") else remaining
+                changes = [t for t in (m.get("settles_at"), m.get("replace_at")) if t is not None]
+                next_change = min(changes) - now if changes else remaining
                 # Releases the lock while sleeping; mutating calls notify to wake us early.
                 self._cond.wait(timeout=max(0.001, min(remaining, next_change + 0.001)))
 
@@ -1261,8 +1423,13 @@ class FlyEmulator:
                     f"expires at {rfc3339(lease['expires_at'])}",
                     "unknown",
                 )
+            if not lease and nonce:
+                # Refreshing a lease that already expired: it is gone, the caller must acquire a new one.
+                raise ApiError(
+                    409, f"aborted: lease not found for machine {m['id']} (nonce {nonce} expired)", "unknown"
+                )
             if lease:  # refresh by the holder
-                lease["expires_at"] = int(now + ttl)
+                lease["expires_at"] = math.ceil(now + ttl)
                 lease["description"] = description or lease["description"]
             else:
                 lease = m["lease"] = self._lease_record(request, m, ttl, description, now)
@@ -1342,16 +1509,18 @@ class FlyEmulator:
             if not isinstance(answer, dict):
                 raise ApiError(500, f"exec handler returned {type(answer).__name__}, not a dict")
             result.update(answer)
-        return 200, {
+        # fly-go machine_types.go MachineExecResponse tags every field omitempty: a successful run answers
+        # without exit_code (Go drops the 0), and empty output is left out too.
+        answer = {
             "exit_code": int(result["exit_code"]),
-            "exit_signal": 0,
             "stdout": str(result["stdout"]),
             "stderr": str(result["stderr"]),
         }
+        return 200, {k: v for k, v in answer.items() if v}
 
     # -- volumes ----------------------------------------------------------------------------------------
     def _volume_view(self, v: dict) -> dict:
-        view = {k: val for k, val in v.items() if k != "app"}
+        view = {k: val for k, val in v.items() if k not in ("app", "fs_size_gb", "destroy_at")}
         view["created_at"] = rfc3339(v["created_at"])
         view["attached_alloc_id"] = None
         view["bytes_total"] = v["size_gb"] * 1024**3
@@ -1403,6 +1572,7 @@ class FlyEmulator:
                 "type": "local",
                 "created_at": now,
             }
+            v["fs_size_gb"] = v["size_gb"]  # the filesystem the machine sees (grows on a restart, see extend)
             self._state["volumes"][vid] = v
             return 200, self._volume_view(v)
 
@@ -1423,14 +1593,22 @@ class FlyEmulator:
                 return 200, self._volume_view(v)
             if method == "DELETE":
                 holder = self._volume_holder(v, now)
-                if holder is not None:
+                if v["state"] in VOLUME_DESTROY_STATES:
+                    pass  # already on its way out: deleting again changes nothing
+                elif holder is not None and holder["state"] == "destroying":
+                    v["state"] = "waiting_for_detach"  # gone once its machine is (fly-go destroyedVolumeStates)
+                elif holder is not None:
                     raise ApiError(
                         412,
                         f"failed_precondition: volume {volume_id} is attached to machine "
                         f"{holder['id']}; destroy the machine first",
                         "unknown",
                     )
-                del self._state["volumes"][volume_id]
+                else:
+                    v["state"], v["destroy_at"] = "scheduling_destroy", now
+                    self._settle_volume(v, now)
+                # The answer is the volume with state "destroyed" (DOCS machines/api/volumes-resource); listing
+                # it still shows the destroy state it is in.
                 return 200, {**self._volume_view(v), "state": "destroyed"}
             # Only these two fields are mutable; other (unknown to this request) fields are ignored.
             body = _json_body(request)
@@ -1455,7 +1633,13 @@ class FlyEmulator:
                     "volumes can only grow",
                 )
             v["size_gb"] = size
-            return 200, {"volume": self._volume_view(v), "needs_restart": self._volume_holder(v, now) is not None}
+            # Under a running machine the filesystem can only grow at its next (re)start: `needs_restart` (SPEC
+            # ExtendVolumeResponse; flyctl internal/command/volumes/extend.go tells the user to restart).
+            holder = self._volume_holder(v, now)
+            needs_restart = holder is not None and holder["state"] in RUNNING_STATES
+            if not needs_restart:
+                v["fs_size_gb"] = size
+            return 200, {"volume": self._volume_view(v), "needs_restart": needs_restart}
 
     # -- secrets ----------------------------------------------------------------------------------------
     def _secret_view(self, name: str, s: dict) -> dict:
@@ -1475,16 +1659,45 @@ class FlyEmulator:
             "updated_at": now,
         }
 
-    def _bump_secrets(self, app: str) -> int:
+    def _bump_secrets(self, app: str, now: float) -> int:
         version = self._state["secrets_version"].get(app, 0) + 1
         self._state["secrets_version"][app] = version
+        history = self._state["secrets_history"].setdefault(app, [])
+        history.append({"version": version, "at": now, "secrets": copy.deepcopy(self._state["secrets"].get(app, {}))})
+        del history[:-20]
         return version
+
+    def _readable_secrets(self, request: Request, app: str, now: float) -> dict:
+        """The secrets table a read sees. Secrets are versioned: a read with ``min_version`` (SPEC
+        Secrets_list/Secret_get; fly-go ListAppSecrets sends it as ``version``) sees at least that version,
+        one without it is served by a replica that is ``secrets_lag_s`` behind the last write."""
+        current = self._state["secrets_version"].get(app, 0)
+        raw = request.args.get("min_version") or request.args.get("version")
+        if raw:
+            try:
+                wanted = int(raw)
+            except ValueError:
+                raise ApiError(400, f"invalid min_version {raw!r}: an integer is required") from None
+            if wanted > current:
+                raise ApiError(
+                    412,
+                    f"failed_precondition: min_version {wanted} is newer than the app's secrets version {current}",
+                    "unknown",
+                )
+            return self._state["secrets"].get(app, {})
+        history = self._state["secrets_history"].get(app, [])
+        seen = [h for h in history if h["at"] <= now - self._latency.secrets_lag_s]
+        if seen:
+            return seen[-1]["secrets"]
+        if history and history[0]["version"] == 1:
+            return {}  # not even the first write has reached the replica
+        return history[0]["secrets"] if history else self._state["secrets"].get(app, {})
 
     def _h_secrets(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
             self._app(app)
-            table = self._state["secrets"].get(app, {})
             if method == "GET":
+                table = self._readable_secrets(request, app, time.time())
                 return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())]}
             values = _json_body(request).get("values")
             if not isinstance(values, dict):
@@ -1504,7 +1717,7 @@ class FlyEmulator:
                     self._state["secrets"].get(app, {}).pop(name, None)
                 else:
                     self._write_secret(app, name, value, now)
-            version = self._bump_secrets(app)
+            version = self._bump_secrets(app, now)
             table = self._state["secrets"].get(app, {})
             return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())], "version": version}
 
@@ -1513,21 +1726,22 @@ class FlyEmulator:
             self._app(app)
             table = self._state["secrets"].get(app, {})
             if method == "GET":
-                if name not in table:
+                readable = self._readable_secrets(request, app, time.time())
+                if name not in readable:
                     raise not_found()
-                return 200, self._secret_view(name, table[name])
+                return 200, self._secret_view(name, readable[name])
             if method == "DELETE":
                 if name not in table:
                     raise not_found()
                 del table[name]
-                return 200, {"version": self._bump_secrets(app)}
+                return 200, {"version": self._bump_secrets(app, time.time())}
             if not SECRET_NAME_RE.match(name):
                 raise ApiError(400, f"invalid secret name {name!r}")
             value = _json_body(request).get("value")
             if not isinstance(value, str):
                 raise ApiError(400, f"invalid value for secret {name}: a string is required")
             self._write_secret(app, name, value, time.time())
-            version = self._bump_secrets(app)
+            version = self._bump_secrets(app, time.time())
             return 201, {**self._secret_view(name, self._state["secrets"][app][name]), "version": version}
 
     # -- IP assignments -----------------------------------------------------------------------------------
@@ -1549,6 +1763,15 @@ class FlyEmulator:
             network = body.get("network") or record["network"]
             if not isinstance(network, str) or not NETWORK_NAME_RE.match(network):
                 raise ApiError(400, f"invalid network {network!r}")
+            # flyctl names the org (and the network) in every assignment (internal/command/deploy/
+            # deploy_first.go; fly-go flaps_ip_assignments.go AssignIPRequest): a Flycast address belongs to an
+            # org's private network, so one without org_slug is refused here, and one with `network` lands on
+            # that network (DOCS networking/flycast: an app is reachable only from the network it was given).
+            org = body.get("org_slug")
+            if org is not None and org != record["org_slug"]:
+                raise ApiError(400, f"invalid org_slug {org!r}: app {app} belongs to organization {record['org_slug']}")
+            if kind == "private_v6" and not org:
+                raise ApiError(400, "invalid request: org_slug is required to allocate a Flycast (private_v6) address")
             existing_shared = next((ip for ip in ips if ip["type"] == "shared_v4"), None)
             if kind == "shared_v4" and existing_shared is not None:
                 return 200, _ip_view(existing_shared)  # an app has one shared IPv4 at most
@@ -1572,7 +1795,7 @@ class FlyEmulator:
                 "created_at": rfc3339(time.time()),
             }
             if kind == "private_v6":
-                ip.update(network=network, org=record["org_slug"])
+                ip.update(network=network, org_slug=record["org_slug"])
             ips.append(ip)
             return 200, _ip_view(ip)
 
@@ -1585,6 +1808,14 @@ class FlyEmulator:
                 raise not_found()
             ips.remove(found)
             return 204, None
+
+
+def _body_name(request: Request) -> str:
+    try:
+        body = _json_body(request)
+    except ApiError:
+        return ""
+    return str(body.get("name") or body.get("app_name") or "")
 
 
 def _ip_view(ip: dict) -> dict:
@@ -1607,6 +1838,12 @@ def _check_integer_fields(config: dict) -> None:
     for name, check in (config.get("checks") or {}).items():
         if isinstance(check, dict):
             _integer(check.get("port"), f"config.checks.{name}.port")
+    for i, file in enumerate(config.get("files") or []):
+        # File.Mode is a Go uint32 (chmod(2) bits) in fly-go machine_types.go.
+        if isinstance(file, dict):
+            _integer(file.get("mode"), f"config.files[{i}].mode")
+            if file.get("mode") is not None and not 0 <= file["mode"] <= 0o7777:
+                raise ApiError(400, f"invalid config.files[{i}].mode: {file['mode']!r} is not a file mode")
     for i, mount in enumerate(config.get("mounts") or []):
         if isinstance(mount, dict):
             for key in ("size_gb", "extend_threshold_percent", "add_size_gb", "size_gb_limit"):

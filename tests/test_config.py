@@ -455,3 +455,26 @@ def test_git_credentials_from_the_engine_are_checked_and_stay_out_of_the_model(p
     pulumi_config.set_all_config({**BASE, "silo:gitCredentials": GIT_CREDENTIALS}, secret_keys=[])
     with pytest.raises(ConfigError, match=r"silo:gitCredentials: must be a secret"):
         from_pulumi_config()
+
+
+def test_smtp_is_optional_config_and_its_password_is_a_separate_secret() -> None:
+    assert from_mapping(BASE).smtp is None
+    smtp = {
+        "host": "smtp.postmarkapp.com",
+        "port": "2525",
+        "user": "apikey",
+        "adminEmail": "dev@acme.dev",
+        "senderName": "Acme dev",
+    }
+    for value in (smtp, json.dumps(smtp)):
+        cfg = from_mapping(BASE | {"silo:smtp": value, "silo:smtpPassword": {"secure": "v1:abc"}})
+        assert cfg.smtp is not None
+        assert (cfg.smtp.host, cfg.smtp.port, cfg.smtp.user) == ("smtp.postmarkapp.com", 2525, "apikey")
+        assert (cfg.smtp.admin_email, cfg.smtp.sender_name) == ("dev@acme.dev", "Acme dev")
+    assert from_mapping(BASE | {"silo:smtp": {"host": "mail.acme.dev", "adminEmail": "a@acme.dev"}}).smtp.port == 587
+    errors = errors_of(BASE | {"silo:smtp": {"host": "", "port": 70000, "adminEmail": "nobody", "pass": "x"}})
+    assert errors["silo:smtp.host"] == "must not be empty"
+    assert errors["silo:smtp.port"].startswith("must be at most 65535")
+    assert errors["silo:smtp.adminEmail"].startswith("must be an email address")
+    # The password never goes in the map: it is the secret silo:smtpPassword.
+    assert errors["silo:smtp.pass"].startswith("unknown key")

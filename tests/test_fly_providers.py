@@ -75,7 +75,8 @@ def test_volume_rules(fly_emulator, app) -> None:
     # Numbers come back from the engine as floats: no phantom diff.
     assert provider.diff(created.id, created.outs, {**props, "size_gb": 1.0}).changes is False
     moved = provider.diff(created.id, created.outs, {**props, "region": "ams"})
-    assert moved.replaces == ["region"] and moved.delete_before_replace
+    # A volume in another region has another identity: the new one is made first, the old one released after.
+    assert moved.replaces == ["region"] and not moved.delete_before_replace
     grown = provider.update(created.id, created.outs, {**props, "size_gb": 3})
     assert fly_emulator.snapshot()["volumes"][created.id]["size_gb"] == 3
     assert grown.outs["size_gb"] == 3
@@ -215,7 +216,8 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     assert started.outs["state"] == "started"
 
     moved = provider.diff(created.id, started.outs, {**new_image, "region": "ams"})
-    assert moved.replaces == ["region"] and moved.delete_before_replace
+    # A volume in another region has another identity: the new one is made first, the old one released after.
+    assert moved.replaces == ["region"] and not moved.delete_before_replace
 
     provider.delete(created.id, started.outs)
     provider.delete(created.id, started.outs)
@@ -250,3 +252,124 @@ def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -
     assert ips.read(created.id, created.outs).id == ""
     apps = configured(FlyAppProvider(), fly_emulator)
     assert apps.read(app, {"name": app, "org": "acme"}).inputs["name"] == app
+
+
+@pytest.mark.parametrize("service", ["kong", "pg"])
+def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emulator, service: str) -> None:
+    """Kong (user kong) reads kong.yml; postgres reads pg_hba.conf and the init SQL. fly.toml has no file mode
+    (flyctl's appconfig.File), so the Machine config sets one (fly-go File.Mode) instead of Fly's default."""
+    from components import services as svc
+    from components.config import SiloConfig
+    from components.render import render_fly_toml
+
+    cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
+    app = cfg.app_name(service)
+    configured(FlyAppProvider(), fly_emulator).create({"name": app, "org": "acme"})
+    volume_id = None
+    if svc.SERVICES[service].volume:
+        volume = configured(FlyVolumeProvider(), fly_emulator).create(
+            {"app": app, "name": svc.SERVICES[service].volume.name, "region": "yul", "size_gb": 1}
+        )
+        volume_id = volume.id
+    props = machine_props(
+        app,
+        name=service,
+        fly_toml=render_fly_toml(cfg, service),
+        image=svc.image_ref(cfg, service),
+        volume_id=volume_id,
+    )
+    created = configured(FlyMachineProvider(), fly_emulator).create(props)
+    files = fly_emulator.snapshot()["machines"][created.id]["config"]["files"]
+    assert files and {f["guest_path"]: f.get("mode") for f in files} == {f["guest_path"]: 0o444 for f in files}
+
+
+# -- what a real account does that the providers must cope with --------------------------------------
+
+
+def test_rls_sql_through_exec_succeeds_when_the_answer_has_no_exit_code(fly_emulator, meta_app) -> None:
+    from components.fly.providers import FlyExecProvider
+
+    machine = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
+    provider = configured(FlyExecProvider(), fly_emulator)
+    created = provider.create({"app": meta_app, "machine_id": machine.id, "command": ["psql", "-c", "select 1"]})
+    assert created.outs["exit_code"] == 0
+    fly_emulator.set_exec_handler(lambda *_: {"exit_code": 3, "stderr": "ERROR: boom"})
+    with pytest.raises(FlyError, match=r"exit 3\): ERROR: boom"):
+        provider.update(created.id, created.outs, {**created.outs, "command": ["psql", "-c", "select 2"]})
+
+
+def test_a_volume_being_destroyed_is_neither_adopted_nor_a_reason_to_keep_the_app(fly_emulator, app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(volume_destroy_s=60))
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "allow_delete": True}
+    first = provider.create(props)
+    provider.delete(first.id, first.outs)
+    second = provider.create(props)
+    assert second.id != first.id  # a new volume, not the one on its way out
+    provider.delete(second.id, second.outs)
+    apps = configured(FlyAppProvider(), fly_emulator)
+    apps.delete(app, {"name": app, "keep_volumes": True})  # only dying volumes left: nothing to keep
+    assert app not in fly_emulator.snapshot()["apps"]
+
+
+def test_secret_digests_in_state_are_those_of_the_version_written(fly_emulator, app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(secrets_lag_s=60))
+    provider = configured(FlySecretsProvider(), fly_emulator)
+    created = provider.create({"app": app, "values": {"POSTGRES_PASSWORD": "p1"}})
+    live = fly_emulator.snapshot()["secrets"][app]
+    assert created.outs["digests"] == live and live["POSTGRES_PASSWORD"]
+    updated = provider.update(app, created.outs, {"app": app, "values": {"POSTGRES_PASSWORD": "p2"}})
+    assert updated.outs["digests"] == fly_emulator.snapshot()["secrets"][app] != created.outs["digests"]
+    # A refresh reads at least the recorded version: nothing looks changed outside Pulumi.
+    assert provider.read(app, updated.outs).outs["values"] == {"POSTGRES_PASSWORD": "p2"}
+
+
+def test_an_update_reports_done_only_once_the_new_version_runs(fly_emulator, meta_app) -> None:
+    import httpx
+
+    from emulators.fly import LatencyModel
+
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    props = machine_props(meta_app, ready_timeout_s=60)
+    created = provider.create(props)
+    fly_emulator.set_latency(LatencyModel(replace_lag_s=3))
+    news = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0", ready_timeout_s=60)
+    updated = provider.update(created.id, created.outs, news)
+    wait = f"{fly_emulator.url}/v1/apps/{meta_app}/machines/{created.id}/wait"
+    answer = httpx.get(
+        wait,
+        params={"state": "started", "version": updated.outs["instance_id"], "timeout": 1},
+        headers={"Authorization": "Bearer test"},
+    )
+    assert answer.status_code == 200
+
+
+def test_growing_an_attached_volume_restarts_its_machine_so_the_filesystem_grows(fly_emulator, app) -> None:
+    volumes = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1}
+    volume = volumes.create(props)
+    machine = configured(FlyMachineProvider(), fly_emulator).create(
+        machine_props(
+            app, fly_toml=FLY_TOML + '\n[[mounts]]\nsource = "pg_data"\ndestination = "/data"\n', volume_id=volume.id
+        )
+    )
+    grown = volumes.update(volume.id, volume.outs, {**props, "size_gb": 4})
+    assert grown.outs["size_gb"] == 4
+    snapshot = fly_emulator.snapshot()
+    assert snapshot["volumes"][volume.id]["fs_size_gb"] == 4
+    assert snapshot["machines"][machine.id]["state"] == "started"
+
+
+def test_flycast_ip_of_an_app_on_its_own_network_is_allocated_on_that_network(fly_emulator) -> None:
+    configured(FlyAppProvider(), fly_emulator).create(
+        {"name": "devenv-acme-erp-rest", "org": "acme", "network": "acme-erp"}
+    )
+    ip = configured(FlyIpAssignmentProvider(), fly_emulator).create(
+        {"app": "devenv-acme-erp-rest", "type": "private_v6"}
+    )
+    [recorded] = fly_emulator.snapshot()["ips"]["devenv-acme-erp-rest"]
+    assert recorded["ip"] == ip.id and (recorded["org_slug"], recorded["network"]) == ("acme", "acme-erp")

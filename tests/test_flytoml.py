@@ -524,7 +524,9 @@ def test_pg_machine_gets_its_init_files_and_command() -> None:
 
 def test_kong_machine_reads_kong_yml_from_a_secret_file() -> None:
     config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(_cfg(), "kong")))
-    assert config["files"] == [{"guest_path": svc.KONG_DECLARATIVE_CONFIG, "secret_name": svc.KONG_YML_SECRET}]
+    assert config["files"] == [
+        {"guest_path": svc.KONG_DECLARATIVE_CONFIG, "secret_name": svc.KONG_YML_SECRET, "mode": 0o444}
+    ]
     assert config["env"]["KONG_DECLARATIVE_CONFIG"] == svc.KONG_DECLARATIVE_CONFIG
     assert config["checks"]["health"] == {
         "type": "http",

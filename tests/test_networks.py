@@ -19,9 +19,18 @@ from components.config import SiloConfig, TownConfig, from_mapping
 from components.fly.client import FlyError
 from components.fly.providers import FlyAppProvider, FlyIpAssignmentProvider
 from emulators.fly import FlyEmulator
+from tests.fixtures.fly import visible_app
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo, declare_town
 
 IMAGE = "registry-1.docker.io/library/busybox:1.36"
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limits(request: pytest.FixtureRequest) -> None:
+    """The network model's tests call the raw API far faster than any client would; the limits have
+    tests of their own (test_fly_emulator.py, test_fly_client.py)."""
+    if "fly_emulator" in request.fixturenames:
+        request.getfixturevalue("fly_emulator").set_rate_limits(False)
 
 
 def configured(provider: Any, emulator: FlyEmulator) -> Any:
@@ -31,13 +40,15 @@ def configured(provider: Any, emulator: FlyEmulator) -> Any:
 
 
 def app(api: httpx.Client, name: str, network: str | None = None, org: str = "acme") -> str:
-    body = {"name": name, "org_slug": org, **({"network": network} if network else {})}
-    assert api.post("/apps", json=body).status_code == 201
-    return name
+    return visible_app(api, name, org, **({"network": network} if network else {}))
 
 
 def flycast(api: httpx.Client, name: str, **extra: str) -> str:
-    return api.post(f"/apps/{name}/ip_assignments", json={"type": "private_v6", **extra}).json()["ip"]
+    """Allocate a Flycast address the way flyctl does: naming the app's org (and a network, if any)."""
+    org = api.get(f"/apps/{name}").json()["organization"]["slug"]
+    answer = api.post(f"/apps/{name}/ip_assignments", json={"type": "private_v6", "org_slug": org, **extra})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["ip"]
 
 
 def started_machine(api: httpx.Client, name: str) -> dict:
@@ -115,7 +126,7 @@ def test_reach_over_http_controls(fly_api: httpx.Client, fly_emulator: FlyEmulat
 def test_the_network_survives_a_restart_of_a_persistent_emulator(tmp_path) -> None:
     state = tmp_path / "fly.json"
     with (
-        FlyEmulator(state_file=state) as first,
+        FlyEmulator(state_file=state, rate_limits=False) as first,
         httpx.Client(base_url=first.url + "/v1", headers={"Authorization": "Bearer t"}) as api,
     ):
         app(api, "p-db", "net-p")

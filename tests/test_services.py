@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,8 +25,8 @@ from components import naming
 from components import services as svc
 from components.config import SiloConfig
 from components.devenv import psql_command
-from components.render import pg_files
-from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir
+from components.render import pg_files, render_fly_toml
+from tests.fixtures.postgres import PostgresServer, _free_port, _os_user, find_bindir
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo
 
 SECRETS = svc.SiloSecrets(
@@ -120,6 +124,45 @@ def test_each_app_gets_exactly_its_secrets(name: str) -> None:
     assert all(isinstance(v, str) for v in public.values())
     for value in SECRETS.values():
         assert all(value not in v for v in public.values()), (name, value)
+
+
+SMTP = {
+    "host": "smtp.postmarkapp.com",
+    "port": 2525,
+    "user": "apikey",
+    "adminEmail": "dev@acme.dev",
+    "senderName": "Acme dev",
+}
+
+
+def test_auth_without_smtp_confirms_sign_ups_itself_and_gets_no_smtp_settings() -> None:
+    env = svc.public_env(_cfg(), "auth")
+    assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "true"
+    assert not [k for k in env if k.startswith("GOTRUE_SMTP_")]
+    assert "GOTRUE_SMTP_PASS" not in svc.secret_env(_cfg(), "auth", SECRETS)
+
+
+def test_auth_with_smtp_sends_mail_and_its_password_is_a_fly_secret_only() -> None:
+    cfg = _cfg(smtp=SMTP)
+    secrets = svc.SiloSecrets(**{**SECRETS.__dict__, "smtp_password": "SmtpPassw0rdValue"})
+    env = svc.public_env(cfg, "auth")
+    assert (env["GOTRUE_SMTP_HOST"], env["GOTRUE_SMTP_PORT"], env["GOTRUE_SMTP_USER"]) == (
+        "smtp.postmarkapp.com",
+        "2525",
+        "apikey",
+    )
+    assert (env["GOTRUE_SMTP_ADMIN_EMAIL"], env["GOTRUE_SMTP_SENDER_NAME"]) == ("dev@acme.dev", "Acme dev")
+    assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "false"  # sign-ups confirm their address by mail
+    assert svc.secret_env(cfg, "auth", secrets)["GOTRUE_SMTP_PASS"] == "SmtpPassw0rdValue"
+    assert "SmtpPassw0rdValue" not in render_fly_toml(cfg, "auth")
+    assert "SmtpPassw0rdValue" in secrets.values() and "SmtpPassw0rdValue" not in repr(secrets)
+
+
+def test_studio_has_a_writable_snippets_folder_off_the_volume() -> None:
+    # Studio's SQL editor saves snippets under SNIPPETS_MANAGEMENT_FOLDER (supabase/supabase:docker/
+    # docker-compose.yml); the studio app has no volume, so they are not kept across restarts (README).
+    folder = svc.public_env(_cfg(), "studio")["SNIPPETS_MANAGEMENT_FOLDER"]
+    assert folder.startswith("/tmp/") and svc.SERVICES["studio"].volume is None
 
 
 def test_database_urls_are_secrets_on_flycast_with_the_right_roles() -> None:
@@ -325,19 +368,65 @@ def _boot_roles(server: PostgresServer, env: dict[str, str], tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
 
 
+def _role_sync_script(roles_sql: Path) -> str:
+    """The role-password sync script the pg machine gets, with the init SQL's path pointed at `roles_sql`."""
+    doc = tomllib.loads(render_fly_toml(_cfg(), "pg"))
+    files = {f["guest_path"]: f["raw_value"] for f in doc["files"]}
+    # The start command runs it in the background before handing over to the image's entrypoint.
+    assert f"bash {svc.ROLE_SYNC_PATH} &" in doc["processes"]["app"]
+    return files[svc.ROLE_SYNC_PATH].replace(svc.ROLES_SQL_PATH, str(roles_sql))
+
+
+def _run_role_sync(server: PostgresServer, tmp_path: Path, password: str, tries: int) -> subprocess.CompletedProcess:
+    roles = tmp_path / "roles.sql"
+    roles.write_text(pg_files(_cfg())[svc.ROLES_SQL_PATH])
+    script = tmp_path / "role-sync.sh"
+    script.write_text(_role_sync_script(roles))
+    env = {
+        **os.environ,
+        **svc.public_env(_cfg(), "pg"),
+        "PATH": f"{server.bindir}:{os.environ['PATH']}",
+        "POSTGRES_HOST": str(server.root),  # the server's socket directory stands in for /var/run/postgresql
+        "PGPORT": str(server.port),
+        "POSTGRES_PASSWORD": password,
+        # Fewer, quicker attempts than on a machine (120 every 2 s): the outcome is the same.
+        "SILO_ROLE_SYNC_TRIES": str(tries),
+        "SILO_ROLE_SYNC_DELAY_S": "0",
+    }
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False, timeout=120)
+
+
 @pytest.mark.db
 def test_boot_reapplies_a_rotated_password(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
     # What the pg start command runs on every boot over the trusted local socket: roles.sql again.
-    assert svc.ROLES_SQL_PATH in svc.PG_COMMAND and "pg_isready" in svc.PG_COMMAND
     server = supabase_like_server
     _restart_with_our_hba(server)  # passwords are checked over TCP (scram), as on Fly
     for password in ("FirstPassw0rd", "RotatedPassw0rd"):
-        _boot_roles(server, {"POSTGRES_PASSWORD": password}, tmp_path)
+        result = _run_role_sync(server, tmp_path, password, tries=3)
+        assert result.returncode == 0, result.stderr
+        assert "role passwords applied" in result.stdout
     dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=authenticator connect_timeout=10"
     with psycopg.connect(dsn, password="RotatedPassw0rd") as conn:
         assert conn.execute("SELECT current_user").fetchone() == ("authenticator",)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, password="FirstPassw0rd").close()
+
+
+@pytest.mark.db
+def test_role_sync_that_never_succeeds_says_why_in_the_machine_log(
+    supabase_like_server: PostgresServer, tmp_path: Path
+) -> None:
+    # supabase_admin without superuser cannot ALTER the postgres superuser: every attempt fails.
+    local = f"host={supabase_like_server.root} port={supabase_like_server.port} dbname=postgres user=postgres"
+    with psycopg.connect(local, autocommit=True) as conn:
+        conn.execute("ALTER ROLE supabase_admin NOSUPERUSER")
+    password = "NeverShownPassw0rd"
+    result = _run_role_sync(supabase_like_server, tmp_path, password, tries=2)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "could not re-apply the role passwords" in line]
+    assert len(lines) == 1, result.stderr
+    assert "after 2 attempts" in lines[0] and "ERROR" in lines[0] and "superuser" in lines[0]
+    assert password not in result.stderr + result.stdout
 
 
 def test_password_with_url_characters_stays_one_password() -> None:
@@ -483,3 +572,108 @@ def test_public_postgres_admits_only_its_own_login_from_outside(
     assert login(address, "postgres", SECRETS.postgres_password) == "postgres"
     with pytest.raises(psycopg.OperationalError):
         login(address, svc.PUBLIC_DB_ROLE, "PublicPassw0rdValue")  # turned off with pgPublic
+
+
+# -- the pg app's start command on a real PostgreSQL ---------------------------------------------------------
+
+
+def _rendered_pg_server_argv() -> list[str]:
+    """The postgres argv the pg app runs, read back from the rendered fly.toml's [processes] command."""
+    command = tomllib.loads(render_fly_toml(_cfg(), "pg"))["processes"]["app"]
+    outer = shlex.split(command)
+    assert outer[:2] == ["bash", "-c"], command
+    _, found, server = outer[2].partition("exec docker-entrypoint.sh ")
+    assert found, outer[2]
+    return shlex.split(server)
+
+
+def _relocate(argv: list[str], root: Path) -> list[str]:
+    """The same argv with every absolute path in a `-c name=/path` moved under `root` (a stand-in for /)."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(f"{name}={root}{value}" if eq and value.startswith("/") else arg)
+    return out
+
+
+@pytest.mark.db
+def test_postgres_starts_on_the_volume_although_the_image_config_pins_another_data_directory() -> None:
+    """supabase/postgres's postgresql.conf pins data_directory = '/var/lib/postgresql/data'
+    (supabase/postgres:ansible/files/postgresql_config/postgresql.conf.j2, FILE LOCATIONS); the entrypoint's
+    initdb fills PGDATA on the volume. The exact server command line we render must start on PGDATA."""
+    bindir, user = find_bindir(), _os_user()
+    # Not under pytest's tmp_path: the server's OS user must be able to reach it.
+    root = Path(tempfile.mkdtemp(prefix="silo-pg-start-"))
+    try:
+        _start_with_the_rendered_command_line(bindir, user, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_with_the_rendered_command_line(bindir: Path, user, root: Path) -> None:
+    argv = _rendered_pg_server_argv()
+    assert argv[0] == "postgres"
+    pgdata = root / svc.PGDATA.lstrip("/")
+    config = root / svc.PG_CONFIG_FILE.lstrip("/")
+    config.parent.mkdir(parents=True)
+    (root / "run").mkdir()
+    port = _free_port()
+    # The image's FILE LOCATIONS block, relocated under root, plus where this test may listen.
+    config.write_text(
+        f"data_directory = '{root}/var/lib/postgresql/data'\n"
+        f"hba_file = '{root}/etc/postgresql/pg_hba.conf'\n"
+        f"ident_file = '{root}/etc/postgresql/pg_ident.conf'\n"
+        f"listen_addresses = ''\nport = {port}\nunix_socket_directories = '{root}/run'\n"
+    )
+    (config.parent / "pg_hba.conf").write_text(pg_files(_cfg())[svc.PG_HBA_PATH])
+    (config.parent / "pg_ident.conf").write_text("")
+    run_as: dict = {}
+    if user is not None:
+        run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        for path in [root, *sorted(root.rglob("*"))]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        os.chown(pgdata.parent, user.pw_uid, user.pw_gid)
+    initdb = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        **run_as,
+    )
+    assert initdb.returncode == 0, initdb.stderr
+
+    server = subprocess.Popen(
+        [str(bindir / "postgres"), *_relocate(argv[1:], root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=root,
+        **run_as,
+    )
+    try:
+        dsn = f"host={root}/run port={port} dbname=postgres user=postgres connect_timeout=5"
+        data_directory = None
+        for _ in range(240):  # bounded: until the server answers or exits
+            if server.poll() is not None:
+                break
+            try:
+                with psycopg.connect(dsn) as conn:
+                    data_directory = conn.execute("SHOW data_directory").fetchone()[0]
+                break
+            except psycopg.OperationalError:
+                time.sleep(0.25)
+        if data_directory is None:
+            server.send_signal(signal.SIGINT)
+            output = server.communicate(timeout=60)[0]
+            pytest.fail(f"postgres did not start with the rendered command line:\n{output}")
+        assert data_directory == str(pgdata)
+        assert not (root / "var/lib/postgresql/data").exists()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)  # fast shutdown
+            server.communicate(timeout=60)

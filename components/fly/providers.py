@@ -43,6 +43,7 @@ VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
+RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as silo:readyTimeoutSeconds' default
 
 
 class FlyProviderBase(ResourceProvider):
@@ -163,7 +164,10 @@ class FlyAppProvider(FlyProviderBase):
                         f"refusing to delete Fly app {id_}: it still holds data volumes {names}. "
                         "Set silo:allowDataDeletion=true to delete the data, or keep the app"
                     )
-            fly.delete_app(id_)
+            # The engine deletes an app after every machine of it that this stack manages; force=true stops
+            # whatever is left (a machine made by hand), as the API wants machines stopped otherwise. The
+            # deletion completes asynchronously; a create of the same name waits for it (FlyClient.create_app).
+            fly.delete_app(id_, force=True)
 
 
 class FlyApp(DynamicResource, module="fly", name="App"):
@@ -288,7 +292,10 @@ class FlySecretsProvider(FlyProviderBase):
         app = props["app"]
         with self.client() as fly:
             version = fly.set_secrets(app, props["values"])
-            digests = fly.list_secrets(app)
+            # Read back at the version just written: a lagging replica would give the previous digests, and
+            # the next refresh would take the secrets for changed outside Pulumi and set them (and restart
+            # the machines) again.
+            digests = fly.list_secrets(app, min_version=version)
         names = sorted(props["values"])
         return CreateResult(
             app,
@@ -302,8 +309,8 @@ class FlySecretsProvider(FlyProviderBase):
         changes: dict[str, str | None] = {k: v for k, v in new_values.items() if old_values.get(k) != v}
         changes.update({k: None for k in old_values if k not in new_values})
         with self.client() as fly:
-            version = fly.set_secrets(app, changes) if changes else int(olds.get("version") or 0)
-            digests = fly.list_secrets(app)
+            version = fly.set_secrets(app, changes) if changes else int(canonical(olds.get("version")) or 0)
+            digests = fly.list_secrets(app, min_version=version)
         names = sorted(new_values)
         return UpdateResult(
             {**news, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}}
@@ -313,7 +320,12 @@ class FlySecretsProvider(FlyProviderBase):
         with self.client() as fly:
             if fly.get_app(props["app"]) is None:
                 return ReadResult("", {})
-            live = fly.list_secrets(props["app"])
+            try:
+                live = fly.list_secrets(props["app"], min_version=canonical(props.get("version")))
+            except FlyError as exc:
+                if exc.status != 412:
+                    raise
+                live = fly.list_secrets(props["app"])  # the recorded version is ahead: the app was recreated
         recorded: Mapping[str, str] = props.get("digests") or {}
         # A secret changed or removed outside Pulumi: forget its value so the next up sets it again.
         values = {
@@ -436,15 +448,42 @@ class FlyVolumeProvider(FlyProviderBase):
                     f"not {props['region']}; moving data between regions needs a migration"
                 )
             if int(volume.get("size_gb") or 0) < size:
-                volume = fly.extend_volume(app, volume["id"], size)
+                volume = self._extend(fly, app, volume["id"], size)
         return CreateResult(volume["id"], self._outs(props, volume))
+
+    @staticmethod
+    def _extend(fly: FlyClient, app: str, volume_id: str, size_gb: int) -> dict[str, Any]:
+        """Grow the volume. Under a running machine the API answers ``needs_restart``: its filesystem grows
+        only when the machine restarts (flyctl internal/command/volumes/extend.go says so and leaves it to
+        the user). Honoured here: the machine is restarted under its lease and waited for until it is
+        healthy again, so the size in state is the size the database sees. A stopped machine needs nothing:
+        it gets the grown filesystem on its next start."""
+        volume = fly.extend_volume(app, volume_id, size_gb)
+        machine_id = volume.get("attached_machine_id")
+        if not volume.get("needs_restart") or not machine_id:
+            return volume
+        machine = fly.get_machine(app, machine_id)
+        if machine is None or machine.get("state") not in ("started", "starting"):
+            return volume
+        log.warning(
+            "volume %s of %s grew to %s GB; restarting machine %s so its filesystem grows",
+            volume_id,
+            app,
+            size_gb,
+            machine_id,
+        )
+        with fly.lease(app, machine_id) as nonce:
+            fly.restart_machine(app, machine_id, nonce)
+            fly.wait(app, machine_id, "started", version=machine.get("instance_id"), timeout_s=RESTART_TIMEOUT_S)
+            fly.wait_for_checks(app, machine_id, timeout_s=RESTART_TIMEOUT_S)
+        return fly.get_volume(app, volume_id) or volume
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
         with self.client() as fly:
             volume = fly.get_volume(app, id_) or {"id": id_, "size_gb": olds.get("size_gb")}
             if canonical(news["size_gb"]) > int(volume.get("size_gb") or 0):
-                volume = fly.extend_volume(app, id_, canonical(news["size_gb"]))
+                volume = self._extend(fly, app, id_, canonical(news["size_gb"]))
             retention = canonical(news.get("snapshot_retention"))
             if retention and retention != canonical(olds.get("snapshot_retention")):
                 volume = fly.update_volume(app, id_, {"snapshot_retention": retention})
@@ -615,15 +654,17 @@ class FlyMachineProvider(FlyProviderBase):
     ) -> dict[str, Any]:
         """Bring the machine to the desired state; a started machine must pass its health checks."""
         machine_id = machine["id"]
-        version = machine.get("instance_id")
         timeout = float(canonical(props.get("ready_timeout_s") or 600))
         current = fly.get_machine(app, machine_id) or machine
+        # The version this create or update made: after an update the old version may still run for a
+        # moment, so only a wait for this version says the new config is up (SPEC Machines_wait `version`).
+        version = machine.get("instance_id") or current.get("instance_id")
         if props["desired_state"] == "started":
             if current.get("state") in ("stopped", "created", "suspended", "stopping"):
                 if current.get("state") == "stopping":
                     fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
                 fly.start_machine(app, machine_id, nonce)
-            fly.wait(app, machine_id, "started", timeout_s=timeout)
+            fly.wait(app, machine_id, "started", version=version, timeout_s=timeout)
             current = fly.wait_for_checks(app, machine_id, timeout_s=timeout)
         else:
             if current.get("state") in ("started", "starting", "replacing", "updating"):
@@ -708,7 +749,7 @@ class FlyMachineProvider(FlyProviderBase):
                 result = fly.exec_machine(
                     app, id_, list(command), timeout_s=int(canonical(props.get("pre_stop_timeout_s") or 300))
                 )
-                if int(result.get("exit_code", 1)) != 0:
+                if int(canonical(result.get("exit_code")) or 0) != 0:  # a missing exit_code means 0
                     raise FlyError(
                         f"{' '.join(command)} failed on machine {id_} of app {app} (exit "
                         f"{result.get('exit_code')}): {result.get('stderr', '').strip()[:500]}; "
@@ -819,7 +860,8 @@ class FlyExecProvider(FlyProviderBase):
                 list(props["command"]),
                 timeout_s=int(canonical(props.get("timeout_s") or 120)),
             )
-        exit_code = int(canonical(result.get("exit_code", 1)) or 0)
+        # A successful exec answers without exit_code (fly-go MachineExecResponse: omitempty): missing means 0.
+        exit_code = int(canonical(result.get("exit_code")) or 0)
         if exit_code != 0:
             # stderr of psql may echo statements but never the password (it is read from the env).
             raise FlyError(
