@@ -216,8 +216,7 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     assert started.outs["state"] == "started"
 
     moved = provider.diff(created.id, started.outs, {**new_image, "region": "ams"})
-    # A volume in another region has another identity: the new one is made first, the old one released after.
-    assert moved.replaces == ["region"] and not moved.delete_before_replace
+    assert moved.replaces == ["region"] and moved.delete_before_replace
 
     provider.delete(created.id, started.outs)
     provider.delete(created.id, started.outs)
