@@ -62,6 +62,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
     "readyTimeoutSeconds": "ready_timeout_seconds",
+    "monthlyBudget": "monthly_budget",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -319,6 +320,8 @@ class SiloConfig(_Model):
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
+    # USD per month; the guardrails (policy/) warn when the silo's cost estimate is above it.
+    monthly_budget: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -433,8 +436,12 @@ def _message(error: Any) -> str:
         return f"must be true or false (got {_shown(value)})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number (got {_shown(value)})"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return f"must be a number (got {_shown(value)})"
     if kind == "greater_than_equal":
         return f"must be at least {ctx.get('ge')} (got {_shown(value)})"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt'):g} (got {_shown(value)})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":

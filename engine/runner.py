@@ -143,6 +143,13 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
             for d in result.diagnostics
             if d["severity"] == "error"
         ]
+        # A mandatory policy violation fails the run with only "preview failed" as its error: name the
+        # rule and the resource's URN too.
+        errors += [
+            f"policy violation ({v['level']}) {v['policy']}: {v['urn']}: {v['message']}"
+            for v in result.policy_violations
+            if v["level"] == "mandatory"
+        ]
         result.error = "\n".join(errors) or str(exc)
     else:
         outputs = getattr(answer, "outputs", None) or {}
