@@ -16,6 +16,7 @@ import sys
 from pulumi.automation import CommandError, EngineEvent
 
 from engine.guardrails import describe, policy_args
+from engine.runner import violation_line
 from engine.workspace import REPO_ROOT, EngineMissing, select_stack, workspace
 
 STATE_DIR = REPO_ROOT / ".silo"
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_event(event: EngineEvent) -> None:
         policy = event.policy_event
         if policy is not None and policy.enforcement_level == "mandatory":
-            first_line = policy.message.strip().splitlines()[-1] if policy.message.strip() else ""
-            violations.append(f"{policy.policy_name}: {policy.resource_urn or stack.name}: {first_line}")
+            violations.append(
+                violation_line(policy.policy_name, "mandatory", policy.resource_urn or "", policy.message)
+            )
 
     guarded = {**out, **policy_args(args.stack), "on_event": on_event}
     try:
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError:
         # The CLI has already printed why; a policy violation also gets one line naming rule and URN.
         for line in dict.fromkeys(violations):
-            print(f"policy violation (mandatory) {line}", file=sys.stderr)
+            print(line, file=sys.stderr)
         return 1
     return 0
 

@@ -308,11 +308,6 @@ def _data_volumes_kept(args: ResourceValidationArgs, report: ReportViolation) ->
 
 
 # -- no-secrets-in-env ---------------------------------------------------------------------------------
-SECRET_NAME = re.compile(
-    r"PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|PRIVATE_KEY|API_KEY|APIKEY|ACCESS_KEY|CRYPTO_KEY|ENCRYPTION_KEY|"
-    r"SIGNING_KEY|SERVICE_ROLE_KEY|CREDENTIAL|(^|_)DSN$",
-    re.IGNORECASE,
-)
 SECRET_VALUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a JSON Web Token", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
     ("a URL with a password", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@")),
@@ -323,8 +318,8 @@ SECRET_VALUES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("a Stripe secret key", re.compile(r"\b[rs]k_live_[A-Za-z0-9]{16,}")),
     ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
 )
-# Values a secret-named variable may hold without being a secret: switches, numbers, and paths to a
-# secret mounted as a file.
+# Values a secret-named variable (the program's own rule, flytoml.SECRET_ENV_NAME) may hold without being
+# a secret: switches, numbers, and paths to a secret mounted as a file.
 HARMLESS_VALUE = re.compile(r"^(|true|false|yes|no|on|off|\d+|/\S*)$", re.IGNORECASE)
 
 
@@ -335,7 +330,7 @@ def secret_reason(name: str, value: Any) -> str | None:
     for what, pattern in SECRET_VALUES:
         if pattern.search(value):
             return f"holds {what}"
-    if SECRET_NAME.search(name) and not HARMLESS_VALUE.match(value.strip()):
+    if flytoml.SECRET_ENV_NAME.search(name) and not HARMLESS_VALUE.match(value.strip()):
         return "is named like a secret and holds a value"
     return None
 
