@@ -12,6 +12,7 @@ from pulumi.output import Unknown
 
 from components.fly.client import FlyError
 from components.fly.providers import (
+    REPLACEMENT_KEY,
     FlyAppProvider,
     FlyIpAssignmentProvider,
     FlyMachineProvider,
@@ -75,7 +76,8 @@ def test_volume_rules(fly_emulator, app) -> None:
     # Numbers come back from the engine as floats: no phantom diff.
     assert provider.diff(created.id, created.outs, {**props, "size_gb": 1.0}).changes is False
     moved = provider.diff(created.id, created.outs, {**props, "region": "ams"})
-    assert moved.replaces == ["region"] and moved.delete_before_replace
+    # A volume in another region has another identity: the new one is made first, the old one released after.
+    assert moved.replaces == ["region"] and not moved.delete_before_replace
     grown = provider.update(created.id, created.outs, {**props, "size_gb": 3})
     assert fly_emulator.snapshot()["volumes"][created.id]["size_gb"] == 3
     assert grown.outs["size_gb"] == 3
@@ -250,3 +252,17 @@ def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -
     assert ips.read(created.id, created.outs).id == ""
     apps = configured(FlyAppProvider(), fly_emulator)
     assert apps.read(app, {"name": app, "org": "acme"}).inputs["name"] == app
+
+
+def test_volume_check_marks_a_replacement_for_the_guardrails(fly_emulator, app) -> None:
+    """The policy pack sees checked inputs only: a change the engine will replace the volume for is marked."""
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "encrypted": True}
+    assert REPLACEMENT_KEY not in provider.check({}, props).inputs  # a create replaces nothing
+    assert REPLACEMENT_KEY not in provider.check(props, {**props, "size_gb": 2}).inputs  # grown in place
+    renamed = provider.check(props, {**props, "name": "pg_files"}).inputs
+    assert renamed[REPLACEMENT_KEY] == ["name"]
+    # The mark never reaches the outputs (what a stack policy and later runs see).
+    created = provider.create(renamed)
+    assert REPLACEMENT_KEY not in created.outs
+    assert provider.diff(created.id, created.outs, renamed).changes is False

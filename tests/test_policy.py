@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,13 +171,8 @@ class Fixture(StackProgram):
 
 
 @pytest.fixture(scope="module")
-def emulator() -> Iterator[FlyEmulator]:
-    fly = FlyEmulator()
-    fly.start()
-    try:
-        yield fly
-    finally:
-        fly.stop()
+def emulator(fly_emulator_module: FlyEmulator) -> FlyEmulator:
+    return fly_emulator_module
 
 
 @pytest.fixture(scope="module")

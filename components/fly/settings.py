@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_API_URL = "https://api.machines.dev"
 # Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator.
@@ -75,3 +76,12 @@ def resolve_fly_settings(
 
 def _is_loopback(url: str) -> bool:
     return any(host in url for host in ("://127.0.0.1", "://localhost", "://[::1]"))
+
+
+def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    """``fly:apiUrl`` / ``fly:apiToken`` of a stack file's raw ``config:`` map, as plain strings.
+
+    An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
+    so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
+    """
+    return {key: raw[key] for key in ("fly:apiUrl", "fly:apiToken") if isinstance(raw.get(key), str) and raw[key]}
