@@ -317,3 +317,10 @@ def test_the_control_stack_and_a_silo_with_towns_pass(
     town_machines = {s.urn for s in silo_up.steps if s.type.endswith("fly:Machine") and "::gt-" in s.urn}
     assert len(town_machines) == 2
     assert town_machines <= {v["urn"] for v in advisories(silo_up, "images-by-digest")}
+
+
+def test_the_readme_guardrails_table_is_the_pack_s_rules() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Guardrails") : readme.index("### Drift check")]
+    rows = re.findall(r"^\| `([a-z-]+)` \| (mandatory|advisory) \| (.+) \|$", section, re.M)
+    assert rows == [(r.name, r.level.value, r.why) for r in RULES]
