@@ -324,3 +324,25 @@ def test_the_readme_guardrails_table_is_the_pack_s_rules() -> None:
     section = readme[readme.index("## Guardrails") : readme.index("### Drift check")]
     rows = re.findall(r"^\| `([a-z-]+)` \| (mandatory|advisory) \| (.+) \|$", section, re.M)
     assert rows == [(r.name, r.level.value, r.why) for r in RULES]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("SUPABASE_ANON", "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ", "a JSON Web Token"),
+        ("TLS_KEY_PEM", "-----BEGIN RSA PRIVATE KEY-----\nMIIE...", "a private key"),
+        ("BACKUP_ID", "AKIAIOSFODNN7EXAMPLE", "an AWS access key id"),
+        ("UPSTREAM", "https://deploy:s3cr3t@git.example.com/repo.git", "a URL with a password"),
+        ("GOTRUE_JWT_SECRET", "anything-at-all", "is named like a secret"),
+        ("GOTRUE_JWT_SECRET_IS_BASE64", "false", None),  # a switch, not a secret
+        ("DB_PASSWORD_FILE", "/run/secrets/db", None),  # a path to a secret mounted as a file
+        ("API_EXTERNAL_URL", "https://devenv-acme-erp-kong.fly.dev", None),
+        ("GOTRUE_JWT_EXP", "3600", None),
+    ],
+)
+def test_what_looks_like_a_secret_in_env(name: str, value: str, reason: str | None) -> None:
+    from policy.rules import secret_reason
+
+    found = secret_reason(name, value)
+    assert (found is None) if reason is None else (found is not None and reason in found), found
+    assert value not in (found or "")  # a violation never quotes the value
