@@ -31,29 +31,37 @@ class AcceptingProvider(ResourceProvider):
 
 
 class BypassApp(DynamicResource, module="fly", name="App"):
-    def __init__(self, name: str, args: dict[str, Any]) -> None:
-        super().__init__(AcceptingProvider(), name, {"keep_volumes": True, **args})
+    def __init__(self, name: str, args: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        super().__init__(AcceptingProvider(), name, {"keep_volumes": True, **args}, opts)
 
 
 class BypassVolume(DynamicResource, module="fly", name="Volume"):
-    def __init__(self, name: str, args: dict[str, Any]) -> None:
-        super().__init__(AcceptingProvider(), name, {"allow_delete": False, **args})
+    def __init__(self, name: str, args: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        super().__init__(AcceptingProvider(), name, {"allow_delete": False, **args}, opts)
 
 
 class BypassMachine(DynamicResource, module="fly", name="Machine"):
-    def __init__(self, name: str, args: dict[str, Any]) -> None:
-        super().__init__(AcceptingProvider(), name, {"desired_state": "started", **args})
+    def __init__(self, name: str, args: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        super().__init__(AcceptingProvider(), name, {"desired_state": "started", **args}, opts)
 
 
 class BypassIpAssignment(DynamicResource, module="fly", name="IpAssignment"):
-    def __init__(self, name: str, args: dict[str, Any]) -> None:
-        super().__init__(AcceptingProvider(), name, args)
+    def __init__(self, name: str, args: dict[str, Any], opts: pulumi.ResourceOptions) -> None:
+        super().__init__(AcceptingProvider(), name, args, opts)
 
 
 BYPASS = {"App": BypassApp, "Volume": BypassVolume, "Machine": BypassMachine, "IpAssignment": BypassIpAssignment}
 
+# As in the real program, what lives in an app is created after the app (it names the app by a string
+# here, so the dependency is explicit).
+apps: dict[str, pulumi.Resource] = {}
 for spec in pulumi.Config("fixture").require_object("resources"):
+    args = dict(spec.get("args") or {})
+    owner = apps.get(args.get("app", ""))
+    opts = pulumi.ResourceOptions(depends_on=[owner] if owner is not None else [])
     if spec.get("bypass"):
-        BYPASS[spec["kind"]](spec["name"], dict(spec.get("args") or {}))
+        resource = BYPASS[spec["kind"]](spec["name"], args, opts)
     else:
-        REAL[spec["kind"]](spec["name"], **(spec.get("args") or {}))
+        resource = REAL[spec["kind"]](spec["name"], **args, opts=opts)
+    if spec["kind"] == "App":
+        apps[args["name"]] = resource
