@@ -65,6 +65,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "authSignup": "auth_signup",
     "readyTimeoutSeconds": "ready_timeout_seconds",
     "smtp": "smtp",
+    "monthlyBudget": "monthly_budget",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -414,6 +415,8 @@ class SiloConfig(_Model):
     key_generation: Annotated[int, Field(ge=0)] = 0
     # GoTrue's SMTP server (optional); its password is the secret silo:smtpPassword.
     smtp: SmtpConfig | None = None
+    # USD per month; the guardrails (policy/) warn when the silo's cost estimate is above it.
+    monthly_budget: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -533,10 +536,14 @@ def _message(error: Any) -> str:
         return f"must be true or false (got {_shown(value)})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number (got {_shown(value)})"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return f"must be a number (got {_shown(value)})"
     if kind == "greater_than_equal":
         return f"must be at least {ctx.get('ge')} (got {_shown(value)})"
     if kind == "less_than_equal":
         return f"must be at most {ctx.get('le')} (got {_shown(value)})"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt'):g} (got {_shown(value)})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":

@@ -20,6 +20,14 @@ from components.generated import GeneratedSecret
 from components.r2 import R2Bucket
 from components.schema import PostgresSchema
 
+# The Kilo backend's login (and the towns' registry login): reads the catalog, writes towns, rigs and pins.
+BACKEND_GRANTS: dict[str, list[str]] = {
+    "gastown_towns": ["SELECT", "INSERT", "UPDATE"],
+    "gastown_rigs": ["SELECT", "INSERT", "UPDATE"],
+    "kiloclaw_version_pins": ["SELECT", "INSERT", "UPDATE", "DELETE"],
+    "kiloclaw_available_versions": ["SELECT"],
+}
+
 
 class ControlPlane(pulumi.ComponentResource):
     def __init__(self, cfg: ControlConfig, opts: pulumi.ResourceOptions | None = None):
@@ -60,12 +68,7 @@ class ControlPlane(pulumi.ComponentResource):
             "registry-backend",
             role=role_name,
             password=password,
-            grants={
-                "gastown_towns": ["SELECT", "INSERT", "UPDATE"],
-                "gastown_rigs": ["SELECT", "INSERT", "UPDATE"],
-                "kiloclaw_version_pins": ["SELECT", "INSERT", "UPDATE", "DELETE"],
-                "kiloclaw_available_versions": ["SELECT"],
-            },
+            grants=BACKEND_GRANTS,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.schema]),
         )
         backend_dsn = pulumi.Output.all(parts, login.role, password).apply(

@@ -15,6 +15,8 @@ REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every AP
   ``default``); its machines' 6PN addresses and its Flycast addresses carry that network's id, and
   ``reach(from_app, target)`` says whether a machine of one app could connect to a name or address of
   another (``.flycast`` / ``.internal`` only within a network, public addresses from anywhere).
+- Platform: ``GET /platform/regions`` and ``POST /platform/placements`` (fly-go flaps_platform.go), with
+  the regions an org may place machines in (every region unless ``set_org_regions`` narrows them).
 - Test control: fault injection by templated route, call log, latency, rate limits (429 +
   Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
 
@@ -52,6 +54,7 @@ Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulato
 (LatencyModel fields), ``POST /__emulator/rate_limits`` ``{"enabled"}``, ``POST /__emulator/fail``
 (the ``fail()`` arguments), ``GET``/``DELETE /__emulator/calls``, ``GET /__emulator/snapshot``,
 ``GET /__emulator/exec_log``, ``POST /__emulator/foreign_apps`` ``{"name", "org"}``,
+``POST /__emulator/org_regions`` ``{"org", "regions": [...] | null}``,
 ``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``,
 ``POST /__emulator/reach`` ``{"from", "to"}`` (the ``reach()`` answer; 404 for an unknown app), and
 ``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
@@ -128,6 +131,15 @@ WAIT_TIMEOUT_MESSAGE = "invalid_argument: invalid WaitMachineRequest.Timeout: va
 RUNNING_STATES = frozenset({"started", "starting", "restarting", "updating", "replacing", "stopping", "suspending"})
 CHECK_STATUSES = frozenset({"passing", "warning", "critical"})
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
+# Fly's region codes (fly.io/docs/reference/regions), as components/config.py knows them.
+PLATFORM_REGIONS = (
+    "ams", "arn", "atl", "bog", "bom", "bos", "cdg", "den", "dfw", "ewr", "eze", "fra", "gdl",
+    "gig", "gru", "hkg", "iad", "jnb", "lax", "lhr", "mad", "mia", "nrt", "ord", "otp", "phx",
+    "qro", "scl", "sea", "sfo", "sin", "sjc", "syd", "waw", "yul", "yyz",
+)  # fmt: skip
+PLACEMENT_LIMIT = 100  # machines an org may place per region, when a placement asks for the limit
+# POSTs that change nothing: a placement is a simulation (fly-go flaps_platform.go GetPlacements).
+READ_ONLY_ROUTES = frozenset({"/v1/platform/placements"})
 STATE_FILE_VERSION = 1
 # Custom private networks (fly.io/docs/networking/custom-private-networks): a name is unique within an
 # org and bound for good to a 32-bit network id, which follows "fdaa:" in every 6PN and Flycast address
@@ -197,6 +209,8 @@ _ROUTES: list[tuple[str, tuple[str, ...], str]] = [
     ("/v1/apps/{app}/secrets/{name}", ("GET", "POST", "DELETE"), "secret"),
     ("/v1/apps/{app}/ip_assignments", ("GET", "POST"), "ips"),
     ("/v1/apps/{app}/ip_assignments/{ip}", ("DELETE",), "ip"),
+    ("/v1/platform/regions", ("GET",), "platform_regions"),
+    ("/v1/platform/placements", ("POST",), "platform_placements"),
 ]
 ROUTES: frozenset[str] = frozenset(template for template, _, _ in _ROUTES)
 
@@ -221,6 +235,7 @@ def _empty_state() -> dict[str, Any]:
         "shared_v4": f"66.241.124.{secrets.randbelow(254) + 1}",
         "counters": {"v6": 0, "v4": 0, "private_v6": 0, "network": 0},
         "networks": {},  # "<org>/<network name>" -> network id
+        "org_regions": {},  # org -> the regions it may place machines in (absent: every region)
     }
 
 
@@ -392,6 +407,19 @@ class FlyEmulator:
             self._state["apps"][name] = self._new_app(name, org, None, foreign=True)
             self._save()
 
+    def set_org_regions(self, org: str, regions: list[str] | None) -> None:
+        """Only `regions` are usable by `org` from now on (None: every region), as for an org whose plan
+        or capacity leaves some regions out."""
+        unknown = sorted(set(regions or ()) - set(PLATFORM_REGIONS))
+        if unknown:
+            raise ValueError(f"unknown regions {unknown}")
+        with self._cond:
+            if regions is None:
+                self._state["org_regions"].pop(org, None)
+            else:
+                self._state["org_regions"][org] = list(regions)
+            self._save()
+
     def set_exec_handler(self, fn: ExecHandler | None) -> None:
         """fn(app, machine_id, cmd) -> {"exit_code": int, "stdout": str, "stderr": str}."""
         with self._cond:
@@ -537,7 +565,7 @@ class FlyEmulator:
             if self._latency.call_s > 0:
                 time.sleep(self._latency.call_s)  # never under the lock
             response = self._dispatch(request, method, route, args, extra)
-        mutating = method not in ("GET", "HEAD")
+        mutating = method not in ("GET", "HEAD") and route not in READ_ONLY_ROUTES
         with self._cond:
             call = {
                 "method": method,
@@ -673,6 +701,9 @@ class FlyEmulator:
                 return _json_response(200, self.snapshot())
             elif (method, action) == ("POST", "foreign_apps"):
                 self.add_foreign_app(str(body.get("name", "")), str(body.get("org", "")))
+            elif (method, action) == ("POST", "org_regions"):
+                regions = body.get("regions")
+                self.set_org_regions(str(body.get("org", "")), None if regions is None else list(regions))
             elif (method, action) == ("POST", "check_status"):
                 self.set_check_status(str(body.get("app")), str(body.get("machine_id")), body.get("status"))
             elif (method, action) == ("POST", "reach"):
@@ -1044,6 +1075,31 @@ class FlyEmulator:
             if self._latency.app_delete_s > 0:
                 st["deleting_apps"][app] = now + self._latency.app_delete_s
             return 202, None
+
+    # -- platform ---------------------------------------------------------------------------------------
+    def _h_platform_regions(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
+        regions = [
+            {"code": code, "name": code, "gateway_available": True, "requires_paid_plan": False, "deprecated": False}
+            for code in PLATFORM_REGIONS
+        ]
+        return 200, {"Regions": regions, "Nearest": DEFAULT_REGION}
+
+    def _h_platform_placements(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
+        body = _json_body(request)
+        org = body.get("org_slug")
+        if not isinstance(org, str) or not org:
+            raise ApiError(400, "org_slug is required")
+        asked = [r.strip() for r in str(body.get("region") or "any").split(",") if r.strip()]
+        unknown = [r for r in asked if r != "any" and r not in PLATFORM_REGIONS]
+        if unknown:
+            raise ApiError(400, f"unknown region {unknown[0]!r}")
+        count = body.get("count") or 0
+        with self._cond:
+            usable = self._state["org_regions"].get(org, list(PLATFORM_REGIONS))
+        wanted = usable if "any" in asked else [r for r in asked if r in usable]
+        # Count 0 asks for the org's limit in each region (fly-go GetPlacementsRequest.Count).
+        placed = int(count) if isinstance(count, int) and count > 0 else PLACEMENT_LIMIT
+        return 200, {"regions": [{"region": r, "count": placed, "concurrency": 0} for r in wanted]}
 
     # -- machines ---------------------------------------------------------------------------------------
     def _h_machines(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:

@@ -143,6 +143,13 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
             for d in result.diagnostics
             if d["severity"] == "error"
         ]
+        # A mandatory policy violation fails the run with only "preview failed" as its error: name the
+        # rule and the resource's URN too.
+        errors += [
+            violation_line(v["policy"], v["level"], v["urn"], v["message"])
+            for v in result.policy_violations
+            if v["level"] == "mandatory"
+        ]
         result.error = "\n".join(errors) or str(exc)
     else:
         outputs = getattr(answer, "outputs", None) or {}
@@ -151,6 +158,16 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
     result.stdout = "\n".join(out)
     result.stderr = "\n".join(err)
     return result
+
+
+def violation_line(policy: str, level: str, urn: str, message: str) -> str:
+    """One line naming a policy violation's rule, level and resource URN, then what is wrong.
+
+    A policy's message is its description, then the violation's own lines (the silo guardrails end
+    them with the URN, already named here)."""
+    lines = message.strip().splitlines()
+    detail = [line for line in lines[1:] if not line.startswith("resource: ")] or lines
+    return f"policy violation ({level}) {policy}: {urn or 'the stack'}: {' '.join(detail)}"
 
 
 def export_state(stack: Stack) -> tuple[StackState, dict[str, Any]]:

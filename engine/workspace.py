@@ -77,8 +77,9 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
     return env
 
 
-def inline_program(env: Mapping[str, str] | None = None) -> Callable[[], None]:
-    """The project's `__main__.py` as an inline program, run the way `pulumi up` runs it.
+def inline_program(env: Mapping[str, str] | None = None, main: Path = REPO_ROOT / "__main__.py") -> Callable[[], None]:
+    """A program's `__main__.py` (this project's unless `main` says otherwise) as an inline program, run
+    the way `pulumi up` runs it.
 
     A language host would give the program the CLI's environment; an inline program runs in this
     process, so `env` (what the workspace adds for the CLI) is applied around it.
@@ -88,7 +89,7 @@ def inline_program(env: Mapping[str, str] | None = None) -> Callable[[], None]:
         saved = {key: os.environ.get(key) for key in env or {}}
         os.environ.update(env or {})
         try:
-            runpy.run_path(str(REPO_ROOT / "__main__.py"), run_name="__main__")
+            runpy.run_path(str(main), run_name="__main__")
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -99,24 +100,27 @@ def inline_program(env: Mapping[str, str] | None = None) -> Callable[[], None]:
     return program
 
 
-def make_project(work_dir: Path) -> Path:
+def make_project(work_dir: Path, project: Path = REPO_ROOT) -> Path:
     """A project directory for stacks kept apart from the repository's own stack files (tests, the
-    benchmark): this project's Pulumi.yaml, and the stack files the caller writes next to it."""
+    benchmark): the Pulumi.yaml of `project` (this one by default), and the stack files the caller
+    writes next to it."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "Pulumi.yaml", work_dir / "Pulumi.yaml")
+    shutil.copy(project / "Pulumi.yaml", work_dir / "Pulumi.yaml")
     return work_dir
 
 
-def workspace(work_dir: Path, state_dir: Path, env: Mapping[str, str] | None = None) -> LocalWorkspace:
-    """A LocalWorkspace on `work_dir` (its Pulumi.yaml and Pulumi.<stack>.yaml) running this project's
-    program; state, passphrase and PULUMI_HOME under `state_dir`; `env` added for the CLI, its
-    providers and the program."""
+def workspace(
+    work_dir: Path, state_dir: Path, env: Mapping[str, str] | None = None, project: Path = REPO_ROOT
+) -> LocalWorkspace:
+    """A LocalWorkspace on `work_dir` (its Pulumi.yaml and Pulumi.<stack>.yaml) running the program of
+    `project` (this one by default); state, passphrase and PULUMI_HOME under `state_dir`; `env` added
+    for the CLI, its providers and the program."""
     home = state_dir / "pulumi-home"
     home.mkdir(parents=True, exist_ok=True)
     return LocalWorkspace(
         work_dir=str(work_dir),
         pulumi_home=str(home.resolve()),
-        program=inline_program(env),
+        program=inline_program(env, project / "__main__.py"),
         env_vars=engine_env(state_dir, env),
         pulumi_command=pulumi_command(),
     )

@@ -12,6 +12,7 @@ from pulumi.output import Unknown
 
 from components.fly.client import FlyError
 from components.fly.providers import (
+    REPLACEMENT_KEY,
     FlyAppProvider,
     FlyIpAssignmentProvider,
     FlyMachineProvider,
@@ -372,3 +373,17 @@ def test_flycast_ip_of_an_app_on_its_own_network_is_allocated_on_that_network(fl
     )
     [recorded] = fly_emulator.snapshot()["ips"]["devenv-acme-erp-rest"]
     assert recorded["ip"] == ip.id and (recorded["org_slug"], recorded["network"]) == ("acme", "acme-erp")
+
+
+def test_volume_check_marks_a_replacement_for_the_guardrails(fly_emulator, app) -> None:
+    """The policy pack sees checked inputs only: a change the engine will replace the volume for is marked."""
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "encrypted": True}
+    assert REPLACEMENT_KEY not in provider.check({}, props).inputs  # a create replaces nothing
+    assert REPLACEMENT_KEY not in provider.check(props, {**props, "size_gb": 2}).inputs  # grown in place
+    renamed = provider.check(props, {**props, "name": "pg_files"}).inputs
+    assert renamed[REPLACEMENT_KEY] == ["name"]
+    # The mark never reaches the outputs (what a stack policy and later runs see).
+    created = provider.create(renamed)
+    assert REPLACEMENT_KEY not in created.outs
+    assert provider.diff(created.id, created.outs, renamed).changes is False

@@ -22,6 +22,7 @@ import pytest
 
 from components.fly.client import FlyClient
 from components.fly.settings import FlySettings
+from policy.rules import RULES
 
 pytestmark = pytest.mark.engine
 
@@ -131,6 +132,13 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
     preview = make("preview")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert re.search(r"Resources:\s+38 unchanged", preview.stdout), preview.stdout[-1500:]
+    # The guardrails ran with up and preview: their rules are listed first, then the CLI reports the pack.
+    for run in (up, preview):
+        assert f"policy pack silo-guardrails (policy/, {len(RULES)} rules" in run.stdout, run.stdout[:2000]
+        assert all(re.search(rf"^  (mandatory|advisory) +{r.name} ", run.stdout, re.M) for r in RULES)
+        # `up` ends with the CLI's "Policies:" block, `preview --diff` with its "Policy Packs run:" table.
+        ran = r"silo-guardrails(@v1\.0\.0 \(local: \S*|\|local\|\S*)policy/run-policy-pack(\)|\s+1\.0\.0)"
+        assert re.search(ran, run.stdout), run.stdout[-2000:]
     refresh = make("refresh")
     assert refresh.returncode == 0, refresh.stdout + refresh.stderr
     assert re.search(r"Resources:\s+38 unchanged", refresh.stdout), refresh.stdout[-1500:]

@@ -504,6 +504,26 @@ class FlyClient:
         with contextlib.suppress(FlyNotFound):
             self.request("DELETE", f"/apps/{name}", params={"force": "true"} if force else None, idempotent=True)
 
+    def list_apps(self, org: str) -> list[dict]:
+        """The apps of organization `org` (fly-machines-api.md §1.1, `GET /apps?org_slug=`)."""
+        return list((self._json("GET", "/apps", params={"org_slug": org}) or {}).get("apps") or [])
+
+    # -- platform ---------------------------------------------------------------------------------
+    def placeable_regions(self, org: str, regions: str) -> list[str]:
+        """Which of `regions` (a code or a comma-separated list) `org` can place machines in now.
+
+        A placement simulation that creates nothing: `POST /platform/placements` with count 0 answers
+        the org's limit per region (fly-go flaps_platform.go GetPlacements); a region left out, or with
+        a limit of 0, is not usable by the org. Fly's Go server may spell the keys either way.
+        """
+        answer = self._json("POST", "/platform/placements", json={"org_slug": org, "region": regions, "count": 0})
+        placements = (answer or {}).get("regions") or (answer or {}).get("Regions") or []
+        return [
+            str(p.get("region") or p.get("Region"))
+            for p in placements
+            if isinstance(p, Mapping) and int(p.get("count") or p.get("Count") or 0) > 0
+        ]
+
     # -- IP assignments ---------------------------------------------------------------------------
     def list_ips(self, app: str) -> list[dict]:
         return list((self._json("GET", f"/apps/{app}/ip_assignments") or {}).get("ips") or [])

@@ -85,8 +85,9 @@ SERVICE_SETTINGS = frozenset(
     }
 )
 MAX_KILL_TIMEOUT_S = 300
-# Env names that hold credentials: they belong in Fly secrets, never in fly.toml.
-_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
+# Env names that hold credentials: they belong in Fly secrets, never in fly.toml (the guardrails in
+# policy/rules.py use the same rule).
+SECRET_ENV_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 _VM_PRESET = re.compile(r"^(?:(shared)-cpu|(performance))-(\d+)x$")  # shared-cpu-Nx, performance-Nx
 _SIZE = re.compile(r"^\s*(\d+)\s*(gb|g|mb|m)?\s*$", re.IGNORECASE)
@@ -251,7 +252,7 @@ def _validate_env(env: Any) -> list[str]:
             problems.append(f"{at}: values must be strings (got {type(value).__name__} {value!r})")
         if name.upper().startswith("FLY_"):
             problems.append(f"{at}: names starting with FLY_ are reserved by Fly")
-        if _SECRET_NAME.search(name):
+        if SECRET_ENV_NAME.search(name):
             problems.append(f"{at}: looks like a secret; set it with Fly secrets, never in fly.toml")
     return problems
 

@@ -44,6 +44,12 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
 RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as silo:readyTimeoutSeconds' default
+# Added to a volume's checked inputs when they change an immutable input of the deployed volume, i.e.
+# when the engine will replace it. A policy pack sees a resource's checked inputs but neither its old
+# state nor the step the engine plans (Pulumi docs, "Policy as Code": resource validation policies get
+# the resource's inputs), so this is how the silo guardrails (policy/) see a data volume's replacement
+# at preview. It is never part of the outputs, and `diff` does not compare it.
+REPLACEMENT_KEY = "immutable_changes"
 
 
 class FlyProviderBase(ResourceProvider):
@@ -409,6 +415,11 @@ class FlyVolumeProvider(FlyProviderBase):
                     "with an empty one; migrate the data first, then set silo:regionMigration=true",
                 )
             )
+        news = {k: v for k, v in news.items() if k != REPLACEMENT_KEY}
+        # The same keys `diff` replaces on, unknown values counting as changed as they do there.
+        replaced_by = changed_keys(olds, news, self.IMMUTABLE) if olds.get("name") is not None else []
+        if replaced_by:
+            news[REPLACEMENT_KEY] = replaced_by
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -423,7 +434,7 @@ class FlyVolumeProvider(FlyProviderBase):
 
     def _outs(self, props: Mapping[str, Any], volume: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            **props,
+            **{k: v for k, v in props.items() if k != REPLACEMENT_KEY},
             "volume_id": volume["id"],
             "zone": volume.get("zone", ""),
             "size_gb": max(canonical(props["size_gb"]), int(volume.get("size_gb") or 0)),

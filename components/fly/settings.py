@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from components.urls import is_loopback_url
 
@@ -73,3 +74,12 @@ def resolve_fly_settings(
             )
         return FlySettings(base_url=(url or LOCAL_EMULATOR_URL).rstrip("/"), token=EMULATOR_TOKEN, source="emulator")
     return FlySettings(base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source)
+
+
+def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    """``fly:apiUrl`` / ``fly:apiToken`` of a stack file's raw ``config:`` map, as plain strings.
+
+    An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
+    so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
+    """
+    return {key: raw[key] for key in ("fly:apiUrl", "fly:apiToken") if isinstance(raw.get(key), str) and raw[key]}
