@@ -18,7 +18,15 @@ from components.catalog import ResolvedImage as Image
 from components.config import SiloConfig
 from components.costs import estimate
 from components.fly import flytoml
-from components.fly.providers import FlyApp, FlyExec, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.fly.providers import (
+    FlyApp,
+    FlyExec,
+    FlyIpAssignment,
+    FlyMachine,
+    FlyMachinesReady,
+    FlySecrets,
+    FlyVolume,
+)
 from components.generated import GeneratedSecret
 from components.keys import supabase_keys
 from components.render import render_fly_toml
@@ -93,8 +101,19 @@ class DevEnvStack(pulumi.ComponentResource):
 
         desired = "started" if cfg.state == "running" else "stopped"
         self.services: dict[str, ServiceResources] = {}
-        for name in cfg.services:  # dependency order: upstreams first
-            self.services[name] = self._service(cfg, name, images[name], secrets, desired, child)
+        # Per service whose health another service needs at boot: the gate that waits for it.
+        self.boot_gates: dict[str, FlyMachinesReady] = {}
+        for name in cfg.services:  # dependency order: what a service boots after comes first
+            after = [self._boot_gate(cfg, u, desired) for u in svc.SERVICES[name].boot_after if u in self.services]
+            self.services[name] = self._service(cfg, name, images[name], secrets, desired, after)
+        machines = [res.machine for res in self.services.values()]
+        # `up` is done when every machine is (and fails naming those that are not).
+        self.ready = FlyMachinesReady(
+            f"devenv-{cfg.silo_id}-ready",
+            machines=machines,
+            timeout_s=cfg.ready_timeout_seconds,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=machines),
+        )
 
         pg = self.services["pg"]
         self.rls = (
@@ -104,7 +123,8 @@ class DevEnvStack(pulumi.ComponentResource):
                 machine_id=pg.machine.machine_id,
                 command=psql_command(rls_sql(cfg.rls_mode)),
                 description=f"RLS mode {cfg.rls_mode}",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[pg.machine], aliases=[]),
+                # SQL needs Postgres up and answering: after its gate, not just its machine.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self._boot_gate(cfg, "pg", desired)]),
             )
             if cfg.state == "running"
             else None
@@ -116,6 +136,24 @@ class DevEnvStack(pulumi.ComponentResource):
         )
         self.register_outputs({"supabase_url": cfg.kong_url})
 
+    def _boot_gate(self, cfg: SiloConfig, name: str, desired: str) -> FlyMachinesReady:
+        """The gate that is done once `name`'s machine runs and passes its checks (made once)."""
+        if name not in self.boot_gates:
+            machine = self.services[name].machine
+            self.boot_gates[name] = FlyMachinesReady(
+                f"{cfg.app_name(name)}-ready",
+                machines=[machine],
+                timeout_s=cfg.ready_timeout_seconds,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[machine]),
+            )
+        return self.boot_gates[name]
+
+    def machine_state(self, name: str) -> pulumi.Output[str]:
+        """The state `name`'s machine was found in once ready (started or stopped)."""
+        return pulumi.Output.all(self.ready.states, self.services[name].machine.machine_id).apply(
+            lambda v: (v[0] or {}).get(v[1], "unknown")
+        )
+
     # -- one service ------------------------------------------------------------------------------
     def _service(
         self,
@@ -124,7 +162,7 @@ class DevEnvStack(pulumi.ComponentResource):
         image: Image,
         secrets: pulumi.Output[svc.SiloSecrets],
         desired: str,
-        child: pulumi.ResourceOptions,
+        boot_after: list[FlyMachinesReady],
     ) -> ServiceResources:
         spec = svc.SERVICES[name]
         app_name = cfg.app_name(name)
@@ -168,7 +206,6 @@ class DevEnvStack(pulumi.ComponentResource):
                 allow_region_change=cfg.region_migration,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[app], retain_on_delete=keeps_data),
             )
-        upstreams = [self.services[u].machine for u in spec.upstreams if u in self.services]
         machine = FlyMachine(
             f"{app_name}-machine",
             app=app.name,
@@ -177,11 +214,10 @@ class DevEnvStack(pulumi.ComponentResource):
             fly_toml=render_fly_toml(cfg, name, image.ref),
             image=image.ref,
             desired_state=desired,
-            ready_timeout_s=cfg.ready_timeout_seconds,
             volume_id=volume.volume_id if volume else None,
             min_secrets_version=fly_secrets.version,
             metadata={"silo_id": cfg.silo_id, "silo_service": name, "silo_image_tag": image.tag},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*ips, fly_secrets, *upstreams]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*ips, fly_secrets, *boot_after]),
         )
         return ServiceResources(app=app, secrets=fly_secrets, machine=machine, volume=volume, ips=ips)
 

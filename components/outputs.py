@@ -35,12 +35,12 @@ def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:
     """The outputs to export (Outputs or plain values); connection data only while running."""
     running = cfg.state == "running"
     machines = {
-        name: {"app": res.app.name, "machine_id": res.machine.machine_id, "state": res.machine.state}
+        name: {"app": res.app.name, "machine_id": res.machine.machine_id, "state": devenv.machine_state(name)}
         for name, res in devenv.services.items()
     }
     services_view = {
         svc.SERVICES[name].title: {
-            "status": res.machine.state.apply(_status),
+            "status": devenv.machine_state(name).apply(_status),
             "machine_id": res.machine.machine_id,
         }
         for name, res in devenv.services.items()

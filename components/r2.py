@@ -54,6 +54,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from components.dynamic import DynamicResource, canonical, changed_keys, has_unknown, pick
+from components.http import tls_context
 from components.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ class CloudflareClient:
             headers={"Authorization": f"Bearer {settings.token}", "User-Agent": "silo-infra/pulumi"},
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            verify=tls_context(),
         )
 
     def __enter__(self) -> CloudflareClient:

@@ -94,7 +94,12 @@ class Service:
     check: HealthCheck
     vm: VmSpec
     volume: VolumeSpec | None = None
-    upstreams: tuple[str, ...] = ()  # must be healthy before this one starts
+    # The services this one sends requests to (Kong routes to them); each is resolved per request.
+    upstreams: tuple[str, ...] = ()
+    # The services that must be up and passing their checks before this one boots: only those it needs
+    # at start-up (GoTrue and Storage run their migrations, PostgREST loads its schema cache). A service
+    # that reaches its upstreams per request (Kong, Studio, postgres-meta) boots alongside them.
+    boot_after: tuple[str, ...] = ()
     public: bool = False  # only Kong gets public IPs; the rest are Flycast-only
     extra_checks: tuple[tuple[str, HealthCheck], ...] = ()  # top-level [checks.<name>]
     kill_signal: str = "SIGTERM"
@@ -114,18 +119,19 @@ SERVICES: dict[str, Service] = {
     ),
     "rest": Service(
         name="rest", title="postgrest", image="postgrest/postgrest", tag="v14.5", port=3000,
-        check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
+        check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",), boot_after=("pg",),
         # /ready is 503 until the pool and schema cache are ready (PostgREST admin server docs).
         extra_checks=(("ready", HealthCheck("http", path="/ready", port=PGRST_ADMIN_PORT)),),
     ),
     "auth": Service(
         name="auth", title="gotrue", image="supabase/gotrue", tag="v2.186.0", port=9999,
         check=HealthCheck("http", path="/health"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
+        boot_after=("pg",),
     ),
     "storage": Service(
         name="storage", title="storage", image="supabase/storage-api", tag="v1.44.2", port=5000,
         check=HealthCheck("http", path="/status"), vm=VmSpec(memory_mb=512), upstreams=("pg",),
-        volume=VolumeSpec("storage_data", 5, STORAGE_PATH),
+        boot_after=("pg",), volume=VolumeSpec("storage_data", 5, STORAGE_PATH),
     ),
     "meta": Service(
         name="meta", title="postgres-meta", image="supabase/postgres-meta", tag="v0.95.2", port=8080,

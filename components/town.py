@@ -11,13 +11,14 @@ soft-deleted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
 
 from components.catalog import ResolvedImage
 from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
-from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlyMachinesReady, FlySecrets, FlyVolume
 from components.generated import GeneratedSecret
 from components.r2 import R2TownCredentials
 from components.registry import TownRecord, TownRegistration
@@ -153,29 +154,55 @@ class TownSandbox(pulumi.ComponentResource):
             min_secrets_version=self.secrets.version,
             metadata={"silo_id": cfg.silo_id, "gastown_sandbox_id": sid, "silo_image_tag": image.tag},
             pre_stop_exec=FLUSH_COMMAND,
-            ready_timeout_s=cfg.ready_timeout_seconds,
             opts=child(self.ip, self.secrets, self.volume),
         )
+        self.town_id = town_id
+        self.record: TownRecord | None = None
+        self.outputs: dict[str, Any] = {}
+
+    def record_when_ready(self, ready: FlyMachinesReady) -> None:
+        """The registry row gets the Fly ids and `running`/`stopped` once the machine is found so."""
+        town = self.town
         self.record = TownRecord(
-            f"{sid}-record",
-            town_id=town_id,
+            f"{town.sandbox_id}-record",
+            town_id=self.town_id,
             status=town.state,
             fly_machine_id=self.machine.machine_id,
             fly_volume_id=self.volume.volume_id,
             rigs=[{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs],
-            opts=child(self.machine),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.machine, ready]),
         )
-        self.outputs: dict[str, Any] = {
-            "sandbox_id": sid,
-            "town_id": town_id,
+        self.outputs = {
+            "sandbox_id": town.sandbox_id,
+            "town_id": self.town_id,
             "app": self.app.name,
-            "internal_url": f"http://{sid}.flycast:{INTERNAL_PORT}",
+            "internal_url": f"http://{town.sandbox_id}.flycast:{INTERNAL_PORT}",
             "machine_id": self.machine.machine_id,
-            "state": self.machine.state,
+            "state": pulumi.Output.all(ready.states, self.machine.machine_id).apply(
+                lambda v: (v[0] or {}).get(v[1], "unknown")
+            ),
             "volume_id": self.volume.volume_id,
             "rigs": [r.name for r in town.rigs],
         }
-        self.register_outputs({"sandbox_id": sid})
+        self.register_outputs({"sandbox_id": town.sandbox_id})
+
+
+def town_sandboxes(
+    cfg: SiloConfig, image: ResolvedImage, control: ControlPlaneRef, after: Sequence[pulumi.Resource] = ()
+) -> list[TownSandbox]:
+    """Every town of the silo, with one gate that waits for all their machines at once (a gate per town
+    would hold a provider slot per booting town: bench/run.py), and then each town's registry row."""
+    sandboxes = [TownSandbox(cfg, town, image, control) for town in cfg.towns]
+    machines = [s.machine for s in sandboxes]
+    ready = FlyMachinesReady(
+        f"{cfg.silo_id}-towns-ready",
+        machines=machines,
+        timeout_s=cfg.ready_timeout_seconds,
+        opts=pulumi.ResourceOptions(depends_on=[*machines, *after]),
+    )
+    for sandbox in sandboxes:
+        sandbox.record_when_ready(ready)
+    return sandboxes
 
 
 def _secret_values(values: list[Any]) -> dict[str, str]:

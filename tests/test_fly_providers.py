@@ -16,6 +16,7 @@ from components.fly.providers import (
     FlyAppProvider,
     FlyIpAssignmentProvider,
     FlyMachineProvider,
+    FlyMachinesReadyProvider,
     FlySecretsProvider,
     FlyVolumeProvider,
 )
@@ -165,7 +166,6 @@ def machine_props(app: str, **overrides):
         "image": "supabase/postgres-meta:v0.95.2",
         "desired_state": "started",
         "metadata": {},
-        "ready_timeout_s": 5,
     }
     props.update(overrides)
     checked = FlyMachineProvider().check({}, props)
@@ -224,14 +224,71 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     assert created.id not in fly_emulator.snapshot()["machines"]
 
 
-def test_machine_that_never_gets_healthy_is_rolled_back(fly_emulator, meta_app) -> None:
+def gate_props(*machines, timeout_s: int = 5) -> dict:
+    """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs)."""
+    entries = [
+        {"app": m.outs["app"], "machine_id": m.outs["machine_id"], "instance_id": m.outs["instance_id"],
+         "desired_state": state}
+        for m, state in machines
+    ]  # fmt: skip
+    return {"machines": entries, "timeout_s": timeout_s}
+
+
+def test_machine_create_returns_at_once_and_the_gate_waits_for_its_checks(fly_emulator, meta_app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(boot_s=1, check_pass_s=1))
+    created = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
+    # Created and launched, but not waited for: the provider call did not hold a slot for the boot.
+    assert fly_emulator.snapshot()["machines"][created.id]["state"] in ("created", "starting")
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    ready = gate.create(gate_props((created, "started"), timeout_s=30))
+    assert ready.outs["states"] == {created.id: "started"}
+    machine = fly_emulator.snapshot()["machines"][created.id]
+    assert machine["checks"] and all(c["status"] == "passing" for c in machine["checks"])
+
+
+def test_a_machine_that_never_gets_healthy_fails_the_gate_naming_it_and_stays_tracked(fly_emulator, meta_app) -> None:
     from emulators.fly import LatencyModel
 
     fly_emulator.set_latency(LatencyModel(check_pass_s=60))
-    provider = configured(FlyMachineProvider(), fly_emulator)
-    with pytest.raises(FlyError, match="health checks"):
-        provider.create(machine_props(meta_app, ready_timeout_s=2))
-    assert fly_emulator.snapshot()["machines"] == {}
+    healthy_app = "devenv-acme-erp-kong"
+    configured(FlyAppProvider(), fly_emulator).create({"name": healthy_app, "org": "acme"})
+    machines = configured(FlyMachineProvider(), fly_emulator)
+    slow = machines.create(machine_props(meta_app))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    with pytest.raises(FlyError, match="health checks") as caught:
+        gate.create(gate_props((slow, "started"), timeout_s=2))
+    assert meta_app in str(caught.value) and slow.id in str(caught.value) and "1 of 1 machines" in str(caught.value)
+    # The machine is in the state the engine records for its (successful) create: nothing is orphaned,
+    # and the next `up` waits for it again.
+    assert slow.id in fly_emulator.snapshot()["machines"]
+
+
+def test_the_gate_waits_for_many_machines_at_once(fly_emulator, meta_app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(boot_s=2, check_pass_s=2))
+    machines = configured(FlyMachineProvider(), fly_emulator)
+    created = [machines.create(machine_props(meta_app, name=f"m-{i}")) for i in range(6)]
+    stopped = machines.create(machine_props(meta_app, name="resting", desired_state="stopped"))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    ready = gate.create(gate_props(*[(m, "started") for m in created], (stopped, "stopped"), timeout_s=30))
+    assert ready.outs["states"] == {**{m.id: "started" for m in created}, stopped.id: "stopped"}
+    states = {m["name"]: m["state"] for m in fly_emulator.snapshot()["machines"].values()}
+    # A machine created to stay stopped is never launched ("created": skip_launch).
+    assert states == {**{f"m-{i}": "started" for i in range(6)}, "resting": "created"}
+
+
+def test_the_gate_diff_waits_again_only_for_a_new_version_or_state(fly_emulator) -> None:
+    gate = FlyMachinesReadyProvider()
+    machine = {"app": "a", "machine_id": "m1", "instance_id": "v1", "desired_state": "started"}
+    olds = {"machines": [machine], "timeout_s": 600, "states": {"m1": "started"}}
+    assert gate.diff("g", olds, {"machines": [machine], "timeout_s": 900}).changes is False
+    bumped = gate.diff("g", olds, {"machines": [{**machine, "instance_id": "v2"}], "timeout_s": 600})
+    assert bumped.changes and bumped.replaces == []
+    assert gate.diff("g", olds, {"machines": [{**machine, "desired_state": "stopped"}]}).changes
+    assert gate.diff("g", olds, {"machines": Unknown()}).changes
 
 
 def test_delete_flushes_through_exec_first(fly_emulator, meta_app) -> None:
@@ -328,17 +385,21 @@ def test_secret_digests_in_state_are_those_of_the_version_written(fly_emulator, 
     assert provider.read(app, updated.outs).outs["values"] == {"POSTGRES_PASSWORD": "p2"}
 
 
-def test_an_update_reports_done_only_once_the_new_version_runs(fly_emulator, meta_app) -> None:
+def test_an_update_is_ready_only_once_the_new_version_runs(fly_emulator, meta_app) -> None:
     import httpx
 
     from emulators.fly import LatencyModel
 
     provider = configured(FlyMachineProvider(), fly_emulator)
-    props = machine_props(meta_app, ready_timeout_s=60)
-    created = provider.create(props)
+    created = provider.create(machine_props(meta_app))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    gate.create(gate_props((created, "started"), timeout_s=60))
     fly_emulator.set_latency(LatencyModel(replace_lag_s=3))
-    news = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0", ready_timeout_s=60)
+    news = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0")
     updated = provider.update(created.id, created.outs, news)
+    assert updated.outs["instance_id"] != created.outs["instance_id"]
+    gate.update("g", {}, gate_props((updated, "started"), timeout_s=60))
+    # The gate returned: the new version is the one running.
     wait = f"{fly_emulator.url}/v1/apps/{meta_app}/machines/{created.id}/wait"
     answer = httpx.get(
         wait,

@@ -192,11 +192,12 @@ def test_changing_a_pin_on_a_running_silo_updates_exactly_that_machine(
 
     preview = program.run("preview", images=images)
     assert preview.ok, preview.error
-    assert preview.changed() == {"devenv-acme-erp-storage-machine": "update"}
+    # The machine, and the gate that waits for its new version.
+    assert preview.changed() == {"devenv-acme-erp-storage-machine": "update", "devenv-acme-erp-ready": "update"}
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
 
     up = program.up(images=images)
-    assert up.changed() == {"devenv-acme-erp-storage-machine": "update"}
+    assert up.changed() == {"devenv-acme-erp-storage-machine": "update", "devenv-acme-erp-ready": "update"}
     after = machines_by_service(program)
     assert set(after) == set(before)
     storage = after["storage"]

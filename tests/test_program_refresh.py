@@ -49,6 +49,7 @@ def test_refresh_shows_changes_made_by_hand_and_the_next_up_repairs_them(tmp_pat
         f"{PG}-machine": "update",  # started again
         f"{REST}-secrets": "update",  # the secret set again
         f"{REST}-machine": "update",  # restarted on the new secrets version
+        "devenv-acme-erp-ready": "update",  # ... and waited for until healthy
     }
     snap = fly_emulator.snapshot()
     assert {m["name"]: m["state"] for m in snap["machines"].values()}["pg"] == "started"

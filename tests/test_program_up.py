@@ -35,6 +35,7 @@ KONG_URL = "https://devenv-acme-erp-kong.fly.dev"
 APPS = {f"devenv-acme-erp-{s}" for s in ("pg", "rest", "auth", "storage", "meta", "studio", "kong")}
 SECRET_OUTPUTS = {"service_role_key", "db_password", "db_connection_string", "connection_info", "roles_devops"}
 RLS_PRODUCTION = "devenv-acme-erp-pg-rls-production"
+SILO_READY, PG_READY = "devenv-acme-erp-ready", "devenv-acme-erp-pg-ready"  # the health gates
 
 
 def verify_key(token: str, jwt_secret: str) -> dict[str, object]:
@@ -168,7 +169,8 @@ def test_preview_of_an_image_tag_change_updates_only_that_machine(
     program.emulator.clear_calls()
     result = program.run("preview", images={"storage": other_tag("storage")})
     assert result.ok, result.error
-    assert result.changed() == {"devenv-acme-erp-storage-machine": "update"}
+    # The machine, and the gate that waits for its new version (`up` ends once it runs and is healthy).
+    assert result.changed() == {"devenv-acme-erp-storage-machine": "update", SILO_READY: "update"}
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
 
 
@@ -179,7 +181,8 @@ def test_preview_of_stopping_updates_machines_and_drops_the_rls_exec_only(
     result = program.run("preview", state="stopped")
     assert result.ok, result.error
     machines = {f"{app}-machine": "update" for app in APPS}
-    assert result.changed() == {**machines, RLS_PRODUCTION: "delete"}
+    gates = {SILO_READY: "update", PG_READY: "update"}  # now waiting for stopped machines
+    assert result.changed() == {**machines, **gates, RLS_PRODUCTION: "delete"}
 
 
 def test_preview_of_an_rls_mode_change_touches_only_the_rls_exec(deployed: tuple[SiloProgram, RunResult]) -> None:

@@ -37,6 +37,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from components.fly import flytoml
 from components.fly.settings import FlySettings
+from components.http import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ class FlyClient:
             headers={"Authorization": settings.authorization, "User-Agent": "silo-infra/pulumi"},
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            verify=tls_context(),
         )
 
     # -- plumbing ---------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pulumi
@@ -44,6 +46,12 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
 RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as silo:readyTimeoutSeconds' default
+# A machine caught between states (stopping, starting) settles within seconds; waited for before the
+# opposite request, which Fly refuses meanwhile.
+TRANSITION_WAIT_S = 120
+# One waiting thread per machine, up to this many: each mostly sleeps between polls that the client
+# paces within Fly's per-machine rate limits.
+MAX_CONCURRENT_WAITS = 128
 # Added to a volume's checked inputs when they change an immutable input of the deployed volume, i.e.
 # when the engine will replace it. A policy pack sees a resource's checked inputs but neither its old
 # state nor the step the engine plans (Pulumi docs, "Policy as Code": resource validation policies get
@@ -655,7 +663,7 @@ class FlyMachineProvider(FlyProviderBase):
             body["min_secrets_version"] = canonical(props["min_secrets_version"])
         return body
 
-    def _settle(
+    def _converge(
         self,
         fly: FlyClient,
         app: str,
@@ -663,30 +671,28 @@ class FlyMachineProvider(FlyProviderBase):
         props: Mapping[str, Any],
         nonce: str | None = None,
     ) -> dict[str, Any]:
-        """Bring the machine to the desired state; a started machine must pass its health checks."""
+        """Ask for the desired state (start or stop) and return without waiting for it.
+
+        Booting and passing health checks is FlyMachinesReady's job, for many machines at once: a
+        provider call that waited here would hold one of the provider host's four slots for a whole
+        boot (bench/run.py). Only a machine caught between states is waited for, briefly, since Fly
+        refuses to start a stopping machine or to stop a starting one.
+        """
         machine_id = machine["id"]
-        timeout = float(canonical(props.get("ready_timeout_s") or 600))
         current = fly.get_machine(app, machine_id) or machine
-        # The version this create or update made: after an update the old version may still run for a
-        # moment, so only a wait for this version says the new config is up (SPEC Machines_wait `version`).
-        version = machine.get("instance_id") or current.get("instance_id")
+        state = current.get("state")
         if props["desired_state"] == "started":
-            if current.get("state") in ("stopped", "created", "suspended", "stopping"):
-                if current.get("state") == "stopping":
-                    fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
+            if state == "stopping":
+                fly.wait(app, machine_id, "stopped", version=current.get("instance_id"), timeout_s=TRANSITION_WAIT_S)
+                state = "stopped"
+            if state in ("stopped", "created", "suspended"):
                 fly.start_machine(app, machine_id, nonce)
-            fly.wait(app, machine_id, "started", version=version, timeout_s=timeout)
-            current = fly.wait_for_checks(app, machine_id, timeout_s=timeout)
-        else:
-            if current.get("state") in ("started", "starting", "replacing", "updating"):
-                if current.get("state") != "started":
-                    fly.wait(app, machine_id, "started", timeout_s=timeout)
-                stop = (props.get("config") or {}).get("stop_config") or {}
-                fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
-            if current.get("state") != "created":
-                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
-            current = fly.get_machine(app, machine_id) or current
-        return dict(current)
+        elif state in ("started", "starting", "replacing", "updating"):
+            if state != "started":
+                fly.wait(app, machine_id, "started", timeout_s=TRANSITION_WAIT_S)
+            stop = (props.get("config") or {}).get("stop_config") or {}
+            fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
+        return dict(fly.get_machine(app, machine_id) or current)
 
     def _outs(self, props: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -705,20 +711,11 @@ class FlyMachineProvider(FlyProviderBase):
                 # A machine left by an interrupted run (or a lost create response): converge it.
                 with fly.lease(app, existing["id"]) as nonce:
                     machine = fly.update_machine(app, existing["id"], self._body(props), nonce)
-                    machine = self._settle(fly, app, machine, props, nonce)
+                    machine = self._converge(fly, app, machine, props, nonce)
                 return CreateResult(machine["id"], self._outs(props, machine))
+            # Created and launched (or not, when it is to stay stopped); whether it boots and passes its
+            # checks is waited for by FlyMachinesReady, which fails the `up` naming it if it does not.
             machine = fly.create_machine(app, {"name": props["name"], **self._body(props)})
-            try:
-                machine = self._settle(fly, app, machine, props)
-            except Exception:
-                # Roll back: a machine that never became healthy must not outlive the failed create.
-                log.warning("machine %s of %s did not become ready; removing it", machine["id"], app)
-                try:
-                    fly.delete_machine(app, machine["id"], force=True)
-                    fly.wait(app, machine["id"], "destroyed", timeout_s=120)
-                except FlyError as cleanup_error:
-                    log.error("rollback of machine %s failed: %s", machine["id"], cleanup_error)
-                raise
         return CreateResult(machine["id"], self._outs(props, machine))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -732,7 +729,7 @@ class FlyMachineProvider(FlyProviderBase):
                 raise FlyError(f"machine {id_} of app {app} no longer exists; run `pulumi refresh` then `pulumi up`")
             if reconfigure:
                 machine = fly.update_machine(app, id_, self._body(news), nonce)
-            machine = self._settle(fly, app, machine, news, nonce)
+            machine = self._converge(fly, app, machine, news, nonce)
         return UpdateResult(self._outs(news, machine))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -791,6 +788,8 @@ def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None
 
 
 class FlyMachine(DynamicResource, module="fly", name="Machine"):
+    app: pulumi.Output[str]
+    desired_state: pulumi.Output[str]
     machine_id: pulumi.Output[str]
     instance_id: pulumi.Output[str]
     state: pulumi.Output[str]
@@ -810,7 +809,6 @@ class FlyMachine(DynamicResource, module="fly", name="Machine"):
         min_secrets_version: pulumi.Input[int] | None = None,
         metadata: Mapping[str, str] | None = None,
         pre_stop_exec: list[str] | None = None,
-        ready_timeout_s: int = 600,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -824,7 +822,6 @@ class FlyMachine(DynamicResource, module="fly", name="Machine"):
             "min_secrets_version": min_secrets_version,
             "metadata": dict(metadata or {}),
             "pre_stop_exec": pre_stop_exec,
-            "ready_timeout_s": ready_timeout_s,
             "config": None,
             "machine_id": None,
             "instance_id": None,
@@ -832,6 +829,107 @@ class FlyMachine(DynamicResource, module="fly", name="Machine"):
             "private_ip": None,
         }
         super().__init__(FlyMachineProvider(), resource_name, props, opts)
+
+
+# -- FlyMachinesReady ---------------------------------------------------------------------------------
+class FlyMachinesReadyProvider(FlyProviderBase):
+    """Waits until every listed machine is in its desired state, and a started one passes every health
+    check it has configured, all at once in one provider call.
+
+    The machines themselves return as soon as the API has their create, update, start or stop: a call
+    waiting for a boot would hold one of the provider host's four slots the whole time (pulumi.dynamic
+    serves four calls at once; with 100 towns that is 25 boots in a row, and every Check queued behind
+    them). A silo has two of these (Postgres alone, which GoTrue, Storage and PostgREST wait for; then
+    every machine), and the towns of a silo one together. Nothing remote is created: the resource is
+    the record that the machines, at these versions, were found healthy.
+    """
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        machines = news.get("machines")
+        if isinstance(machines, list):
+            # An entry, or its state, is unknown in a preview while the machine is being changed.
+            states = [m.get("desired_state") for m in machines if isinstance(m, Mapping)]
+            if any(not isinstance(st, Unknown) and st not in MACHINE_STATES for st in states):
+                failures.append(CheckFailure("machines", f"desired_state must be one of {', '.join(MACHINE_STATES)}"))
+        elif not isinstance(machines, Unknown):
+            failures.append(CheckFailure("machines", "must be a list of machines"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # A new machine version, id or desired state is something to wait for again; nothing is replaced.
+        return diff_result(olds, news, compare=("machines",), replace_on=(), delete_before_replace=False)
+
+    def _await(self, machine: Mapping[str, Any], timeout_s: float) -> str:
+        app, machine_id = machine["app"], machine["machine_id"]
+        version = machine.get("instance_id") or None
+        with self.client() as fly:
+            if machine["desired_state"] == "started":
+                fly.wait(app, machine_id, "started", version=version, timeout_s=timeout_s)
+                return str(fly.wait_for_checks(app, machine_id, timeout_s=timeout_s).get("state") or "started")
+            current = fly.get_machine(app, machine_id) or {}
+            if current.get("state") not in ("stopped", "created", "suspended"):
+                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout_s)
+            return "stopped"
+
+    def _await_all(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        machines = [dict(m) for m in props.get("machines") or []]
+        timeout_s = float(canonical(props.get("timeout_s") or 600))
+        states: dict[str, str] = {}
+        failures: list[str] = []
+        if machines:
+            with ThreadPoolExecutor(max_workers=min(len(machines), MAX_CONCURRENT_WAITS)) as pool:
+                futures = {pool.submit(self._await, m, timeout_s): m for m in machines}
+                for future, machine in futures.items():
+                    try:
+                        states[machine["machine_id"]] = future.result()
+                    except FlyError as exc:
+                        failures.append(f"{machine['app']} (machine {machine['machine_id']}): {exc}")
+        if failures:
+            shown = "\n  ".join(failures[:20])
+            more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+            raise FlyError(
+                f"{len(failures)} of {len(machines)} machines did not become ready "
+                f"(started with every health check passing, or stopped):\n  {shown}{more}"
+            )
+        return {**props, "states": states}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(f"ready-{uuid.uuid4().hex[:12]}", self._await_all(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._await_all(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        # Health is a moment, not a setting: a refresh does not turn a later failing check into drift
+        # (the machine's own read reports a machine stopped or started by hand).
+        return ReadResult(id_, props)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        return None
+
+
+class FlyMachinesReady(DynamicResource, module="fly", name="MachinesReady"):
+    """Gate: done once the given machines are all ready; see FlyMachinesReadyProvider."""
+
+    states: pulumi.Output[dict]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        machines: Sequence[FlyMachine],
+        timeout_s: int = 600,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        entries = [
+            pulumi.Output.all(m.app, m.machine_id, m.instance_id, m.desired_state).apply(
+                lambda v: {"app": v[0], "machine_id": v[1], "instance_id": v[2], "desired_state": v[3]}
+            )
+            for m in machines
+        ]
+        props = {"machines": entries, "timeout_s": timeout_s, "states": None}
+        super().__init__(FlyMachinesReadyProvider(), resource_name, props, opts)
 
 
 # -- FlyExec ----------------------------------------------------------------------------------------
