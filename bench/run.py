@@ -21,7 +21,7 @@ Latency model (full scale, `--scale 1`; every duration is multiplied by --scale)
   app_hidden_requests  2  a new app answers 404, then 401, before it is visible (fly-go WaitForApp): two
                        more round trips before anything can be done with it.
   Rate limits: 1 request/s with bursts of 3 per action and object, Get Machine 5/s (Fly's documented
-  limits, emulators/fly.py). The Cloudflare emulator and the registry add no latency.
+  limits, emulators/fly/server.py). The Cloudflare emulator and the registry add no latency.
 
 The lower bounds come from the model alone, never from the program's dependency graph:
   necessary_chain_s  the app (create, then its two hidden answers), then its IPs, secrets and volume (one
