@@ -6,7 +6,7 @@ unknown or ``disabled`` tags are errors (so preview fails), ``deprecated`` tags 
 warning (the seed silently ignored such pins), and a tag without a digest deploys by tag with a
 warning. ``sync_catalog`` writes the catalog into ``kiloclaw_available_versions`` in one locked
 transaction, so a digest owned by another tag aborts with ``CatalogConflict`` instead of a raw
-unique violation, even with concurrent syncs. Pins: ``pin_user`` / ``resolve_pin``.
+unique violation, even with concurrent syncs.
 """
 
 from __future__ import annotations
@@ -313,74 +313,6 @@ def _conflicts(
                 f"but the catalog lists it for {entry.service} {entry.repository}"
             )
     return problems
-
-
-# -- per-user pins -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pin:
-    user_id: str
-    service: str
-    tag: str
-    warnings: tuple[str, ...] = ()
-
-
-def pin_user(dsn: str, user_id: str, tag: str, *, pinned_by: str | None = None, reason: str | None = None) -> Pin:
-    """Pin ``user_id`` to ``tag`` (for the tag's service). Unknown or disabled tags are refused;
-    deprecated tags are accepted with a warning, and resolve_pin honours them the same way."""
-    if not user_id:
-        raise CatalogError("user_id: required")
-    with psycopg.connect(dsn, row_factory=dict_row) as conn, conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SYNC_LOCK_KEY,))
-        row = conn.execute(
-            "SELECT service, status FROM kiloclaw_available_versions WHERE image_tag = %s FOR SHARE", (tag,)
-        ).fetchone()
-        if row is None:
-            raise CatalogError(f"tag: {tag!r} is not in kiloclaw_available_versions; sync the catalog first")
-        if row["status"] == "disabled":
-            raise CatalogError(f"tag: {tag!r} ({row['service']}) is disabled and cannot be pinned")
-        conn.execute(
-            "INSERT INTO kiloclaw_version_pins (user_id, service, image_tag, pinned_by, reason) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (user_id, service) DO UPDATE SET "
-            "image_tag = EXCLUDED.image_tag, pinned_by = EXCLUDED.pinned_by, reason = EXCLUDED.reason, "
-            "updated_at = now()",
-            (user_id, row["service"], tag, pinned_by, reason),
-        )
-    warnings = (
-        (f"tag {tag} is deprecated: the pin is honoured, but move the user to a current tag",)
-        if row["status"] == "deprecated"
-        else ()
-    )
-    return Pin(user_id, row["service"], tag, warnings)
-
-
-def resolve_pin(dsn: str, user_id: str, service: str) -> ResolvedImage | None:
-    """The pinned image for ``user_id``'s ``service``, or None when the user has no pin.
-
-    Deprecated pins are honoured with a warning; a pin whose tag was disabled after pinning is an
-    error (never a silent fallback to another version).
-    """
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        row = conn.execute(
-            "SELECT v.service, v.repository, v.image_tag, v.image_digest, v.status "
-            "FROM kiloclaw_version_pins p JOIN kiloclaw_available_versions v ON v.image_tag = p.image_tag "
-            "WHERE p.user_id = %s AND p.service = %s",
-            (user_id, service),
-        ).fetchone()
-    if row is None:
-        return None
-    if row["status"] == "disabled":
-        raise CatalogError(
-            f"user {user_id} is pinned to {service} tag {row['image_tag']}, which is now "
-            "disabled: re-pin the user or remove the pin"
-        )
-    return _resolved(
-        row["service"],
-        row["repository"],
-        row["image_tag"],
-        row["image_digest"],
-        row["status"],
-        [f"user {user_id} is pinned to {service} tag {row['image_tag']}"],
-    )
 
 
 # -- CatalogSync dynamic resource (control stack) -------------------------------------------------

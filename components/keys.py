@@ -12,13 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import jwt
 
 MIN_SECRET_LENGTH = 32  # PostgREST refuses shorter HS256 secrets (supabase-self-hosting.md §3)
 ISSUER = "supabase"
-ROLES = ("anon", "service_role")
 
 
 @dataclass(frozen=True)
@@ -58,22 +56,3 @@ def supabase_keys(jwt_secret: str, issued_at: int, years: int = 5) -> SupabaseKe
         return jwt.encode(claims, jwt_secret, algorithm="HS256")
 
     return SupabaseKeys(anon_key=sign("anon"), service_role_key=sign("service_role"))
-
-
-def verify_key(token: str, jwt_secret: str) -> dict[str, Any]:
-    """The claims of a key signed with ``jwt_secret``; raises ``jwt.InvalidTokenError`` otherwise.
-
-    Checks the signature (HS256 only), the issuer, that ``exp`` has not passed and that ``role`` is
-    one of the Supabase API-key roles.
-    """
-    _check_secret(jwt_secret)
-    claims: dict[str, Any] = jwt.decode(
-        token,
-        jwt_secret,
-        algorithms=["HS256"],
-        issuer=ISSUER,
-        options={"require": ["role", "iss", "iat", "exp"]},
-    )
-    if claims["role"] not in ROLES:
-        raise jwt.InvalidTokenError(f"unexpected role {claims['role']!r}: expected one of {', '.join(ROLES)}")
-    return claims

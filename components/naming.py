@@ -39,7 +39,6 @@ SANDBOX_PREFIX = "gt"
 SANDBOX_DIGEST_HEX = 32
 # "gt-" + slug + "-" + digest must fit in one DNS label.
 SANDBOX_SLUG_MAX = DNS_LABEL_MAX - len(SANDBOX_PREFIX) - 2 - SANDBOX_DIGEST_HEX
-VOLUME_HASH_HEX = 12
 
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
@@ -105,27 +104,6 @@ def sandbox_id(user_id: str, town_name: str) -> str:
     digest = _digest("gastown", user_id, town_name)[:SANDBOX_DIGEST_HEX]
     slug = _ascii_slug(town_name, "a-z0-9", "-")[:SANDBOX_SLUG_MAX].strip("-")
     return f"{SANDBOX_PREFIX}-{slug}-{digest}" if slug else f"{SANDBOX_PREFIX}-{digest}"
-
-
-def fly_volume_name(prefix: str, key: str) -> str:
-    """A Fly volume name for ``key`` under ``prefix``: ``pg_data`` stays ``pg_data``.
-
-    When ``prefix_key`` is already a valid volume name it is used as is. Otherwise (characters outside
-    ``[a-z0-9_]`` or too long) the result is ``prefix_<slug>_<12 hex of sha256(prefix, key)>``, cut to
-    fit in 30 characters, so two keys that clean up to the same text still get different names.
-    """
-    if not is_volume_name(prefix):
-        raise ValueError(f"volume name prefix {prefix!r} must be lowercase letters, digits and underscores")
-    slug_max = VOLUME_NAME_MAX - len(prefix) - 2 - VOLUME_HASH_HEX  # "<prefix>_<slug>_<hash>"
-    if slug_max < 0:
-        limit = VOLUME_NAME_MAX - 2 - VOLUME_HASH_HEX
-        raise ValueError(f"volume name prefix {prefix!r} is too long (at most {limit} characters)")
-    plain = f"{prefix}_{key}"
-    if key and is_volume_name(plain):
-        return plain
-    digest = _digest("fly-volume", prefix, key)[:VOLUME_HASH_HEX]
-    slug = _ascii_slug(key, "a-z0-9", "_")[:slug_max].strip("_")
-    return f"{prefix}_{slug}_{digest}" if slug else f"{prefix}_{digest}"
 
 
 def town_volume_name(sandbox_id: str) -> str:

@@ -261,38 +261,6 @@ def test_identical_concurrent_syncs_both_succeed(db: str) -> None:
     assert len(versions(db)) == 20
 
 
-# -- pins ---------------------------------------------------------------------------------------------
-@pytest.mark.db
-def test_pins(db: str) -> None:
-    cat.sync_catalog(
-        db,
-        make(entry("v3", D3, default=True), entry("v2", D2, status="deprecated"), entry("v1", D1, status="disabled")),
-    )
-    assert cat.resolve_pin(db, "u1", "town") is None
-
-    with pytest.raises(CatalogError, match="tag: 'v9' is not in kiloclaw_available_versions"):
-        cat.pin_user(db, "u1", "v9")
-    with pytest.raises(CatalogError, match=r"tag: 'v1' \(town\) is disabled"):
-        cat.pin_user(db, "u1", "v1")
-
-    pin = cat.pin_user(db, "u1", "v2", pinned_by="admin", reason="repro a bug")
-    assert pin.service == "town"
-    assert any("deprecated" in w for w in pin.warnings)
-    image = cat.resolve_pin(db, "u1", "town")  # the deprecated pin is honoured, not silently dropped
-    assert image is not None
-    assert (image.tag, image.ref) == ("v2", f"example/town@{D2}")
-    assert any("deprecated" in w for w in image.warnings)
-
-    cat.pin_user(db, "u1", "v3")  # re-pinning replaces the pin
-    image = cat.resolve_pin(db, "u1", "town")
-    assert image is not None and image.tag == "v3"
-
-    # A tag disabled after pinning is an error, never a silent fallback.
-    cat.sync_catalog(db, make(entry("v3", D3, status="disabled")))
-    with pytest.raises(CatalogError, match="pinned to town tag v3, which is now disabled"):
-        cat.resolve_pin(db, "u1", "town")
-
-
 # -- registry digests (fake registry on 127.0.0.1) ----------------------------------------------------
 class FakeRegistry:
     """Docker Hub's flow: 401 + Bearer challenge, anonymous token, HEAD manifest → digest header."""

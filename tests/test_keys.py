@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 
-from components.keys import SupabaseKeys, supabase_keys, verify_key
+from components.keys import SupabaseKeys, supabase_keys
 
 SECRET = "a-forty-character-secret-for-the-tests-x"  # 40 chars, like `openssl rand -base64 30`
 NOW = int(time.time())
@@ -27,7 +27,8 @@ def test_keys_carry_the_supabase_claims() -> None:
     keys = supabase_keys(SECRET, issued_at=NOW)
     for token, role in ((keys.anon_key, "anon"), (keys.service_role_key, "service_role")):
         assert _segment(token, 0) == {"alg": "HS256", "typ": "JWT"}
-        claims = verify_key(token, SECRET)
+        # Verified as PostgREST and GoTrue do: HS256 over the raw secret (PyJWT, not our code).
+        claims = jwt.decode(token, SECRET, algorithms=["HS256"], issuer="supabase")
         assert claims["role"] == role and claims["iss"] == "supabase" and claims["iat"] == NOW
         expires = datetime.fromtimestamp(claims["exp"], UTC)
         issued = datetime.fromtimestamp(NOW, UTC)
@@ -66,8 +67,6 @@ def test_short_secrets_are_rejected_without_echoing_them() -> None:
     with pytest.raises(ValueError, match=r"at least 32 characters \(got 31\)") as caught:
         supabase_keys("s" * 31, issued_at=NOW)
     assert "s" * 31 not in str(caught.value)
-    with pytest.raises(ValueError, match="at least 32"):
-        verify_key("x.y.z", "short")
 
 
 @pytest.mark.parametrize(
@@ -78,24 +77,3 @@ def test_short_secrets_are_rejected_without_echoing_them() -> None:
 def test_bad_lifetimes_are_rejected(issued_at: int, years: int) -> None:
     with pytest.raises(ValueError, match=r"issued_at|years"):
         supabase_keys(SECRET, issued_at=issued_at, years=years)
-
-
-def test_verify_rejects_forged_expired_and_foreign_tokens() -> None:
-    # Fresh clock: a module-level NOW can be minutes old when a long suite reaches this test.
-    now = int(time.time())
-    keys = supabase_keys(SECRET, issued_at=now)
-    with pytest.raises(jwt.InvalidSignatureError):
-        verify_key(keys.anon_key, SECRET.upper())
-    expired = supabase_keys(SECRET, issued_at=int(datetime(2015, 1, 1, tzinfo=UTC).timestamp()), years=1)
-    with pytest.raises(jwt.ExpiredSignatureError):
-        verify_key(expired.anon_key, SECRET)
-    # The public demo keys of .env.example use iss "supabase-demo": not ours.
-    demo = jwt.encode({"role": "anon", "iss": "supabase-demo", "iat": now, "exp": now + 3600}, SECRET)
-    with pytest.raises(jwt.InvalidIssuerError):
-        verify_key(demo, SECRET)
-    user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": now, "exp": now + 3600}, SECRET)
-    with pytest.raises(jwt.InvalidTokenError, match="unexpected role"):
-        verify_key(user_token, SECRET)
-    unsigned = jwt.encode({"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none")
-    with pytest.raises(jwt.InvalidAlgorithmError):
-        verify_key(unsigned, SECRET)

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from components import naming
 from components.naming import (
     app_name,
-    fly_volume_name,
     is_dns_label,
     is_volume_name,
     sandbox_id,
@@ -114,30 +113,6 @@ def test_moving_a_separator_between_fields_changes_the_id(user: str, left: str, 
 def test_no_collisions_across_thousands_of_similar_inputs() -> None:
     ids = {sandbox_id(f"user-{u}", f"town {t}" if t % 3 else f"Town-{t}") for u in range(60) for t in range(60)}
     assert len(ids) == 3600
-
-
-def test_volume_names_are_kept_when_valid_and_hashed_otherwise() -> None:
-    assert fly_volume_name("pg", "data") == "pg_data"
-    assert fly_volume_name("storage", "data") == "storage_data"
-    # Characters Fly refuses, or too long: cleaned, shortened and disambiguated by a hash.
-    dashed, underscored = fly_volume_name("town", "a-b"), fly_volume_name("town", "a_b")
-    assert underscored == "town_a_b" and dashed != underscored and is_volume_name(dashed)
-    long_name = fly_volume_name("town", "x" * 200)
-    assert is_volume_name(long_name) and long_name.startswith("town_xxx")
-    assert fly_volume_name("town", "x" * 200) == long_name
-    assert fly_volume_name("town", "x" * 201) != long_name
-    with pytest.raises(ValueError, match="prefix"):
-        fly_volume_name("Bad-Prefix", "data")
-    with pytest.raises(ValueError, match="too long"):
-        fly_volume_name("p" * 17, "data")
-
-
-@settings(max_examples=500, deadline=None)
-@given(prefix=st.from_regex(r"[a-z0-9_]{1,16}", fullmatch=True), keys=st.lists(st.text(max_size=60), max_size=5))
-def test_fly_volume_name_is_always_valid_and_distinct(prefix: str, keys: list[str]) -> None:
-    names = {fly_volume_name(prefix, k) for k in set(keys)}
-    assert all(is_volume_name(n) for n in names)
-    assert len(names) == len(set(keys))
 
 
 def test_town_volume_name_rejects_non_sandbox_ids() -> None:
