@@ -6,24 +6,24 @@ Pulumi.<stack>.yaml ─► SiloConfig ─► images from the version catalog ─
 
 import pulumi
 
-from components.config import from_pulumi_config
-from components.images import resolve_images
+from components.config.model import from_pulumi_config
+from components.stacks.images import resolve_images
 
 cfg = from_pulumi_config()
 
 if cfg.kind == "control":
-    from components.control import ControlPlane
+    from components.stacks.control import ControlPlane
 
     outputs = ControlPlane(cfg).outputs
 else:
-    from components.devenv import DevEnvStack
-    from components.outputs import silo_outputs
+    from components.stacks.devenv import DevEnvStack
+    from components.stacks.outputs import silo_outputs
 
     images = resolve_images(cfg)
     devenv = DevEnvStack(cfg, images)
     outputs = silo_outputs(cfg, devenv)
     if cfg.towns:
-        from components.town import ControlPlaneRef, town_sandboxes
+        from components.stacks.town import ControlPlaneRef, town_sandboxes
 
         control = ControlPlaneRef(cfg.control_stack)
         towns = town_sandboxes(cfg, images["town"], control)

@@ -9,7 +9,7 @@ waits: with 100 towns (about 900 creates) the 4 slots, not the engine or the API
 (protocol, provider cache, configure) is the SDK's code.
 
 The providers are safe to call concurrently: each call builds its own state from its request, the
-HTTP clients are thread-safe (httpx), and client-side pacing is per process (components/fly/client.py).
+HTTP clients are thread-safe (httpx), and client-side pacing is per process (components/providers/fly/client.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ outputs once all are registered. Neither sees the old state, the planned step, d
 ``retain_on_delete``. So:
 
 - a data volume's replacement is visible because the volume provider's ``check`` adds
-  ``immutable_changes`` (components/fly/providers.py) to its checked inputs;
+  ``immutable_changes`` (components/providers/fly/resources.py) to its checked inputs;
 - a deletion is not visible at all: it is refused by the providers (a volume with ``allow_delete``
   false, an app with ``keep_volumes`` that still holds volumes) and skipped by the engine
   (``retain_on_delete`` on data volumes and their apps). What the rule checks is that every registered
@@ -43,10 +43,10 @@ from pulumi_policy import (
 )
 from pulumi_policy import proxy as policy_proxy
 
-from components import costs, naming
-from components.catalog import Catalog, load_catalog
-from components.fly import flytoml
-from components.fly.providers import REPLACEMENT_KEY
+from components.domain import costs, naming
+from components.providers.controldb.catalog import Catalog, load_catalog
+from components.providers.fly import flytoml
+from components.providers.fly.resources import REPLACEMENT_KEY
 
 PACK_NAME = "silo-guardrails"
 FLY = "pulumi-python:dynamic/fly:"
@@ -137,7 +137,7 @@ class StackSettings:
 
 
 def _flag(value: str | None) -> bool:
-    # Stack files hold strings ("true"); the config model (components/config.py) refuses anything else.
+    # Stack files hold strings ("true"); the config model (components/config/model.py) refuses anything else.
     return str(value).strip().lower() == "true"
 
 
@@ -476,7 +476,7 @@ def _images_by_digest(args: ResourceValidationArgs, report: ReportViolation) -> 
             report(
                 with_urn(
                     f"machine {props.get('name')} of app {props.get('app')} runs {ref} by tag; add its digest to "
-                    "catalog/images.yaml (`python -m components.catalog resolve`)",
+                    "catalog/images.yaml (`python -m components.providers.controldb.catalog resolve`)",
                     args.urn,
                 )
             )
@@ -538,7 +538,7 @@ def _autostop_on(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if service is None or props.get("desired_state") != "started":
         return  # towns work unattended by design; a stopped machine bills nothing
     if service == "pg" and settings.pg_public:
-        return  # a public pg is reached over 6PN, which cannot wake it (components/config.py pg_host)
+        return  # a public pg is reached over 6PN, which cannot wake it (components/config/model.py pg_host)
     config = machine_config(props)
     if config is None:
         return
@@ -583,7 +583,7 @@ def _monthly_budget(args: StackValidationArgs, report: ReportViolation) -> None:
         report(
             f"the silo's monthly cost estimate is ${total:.2f} with every machine always on (${active:.2f} at "
             f"{costs.SEED_ACTIVE_HOURS} active hours), above silo:monthlyBudget ${budget:.2f}{note} "
-            "(prices in components/costs.py)"
+            "(prices in components/domain/costs.py)"
         )
 
 

@@ -18,7 +18,7 @@ if ! has_token && [ -z "${FLY_API_HOSTNAME:-}${FLY_FLAPS_BASE_URL:-}" ]; then
   emulator_up() { (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; }
   if ! emulator_up; then
     echo "no Fly token configured: starting the local Fly emulator on 127.0.0.1:${port} (state: .silo/fly-emulator.json)"
-    nohup venv/bin/python -m components.cli emulator --port "${port}" --state .silo/fly-emulator.json \
+    nohup venv/bin/python -m components.cli.main emulator --port "${port}" --state .silo/fly-emulator.json \
       >.silo/fly-emulator.log 2>&1 &
     echo $! >.silo/fly-emulator.pid  # it keeps serving for later runs: kill "$(cat .silo/fly-emulator.pid)"
     for _ in $(seq 150); do emulator_up && break; sleep 0.1; done

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.town_scripts import TOWN_SCRIPT_MODE, TownScriptContext, render_town_scripts
+from components.render.town_scripts import TOWN_SCRIPT_MODE, TownScriptContext, render_town_scripts
 from tests.fixtures.s3 import S3Bucket
 from tests.fixtures.town import GIT_ENV, RIGS, Town, git, town_files, town_state
 

@@ -13,9 +13,9 @@ import yaml
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from components import catalog as cat
-from components import schema
-from components.catalog import Catalog, CatalogConflict, CatalogError, ImageEntry, load_catalog
+from components.providers.controldb import catalog as cat
+from components.providers.controldb import schema
+from components.providers.controldb.catalog import Catalog, CatalogConflict, CatalogError, ImageEntry, load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")

@@ -1,4 +1,4 @@
-"""The ``silo`` CLI as users run it: ``python -m components.cli ...`` in a subprocess."""
+"""The ``silo`` CLI as users run it: ``python -m components.cli.main ...`` in a subprocess."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from components.cli import fly_config_map, format_table, main
+from components.cli.main import fly_config_map, format_table, main
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = REPO / "venv" / "bin" / "python"
@@ -35,7 +35,7 @@ GOOD: dict[str, Any] = {
 def silo(*args: str | Path) -> subprocess.CompletedProcess[str]:
     python = PYTHON if PYTHON.exists() else Path(sys.executable)
     return subprocess.run(
-        [str(python), "-m", "components.cli", *map(str, args)],
+        [str(python), "-m", "components.cli.main", *map(str, args)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -172,7 +172,9 @@ def test_encrypted_fly_token_is_not_passed_as_a_token() -> None:
     assert fly_config_map({"fly:apiToken": "tok"}) == {"fly:apiToken": "tok"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("components.render") is None, reason="components.render not written yet")
+@pytest.mark.skipif(
+    importlib.util.find_spec("components.render.files") is None, reason="components.render.files not written yet"
+)
 def test_render_writes_files_for_a_valid_stack(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = silo("render", "Pulumi.dev.yaml", "--out", out)
@@ -200,7 +202,7 @@ def test_emulator_command_serves_the_machines_api(tmp_path: Path) -> None:
     port = _free_port()
     python = PYTHON if PYTHON.exists() else Path(sys.executable)
     args = ["emulator", "--port", str(port), "--token", "t0ken", "--state", str(tmp_path / "fly.json")]
-    process = subprocess.Popen([str(python), "-m", "components.cli", *args], cwd=REPO)
+    process = subprocess.Popen([str(python), "-m", "components.cli.main", *args], cwd=REPO)
     try:
         url = f"http://127.0.0.1:{port}/v1/apps?org_slug=personal"
         response = None

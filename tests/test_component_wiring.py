@@ -12,7 +12,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from components.config import SiloConfig, TownConfig
+from components.config.model import SiloConfig, TownConfig
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo, declare_town, is_secret, plain
 
 CREDENTIALS = "https://x-access-token:ghp_SECRET123@github.com\n"
@@ -53,8 +53,8 @@ def test_without_git_credentials_the_town_gets_no_such_secret(silo_mocks: Record
 
 
 def test_public_postgres_gets_its_own_login_password(silo_mocks: RecordingMocks) -> None:
-    from components import services as svc
-    from components.outputs import silo_outputs
+    from components.domain import services as svc
+    from components.stacks.outputs import silo_outputs
 
     cfg = silo(pg_public=True)
     stack = declare_silo(cfg)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.config import (
+from components.config.model import (
     FLY_REGIONS,
     ConfigError,
     SiloConfig,
@@ -19,7 +19,7 @@ from components.config import (
     from_pulumi_config,
     load_stack_file,
 )
-from components.naming import is_dns_label, is_volume_name
+from components.domain.naming import is_dns_label, is_volume_name
 
 REPO = Path(__file__).resolve().parent.parent
 BASE: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 psycopg quotes the connection string in some errors (a malformed DSN echoes the part it choked on),
 and an error message travels into `pulumi up` output, CI logs and the engine's diagnostics. The
-registry, catalog and schema providers all go through one sanitiser (components.dynamic).
+registry, catalog and schema providers all go through one sanitiser (components.providers.base).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
-from components import catalog as cat
-from components import schema
-from components.registry import TownRecordProvider, TownRegistrationProvider
+from components.providers.controldb import catalog as cat
+from components.providers.controldb import schema
+from components.providers.controldb.registry import TownRecordsProvider, TownRegistrationProvider
 from tests.fixtures.postgres import PostgresServer
 
 PASSWORD = "Sup3rSecretPw"
@@ -31,6 +31,7 @@ MALFORMED = [
 ]
 TOWN = {"user_id": "u1", "town_name": "alpha", "sandbox_id": "gt-alpha", "region": "yul"}
 RECORD = {"town_id": "1", "status": "running", "fly_machine_id": "m", "fly_volume_id": "v", "rigs": []}
+RECORDS = {"silo_id": "acme-erp", "towns": {"gt-alpha": RECORD}}
 IMAGES = [{"service": "pg", "repository": "supabase/postgres", "tag": "15.8.1.085", "digest": None,
            "status": "active", "default": True, "notes": None}]  # fmt: skip
 
@@ -45,7 +46,7 @@ def operations(dsn: str) -> dict[str, Callable[[], Any]]:
         "registration create": lambda: configured(TownRegistrationProvider(), dsn).create(dict(TOWN)),
         "registration read": lambda: configured(TownRegistrationProvider(), dsn).read("1", dict(TOWN)),
         "registration delete": lambda: configured(TownRegistrationProvider(), dsn).delete("1", dict(TOWN)),
-        "record create": lambda: configured(TownRecordProvider(), dsn).create(dict(RECORD)),
+        "records create": lambda: configured(TownRecordsProvider(), dsn).create(RECORDS),
         "catalog create": lambda: configured(cat.CatalogSyncProvider(), dsn).create({"images": IMAGES}),
         "catalog read": lambda: configured(cat.CatalogSyncProvider(), dsn).read("image-catalog", {"tags": ["x"]}),
         "schema read": lambda: schema.PostgresSchemaProvider().read("schema:x", {"dsn": dsn, "folder": "."}),
@@ -78,7 +79,7 @@ def test_server_errors_are_reported_with_the_password_masked(postgres_server: Po
 
 
 def test_the_sanitiser_masks_the_password_wherever_psycopg_quotes_it() -> None:
-    from components.dynamic import sanitized_db_error
+    from components.providers.controldb.dsn import sanitized_db_error
 
     dsn = f"host=db user=silo password={PASSWORD} application_name=x"
     error = RuntimeError(f"connection to db failed (password={PASSWORD}, dsn was '{dsn}')")

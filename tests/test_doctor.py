@@ -13,14 +13,14 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from components import schema
-from components.cli import main
-from components.control import BACKEND_GRANTS
-from components.dblogin import DatabaseLoginProvider
-from components.fly.client import FlyClient
-from components.fly.settings import FlySettings
-from components.naming import sandbox_id
-from components.r2 import CloudflareClient, resolve_cloudflare_settings
+from components.cli.main import main
+from components.domain.naming import sandbox_id
+from components.providers.cloudflare.r2 import CloudflareClient, resolve_cloudflare_settings
+from components.providers.controldb import schema
+from components.providers.controldb.dblogin import DatabaseLoginProvider
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import FlySettings
+from components.stacks.control import BACKEND_GRANTS
 from emulators.cloudflare import CloudflareEmulator
 from emulators.fly import FlyEmulator
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN

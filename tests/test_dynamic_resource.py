@@ -1,4 +1,4 @@
-"""Every dynamic resource of the program goes through components.dynamic.DynamicResource, which keeps a
+"""Every dynamic resource of the program goes through components.providers.base.DynamicResource, which keeps a
 big `up` (a silo with 100 towns is over 900 dynamic resources) from dying in the SDK's provider
 serialisation with RecursionError."""
 
@@ -11,8 +11,8 @@ import pulumi
 import pulumi.dynamic
 
 import components
-from components.dynamic import DynamicResource
-from components.fly.providers import FlyApp
+from components.providers.base import DynamicResource
+from components.providers.fly.resources import FlyApp
 
 
 class _Mocks(pulumi.runtime.Mocks):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from components.fly.client import FlyAuthError, FlyClient, FlyError, FlyNameTaken
-from components.fly.settings import (
+from components.providers.fly.client import FlyAuthError, FlyClient, FlyError, FlyNameTaken
+from components.providers.fly.settings import (
     DEFAULT_API_URL,
     EMULATOR_TOKEN,
     LOCAL_EMULATOR_URL,

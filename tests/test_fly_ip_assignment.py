@@ -14,7 +14,7 @@ import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
-from components.fly.providers import FlyAppProvider, FlyIpAssignmentProvider
+from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
 
 
 class _DropAddress(BaseHTTPRequestHandler):

@@ -10,8 +10,8 @@ from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 from pulumi.output import Unknown
 
-from components.fly.client import FlyError
-from components.fly.providers import (
+from components.providers.fly.client import FlyError
+from components.providers.fly.resources import (
     REPLACEMENT_KEY,
     FlyAppProvider,
     FlyIpAssignmentProvider,
@@ -315,9 +315,9 @@ def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -
 def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emulator, service: str) -> None:
     """Kong (user kong) reads kong.yml; postgres reads pg_hba.conf and the init SQL. fly.toml has no file mode
     (flyctl's appconfig.File), so the Machine config sets one (fly-go File.Mode) instead of Fly's default."""
-    from components import services as svc
-    from components.config import SiloConfig
-    from components.render import render_fly_toml
+    from components.config.model import SiloConfig
+    from components.domain import services as svc
+    from components.render.files import render_fly_toml
 
     cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
     app = cfg.app_name(service)
@@ -344,7 +344,7 @@ def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emu
 
 
 def test_rls_sql_through_exec_succeeds_when_the_answer_has_no_exit_code(fly_emulator, meta_app) -> None:
-    from components.fly.providers import FlyExecProvider
+    from components.providers.fly.resources import FlyExecProvider
 
     machine = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
     provider = configured(FlyExecProvider(), fly_emulator)

@@ -10,10 +10,10 @@ import shlex
 
 import pytest
 
-from components import services as svc
-from components.config import SiloConfig
-from components.fly import flytoml
-from components.render import pg_files, render_fly_toml
+from components.config.model import SiloConfig
+from components.domain import services as svc
+from components.providers.fly import flytoml
+from components.render.files import pg_files, render_fly_toml
 
 # The fly.toml examples of seed 004 (docs "Fly.io Dev-Environment Architecture"), copied verbatim.
 # fly-machines-api.md §4.4 lists what is wrong with them.

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 
-from components.keys import SupabaseKeys, supabase_keys
+from components.domain.keys import SupabaseKeys, supabase_keys
 
 SECRET = "a-forty-character-secret-for-the-tests-x"  # 40 chars, like `openssl rand -base64 30`
 NOW = int(time.time())

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from components.fly.client import FlyClient
-from components.fly.settings import FlySettings
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import FlySettings
 from policy.rules import RULES
 
 pytestmark = pytest.mark.engine
@@ -109,7 +109,7 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"starting the local Fly emulator on 127.0.0.1:{port}" in up.stdout
     # The real CLI's summary and outputs: secrets masked, the URL in the clear.
-    assert re.search(r"Resources:\s+\+ 38 created", up.stdout), up.stdout[-2000:]
+    assert re.search(r"Resources:\s+\+ 40 created", up.stdout), up.stdout[-2000:]
     assert re.search(r"Duration: \d+", up.stdout)
     assert re.search(r'supabase_url\s*: "https://devenv-acme-erp-kong\.fly\.dev"', up.stdout)
     assert re.search(r"service_role_key\s*: \[secret\]", up.stdout)
@@ -127,11 +127,11 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
     again = make("up")  # the emulator from the first run is reused, and the silo is unchanged
     assert again.returncode == 0, again.stdout + again.stderr
     assert "starting the local Fly emulator" not in again.stdout
-    assert re.search(r"Resources:\s+38 unchanged", again.stdout), again.stdout[-1500:]
+    assert re.search(r"Resources:\s+40 unchanged", again.stdout), again.stdout[-1500:]
 
     preview = make("preview")
     assert preview.returncode == 0, preview.stdout + preview.stderr
-    assert re.search(r"Resources:\s+38 unchanged", preview.stdout), preview.stdout[-1500:]
+    assert re.search(r"Resources:\s+40 unchanged", preview.stdout), preview.stdout[-1500:]
     # The guardrails ran with up and preview: their rules are listed first, then the CLI reports the pack.
     for run in (up, preview):
         assert f"policy pack silo-guardrails (policy/, {len(RULES)} rules" in run.stdout, run.stdout[:2000]
@@ -141,7 +141,7 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
         assert re.search(ran, run.stdout), run.stdout[-2000:]
     refresh = make("refresh")
     assert refresh.returncode == 0, refresh.stdout + refresh.stderr
-    assert re.search(r"Resources:\s+38 unchanged", refresh.stdout), refresh.stdout[-1500:]
+    assert re.search(r"Resources:\s+40 unchanged", refresh.stdout), refresh.stdout[-1500:]
 
     destroyed = make("destroy")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr

@@ -13,8 +13,9 @@ import pytest
 from pulumi.dynamic import ConfigureRequest
 from pulumi.dynamic.config import Config
 
-from components import schema
-from components.schema import MigrationDrift, MigrationError, PostgresSchemaProvider
+from components.providers.controldb import schema
+from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY
+from components.providers.controldb.schema import MigrationDrift, MigrationError, PostgresSchemaProvider
 
 pytestmark = pytest.mark.db
 
@@ -256,7 +257,7 @@ def test_provider_check_reports_bad_inputs_by_property(tmp_path: Path) -> None:
 
 def test_provider_reads_dsn_from_stack_config(pg_database: str, folder: Path) -> None:
     provider = PostgresSchemaProvider()
-    provider.configure(ConfigureRequest(Config({schema.DSN_CONFIG_KEY: pg_database}, "silo")))
+    provider.configure(ConfigureRequest(Config({CONTROL_DSN_CONFIG_KEY: pg_database}, "silo")))
     news = {k: v for k, v in inputs(pg_database, folder).items() if k != "dsn"}
     created = provider.create(news)
     assert "dsn" not in created.outs

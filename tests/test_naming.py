@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components import naming
-from components.naming import (
+from components.domain import naming
+from components.domain.naming import (
     app_name,
     is_dns_label,
     is_volume_name,

@@ -15,9 +15,9 @@ import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
-from components.config import SiloConfig, TownConfig, from_mapping
-from components.fly.client import FlyError
-from components.fly.providers import FlyAppProvider, FlyIpAssignmentProvider
+from components.config.model import SiloConfig, TownConfig, from_mapping
+from components.providers.fly.client import FlyError
+from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
 from emulators.fly import FlyEmulator
 from tests.fixtures.fly import visible_app
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo, declare_town

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from components import services as svc
-from components.config import SiloConfig
-from components.fly import flytoml
-from components.render import render_fly_toml
+from components.config.model import SiloConfig
+from components.domain import services as svc
+from components.providers.fly import flytoml
+from components.render.files import render_fly_toml
 from tests.fixtures.program import SiloProgram
 
 SECRETS = svc.SiloSecrets(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from components.naming import sandbox_id
+from components.domain.naming import sandbox_id
 from emulators.fly import FlyEmulator
 from engine.guardrails import policy_args
 from engine.runner import RunResult

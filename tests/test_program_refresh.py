@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from components.fly.client import FlyClient
-from components.fly.settings import FlySettings
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import FlySettings
 from emulators.fly import FlyEmulator
 from tests.fixtures.program import SiloProgram, assert_state_matches_emulator
 

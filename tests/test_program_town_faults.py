@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.naming import sandbox_id, town_volume_name
+from components.domain.naming import sandbox_id, town_volume_name
 from emulators.cloudflare import CloudflareEmulator
 from emulators.fly import FlyEmulator
 from engine.runner import RunResult

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from components.naming import sandbox_id, town_volume_name
+from components.domain.naming import sandbox_id, town_volume_name
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID
 from tests.fixtures.program import (
     GENERATED_SECRET,

@@ -13,10 +13,10 @@ import jwt
 import pytest
 import yaml
 
-from components import services as svc
-from components.fly.client import FlyClient
-from components.fly.settings import FlySettings
-from components.outputs import MASK, db_connection_string
+from components.domain import services as svc
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import FlySettings
+from components.stacks.outputs import MASK, db_connection_string
 from emulators.fly import FlyEmulator
 from engine.runner import RunResult
 from tests.fixtures.program import (

@@ -25,7 +25,7 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
-from components.r2 import (
+from components.providers.cloudflare.r2 import (
     ABORT_MULTIPART_RULE_ID,
     DAY_S,
     R2_DEFAULT_LIFECYCLE,

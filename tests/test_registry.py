@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from components import schema
+from components.providers.controldb import schema
 
 pytestmark = pytest.mark.db
 

@@ -13,10 +13,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components import services as svc
-from components.config import SiloConfig
-from components.fly import flytoml
-from components.render import render_file, render_fly_toml, render_kong_yml, render_stack, toml_value
+from components.config.model import SiloConfig
+from components.domain import services as svc
+from components.providers.fly import flytoml
+from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack, toml_value
 
 SECRETS = svc.SiloSecrets(
     jwt_secret="jwt-secret-value-0123456789abcdefghijkl",

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from components.rls import POLICY_PREFIX, rls_sql
+from components.domain.rls import POLICY_PREFIX, rls_sql
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.db

@@ -21,11 +21,11 @@ import pytest
 import yaml
 from psycopg import sql
 
-from components import naming
-from components import services as svc
-from components.config import SiloConfig
-from components.devenv import psql_command
-from components.render import pg_files, render_fly_toml
+from components.config.model import SiloConfig
+from components.domain import naming
+from components.domain import services as svc
+from components.render.files import pg_files, render_fly_toml
+from components.stacks.devenv import psql_command
 from tests.fixtures.postgres import PostgresServer, _free_port, _os_user, find_bindir
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo
 
@@ -438,14 +438,14 @@ def test_password_with_url_characters_stays_one_password() -> None:
 
 # -- sign-up and proxies (issue 11) --------------------------------------------------------------------------
 def _machine_env(cfg: SiloConfig, service: str) -> dict[str, str]:
-    from components.fly import flytoml
-    from components.render import render_fly_toml
+    from components.providers.fly import flytoml
+    from components.render.files import render_fly_toml
 
     return flytoml.to_machine_config(flytoml.parse(render_fly_toml(cfg, service)), image="x:1")["env"]
 
 
 def test_sign_up_is_closed_unless_silo_auth_signup() -> None:
-    from components.config import from_mapping
+    from components.config.model import from_mapping
 
     base = {"silo:client": "acme", "silo:app": "erp", "silo:flyOrg": "acme", "silo:siteUrl": "https://erp.acme.dev"}
     closed = from_mapping(base)

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.fly.client import FlyClient
-from components.fly.settings import EMULATOR_TOKEN, resolve_fly_settings
-from components.r2 import resolve_cloudflare_settings
+from components.providers.cloudflare.r2 import resolve_cloudflare_settings
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import EMULATOR_TOKEN, resolve_fly_settings
 from emulators.fly import FlyEmulator
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.fly.client import FlyClient
-from components.fly.settings import FlySettings
+from components.providers.fly.client import FlyClient
+from components.providers.fly.settings import FlySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def test_status_lists_each_app_with_machine_state_checks_volume_and_ips(fly_emul
 
     env = {**os.environ, "FLY_API_HOSTNAME": fly_emulator.url, "FLY_API_TOKEN": "test"}
     result = subprocess.run(
-        [sys.executable, "-m", "components.cli", "status", str(ROOT / "Pulumi.dev.yaml")],
+        [sys.executable, "-m", "components.cli.main", "status", str(ROOT / "Pulumi.dev.yaml")],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -15,7 +15,7 @@ ExecHandler = Callable[[str, str, list[str]], dict]
 DEFAULT_REGION = "yul"
 # Machines in these states are running (or about to be): destroying one needs force/kill.
 RUNNING_STATES = frozenset({"started", "starting", "restarting", "updating", "replacing", "stopping", "suspending"})
-# Fly's region codes (fly.io/docs/reference/regions), as components/config.py knows them.
+# Fly's region codes (fly.io/docs/reference/regions), as components/config/model.py knows them.
 PLATFORM_REGIONS = (
     "ams", "arn", "atl", "bog", "bom", "bos", "cdg", "den", "dfw", "ewr", "eze", "fra", "gdl",
     "gig", "gru", "hkg", "iad", "jnb", "lax", "lhr", "mad", "mia", "nrt", "ord", "otp", "phx",

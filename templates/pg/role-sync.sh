@@ -2,7 +2,7 @@
 # Re-applies the role passwords from POSTGRES_PASSWORD on every boot of the pg machine: the init SQL runs
 # only on an empty PGDATA, so a rotated password (silo:keyGeneration) or a retained volume adopted by a new
 # stack would otherwise lock the services out (supabase/postgres PR #1604 does the same upstream).
-# Started in the background by the pg app's command (components/services.py _pg_command) while the image's
+# Started in the background by the pg app's command (components/domain/services.py _pg_command) while the image's
 # entrypoint brings the server up; it talks to the server over the trusted local socket. Its output is the
 # machine's log, so a failure says why instead of disappearing. The password never appears in it.
 tries="${SILO_ROLE_SYNC_TRIES:-120}"

@@ -1,0 +1,185 @@
+"""``silo``: the engine-free command line (validate, render, status, doctor, emulator).
+
+Run as the ``silo`` console script or ``python -m components.cli.main``. Exit codes: 0 success, 1 a
+command failed at run time, 2 invalid config or usage. Heavy or not-yet-written collaborators
+(render, status, the Fly emulator) are imported inside their command so ``silo validate`` stays fast
+and works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from components.config.model import ConfigError, SiloConfig, from_mapping, read_stack_file
+from components.providers.fly.settings import fly_config_map
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("app", "APP"),
+    ("machine_id", "MACHINE"),
+    ("state", "STATE"),
+    ("checks", "CHECKS"),
+    ("volume", "VOLUME"),
+    ("ips", "IPS"),
+)
+
+
+def _load(path: Path) -> tuple[SiloConfig, dict[str, Any]]:
+    """The validated config and the raw namespaced map (for the Fly settings)."""
+    raw = read_stack_file(path)
+    return from_mapping(raw), raw
+
+
+def _print_errors(error: ConfigError) -> int:
+    for line in error.lines:
+        print(line, file=sys.stderr)
+    return EXIT_INVALID
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg, _ = _load(args.stack_file)
+    except ConfigError as error:
+        return _print_errors(error)
+    print(f"ok: {cfg.silo_id}")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        cfg, _ = _load(args.stack_file)
+    except ConfigError as error:
+        return _print_errors(error)
+    from components.render.files import render_stack
+
+    for path in render_stack(cfg, args.out):
+        print(path)
+    return EXIT_OK
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(_cell(v) for v in value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={_cell(v)}" for k, v in value.items())
+    return str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of ``status_report`` as aligned columns; lists are comma-joined, missing cells are ``-``."""
+    table = [[title for _, title in STATUS_COLUMNS]]
+    table += [[_cell(row.get(key)) for key, _ in STATUS_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(STATUS_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        cfg, raw = _load(args.stack_file)
+    except ConfigError as error:
+        return _print_errors(error)
+    from components.cli.status import status_report
+    from components.providers.fly.settings import resolve_fly_settings
+
+    try:
+        settings = resolve_fly_settings(fly_config_map(raw))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    print(format_table(status_report(cfg, settings)))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from components.cli.doctor import main_lines
+
+    code, lines = main_lines(args.stack_file)
+    for line in lines:
+        print(line, file=sys.stderr if code == EXIT_INVALID else sys.stdout)
+    return code
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    # The emulators are dev tools, outside the installed package (pyproject.toml), and werkzeug is a dev
+    # requirement: imported here only, so every other command runs without them.
+    try:
+        from emulators.fly import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("emulators", "werkzeug"):
+            raise
+        print(
+            f"error: silo emulator is a dev tool: run it from the repository root with requirements-dev.txt "
+            f"installed (missing module: {error.name})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    serve(args.host, args.port, args.state, args.token)
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number (got {text!r})") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535 (got {port})")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="silo", description="Validate, render and inspect silo stacks without the Pulumi engine."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check a Pulumi.<stack>.yaml; one line per problem")
+    validate.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    validate.set_defaults(func=cmd_validate)
+
+    render = commands.add_parser("render", help="write fly.toml files, kong.yml, SQL and scripts")
+    render.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    render.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    render.set_defaults(func=cmd_render)
+
+    status = commands.add_parser("status", help="machines, checks, volumes and IPs of a silo's apps")
+    status.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    status.set_defaults(func=cmd_status)
+
+    doctor = commands.add_parser(
+        "doctor", help="read-only preflight before the first up (Fly token, app names, region, registry, R2, images)"
+    )
+    doctor.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    doctor.set_defaults(func=cmd_doctor)
+
+    emulator = commands.add_parser("emulator", help="serve the local Fly Machines API emulator")
+    emulator.add_argument("--port", type=_port, required=True)
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--state", type=Path, default=None, metavar="FILE", help="persist state here")
+    emulator.add_argument("--token", default=None, help="require this bearer token")
+    emulator.set_defaults(func=cmd_emulator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error: argparse has already printed why
+        return exit_.code if isinstance(exit_.code, int) else EXIT_INVALID
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`silo status`: what each of a silo's Fly apps is doing, read from the Fly Machines API.
+
+Read-only (GETs only), so it is safe to run at any time, also on a stopped silo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.config.model import SiloConfig
+from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient, ip_kind
+from components.providers.fly.settings import FlySettings
+
+
+def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]]:
+    """One row per machine (or per app without machines): app, machine, state, checks, volume, IPs."""
+    apps = [cfg.app_name(s) for s in cfg.services] + [t.sandbox_id for t in cfg.towns]
+    rows: list[dict[str, Any]] = []
+    with FlyClient(settings) as fly:
+        for app in apps:
+            if fly.get_app(app) is None:
+                rows.append({"app": app, "state": "absent"})
+                continue
+            ips = [f"{ip_kind(ip)}:{ip.get('ip')}" for ip in fly.list_ips(app)]
+            volumes = {v["id"]: v for v in fly.list_volumes(app)}
+            machines = fly.list_machines(app)
+            for machine in machines:
+                mounts = (machine.get("config") or {}).get("mounts") or []
+                volume_ids = [m.get("volume") for m in mounts]
+                checks = {
+                    c.get("name"): c.get("status")
+                    for c in machine.get("checks") or []
+                    if not str(c.get("name", "")).startswith(COMPAT_CHECK_PREFIX)
+                }
+                rows.append(
+                    {
+                        "app": app,
+                        "machine_id": machine.get("id"),
+                        "state": machine.get("state"),
+                        "checks": checks,
+                        "volume": [
+                            f"{volumes[v]['name']}:{v}:{volumes[v].get('size_gb')}GB" if v in volumes else v
+                            for v in volume_ids
+                        ],
+                        "ips": ips,
+                    }
+                )
+            if not machines:
+                rows.append(
+                    {
+                        "app": app,
+                        "state": "no machines",
+                        "volume": [f"{v['name']}:{i}" for i, v in volumes.items()],
+                        "ips": ips,
+                    }
+                )
+    return rows

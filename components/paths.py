@@ -1,0 +1,10 @@
+"""Where the project's own files are, wherever the engine starts a process (the program, the provider
+host) and whatever its working directory: everything is found from this package's location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = PROJECT_ROOT / "templates"
+CATALOG_FILE = PROJECT_ROOT / "catalog" / "images.yaml"

@@ -1,0 +1,96 @@
+"""What every dynamic provider here needs to honour the engine's contract (pulumi-python.md §1-2).
+
+- Numbers cross the gRPC boundary as doubles (3 → 3.0) and None-valued keys are dropped: compare
+  canonical forms, or every preview shows a change.
+- During preview, values computed by other resources arrive as ``Unknown``: an unknown new value may
+  differ, so it counts as a change.
+- ``diff`` must ignore ``__provider`` (the pickled provider changes with any code or SDK upgrade).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import DiffResult, ResourceProvider
+from pulumi.output import Unknown
+
+PROVIDER_KEY = "__provider"
+
+
+def canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str | Unknown):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def has_unknown(value: Any) -> bool:
+    if isinstance(value, Unknown):
+        return True
+    if isinstance(value, Mapping):
+        return any(has_unknown(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
+def changed_keys(olds: Mapping[str, Any], news: Mapping[str, Any], keys: Iterable[str]) -> list[str]:
+    """Keys whose value differs (an unknown new value counts as a change: it may differ)."""
+    return [k for k in keys if has_unknown(news.get(k)) or canonical(olds.get(k)) != canonical(news.get(k))]
+
+
+def diff_result(
+    olds: Mapping[str, Any],
+    news: Mapping[str, Any],
+    *,
+    compare: Iterable[str],
+    replace_on: Iterable[str],
+    delete_before_replace: bool = True,
+) -> DiffResult:
+    """An explicit diff over `compare` (never `__provider`); `replace_on` keys that changed replace."""
+    changes = changed_keys(olds, news, list(compare))
+    replaces = [k for k in replace_on if k in changes]
+    return DiffResult(
+        changes=bool(changes), replaces=replaces, delete_before_replace=delete_before_replace if replaces else None
+    )
+
+
+def strip_provider(props: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in props.items() if k != PROVIDER_KEY}
+
+
+def pick(props: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    return {k: props[k] for k in keys if k in props}
+
+
+class DynamicResource(pulumi.dynamic.Resource):
+    """The base of every dynamic resource here.
+
+    pulumi 3.272's `serialize_provider` patches `pickle._Pickler._batch_setitems` with a sorting
+    wrapper and never puts the original back, so each dynamic resource a process constructs adds one
+    more wrapper layer around the last: after a few hundred resources (a silo with ~50 towns in one
+    `up`) pickling a provider raises RecursionError. The SDK restores it itself from 3.274
+    (sdk/python/lib/pulumi/dynamic/dynamic.py); PyPI here stops at 3.272, so restore it around each
+    construction: every serialization then wraps the same original method once.
+    """
+
+    def __init__(
+        self,
+        provider: ResourceProvider,
+        name: str,
+        props: Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        saved = pickle._Pickler.__dict__["_batch_setitems"]
+        try:
+            super().__init__(provider, name, dict(props), opts)
+        finally:
+            pickle._Pickler._batch_setitems = saved

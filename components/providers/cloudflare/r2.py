@@ -1,0 +1,937 @@
+"""Cloudflare R2 for the town backups: the bucket, its lifecycle rules and per-town credentials.
+
+Why dynamic providers and not ``pulumi_cloudflare``: provider plugin binaries cannot be fetched on
+the build machines, and the bridged ``R2Bucket`` replaces a bucket when its location hint drifts, a
+replacement that then fails with "bucket already exists (10004)" (pulumi-cloudflare#465, TF #6458;
+gastown-r2-postgres.md §4.4). Here the location hint is honoured on first creation only and never
+diffs.
+
+Credentials (pulumi-python.md §1.5): ``configure()`` keeps the stack config values
+``cloudflare:apiToken``, ``cloudflare:accountId``, ``cloudflare:apiUrl`` and
+``cloudflare:r2ParentAccessKeyId``; each method falls back to the environment
+(``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_API_URL``,
+``CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID``), so a rotated token works for ``pulumi destroy`` too. The
+httpx client is built inside each method and nothing runs at import time (the classes are pickled by
+reference and imported by the provider host).
+
+Per-town credentials: R2 account API tokens can be narrowed to a bucket but not to a key prefix
+(§4.2), while temporary access credentials take ``prefixes`` (§4.1). Each town therefore gets
+temporary credentials limited to ``gastown/{town_id}/``, derived from a parent R2 access key
+(the id of an account API token with R2 object read/write). Temp credentials expire (``ttl_seconds``)
+and cannot be revoked early: the provider's ``diff`` reports a change once the stored expiry is
+within ``refresh_margin_seconds`` of now, so any ``pulumi up`` in that window mints fresh ones and
+the town's machine gets them through its secrets. A town left alone for longer than the TTL loses R2
+access until the next ``pulumi up`` (its sync daemon then reports failed syncs): run ``pulumi up``
+at least every ``ttl - margin`` (default 5 days). That gap is the price of prefix isolation; a
+scoped account token would not expire but would open the whole bucket to every town.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pulumi
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.output import Unknown
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from components.providers.base import DynamicResource, canonical, changed_keys, has_unknown, pick
+from components.providers.http import tls_context
+from components.providers.urls import is_loopback_url
+
+log = logging.getLogger(__name__)
+
+PROVIDER_KEY = "__provider"
+DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
+API_PATH = "/client/v4"
+EMULATOR_TOKEN = "local-emulator"
+CONFIG_KEYS = (
+    "cloudflare:apiToken",
+    "cloudflare:accountId",
+    "cloudflare:apiUrl",
+    "cloudflare:r2ParentAccessKeyId",
+)
+ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+TOWN_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$")
+JURISDICTIONS = ("default", "eu", "fedramp")
+LOCATION_HINTS = ("apac", "eeur", "enam", "weur", "wnam", "oc")
+TEMP_PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+DAY_S = 86400
+TOWN_PREFIX_ROOT = "gastown/"
+# Defaults for the per-town credentials: a week, refreshed by any `pulumi up` in the last 2 days.
+DEFAULT_TTL_S = 7 * DAY_S
+DEFAULT_REFRESH_MARGIN_S = 2 * DAY_S
+DEFAULT_SNAPSHOT_MAX_AGE_DAYS = 90
+# Rule ids of the backup bucket's lifecycle (stable ids keep the diff quiet).
+ABORT_MULTIPART_RULE_ID = "abort-incomplete-multipart-uploads"
+SNAPSHOT_BACKSTOP_RULE_ID = "gastown-snapshot-age-backstop"
+R2_DEFAULT_LIFECYCLE: list[dict[str, Any]] = [
+    {
+        "id": "Default Multipart Abort Rule",
+        "enabled": True,
+        "conditions": {"prefix": ""},
+        "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 7 * DAY_S}},
+    }
+]
+
+
+# -- settings -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CloudflareSettings:
+    api_url: str  # ends with /client/v4
+    account_id: str
+    token: str = field(repr=False)
+    parent_access_key_id: str | None = None
+    source: str = "config"  # "config", "env" or "emulator": named in errors
+
+
+def resolve_cloudflare_settings(
+    config: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
+) -> CloudflareSettings:
+    """Stack config first, then the environment; errors name the config key to set."""
+    config = config or {}
+    env = os.environ if env is None else env
+    token = config.get("cloudflare:apiToken")
+    source = "config"
+    if not token:
+        token, source = env.get("CLOUDFLARE_API_TOKEN"), "env"
+    url = config.get("cloudflare:apiUrl") or env.get("CLOUDFLARE_API_URL") or DEFAULT_API_URL
+    url = url.rstrip("/")
+    if not url.endswith(API_PATH):
+        url += API_PATH
+    if not token:
+        if not is_loopback_url(url):
+            raise ValueError(
+                f"cloudflare:apiToken: no Cloudflare API token for {url}: set it with "
+                "`pulumi config set --secret cloudflare:apiToken ...` or export CLOUDFLARE_API_TOKEN"
+            )
+        token, source = EMULATOR_TOKEN, "emulator"
+    account_id = config.get("cloudflare:accountId") or env.get("CLOUDFLARE_ACCOUNT_ID") or ""
+    if not ACCOUNT_ID.match(account_id):
+        raise ValueError(
+            "cloudflare:accountId: the Cloudflare account id (32 lowercase hex characters) is "
+            f"required; set cloudflare:accountId or CLOUDFLARE_ACCOUNT_ID (got {account_id!r})"
+        )
+    parent = config.get("cloudflare:r2ParentAccessKeyId") or env.get("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID")
+    return CloudflareSettings(
+        api_url=url, account_id=account_id, token=token, parent_access_key_id=parent or None, source=source
+    )
+
+
+def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:
+    """The S3 endpoint of an account's buckets in a jurisdiction (gastown-r2-postgres.md §4.2)."""
+    if jurisdiction == "default":
+        return f"https://{account_id}.r2.cloudflarestorage.com"
+    return f"https://{account_id}.{jurisdiction}.r2.cloudflarestorage.com"
+
+
+def s3_secret_from_token_value(value: str) -> str:
+    """An API token's S3 secret access key: the SHA-256 hex of its value (the key id is its id)."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def town_prefix(town_id: str) -> str:
+    """The one key prefix a town may touch (seed 002's layout ``gastown/{town_id}/...``)."""
+    if not isinstance(town_id, str) or not TOWN_ID.match(town_id) or ".." in town_id:
+        raise ValueError(f"town_id must be one path segment of letters, digits, '.', '_' or '-' (got {town_id!r})")
+    return f"{TOWN_PREFIX_ROOT}{town_id}/"
+
+
+# -- HTTP client --------------------------------------------------------------------------------
+class CloudflareError(Exception):
+    """An API error; the message carries Cloudflare's codes and never the token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        codes: tuple[int, ...] = (),
+        method: str = "",
+        path: str = "",
+    ):
+        self.status = status
+        self.codes = codes
+        self.method = method
+        self.path = path
+        where = f" ({method} {path}" + (f", HTTP {status}" if status else "") + ")" if method else ""
+        super().__init__(message + where)
+
+    @property
+    def transient(self) -> bool:
+        return self.status is None or self.status in TRANSIENT_STATUSES
+
+
+class CloudflareNotFound(CloudflareError):
+    pass
+
+
+class CloudflareAuthError(CloudflareError):
+    pass
+
+
+class CloudflareConflict(CloudflareError):
+    pass
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, CloudflareError) and exc.transient
+
+
+def _rate_limited(exc: BaseException) -> bool:
+    # 429 means the request was refused before it did anything: safe to repeat even a non-idempotent call.
+    return isinstance(exc, CloudflareError) and exc.status == 429
+
+
+class CloudflareClient:
+    """The R2 control plane and account tokens, account-scoped; use as a context manager."""
+
+    def __init__(
+        self,
+        settings: CloudflareSettings,
+        *,
+        timeout: float = 30.0,
+        attempts: int = 6,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.settings = settings
+        self._attempts = attempts
+        self._wait = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
+        self._http = httpx.Client(
+            base_url=f"{settings.api_url}/accounts/{settings.account_id}",
+            headers={"Authorization": f"Bearer {settings.token}", "User-Agent": "silo-infra/pulumi"},
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
+            verify=tls_context(),
+        )
+
+    def __enter__(self) -> CloudflareClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | None = None,
+        jurisdiction: str | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """One API call, retried on 429, 5xx and connection errors (only 429 if not idempotent)."""
+        headers = {"cf-r2-jurisdiction": jurisdiction} if jurisdiction and jurisdiction != "default" else {}
+        retrying = Retrying(
+            retry=retry_if_exception(_transient if idempotent else _rate_limited),
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._once(method, path, json=json, params=params, headers=headers)
+        raise AssertionError("unreachable: tenacity reraises")
+
+    def _once(
+        self, method: str, path: str, *, json: Any, params: Mapping[str, Any] | None, headers: dict
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, json=json, params=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise CloudflareError(
+                f"cannot reach the Cloudflare API at {self.settings.api_url}: {exc}", method=method, path=path
+            ) from exc
+        if response.status_code < 400:
+            return response
+        try:
+            errors = response.json().get("errors") or []
+        except ValueError:
+            errors = []
+        codes = tuple(int(e.get("code", 0)) for e in errors if isinstance(e, dict))
+        detail = "; ".join(f"{e.get('message')} (code {e.get('code')})" for e in errors if isinstance(e, dict))
+        message = detail or response.text[:200] or response.reason_phrase
+        status = response.status_code
+        kind: type[CloudflareError] = CloudflareError
+        if status == 404:
+            kind = CloudflareNotFound
+        elif status in (401, 403):
+            kind = CloudflareAuthError
+            message += f" — check cloudflare:apiToken (token from {self.settings.source})"
+        elif status == 409:
+            kind = CloudflareConflict
+        raise kind(message, status=status, codes=codes, method=method, path=path)
+
+    @staticmethod
+    def _result(response: httpx.Response) -> Any:
+        return response.json().get("result")
+
+    # -- buckets ----------------------------------------------------------------------------------
+    def create_bucket(
+        self, name: str, *, location_hint: str | None = None, jurisdiction: str = "default"
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name}
+        if location_hint:
+            body["locationHint"] = location_hint.lower()
+        return self._result(self.request("POST", "/r2/buckets", json=body, jurisdiction=jurisdiction))
+
+    def get_bucket(self, name: str, jurisdiction: str = "default") -> dict[str, Any] | None:
+        try:
+            return self._result(self.request("GET", f"/r2/buckets/{name}", jurisdiction=jurisdiction))
+        except CloudflareNotFound:
+            return None
+
+    def list_buckets(self, jurisdiction: str = "default") -> list[dict[str, Any]]:
+        buckets: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"per_page": 1000}
+        while True:
+            body = self.request("GET", "/r2/buckets", params=params, jurisdiction=jurisdiction).json()
+            buckets.extend((body.get("result") or {}).get("buckets") or [])
+            cursor = (body.get("result_info") or {}).get("cursor")
+            if not cursor:
+                return buckets
+            params = {**params, "cursor": cursor}
+
+    def delete_bucket(self, name: str, jurisdiction: str = "default") -> bool:
+        """False when the bucket was already gone."""
+        try:
+            self.request("DELETE", f"/r2/buckets/{name}", jurisdiction=jurisdiction)
+        except CloudflareNotFound:
+            return False
+        return True
+
+    def get_lifecycle(self, bucket: str, jurisdiction: str = "default") -> list[dict[str, Any]] | None:
+        try:
+            result = self._result(self.request("GET", f"/r2/buckets/{bucket}/lifecycle", jurisdiction=jurisdiction))
+        except CloudflareNotFound:
+            return None
+        return list((result or {}).get("rules") or [])
+
+    def put_lifecycle(self, bucket: str, rules: list[dict[str, Any]], jurisdiction: str = "default") -> None:
+        """Replaces the bucket's whole rule set (R2's PUT semantics)."""
+        self.request("PUT", f"/r2/buckets/{bucket}/lifecycle", json={"rules": rules}, jurisdiction=jurisdiction)
+
+    def temp_credentials(
+        self,
+        bucket: str,
+        *,
+        parent_access_key_id: str,
+        permission: str,
+        ttl_seconds: int,
+        prefixes: Iterable[str] | None = None,
+        objects: Iterable[str] | None = None,
+        jurisdiction: str = "default",
+    ) -> dict[str, str]:
+        """``{accessKeyId, secretAccessKey, sessionToken}`` scoped to the bucket (and prefixes)."""
+        body: dict[str, Any] = {
+            "bucket": bucket,
+            "parentAccessKeyId": parent_access_key_id,
+            "permission": permission,
+            "ttlSeconds": int(ttl_seconds),
+        }
+        if prefixes is not None:
+            body["prefixes"] = list(prefixes)
+        if objects is not None:
+            body["objects"] = list(objects)
+        return self._result(self.request("POST", "/r2/temp-access-credentials", json=body, jurisdiction=jurisdiction))
+
+    # -- account API tokens -----------------------------------------------------------------------
+    def permission_groups(self) -> list[dict[str, Any]]:
+        return list(self._result(self.request("GET", "/tokens/permission_groups")) or [])
+
+    def permission_group_id(self, name: str) -> str:
+        """Look permission group ids up by name rather than hard-coding them (§4.2)."""
+        for group in self.permission_groups():
+            if group.get("name") == name:
+                return str(group["id"])
+        raise CloudflareError(f"no Cloudflare permission group named {name!r}")
+
+    def create_account_token(
+        self, name: str, policies: list[dict[str, Any]], *, expires_on: str | None = None
+    ) -> dict[str, Any]:
+        """Returns ``{id, value, ...}``; the value is shown only here, once."""
+        body: dict[str, Any] = {"name": name, "policies": policies}
+        if expires_on:
+            body["expires_on"] = expires_on
+        # Not retried on 5xx: a lost response would mint a second token.
+        return self._result(self.request("POST", "/tokens", json=body, idempotent=False))
+
+    def get_account_token(self, token_id: str) -> dict[str, Any] | None:
+        try:
+            return self._result(self.request("GET", f"/tokens/{token_id}"))
+        except CloudflareNotFound:
+            return None
+
+    def delete_account_token(self, token_id: str) -> bool:
+        try:
+            self.request("DELETE", f"/tokens/{token_id}")
+        except CloudflareNotFound:
+            return False
+        return True
+
+
+def _bucket_name_failure(prop: str, name: Any) -> CheckFailure | None:
+    if isinstance(name, Unknown):
+        return None
+    if not isinstance(name, str) or not 3 <= len(name) <= 64 or not BUCKET_NAME.match(name):
+        return CheckFailure(
+            prop,
+            "R2 bucket names are 3-64 characters of lowercase letters, digits and hyphens, starting "
+            f"and ending with a letter or digit (got {name!r})",
+        )
+    return None
+
+
+def _jurisdiction_failure(value: Any) -> CheckFailure | None:
+    if isinstance(value, Unknown) or value in JURISDICTIONS:
+        return None
+    return CheckFailure("jurisdiction", f"must be one of {', '.join(JURISDICTIONS)} (got {value!r})")
+
+
+class _CloudflareProvider(ResourceProvider):
+    """Holds only plain data (it is pickled); credentials are resolved per call."""
+
+    def __init__(self) -> None:
+        self._config: dict[str, str | None] = {}
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self._config = {key: req.config.get(key) for key in CONFIG_KEYS}
+
+    def settings(self) -> CloudflareSettings:
+        return resolve_cloudflare_settings(getattr(self, "_config", {}))
+
+    def client(self) -> CloudflareClient:
+        return CloudflareClient(self.settings())
+
+
+# -- R2 bucket ----------------------------------------------------------------------------------
+BUCKET_INPUTS = ("name", "location_hint", "jurisdiction", "allow_delete")
+
+
+class R2BucketProvider(_CloudflareProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {**news, "jurisdiction": news.get("jurisdiction") or "default"}
+        inputs.setdefault("allow_delete", False)
+        failures = [
+            f
+            for f in (_bucket_name_failure("name", news.get("name")), _jurisdiction_failure(inputs["jurisdiction"]))
+            if f
+        ]
+        hint = news.get("location_hint")
+        if isinstance(hint, str):
+            # The API takes lowercase enums; uppercase values drift in pulumi-cloudflare v6 (§4.4).
+            inputs["location_hint"] = hint.lower()
+            if hint.lower() not in LOCATION_HINTS:
+                failures.append(
+                    CheckFailure("location_hint", f"must be one of {', '.join(LOCATION_HINTS)} (got {hint!r})")
+                )
+        elif hint is not None and not isinstance(hint, Unknown):
+            failures.append(CheckFailure("location_hint", f"must be a string (got {hint!r})"))
+        if not isinstance(inputs["allow_delete"], bool | Unknown):
+            failures.append(CheckFailure("allow_delete", f"must be a boolean (got {inputs['allow_delete']!r})"))
+        return CheckResult(inputs, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # location_hint is deliberately absent: R2 honours it only when a name is first created,
+        # so a changed hint can neither be applied nor justify replacing a backup bucket.
+        defaults = {"jurisdiction": "default", "allow_delete": False}
+        olds = {**defaults, **{k: v for k, v in olds.items() if v is not None}}
+        news = {**defaults, **{k: v for k, v in news.items() if v is not None}}
+        changes = changed_keys(olds, news, ("name", "jurisdiction", "allow_delete"))
+        replaces = [k for k in ("name", "jurisdiction") if k in changes]
+        # Explicit names: the new bucket cannot coexist with the old one, so delete first
+        # (and the delete refuses unless allow_delete: nothing is lost by accident).
+        return DiffResult(changes=bool(changes), replaces=replaces, delete_before_replace=bool(replaces) or None)
+
+    def _outs(self, props: Mapping[str, Any], bucket: Mapping[str, Any], account_id: str) -> dict[str, Any]:
+        jurisdiction = props.get("jurisdiction") or "default"
+        return {
+            **{k: v for k, v in props.items() if k != PROVIDER_KEY},
+            "jurisdiction": jurisdiction,
+            "account_id": account_id,
+            "location": str(bucket.get("location") or "").lower(),
+            "creation_date": bucket.get("creation_date") or "",
+            "s3_endpoint": s3_endpoint(account_id, jurisdiction),
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        name = props["name"]
+        jurisdiction = props.get("jurisdiction") or "default"
+        with self.client() as cf:
+            try:
+                bucket = cf.create_bucket(name, location_hint=props.get("location_hint"), jurisdiction=jurisdiction)
+            except CloudflareConflict as exc:
+                # Our own earlier attempt (lost response, crash before state was written) or a bucket
+                # created by hand: if this account owns it, adopt it rather than fail forever.
+                bucket = cf.get_bucket(name, jurisdiction)
+                if bucket is None:
+                    raise CloudflareError(
+                        f"R2 bucket {name!r} already exists but is not visible in account "
+                        f"{cf.settings.account_id} (jurisdiction {jurisdiction}); pick another name"
+                    ) from exc
+                log.info("adopting existing R2 bucket %s", name)
+            return CreateResult(name, self._outs(props, bucket, cf.settings.account_id))
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Only allow_delete (a local safety switch) changes in place; keep the computed outputs.
+        return UpdateResult({**{k: v for k, v in olds.items() if k != PROVIDER_KEY}, **news})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        jurisdiction = props.get("jurisdiction") or "default"
+        with self.client() as cf:
+            bucket = cf.get_bucket(id_, jurisdiction)
+            if bucket is None:
+                return ReadResult("", {})
+            outs = self._outs({**props, "name": id_}, bucket, cf.settings.account_id)
+        return ReadResult(id_, outs, inputs=pick(outs, BUCKET_INPUTS))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        if props.get("allow_delete") is not True:
+            raise CloudflareError(
+                f"refusing to delete R2 bucket {id_!r}: it holds the town backups and allow_delete is "
+                "false. Set allow_delete=True and run `pulumi up` first if you really mean to delete it"
+            )
+        with self.client() as cf:
+            cf.delete_bucket(id_, props.get("jurisdiction") or "default")
+
+
+class R2BucketResource(DynamicResource, module="cloudflare", name="R2Bucket"):
+    name: pulumi.Output[str]
+    jurisdiction: pulumi.Output[str]
+    account_id: pulumi.Output[str]
+    location: pulumi.Output[str]
+    s3_endpoint: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        name: pulumi.Input[str],
+        location_hint: str | None = None,
+        jurisdiction: str = "default",
+        allow_delete: bool = False,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "name": name,
+            "location_hint": location_hint,
+            "jurisdiction": jurisdiction,
+            "allow_delete": allow_delete,
+            "account_id": None,
+            "location": None,
+            "creation_date": None,
+            "s3_endpoint": None,
+        }
+        super().__init__(R2BucketProvider(), resource_name, props, opts)
+
+
+# -- lifecycle rules ----------------------------------------------------------------------------
+def backup_lifecycle_rules(
+    *,
+    abort_multipart_days: int = 1,
+    snapshot_prefix: str = TOWN_PREFIX_ROOT,
+    snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
+) -> list[dict[str, Any]]:
+    """The backup bucket's rule set, in the API's shape.
+
+    R2 lifecycle conditions are prefix + age/date only (no "keep the newest N"): the sync daemon
+    keeps the last 3 snapshots of each town, and this age rule on ``gastown/`` is only the backstop
+    for towns whose daemon stopped pruning (deleted towns, crashed sandboxes). Age counts from each
+    object's upload, so a running town (synced every 5 minutes) is never touched, but a town stopped
+    for longer than ``snapshot_max_age_days`` loses its whole R2 copy, ``latest.json`` included (its
+    Fly volume, the primary copy, stays). Hence a generous default of 90 days.
+    """
+    for key, days in (("abort_multipart_days", abort_multipart_days), ("snapshot_max_age_days", snapshot_max_age_days)):
+        if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+            raise ValueError(f"{key} must be a positive number of days (got {days!r})")
+    if not snapshot_prefix or not snapshot_prefix.endswith("/"):
+        raise ValueError(f"snapshot_prefix must be a non-empty prefix ending in '/' (got {snapshot_prefix!r})")
+    return [
+        {
+            # PUT replaces R2's default 7-day abort rule, so the abort rule is stated explicitly.
+            "id": ABORT_MULTIPART_RULE_ID,
+            "enabled": True,
+            "conditions": {"prefix": ""},
+            "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": abort_multipart_days * DAY_S}},
+        },
+        {
+            "id": SNAPSHOT_BACKSTOP_RULE_ID,
+            "enabled": True,
+            "conditions": {"prefix": snapshot_prefix},
+            "deleteObjectsTransition": {"condition": {"type": "Age", "maxAge": snapshot_max_age_days * DAY_S}},
+        },
+    ]
+
+
+def normalise_rules(rules: Any) -> list[dict[str, Any]]:
+    """Ints for floats, no None keys, ordered by id: what two equal rule sets compare as."""
+    return sorted((canonical(r) for r in rules or []), key=lambda r: str(r.get("id", "")))
+
+
+def _rule_errors(rules: Any) -> list[str]:
+    if not isinstance(rules, list):
+        return [f"rules must be a list of lifecycle rules (got {type(rules).__name__})"]
+    errors: list[str] = []
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        where = f"rules[{index}]"
+        if not isinstance(rule, Mapping):
+            errors.append(f"{where} must be an object")
+            continue
+        rule_id = rule.get("id")
+        if not isinstance(rule_id, str) or not rule_id:
+            errors.append(f"{where}.id is required")
+        elif rule_id in seen:
+            errors.append(f"{where}.id {rule_id!r} is used twice")
+        else:
+            seen.add(rule_id)
+        if not isinstance((rule.get("conditions") or {}).get("prefix"), str):
+            errors.append(f"{where}.conditions.prefix must be a string ('' for the whole bucket)")
+        transitions = [
+            t for t in ("deleteObjectsTransition", "abortMultipartUploadsTransition") if rule.get(t) is not None
+        ]
+        if not transitions and not rule.get("storageClassTransitions"):
+            errors.append(f"{where} needs a deleteObjectsTransition or abortMultipartUploadsTransition")
+        for name in transitions:
+            condition = (rule.get(name) or {}).get("condition") or {}
+            age = condition.get("maxAge")
+            if condition.get("type") == "Age":
+                if isinstance(age, bool) or not isinstance(age, int | float) or age <= 0 or age != int(age):
+                    errors.append(f"{where}.{name}.condition.maxAge must be a positive whole number of seconds")
+            elif condition.get("type") != "Date":
+                errors.append(f"{where}.{name}.condition.type must be Age or Date")
+    return errors
+
+
+class R2LifecycleProvider(_CloudflareProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {**news, "jurisdiction": news.get("jurisdiction") or "default"}
+        failures = [
+            f
+            for f in (_bucket_name_failure("bucket", news.get("bucket")), _jurisdiction_failure(inputs["jurisdiction"]))
+            if f
+        ]
+        rules = news.get("rules")
+        if not has_unknown(rules):
+            errors = _rule_errors(rules)
+            if errors:
+                failures.append(CheckFailure("rules", "; ".join(errors)))
+            else:
+                inputs["rules"] = normalise_rules(rules)
+        return CheckResult(inputs, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        olds = {**olds, "jurisdiction": olds.get("jurisdiction") or "default"}
+        news = {**news, "jurisdiction": news.get("jurisdiction") or "default"}
+        changes = changed_keys(olds, news, ("bucket", "jurisdiction"))
+        new_rules = news.get("rules")
+        if has_unknown(new_rules) or normalise_rules(olds.get("rules")) != normalise_rules(new_rules):
+            changes.append("rules")
+        replaces = [k for k in ("bucket", "jurisdiction") if k in changes]
+        return DiffResult(changes=bool(changes), replaces=replaces)
+
+    def _apply(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        rules = normalise_rules(props.get("rules"))
+        with self.client() as cf:
+            cf.put_lifecycle(props["bucket"], rules, props.get("jurisdiction") or "default")
+        return {**{k: v for k, v in props.items() if k != PROVIDER_KEY}, "rules": rules}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        # PUT is idempotent: a retry after a lost response writes the same rules again.
+        return CreateResult(props["bucket"], self._apply(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._apply(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self.client() as cf:
+            rules = cf.get_lifecycle(id_, props.get("jurisdiction") or "default")
+        if rules is None:
+            return ReadResult("", {})
+        outs = {**props, "rules": normalise_rules(rules)}
+        return ReadResult(id_, outs, inputs=pick(outs, ("bucket", "jurisdiction", "rules")))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        # Hand the bucket back in R2's initial state rather than with no rules at all.
+        with self.client() as cf:
+            try:
+                cf.put_lifecycle(id_, R2_DEFAULT_LIFECYCLE, props.get("jurisdiction") or "default")
+            except CloudflareNotFound:
+                return  # the bucket (and its rules) are gone
+
+
+class R2BucketLifecycle(DynamicResource, module="cloudflare", name="R2BucketLifecycle"):
+    bucket: pulumi.Output[str]
+    rules: pulumi.Output[list[dict[str, Any]]]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        bucket: pulumi.Input[str],
+        rules: list[dict[str, Any]],
+        jurisdiction: str = "default",
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(
+            R2LifecycleProvider(),
+            resource_name,
+            {"bucket": bucket, "jurisdiction": jurisdiction, "rules": rules},
+            opts,
+        )
+
+
+# -- per-town temporary credentials -------------------------------------------------------------
+CREDENTIAL_SECRETS = ("access_key_id", "secret_access_key", "session_token")
+CREDENTIAL_INPUTS = ("town_id", "bucket", "jurisdiction", "permission", "ttl_seconds", "refresh_margin_seconds")
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class R2TownCredentialsProvider(_CloudflareProvider):
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        inputs = {
+            **news,
+            "jurisdiction": news.get("jurisdiction") or "default",
+            "permission": news.get("permission") or "object-read-write",
+            "ttl_seconds": news.get("ttl_seconds", DEFAULT_TTL_S),
+            "refresh_margin_seconds": news.get("refresh_margin_seconds", DEFAULT_REFRESH_MARGIN_S),
+        }
+        failures = [
+            f
+            for f in (_bucket_name_failure("bucket", news.get("bucket")), _jurisdiction_failure(inputs["jurisdiction"]))
+            if f
+        ]
+        town_id = news.get("town_id")
+        if not isinstance(town_id, Unknown):
+            try:
+                town_prefix(town_id)
+            except ValueError as exc:
+                failures.append(CheckFailure("town_id", str(exc)))
+        if inputs["permission"] not in TEMP_PERMISSIONS:
+            failures.append(CheckFailure("permission", f"must be one of {', '.join(TEMP_PERMISSIONS)}"))
+        for key in ("ttl_seconds", "refresh_margin_seconds"):
+            value = canonical(inputs[key])
+            if isinstance(value, Unknown):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                failures.append(CheckFailure(key, f"must be a positive whole number of seconds (got {inputs[key]!r})"))
+            else:
+                inputs[key] = value
+        ttl, margin = inputs["ttl_seconds"], inputs["refresh_margin_seconds"]
+        if isinstance(ttl, int) and isinstance(margin, int) and margin >= ttl and not failures:
+            failures.append(
+                CheckFailure(
+                    "refresh_margin_seconds", f"must be shorter than ttl_seconds ({ttl}), or every run re-mints"
+                )
+            )
+        return CheckResult(inputs, failures)
+
+    def _needs_refresh(self, olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+        expires = _parse_time(olds.get("expires_at"))
+        margin = canonical(news.get("refresh_margin_seconds", DEFAULT_REFRESH_MARGIN_S))
+        if expires is None or not isinstance(margin, int):
+            return True
+        return expires - dt.datetime.now(dt.UTC) <= dt.timedelta(seconds=margin)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        news = {
+            "jurisdiction": "default",
+            "permission": "object-read-write",
+            "ttl_seconds": DEFAULT_TTL_S,
+            "refresh_margin_seconds": DEFAULT_REFRESH_MARGIN_S,
+            **news,
+        }
+        changes = changed_keys(olds, news, CREDENTIAL_INPUTS)
+        replaces = [k for k in ("town_id", "bucket", "jurisdiction") if k in changes]
+        if self._needs_refresh(olds, news):
+            changes.append("expires_at")  # re-mint before the town loses access
+        parent = self._config_parent()
+        if parent and parent != olds.get("parent_access_key_id"):
+            changes.append("parent_access_key_id")
+        return DiffResult(changes=bool(changes), replaces=replaces)
+
+    def _config_parent(self) -> str | None:
+        config = getattr(self, "_config", {}) or {}
+        return config.get("cloudflare:r2ParentAccessKeyId") or os.environ.get("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID")
+
+    def _mint(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        jurisdiction = props.get("jurisdiction") or "default"
+        prefix = town_prefix(props["town_id"])
+        ttl = int(canonical(props.get("ttl_seconds", DEFAULT_TTL_S)))
+        settings = self.settings()
+        if not settings.parent_access_key_id:
+            raise ValueError(
+                "cloudflare:r2ParentAccessKeyId: temporary R2 credentials are derived from a parent "
+                "access key (the id of an R2 API token); set cloudflare:r2ParentAccessKeyId or "
+                "CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID"
+            )
+        issued = dt.datetime.now(dt.UTC)
+        with CloudflareClient(settings) as cf:
+            creds = cf.temp_credentials(
+                props["bucket"],
+                parent_access_key_id=settings.parent_access_key_id,
+                permission=props.get("permission") or "object-read-write",
+                ttl_seconds=ttl,
+                prefixes=[prefix],
+                jurisdiction=jurisdiction,
+            )
+        return {
+            **{k: v for k, v in props.items() if k != PROVIDER_KEY},
+            "jurisdiction": jurisdiction,
+            "prefix": prefix,
+            "endpoint": s3_endpoint(settings.account_id, jurisdiction),
+            "parent_access_key_id": settings.parent_access_key_id,
+            "expires_at": (issued + dt.timedelta(seconds=ttl)).isoformat(timespec="seconds"),
+            "access_key_id": creds["accessKeyId"],
+            "secret_access_key": creds["secretAccessKey"],
+            "session_token": creds["sessionToken"],
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = self._mint(props)
+        return CreateResult(f"{outs['bucket']}/{outs['prefix']}", outs)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._mint(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        # Temporary credentials cannot be listed or fetched: state is the only record.
+        return ReadResult(id_, props, inputs=pick(props, CREDENTIAL_INPUTS))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        # They cannot be revoked either; they lapse at expires_at. Nothing to call.
+        return None
+
+
+class R2TownCredentials(DynamicResource, module="cloudflare", name="R2TownCredentials"):
+    town_id: pulumi.Output[str]
+    bucket: pulumi.Output[str]
+    prefix: pulumi.Output[str]
+    endpoint: pulumi.Output[str]
+    expires_at: pulumi.Output[str]
+    access_key_id: pulumi.Output[str]
+    secret_access_key: pulumi.Output[str]
+    session_token: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        town_id: pulumi.Input[str],
+        bucket: pulumi.Input[str],
+        jurisdiction: str = "default",
+        ttl_seconds: int = DEFAULT_TTL_S,
+        refresh_margin_seconds: int = DEFAULT_REFRESH_MARGIN_S,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        props = {
+            "town_id": town_id,
+            "bucket": bucket,
+            "jurisdiction": jurisdiction,
+            "permission": "object-read-write",
+            "ttl_seconds": ttl_seconds,
+            "refresh_margin_seconds": refresh_margin_seconds,
+            "prefix": None,
+            "endpoint": None,
+            "parent_access_key_id": None,
+            "expires_at": None,
+            "access_key_id": None,
+            "secret_access_key": None,
+            "session_token": None,
+        }
+        # New output keys are stored in plaintext unless named here (pulumi-python.md §1.4).
+        secret_opts = pulumi.ResourceOptions(additional_secret_outputs=list(CREDENTIAL_SECRETS))
+        super().__init__(
+            R2TownCredentialsProvider(), resource_name, props, pulumi.ResourceOptions.merge(secret_opts, opts)
+        )
+
+
+# -- component ----------------------------------------------------------------------------------
+class R2Bucket(pulumi.ComponentResource):
+    """The backup bucket plus its lifecycle rules; hands out per-town credentials."""
+
+    name: pulumi.Output[str]
+    s3_endpoint: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        bucket_name: str,
+        location_hint: str | None = None,
+        jurisdiction: str = "default",
+        allow_delete: bool = False,
+        abort_multipart_days: int = 1,
+        snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("silo:storage:R2Bucket", resource_name, None, opts)
+        self._resource_name = resource_name
+        self._jurisdiction = jurisdiction
+        child = pulumi.ResourceOptions(parent=self)
+        self.bucket = R2BucketResource(
+            resource_name,
+            name=bucket_name,
+            location_hint=location_hint,
+            jurisdiction=jurisdiction,
+            allow_delete=allow_delete,
+            opts=child,
+        )
+        self.lifecycle = R2BucketLifecycle(
+            f"{resource_name}-lifecycle",
+            bucket=self.bucket.name,
+            jurisdiction=jurisdiction,
+            rules=backup_lifecycle_rules(
+                abort_multipart_days=abort_multipart_days, snapshot_max_age_days=snapshot_max_age_days
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bucket]),
+        )
+        self.name = self.bucket.name
+        self.s3_endpoint = self.bucket.s3_endpoint
+        self.register_outputs({"name": self.name, "s3_endpoint": self.s3_endpoint})
+
+    def town_credentials(self, town_id: str, opts: pulumi.ResourceOptions | None = None) -> R2TownCredentials:
+        """Credentials for ``gastown/{town_id}/`` only (secrets in state)."""
+        town_prefix(town_id)  # fail at program time with the town named, not in the provider
+        return R2TownCredentials(
+            f"{self._resource_name}-town-{town_id}",
+            town_id=town_id,
+            bucket=self.bucket.name,
+            jurisdiction=self._jurisdiction,
+            opts=pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self, depends_on=[self.lifecycle]), opts),
+        )

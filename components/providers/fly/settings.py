@@ -1,0 +1,85 @@
+"""Where the Fly Machines API is and which token to use.
+
+Resolved once per provider process in ``configure()`` (stack config) with the environment as the
+fallback, so ``pulumi destroy`` keeps working after a token rotation (pulumi-python.md §1.5).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.providers.urls import is_loopback_url
+
+DEFAULT_API_URL = "https://api.machines.dev"
+# Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator.
+LOCAL_EMULATOR_URL = "http://127.0.0.1:4280"
+# Any bearer token is accepted by the emulator; this one says where it came from in its logs.
+EMULATOR_TOKEN = "local-emulator"
+
+# fly-go sends macaroon tokens with the FlyV1 scheme and everything else as Bearer
+# (fly-machines-api.md §0, FLYGO tokens/tokens.go).
+_MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
+
+
+@dataclass(frozen=True)
+class FlySettings:
+    base_url: str  # without the /v1 suffix, which the client adds per request like flyctl
+    token: str = field(repr=False)  # never in a repr: tracebacks and debug logs print settings
+    source: str  # "config", "env" or "emulator": shown in errors so users know what was used
+
+    @property
+    def authorization(self) -> str:
+        return authorization_header(self.token)
+
+    @property
+    def uses_emulator(self) -> bool:
+        return self.source == "emulator"
+
+
+def authorization_header(token: str) -> str:
+    raw = token.strip()
+    for scheme in ("Bearer ", "FlyV1 "):
+        if raw.startswith(scheme):
+            raw = raw[len(scheme) :].strip()
+    if raw.startswith(_MACAROON_PREFIXES):
+        return f"FlyV1 {raw}"
+    return f"Bearer {raw}"
+
+
+def resolve_fly_settings(
+    config: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
+) -> FlySettings:
+    """Stack config (`fly:apiUrl`, `fly:apiToken`) first, then the environment.
+
+    Base URL: `fly:apiUrl`, `FLY_API_HOSTNAME` (Fly's docs), `FLY_FLAPS_BASE_URL` (flyctl), else the
+    public API. With no token anywhere and no URL, the local emulator is the default: a fresh checkout
+    can run `pulumi up` without a Fly account.
+    """
+    config = config or {}
+    env = os.environ if env is None else env
+    token = config.get("fly:apiToken")
+    source = "config"
+    if not token:
+        token = env.get("FLY_API_TOKEN") or env.get("FLY_ACCESS_TOKEN")
+        source = "env"
+    url = config.get("fly:apiUrl") or env.get("FLY_API_HOSTNAME") or env.get("FLY_FLAPS_BASE_URL")
+    if not token:
+        if url and not is_loopback_url(url):
+            raise ValueError(
+                f"no Fly API token for {url}: set it with `pulumi config set --secret fly:apiToken ...` "
+                "or export FLY_API_TOKEN"
+            )
+        return FlySettings(base_url=(url or LOCAL_EMULATOR_URL).rstrip("/"), token=EMULATOR_TOKEN, source="emulator")
+    return FlySettings(base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source)
+
+
+def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    """``fly:apiUrl`` / ``fly:apiToken`` of a stack file's raw ``config:`` map, as plain strings.
+
+    An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
+    so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
+    """
+    return {key: raw[key] for key in ("fly:apiUrl", "fly:apiToken") if isinstance(raw.get(key), str) and raw[key]}

@@ -1,0 +1,87 @@
+"""Renders the Gas Town sandbox scripts: R2 disaster-recovery sync/restore and the entrypoint.
+
+``render_town_scripts(ctx)`` returns guest path → script text, ready for a Fly machine's ``files``
+(each with mode ``TOWN_SCRIPT_MODE``). The scripts read their secrets (R2 credentials, KILO_JWT) from
+the environment at run time, so nothing secret is ever rendered into them. Templates live in
+``templates/town/``; ``common.sh.j2`` is inlined into each script so every file stands alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import re
+import shlex
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from components.paths import TEMPLATES_DIR
+
+TEMPLATE_DIR = TEMPLATES_DIR / "town"
+TOWN_SCRIPT_MODE = 0o755
+
+# template name → script file name under ``bin_dir``
+_SCRIPTS = {
+    "r2-sync.sh.j2": "r2-sync.sh",
+    "r2-restore.sh.j2": "r2-restore.sh",
+    "startup.sh.j2": "startup.sh",
+}
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]*$")
+
+
+class TownScriptContext(BaseModel):
+    """Defaults baked into the scripts; each can still be overridden by its environment variable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bin_dir: str = "/usr/local/bin"  # where the scripts are installed; startup.sh calls the others there
+    town_root: str = "/data/gt"  # GT_TOWN_ROOT: the town on the Fly volume mounted at /data
+    sync_interval_seconds: int = Field(default=300, ge=1)  # SYNC_INTERVAL_SECONDS: 5 min RPO (issue #284)
+    keep_snapshots: int = Field(default=3, ge=1)  # R2_KEEP_SNAPSHOTS
+    lock_file: str = "/tmp/r2-sync.lock"  # R2_SYNC_LOCK
+    lock_timeout_seconds: int = Field(default=900, ge=1)  # R2_SYNC_LOCK_TIMEOUT
+    key_prefix: str = "gastown"  # objects live under <key_prefix>/<TOWN_ID>/
+
+    @field_validator("bin_dir", "town_root", "lock_file")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not _SAFE_PATH.match(value) or ".." in value.split("/"):
+            raise ValueError("must be an absolute path of letters, digits and . _ - /")
+        return posixpath.normpath(value)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_-]*)*", value):
+            raise ValueError("must be a relative object-key prefix such as 'gastown'")
+        return value
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # shell, not HTML; values are quoted with the `sh` filter instead
+        # bash's ${#array[@]} would open a Jinja comment with the default "{#" delimiter.
+        comment_start_string="{##",
+        comment_end_string="##}",
+    )
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    return env
+
+
+# Every town of a silo gets the same scripts: rendered once per program run, not once per town (with
+# 100 towns, compiling and rendering them per town was the largest share of a no-op preview's CPU).
+@functools.lru_cache(maxsize=8)
+def render_town_scripts(ctx: TownScriptContext) -> dict[str, str]:
+    """Guest path → script text for ``r2-sync.sh``, ``r2-restore.sh`` and ``startup.sh`` (shared between
+    callers: copy before changing)."""
+    env = _environment()
+    values = ctx.model_dump()
+    return {
+        posixpath.join(ctx.bin_dir, name): env.get_template(template).render(**values)
+        for template, name in _SCRIPTS.items()
+    }
