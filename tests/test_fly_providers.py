@@ -10,6 +10,7 @@ from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 from pulumi.output import Unknown
 
+from components.config.model import VOLUME_CONFIG_KEYS
 from components.providers.fly.client import FlyError
 from components.providers.fly.resources import (
     REPLACEMENT_KEY,
@@ -127,7 +128,10 @@ def test_region_change_of_a_data_volume_is_refused_without_the_migration_overrid
     olds = {"app": "a", "name": "pg_data", "region": "yul", "size_gb": 10}
     refused = provider.check(olds, {**olds, "region": "ams"})
     assert [f.property for f in refused.failures] == ["region"]
-    assert "silo:regionMigration" in refused.failures[0].reason
+    # The provider names its own input; the stack that declares the volume says how users set it.
+    assert "allow_region_change=true" in refused.failures[0].reason
+    named = provider.check(olds, {**olds, "region": "ams", "config_keys": VOLUME_CONFIG_KEYS}).failures
+    assert "silo:regionMigration=true" in named[0].reason
     assert provider.check(olds, {**olds, "region": "ams", "allow_region_change": True}).failures == []
 
 

@@ -15,7 +15,7 @@ import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
-from components.config.model import SiloConfig, TownConfig, from_mapping
+from components.config.model import APP_CONFIG_KEYS, SiloConfig, TownConfig, from_mapping
 from components.providers.fly.client import FlyError
 from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
 from emulators.fly import FlyEmulator
@@ -189,8 +189,9 @@ def test_two_silos_of_one_organisation_are_isolated(silo_mocks: RecordingMocks, 
 # -- moving an existing app to a network ---------------------------------------------------------------------
 def test_a_network_change_is_refused_at_preview_without_the_override() -> None:
     provider = FlyAppProvider()
-    legacy = {"name": "devenv-acme-erp-pg", "org": "acme", "keep_volumes": True, "network": None, "app_id": "x"}
-    news = {"name": "devenv-acme-erp-pg", "org": "acme", "keep_volumes": True, "network": "devenv-acme-erp"}
+    keys = {"config_keys": APP_CONFIG_KEYS}  # as the silo stack declares its apps: errors name silo: keys
+    legacy = {"name": "devenv-acme-erp-pg", "org": "acme", "keep_volumes": True, "network": None, "app_id": "x", **keys}
+    news = {"name": "devenv-acme-erp-pg", "org": "acme", "keep_volumes": True, "network": "devenv-acme-erp", **keys}
     [failure] = provider.check(legacy, news).failures
     assert failure.property == "network"
     assert "silo:networkMigration" in failure.reason and "default" in failure.reason

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from components.cli.main import main as cli
+from components.cli import main as cli
 from emulators.fly import FlyEmulator
 from tests.fixtures.program import FLY, STACK, SiloProgram, StackProgram, base_config, fly_env
 

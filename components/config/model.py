@@ -765,3 +765,19 @@ def from_pulumi_config() -> SiloConfig | ControlConfig:
     secret = set(runtime_config.get_config_secret_keys_env())
     secret |= {k for k in wanted if runtime_config.is_config_secret(k)}
     return from_mapping({k: runtime_config.get_config(k) for k in wanted}, secret_keys=secret)
+
+
+# How a user sets the inputs of the Fly resources the stacks declare (`config_keys`): the provider layer
+# knows no `silo:` key, so its errors name these instead of its own input names.
+APP_CONFIG_KEYS: dict[str, str] = {
+    "name": "silo:client / silo:app",
+    "org": "silo:flyOrg",
+    "allow_network_change": "silo:networkMigration=true",
+    "keep_volumes": "silo:allowDataDeletion=true",
+}
+TOWN_APP_CONFIG_KEYS: dict[str, str] = {**APP_CONFIG_KEYS, "name": "the town's user and name in silo:towns"}
+VOLUME_CONFIG_KEYS: dict[str, str] = {
+    "allow_delete": "silo:allowDataDeletion=true",
+    "allow_region_change": "silo:regionMigration=true",
+}
+EXEC_CONFIG_KEYS: dict[str, str] = {"machine_id": "silo:state running"}

@@ -63,6 +63,17 @@ def diff_result(
     )
 
 
+# The stack that declares a resource says how a user sets its inputs (`config_keys`: input name -> the
+# setting to name, e.g. "allow_delete" -> "silo:allowDataDeletion=true"), so provider messages point at
+# the user's own configuration without this layer knowing any product's keys.
+CONFIG_KEYS = "config_keys"
+
+
+def setting(props: Mapping[str, Any], key: str, default: str) -> str:
+    """How the user sets input `key` of this resource, as its stack described it; `default` otherwise."""
+    return str((props.get(CONFIG_KEYS) or {}).get(key) or default)
+
+
 def strip_provider(props: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in props.items() if k != PROVIDER_KEY}
 

@@ -1,7 +1,7 @@
 """GeneratedSecret: a random password or key made once, kept (encrypted) in state, stable across runs.
 
 It does what pulumi-random's RandomPassword did for this program — a value generated at create,
-replaced only when its `length` or `keepers` change (silo:keyGeneration bumps a keeper to rotate) —
+replaced only when its `length` or `keepers` change (a stack bumps a keeper to rotate) —
 with no remote object behind it. The project carries it instead of pulumi-random because that bridged
 provider cannot be built from the module proxy here (README, "The engine"), and a Terraform provider
 process in every run is a lot for a handful of strings.

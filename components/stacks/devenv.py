@@ -13,7 +13,7 @@ from typing import Any
 
 import pulumi
 
-from components.config.model import SiloConfig
+from components.config.model import APP_CONFIG_KEYS, EXEC_CONFIG_KEYS, VOLUME_CONFIG_KEYS, SiloConfig
 from components.domain import services as svc
 from components.domain.costs import estimate
 from components.domain.keys import supabase_keys
@@ -126,6 +126,7 @@ class DevEnvStack(pulumi.ComponentResource):
             description=f"RLS mode {cfg.rls_mode}",
             run=cfg.state == "running",
             # SQL needs Postgres up and answering: after its gate, not just its machine.
+            config_keys=EXEC_CONFIG_KEYS,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self._boot_gate(cfg, "pg", desired)]),
         )
 
@@ -176,6 +177,7 @@ class DevEnvStack(pulumi.ComponentResource):
             keep_volumes=not cfg.allow_data_deletion,
             network=cfg.network,
             allow_network_change=cfg.network_migration,
+            config_keys=APP_CONFIG_KEYS,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
         )
         on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])
@@ -203,6 +205,7 @@ class DevEnvStack(pulumi.ComponentResource):
                 size_gb=spec.volume.size_gb,
                 allow_delete=cfg.allow_data_deletion,
                 allow_region_change=cfg.region_migration,
+                config_keys=VOLUME_CONFIG_KEYS,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[app], retain_on_delete=keeps_data),
             )
         machine = FlyMachine(

@@ -17,7 +17,14 @@ from typing import Any
 
 import pulumi
 
-from components.config.model import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
+from components.config.model import (
+    GIT_CREDENTIALS_KEY,
+    GIT_CREDENTIALS_SECRET,
+    TOWN_APP_CONFIG_KEYS,
+    VOLUME_CONFIG_KEYS,
+    SiloConfig,
+    TownConfig,
+)
 from components.providers.cloudflare.r2 import R2TownCredentials
 from components.providers.controldb.catalog import ResolvedImage
 from components.providers.controldb.registry import TownRecords, TownRegistration
@@ -118,6 +125,7 @@ class TownSandbox(pulumi.ComponentResource):
             keep_volumes=keeps_data,
             network=town.network,
             allow_network_change=cfg.network_migration,
+            config_keys=TOWN_APP_CONFIG_KEYS,
             opts=child(self.registration, retain=keeps_data),
         )
         self.ip = FlyIpAssignment(f"{sid}-ip-private-v6", app=self.app.name, type="private_v6", opts=child(self.app))
@@ -145,6 +153,7 @@ class TownSandbox(pulumi.ComponentResource):
             size_gb=VOLUME_SIZE_GB,
             allow_delete=cfg.allow_data_deletion,
             allow_region_change=cfg.region_migration,
+            config_keys=VOLUME_CONFIG_KEYS,
             opts=child(self.app, retain=keeps_data),
         )
         fly_toml = pulumi.Output.all(town_id, control.bucket, control.s3_endpoint).apply(

@@ -414,8 +414,7 @@ class FlyClient:
         except FlyError as exc:
             if exc.status == 403:
                 raise FlyNameTaken(
-                    f"the Fly app name {name!r} is taken by another organization; choose another "
-                    "silo:client / silo:app",
+                    f"the Fly app name {name!r} is taken by another organization; choose another name",
                     status=403,
                     request_id=exc.request_id,
                     method="GET",
@@ -468,7 +467,7 @@ class FlyClient:
                 if time.monotonic() >= deadline:
                     raise FlyNameTaken(
                         f"the Fly app name {name!r} is already taken on Fly.io (app names are global), or an app "
-                        "of that name is still being deleted; choose another silo:client / silo:app, or retry",
+                        "of that name is still being deleted; choose another name, or retry",
                         status=exc.status,
                         request_id=exc.request_id,
                         method="POST",
@@ -841,7 +840,7 @@ class FlyClient:
         ambiguous failure the lease is read back and adopted when it is ours (checked before re-sending).
 
         A lease expires after ``ttl_s``, and a block may wait far longer (a machine's start and health
-        checks, up to silo:readyTimeoutSeconds): a background thread refreshes it every third of the TTL,
+        checks, up to the caller's timeout): a background thread refreshes it every third of the TTL,
         as flyctl's StartBackgroundLeaseRefresh does (internal/machine/leasable_machine.go).
         """
         path = f"/apps/{app}/machines/{machine_id}/lease"

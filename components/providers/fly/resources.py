@@ -30,9 +30,18 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
-from components.providers.base import DynamicResource, canonical, changed_keys, diff_result, has_unknown, strip_provider
+from components.providers.base import (
+    CONFIG_KEYS,
+    DynamicResource,
+    canonical,
+    changed_keys,
+    diff_result,
+    has_unknown,
+    setting,
+    strip_provider,
+)
 from components.providers.fly import flytoml
-from components.providers.fly.client import FlyClient, FlyError, ip_kind
+from components.providers.fly.client import FlyClient, FlyError, FlyNameTaken, ip_kind
 from components.providers.fly.settings import FlySettings, resolve_fly_settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +54,7 @@ VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
-RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as silo:readyTimeoutSeconds' default
+RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as a first boot may take
 # A machine caught between states (stopping, starting) settles within seconds; waited for before the
 # opposite request, which Fly refuses meanwhile.
 TRANSITION_WAIT_S = 120
@@ -90,7 +99,9 @@ class FlyAppProvider(FlyProviderBase):
                 )
             )
         if not news.get("org"):
-            failures.append(CheckFailure("org", "the Fly organization slug is required (silo:flyOrg)"))
+            failures.append(
+                CheckFailure("org", f"the Fly organization slug is required ({setting(news, 'org', 'org')})")
+            )
         network = news.get("network")
         if network is not None and not isinstance(network, Unknown) and not NETWORK_NAME.match(str(network)):
             failures.append(
@@ -119,14 +130,14 @@ class FlyAppProvider(FlyProviderBase):
         if not news.get("allow_network_change"):
             reason = (
                 f"{move} replaces it: Fly cannot move an app between networks, so the app is deleted (with its "
-                "machines and volumes) and created again. Set silo:networkMigration=true to do it (README: "
-                "moving an existing silo to its own network)"
+                "machines and volumes) and created again. Set "
+                f"{setting(news, 'allow_network_change', 'allow_network_change=true')} to do it"
             )
             return [CheckFailure("network", reason)]
         if news.get("keep_volumes", True):
             reason = (
-                f"{move} deletes the app and its volumes, which silo:allowDataDeletion=false forbids: back the "
-                "data up, then set silo:allowDataDeletion=true for the migration"
+                f"{move} deletes the app and its volumes, which keeping data forbids: back the data up, then set "
+                f"{setting(news, 'keep_volumes', 'keep_volumes=false')} for the migration"
             )
             return [CheckFailure("network", reason)]
         return []
@@ -138,7 +149,11 @@ class FlyAppProvider(FlyProviderBase):
     def create(self, props: dict[str, Any]) -> CreateResult:
         wanted = props.get("network") or DEFAULT_NETWORK
         with self.client() as fly:
-            app = fly.create_app(props["name"], props["org"], props.get("network"))
+            try:
+                app = fly.create_app(props["name"], props["org"], props.get("network"))
+            except FlyNameTaken as exc:
+                where = setting(props, "name", "")
+                raise FlyNameTaken(f"{exc} (the name comes from {where})" if where else str(exc)) from None
         actual = app.get("network") or DEFAULT_NETWORK
         if actual != wanted:
             # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
@@ -176,7 +191,8 @@ class FlyAppProvider(FlyProviderBase):
                     names = ", ".join(f"{v.get('name')} ({v.get('id')})" for v in volumes)
                     raise FlyError(
                         f"refusing to delete Fly app {id_}: it still holds data volumes {names}. "
-                        "Set silo:allowDataDeletion=true to delete the data, or keep the app"
+                        f"Set {setting(props, 'keep_volumes', 'keep_volumes=false')} to delete the data, "
+                        "or keep the app"
                     )
             # The engine deletes an app after every machine of it that this stack manages; force=true stops
             # whatever is left (a machine made by hand), as the API wants machines stopped otherwise. The
@@ -198,14 +214,16 @@ class FlyApp(DynamicResource, module="fly", name="App"):
         keep_volumes: bool = True,
         network: str | None = None,
         allow_network_change: bool = False,
+        config_keys: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
+            CONFIG_KEYS: dict(config_keys or {}),
             "name": name,
             "org": org,
             "keep_volumes": keep_volumes,
             "network": network,
-            # A local switch (silo:networkMigration), read by check(); not compared by diff.
+            # A local switch, read by check(); not compared by diff.
             "allow_network_change": allow_network_change,
             "app_id": None,
             "status": None,
@@ -420,7 +438,8 @@ class FlyVolumeProvider(FlyProviderBase):
                 CheckFailure(
                     "region",
                     f"moving volume {news.get('name')} from {olds['region']} to {news['region']} would replace it "
-                    "with an empty one; migrate the data first, then set silo:regionMigration=true",
+                    "with an empty one; migrate the data first, then set "
+                    f"{setting(news, 'allow_region_change', 'allow_region_change=true')}",
                 )
             )
         news = {k: v for k, v in news.items() if k != REPLACEMENT_KEY}
@@ -526,7 +545,7 @@ class FlyVolumeProvider(FlyProviderBase):
         if not props.get("allow_delete"):
             raise FlyError(
                 f"refusing to delete data volume {props.get('name')} ({id_}) of app {props.get('app')}: "
-                "set silo:allowDataDeletion=true to allow deleting data, or keep the volume"
+                f"set {setting(props, 'allow_delete', 'allow_delete=true')} to allow deleting data, or keep the volume"
             )
         with self.client() as fly:
             fly.delete_volume(props["app"], id_)
@@ -548,9 +567,11 @@ class FlyVolume(DynamicResource, module="fly", name="Volume"):
         encrypted: bool = True,
         snapshot_retention: int | None = None,
         allow_region_change: bool = False,
+        config_keys: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
+            CONFIG_KEYS: dict(config_keys or {}),
             "app": app,
             "name": name,
             "region": region,
@@ -971,7 +992,8 @@ class FlyExecProvider(FlyProviderBase):
                 state = machine.get("state") if machine else "missing"
                 raise FlyError(
                     f"cannot run {props.get('description') or 'the command'} on machine {machine_id} of app "
-                    f"{app}: it is {state}; set silo:state to running and run `pulumi up` again"
+                    f"{app}: it is {state}; start it ({setting(props, 'machine_id', 'the machine')}) "
+                    "and run `pulumi up` again"
                 )
             result = fly.exec_machine(
                 app,
@@ -1022,9 +1044,11 @@ class FlyExec(DynamicResource, module="fly", name="Exec"):
         description: str = "",
         run: bool = True,
         timeout_s: int = 120,
+        config_keys: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
+            CONFIG_KEYS: dict(config_keys or {}),
             "app": app,
             "machine_id": machine_id,
             "command": command,
