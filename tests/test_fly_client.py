@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from components.providers.fly.client import FlyAuthError, FlyClient, FlyError, FlyNameTaken
+from components.providers.fly.client import FlyClient
+from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken
 from components.providers.fly.settings import (
     DEFAULT_API_URL,
     EMULATOR_TOKEN,

@@ -11,7 +11,7 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.output import Unknown
 
 from components.config.model import VOLUME_CONFIG_KEYS
-from components.providers.fly.client import FlyError
+from components.providers.fly.errors import FlyError
 from components.providers.fly.resources import (
     REPLACEMENT_KEY,
     FlyAppProvider,

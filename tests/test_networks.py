@@ -16,7 +16,7 @@ from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
 from components.config.model import APP_CONFIG_KEYS, SiloConfig, TownConfig, from_mapping
-from components.providers.fly.client import FlyError
+from components.providers.fly.errors import FlyError
 from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
 from emulators.fly import FlyEmulator
 from tests.fixtures.fly import visible_app

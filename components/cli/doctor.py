@@ -34,7 +34,8 @@ from components.providers.cloudflare.r2 import CONFIG_KEYS as CLOUDFLARE_CONFIG_
 from components.providers.cloudflare.r2 import CloudflareClient, CloudflareError, resolve_cloudflare_settings
 from components.providers.controldb.catalog import CatalogError, load_catalog
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
-from components.providers.fly.client import FlyAuthError, FlyClient, FlyError, FlyNameTaken
+from components.providers.fly.client import FlyClient
+from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken
 from components.providers.fly.settings import FlySettings, fly_config_map, resolve_fly_settings
 
 Status = Literal["ok", "fail", "skip"]

@@ -54,8 +54,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from components.providers.base import DynamicResource, canonical, changed_keys, has_unknown, pick
-from components.providers.http import tls_context
-from components.providers.urls import is_loopback_url
+from components.providers.http import is_loopback_url, tls_context
 
 log = logging.getLogger(__name__)
 

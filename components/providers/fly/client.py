@@ -36,6 +36,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_exponential_jitter
 
 from components.providers.fly import flytoml
+from components.providers.fly.errors import (
+    FlyAuthError,
+    FlyConflict,
+    FlyError,
+    FlyNameTaken,
+    FlyNotFound,
+    FlyWaitTimeout,
+)
 from components.providers.fly.settings import FlySettings
 from components.providers.http import tls_context
 
@@ -43,7 +51,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 WAIT_CALL_MAX_S = 60  # the API refuses longer waits with 400 (fly-machines-api.md §2.4)
 COMPAT_CHECK_PREFIX = "bg_deployments_compat"
 # Health-check polling backs off from 0.1 s to this. The client's waits sit on the critical path of
@@ -63,64 +70,6 @@ APP_VISIBLE_WAIT_S = 60.0
 NAME_RECHECK_S = 3.0
 LEASE_TTL_S = 120  # flyctl's default lease TTL (internal/machine/lease.go)
 NONCE_HEADER = "fly-machine-lease-nonce"
-
-
-class FlyError(Exception):
-    """An API error the user can act on; always carries the request id for Fly support."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        request_id: str | None = None,
-        method: str = "",
-        path: str = "",
-        fly_status: str | None = None,
-        retry_after: float | None = None,
-        sent: bool = True,
-    ):
-        self.status = status
-        self.request_id = request_id
-        self.method = method
-        self.path = path
-        self.fly_status = fly_status
-        self.retry_after = retry_after
-        self.sent = sent  # False: the request never reached the API (the connection could not be made)
-        self.message = message
-        where = f" ({method} {path}" if method else " ("
-        where += f", HTTP {status}" if status else ""
-        where += f", fly-request-id {request_id})" if request_id else ")"
-        super().__init__(message + (where if where != " ()" else ""))
-
-    @property
-    def transient(self) -> bool:
-        return self.status is None or self.status in TRANSIENT_STATUSES
-
-    @property
-    def not_executed(self) -> bool:
-        """The API did not act on the request: safe to send again whatever it was."""
-        return self.status == 429 or (self.status is None and not self.sent)
-
-
-class FlyNotFound(FlyError):
-    pass
-
-
-class FlyAuthError(FlyError):
-    pass
-
-
-class FlyNameTaken(FlyError):
-    pass
-
-
-class FlyConflict(FlyError):
-    pass
-
-
-class FlyWaitTimeout(FlyError):
-    pass
 
 
 def _is_transient(exc: BaseException) -> bool:

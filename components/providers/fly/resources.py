@@ -41,7 +41,8 @@ from components.providers.base import (
     strip_provider,
 )
 from components.providers.fly import flytoml
-from components.providers.fly.client import FlyClient, FlyError, FlyNameTaken, ip_kind
+from components.providers.fly.client import FlyClient, ip_kind
+from components.providers.fly.errors import FlyError, FlyNameTaken
 from components.providers.fly.settings import FlySettings, resolve_fly_settings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.providers.urls import is_loopback_url
+from components.providers.http import is_loopback_url
 
 DEFAULT_API_URL = "https://api.machines.dev"
 # Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator.
