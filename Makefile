@@ -4,7 +4,7 @@
 VENV ?= venv
 STACK ?= dev
 
-.PHONY: up preview destroy test lint
+.PHONY: up preview destroy test lint town-tools
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ destroy: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+# The real gt, bd and dolt the town backup tests run (pinned in tools/town/*/go.mod; output in .tools/).
+town-tools:
+	tools/town/build.sh
 
 tools/node_modules/.installed: tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --silent
