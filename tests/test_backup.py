@@ -8,15 +8,31 @@ server with the pinned AWS CLI, real git, flock, tar and curl. The one stand-in 
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import hashlib
+import io
 import json
+import os
 import re
+import shutil
 import subprocess
+import tarfile
+import threading
 from pathlib import Path
 
 from components.town import FLUSH_COMMAND, STATUS_PORT, WORK_DIR, town_script_context
 from components.town_scripts import TOWN_SCRIPT_MODE, TownScriptContext, render_town_scripts
-from tests.fixtures.sandbox import KILO_JWT, TOWN_ID, VENV_BIN, Heartbeats, Sandbox, installed_files, lose_volume
+from tests.fixtures.sandbox import (
+    KILO_JWT,
+    TOWN_ID,
+    VENV_BIN,
+    Heartbeats,
+    Sandbox,
+    installed_files,
+    lose_volume,
+    wait_for,
+)
 from tests.fixtures.town import RIGS, GasTown, repositories, run, town_state
 
 TS_LEN = len("20260217T120000Z")
@@ -32,6 +48,13 @@ RIG_FIDELITY_CHECKS = (
     "beads-redirect",
     "rig-is-git-repo",
 )
+
+
+def _commit_file(town: GasTown, repo: Path, name: str, content: str, message: str) -> None:
+    (repo / name).parent.mkdir(parents=True, exist_ok=True)
+    (repo / name).write_text(content)
+    town.git("add", name, cwd=repo)
+    town.git("commit", "-q", "-m", message, cwd=repo)
 
 
 def doctor(town: GasTown, root: Path, rig: str | None = None) -> dict[str, str]:
@@ -291,3 +314,316 @@ def test_snapshot_work_stays_on_the_volume(sandbox: Sandbox) -> None:
     assert "building snapshot" in result.stderr
     assert [p.name for p in (sandbox.town.volume / ".r2-work").iterdir()] == []
     assert not (sandbox.tmp / "no-such-tmp").exists()
+
+
+# ---- snapshots under load, odd rigs ----------------------------------------------------------------
+
+
+def test_snapshots_tolerate_files_changing_while_they_are_read(sandbox: Sandbox) -> None:
+    # Gastown rewrites nudge queues and heartbeats all the time and agents rewrite files in their
+    # worktrees: a file changing under tar must not cost the snapshot (GNU tar exits 1 then).
+    town = sandbox.town
+    nux = town.root / "backend" / "polecats" / "nux" / "backend"
+    big = nux / "notes" / "dataset.bin"
+    queue = town.root / ".runtime" / "nudge_queue" / "hq-mayor"
+    queue.mkdir(parents=True)
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            big.write_bytes(os.urandom(4 << 20))
+            (queue / f"{n}.json").write_text(json.dumps({"n": n}))
+            (queue / f"{n - 5}.json").unlink(missing_ok=True)
+            (town.root / "settings" / "heartbeat.json").write_text(str(n))
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        results = [sandbox.run("r2-sync.sh", "--immediate") for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    assert [r.returncode for r in results] == [0, 0, 0], [r.stderr[-2000:] for r in results]
+    snaps = sandbox.snapshots()
+    assert len(snaps) == 3 and sandbox.latest()["timestamp"] == snaps[-1]
+    for ts in snaps:
+        assert "work/backend.tar" in {f["path"] for f in sandbox.manifest(ts)["files"]}
+
+
+def test_partial_clone_rig_survives_an_unreachable_promisor(sandbox: Sandbox) -> None:
+    # `gt rig add --filter` makes a partial clone; its missing blobs live only at the promisor
+    # remote, so bundling everything needs that remote. A snapshot taken while it is unreachable
+    # must still succeed, and carry the rig's own unpushed work.
+    town = sandbox.town
+    town.start_dolt()
+    upstream = town.upstreams["webapp"]
+    town.gt("rig", "add", "lazy", f"file://{upstream}", "--filter", "blob:none")
+    town.gt("polecat", "add", "lazy", "slit")
+    slit = town.root / "lazy" / "polecats" / "slit" / "lazy"
+    _commit_file(town, slit, "src/slit.py", "# slit's work\n", "slit: unpushed on a partial clone")
+    head = town.git("rev-parse", "HEAD", cwd=slit).strip()
+    town.stop()
+
+    upstream.rename(upstream.with_name("webapp.unreachable"))
+    try:
+        sync = sandbox.run("r2-sync.sh", "--immediate")
+    finally:
+        upstream.with_name("webapp.unreachable").rename(upstream)
+    assert sync.returncode == 0, sync.stderr
+    [ts] = sandbox.snapshots()
+    lazy = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "lazy")
+    bare = next(r for r in lazy["repos"] if r["bare"])
+    assert bare["partial_filter"] == "blob:none" and bare["bundle"], sync.stderr
+
+    lose_volume(sandbox)
+    restore = sandbox.restore(town.root)  # the promisor is back: the partial clone is made again
+    assert restore.returncode == 0, restore.stderr
+    repo = town.root / "lazy" / ".repo.git"
+    assert town.git("config", "remote.origin.partialclonefilter", cwd=repo).strip() == "blob:none"
+    slit = town.root / "lazy" / "polecats" / "slit" / "lazy"
+    assert town.git("rev-parse", "HEAD", cwd=slit).strip() == head
+    assert (slit / "src" / "slit.py").read_text() == "# slit's work\n"
+
+
+def test_old_style_rig_without_shared_repo_is_backed_up(sandbox: Sandbox) -> None:
+    # Towns from before gastown's shared .repo.git keep full clones in refinery/rig and each polecat.
+    town = sandbox.town
+    rig = town.root / "legacy"
+    upstream = town.upstreams["docs"]
+    rig.mkdir()
+    (rig / "config.json").write_text(
+        json.dumps(
+            {"type": "rig", "version": 1, "name": "legacy", "git_url": f"file://{upstream}", "default_branch": "main"}
+        )
+    )
+    refinery = rig / "refinery" / "rig"
+    polecat = rig / "polecats" / "slit" / "legacy"
+    for clone in (refinery, polecat):
+        town.git("clone", "-q", f"file://{upstream}", str(clone), cwd=town.root)
+    _commit_file(town, refinery, "MERGED.md", "merged locally\n", "refinery: merge not pushed")
+    town.git("checkout", "-q", "-b", "polecat/slit", cwd=polecat)
+    _commit_file(town, polecat, "src/slit.py", "# slit\n", "slit: unpushed")
+    (polecat / "WIP.md").write_text("dirty\n")
+
+    sandbox.sync()
+    [ts] = sandbox.snapshots()
+    legacy = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "legacy")
+    assert sorted((r["path"], r["bundle"] is not None) for r in legacy["repos"]) == [
+        ("legacy/polecats/slit/legacy", True),
+        ("legacy/refinery/rig", True),
+    ]
+
+    town.stop()
+    lose_volume(sandbox)
+    restore = sandbox.restore(town.root)
+    assert restore.returncode == 0, restore.stderr
+    restored = town.root / "legacy"
+    assert town.git("log", "-1", "--format=%s", cwd=restored / "refinery" / "rig").strip() == (
+        "refinery: merge not pushed"
+    )
+    assert (
+        town.git("log", "-1", "--format=%s", "polecat/slit", cwd=restored / "polecats" / "slit" / "legacy").strip()
+        == "slit: unpushed"
+    )
+    assert (restored / "polecats" / "slit" / "legacy" / "WIP.md").read_text() == "dirty\n"
+
+
+def test_restored_databases_are_checked_whole(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
+    # A violation committed long ago (foreign_key_checks off) is in no working set: only
+    # `dolt constraints verify --all` sees it.
+    town = sandbox.town
+    db = town.root / ".dolt-data" / "backend"
+    queries = (
+        "create table parents (id int primary key);"
+        "create table children (id int primary key, parent int, foreign key (parent) references parents(id));"
+        "insert into parents values (1); insert into children values (1, 1);"
+    )
+    run(["dolt", "sql", "-q", queries], cwd=db, env=town.env)
+    run(["dolt", "add", "-A"], cwd=db, env=town.env)
+    run(["dolt", "commit", "-m", "tables"], cwd=db, env=town.env)
+    run(["dolt", "sql", "-q", "set foreign_key_checks = 0; insert into children values (2, 99);"], cwd=db, env=town.env)
+    run(["dolt", "add", "-A"], cwd=db, env=town.env)
+    run(["dolt", "commit", "--force", "-m", "an orphan, committed"], cwd=db, env=town.env)
+    sandbox.sync()
+
+    lose_volume(sandbox)
+    restore = sandbox.restore(town.root)
+
+    assert restore.returncode == 3, restore.stderr
+    [beat] = heartbeats.events("r2_restore")
+    assert beat["status"] == "restored_with_violations" and beat["constraint_violations"] == ["backend"]
+    assert town.dolt_sql("backend", "select count(*) from children") == "count(*)\n2\n"
+
+
+def test_a_damaged_database_backup_fails_the_restore(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
+    sandbox.sync()
+    [ts] = sandbox.snapshots()
+    key = f"{sandbox.prefix}/snapshots/{ts}/dolt/hq.tar"
+    damaged = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(sandbox.bucket.get(key))) as old,
+        tarfile.open(fileobj=damaged, mode="w") as new,
+    ):
+        members = old.getmembers()
+        victim = max((m for m in members if m.isfile()), key=lambda m: m.size)
+        for member in members:
+            data = old.extractfile(member).read() if member.isfile() else None
+            if member is victim:
+                data = (
+                    data[: len(data) // 2]
+                    + bytes(b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 64])
+                    + data[len(data) // 2 + 64 :]
+                )
+            member.size = len(data) if data is not None else 0
+            new.addfile(member, io.BytesIO(data) if data is not None else None)
+    body = damaged.getvalue()
+    # The town itself wrote this (bit rot, a bug): its own manifest vouches for the damaged file.
+    manifest = sandbox.manifest(ts)
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "dolt/hq.tar"] + [
+        {"path": "dolt/hq.tar", "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    ]
+    manifest_bytes = json.dumps(manifest).encode()
+    sandbox.bucket.put(key, body)
+    sandbox.bucket.put(f"{sandbox.prefix}/snapshots/{ts}/manifest.json", manifest_bytes)
+    sandbox.bucket.put(
+        f"{sandbox.prefix}/latest.json",
+        json.dumps({"timestamp": ts, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()}).encode(),
+    )
+    lose_volume(sandbox)
+
+    restore = sandbox.restore(sandbox.town.root)
+
+    assert restore.returncode == 1, restore.stderr
+    assert "database hq" in restore.stderr or "Dolt database hq" in restore.stderr or "of database hq" in restore.stderr
+    assert not sandbox.town.root.exists()
+    [beat] = heartbeats.events("r2_restore")
+    assert beat["status"] == "failed"
+
+
+def test_the_sync_loop_keeps_its_schedule(sandbox: Sandbox) -> None:
+    # Slots are start + n * interval: the time a snapshot takes comes off the wait, not on top of it.
+    # A `sleep` stand-in records the waits the loop asks for and returns at once; the loop is
+    # stopped after two snapshots.
+    wrap = sandbox.tmp / "sleep-recorder"
+    wrap.mkdir()
+    record = sandbox.tmp / "sleeps.txt"
+    (wrap / "sleep").write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ $1 -ge 60 ]]; then echo "$1" >>{record}; n=$(wc -l <{record});'
+        f" if ((n >= 2)); then kill -TERM $PPID; fi; exit 0; fi\n"
+        f'exec {shutil.which("sleep")} "$@"\n'
+    )
+    (wrap / "sleep").chmod(0o755)
+    env = {**sandbox.env, "PATH": f"{wrap}:{sandbox.env['PATH']}", "SYNC_INTERVAL_SECONDS": "3600"}
+    result = subprocess.run(
+        ["bash", str(sandbox.bin_dir / "r2-sync.sh")], env=env, capture_output=True, text=True, timeout=900
+    )
+
+    assert result.returncode == 0, result.stderr
+    start = re.search(r"syncing every 3600s from (\S+)", result.stderr).group(1)
+    slots = re.findall(r"next snapshot at (\S+) \(slot (\d+)\)", result.stderr)
+    t0 = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+    assert [(datetime.datetime.fromisoformat(at.replace("Z", "+00:00")) - t0).total_seconds() for at, _ in slots] == [
+        3600.0,
+        7200.0,
+    ]
+    waits = [int(x) for x in record.read_text().split()]
+    assert len(sandbox.snapshots()) == 2
+    # Each snapshot took at least a second, and that second came off the wait.
+    assert all(w < 3600 for w in waits), waits
+
+
+# ---- concurrency and retention -----------------------------------------------------------------------
+
+
+def _race_wrapper(sandbox: Sandbox, trigger: str, match: str, body: bytes) -> dict[str, str]:
+    """A wrapped `aws` that writes latest.json (a racing writer) right before the first `s3api TRIGGER`
+    call mentioning MATCH."""
+    done = sandbox.tmp / "race-done"
+    (sandbox.tmp / "race-body.json").write_bytes(body)
+    return sandbox.aws_wrapper(
+        f'if [[ ! -e {done} && " $* " == *" {trigger} "* && "$*" == *"{match}"* ]]; then\n'
+        f"  : >{done}\n"
+        f'  {VENV_BIN / "aws"} --endpoint-url "$R2_ENDPOINT" s3api put-object --bucket "$R2_BUCKET" '
+        f"--key {sandbox.prefix}/latest.json --body {sandbox.tmp / 'race-body.json'} >/dev/null\n"
+        "fi"
+    )
+
+
+def test_concurrent_syncs_wait_for_the_lock_and_leave_complete_snapshots(sandbox: Sandbox) -> None:
+    lock = open(sandbox.env["R2_SYNC_LOCK"], "a")  # noqa: SIM115 - held across the test body
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    logs = [sandbox.tmp / f"sync-{n}.err" for n in (1, 2)]
+    procs = []
+    try:
+        for log in logs:
+            with open(log, "w") as err:
+                procs.append(
+                    subprocess.Popen(
+                        ["bash", str(sandbox.bin_dir / "r2-sync.sh"), "--immediate"],
+                        env=sandbox.env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        wait_for(lambda: all("waiting up to" in log.read_text() for log in logs), "both syncs to wait")
+        assert sandbox.bucket.keys() == []  # nothing is uploaded while another sync holds the lock
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        lock.close()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [log.read_text() for log in logs]
+    snaps = sandbox.snapshots()
+    assert len(snaps) == 2
+    latest = sandbox.latest()
+    assert latest["timestamp"] == snaps[-1]
+    manifest = sandbox.bucket.get(f"{sandbox.prefix}/snapshots/{snaps[-1]}/manifest.json")
+    assert latest["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
+    for ts in snaps:
+        listed = {f["path"]: f for f in sandbox.manifest(ts)["files"]}
+        base = f"{sandbox.prefix}/snapshots/{ts}/"
+        assert {k[len(base) :] for k in sandbox.bucket.keys(base)} == set(listed) | {"manifest.json"}
+    assert sandbox.bucket.keys(f"{sandbox.prefix}/staging/") == []
+
+
+def test_racing_writer_with_a_newer_snapshot_is_not_overwritten(sandbox: Sandbox) -> None:
+    theirs = b'{"timestamp": "29991231T235959Z", "manifest_sha256": "theirs"}'
+    result = sandbox.sync(**_race_wrapper(sandbox, "put-object", "latest.json", theirs))
+    assert (sandbox.tmp / "race-done").exists()
+    assert "latest.json changed under us" in result.stderr
+    assert sandbox.bucket.get(f"{sandbox.prefix}/latest.json") == theirs
+    assert len(sandbox.snapshots()) == 1  # our snapshot stays available, just not the latest
+
+
+def test_racing_writer_with_an_older_snapshot_loses_after_a_reread(sandbox: Sandbox) -> None:
+    stale = b'{"timestamp": "20000101T000000Z", "manifest_sha256": "stale"}'
+    result = sandbox.sync(**_race_wrapper(sandbox, "put-object", "latest.json", stale))
+    assert "latest.json changed under us" in result.stderr  # the first PUT got 412
+    [ours] = sandbox.snapshots()
+    assert sandbox.latest()["timestamp"] == ours
+
+
+def test_retention_keeps_the_last_three_and_never_the_latest_target(sandbox: Sandbox) -> None:
+    old = ["20250101T000000Z", "20250102T000000Z", "20250103T000000Z"]
+    for ts in old:
+        sandbox.bucket.put(f"{sandbox.prefix}/snapshots/{ts}/manifest.json", b"{}")
+        sandbox.bucket.put(f"{sandbox.prefix}/snapshots/{ts}/town.tar", b"old")
+    sandbox.bucket.put(f"{sandbox.prefix}/staging/20240101T000000Z/town.tar", b"abandoned upload")
+
+    sandbox.sync()
+    snaps = sandbox.snapshots()
+    assert snaps[:2] == old[1:] and len(snaps) == 3  # the oldest went, the newest three stay
+    assert sandbox.bucket.keys(f"{sandbox.prefix}/staging/") == []
+
+    # Another writer points latest.json at the oldest remaining snapshot just before our listing:
+    # retention must keep it even though it is no longer among the newest three.
+    pinned = {"timestamp": old[1], "manifest_sha256": "x"}
+    sandbox.sync(**_race_wrapper(sandbox, "list-objects-v2", "snapshots/", json.dumps(pinned).encode()))
+    snaps = sandbox.snapshots()
+    assert old[1] in snaps and old[2] in snaps and len(snaps) == 4
+    assert sandbox.latest() == pinned
