@@ -627,3 +627,21 @@ def test_retention_keeps_the_last_three_and_never_the_latest_target(sandbox: San
     snaps = sandbox.snapshots()
     assert old[1] in snaps and old[2] in snaps and len(snaps) == 4
     assert sandbox.latest() == pinned
+
+
+def test_credentials_a_town_writes_into_its_remotes_never_reach_r2(sandbox: Sandbox) -> None:
+    # Agent code can put a token into a remote URL; the snapshot keeps the URL without it.
+    repo = sandbox.town.root / "docs" / ".repo.git"
+    sandbox.town.git(
+        "config", "remote.origin.pushurl", "https://bot:ghp_leaked-token@example.com/acme/docs.git", cwd=repo
+    )
+    sandbox.town.git("remote", "add", "mirror", "https://ghp_other-token@example.com/acme/docs.git", cwd=repo)
+    sandbox.sync()
+    [ts] = sandbox.snapshots()
+    for key in sandbox.bucket.keys(""):
+        body = sandbox.bucket.get(key)
+        assert b"ghp_leaked-token" not in body and b"ghp_other-token" not in body, key
+    docs = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "docs")
+    config = dict(map(tuple, next(r for r in docs["repos"] if r["bare"])["config"]))
+    assert config["remote.origin.pushurl"] == "https://example.com/acme/docs.git"
+    assert config["remote.mirror.url"] == "https://example.com/acme/docs.git"
