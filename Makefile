@@ -1,10 +1,13 @@
 # Two commands set everything up on a fresh machine:
-#   make up     pulumi up of the dev stack (Pulumi.dev.yaml); local Fly emulator when no Fly token is set
+#   make up     the real `pulumi up` of the dev stack (Pulumi.dev.yaml); local Fly emulator when no Fly token is set
 #   make test   lint + the whole test suite (what CI runs)
 VENV ?= venv
 STACK ?= dev
+# Test processes: the real CLI spends most of its time waiting on plugins and the emulators, so two
+# cores keep more than two runs busy.
+TEST_WORKERS ?= 4
 
-.PHONY: up preview destroy test lint town-tools
+.PHONY: up preview destroy refresh engine town-tools test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,19 +16,27 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-up: $(VENV)/.installed
+# The Pulumi CLI from Go modules (engine/build.sh; a no-op once built for the pinned version).
+engine:
+	engine/build.sh
+
+up: $(VENV)/.installed engine
 	scripts/pulumi.sh up $(STACK)
 
-preview: $(VENV)/.installed
+preview: $(VENV)/.installed engine
 	scripts/pulumi.sh preview $(STACK)
 
-destroy: $(VENV)/.installed
+destroy: $(VENV)/.installed engine
 	scripts/pulumi.sh destroy $(STACK)
+
+refresh: $(VENV)/.installed engine
+	scripts/pulumi.sh refresh $(STACK)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
-# The real gt, bd and dolt the town backup tests run (pinned in tools/town/*/go.mod; output in .tools/).
+# The real gt, bd and dolt the town backup tests run (tools/town/build.sh: pinned in tools/town/*/go.mod,
+# output in .tools/town; a no-op once built for the pinned versions).
 town-tools:
 	tools/town/build.sh
 
@@ -33,5 +44,5 @@ tools/node_modules/.installed: tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --silent
 	touch $@
 
-test: lint tools/node_modules/.installed
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+test: lint engine town-tools tools/node_modules/.installed
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup

@@ -23,10 +23,10 @@ else:
     devenv = DevEnvStack(cfg, images)
     outputs = silo_outputs(cfg, devenv)
     if cfg.towns:
-        from components.town import ControlPlaneRef, TownSandbox
+        from components.town import ControlPlaneRef, town_sandboxes
 
         control = ControlPlaneRef(cfg.control_stack)
-        towns = [TownSandbox(cfg, town, images["town"], control) for town in cfg.towns]
+        towns = town_sandboxes(cfg, images["town"], control)
         outputs["towns"] = {sandbox.town.name: sandbox.outputs for sandbox in towns}
         # Secret, and apart: one secret value would hide the whole towns map.
         outputs["town_internal_api_keys"] = pulumi.Output.secret(

@@ -1,486 +1,308 @@
 #!/usr/bin/env python
-"""Benchmark: bring up `Pulumi.dev.yaml` on the Fly emulator through the engine harness, then compare the
-measured wall time with the lower bound the latency model allows.
+"""Benchmark: the real Pulumi CLI bringing up a silo and 100 towns on the emulators, against the lower
+bounds the emulator's latency model allows.
 
-    python bench/run.py [--json] [--scale 0.5] [--stack-file Pulumi.dev.yaml]
+    python bench/run.py [--json] [--scale 0.5] [--towns 100] [--parallel N]
 
-What runs (each harness operation is a fresh `python -m harness` process with its own
-`python -m pulumi.dynamic` provider host, which serves at most 4 provider calls at once, like the
-real engine's host for dynamic providers):
-  1. `up` on an empty emulator                -> up_wall_s, api_calls_up, the recorded call log
-  2. `up` again with no change                 -> mutating_calls_noop_up
-  3. `preview` with no change                  -> api_calls_noop_preview
+Everything runs for real: the Pulumi CLI `make engine` built (Automation API), the Fly emulator with its
+latency model and its rate limits on (the strict defaults), the Cloudflare emulator, and a PostgreSQL for
+the registry (started here, like the tests' server). One project, one file backend, four stacks:
+  control   the registry schema and the backup bucket (set-up, not measured);
+  one       a silo with 1 town                        -> noop_preview_1_s;
+  bench     a silo with no towns, fresh               -> silo_up_wall_s, mutating_calls_noop_up;
+            then the same silo with N towns added     -> towns100_up_wall_s, noop_preview_100_s.
 
-Latency model (full scale, `--scale 1`; every value is multiplied by --scale):
-  call_s       0.15 s  one Machines API round trip (request + server work + response). Assumption:
-                       100-200 ms from a developer machine or CI to api.machines.dev; the reference
-                       sheets give no latency figure.
-  boot_s       8 s     create/start -> `started`: a new machine pulls its image (the Supabase images are
-                       hundreds of MB) and boots. Assumption: "a few seconds" for cached/small images,
-                       longer on a cold pull.
-  check_pass_s 10 s    `started` -> every health check passing. Our checks run every 15 s
-                       (components/services.py HealthCheck.interval) and the services need a few
-                       seconds to listen, so the first passing result comes some seconds after start.
-  stop_s 3 s, destroy_s 2 s (not exercised by an up from empty; kept for completeness).
-  Calibration: the seed (seeds/004, "Provisioning") deploys the services one after another and says
-  health checks pass in "typically 2-3 minutes"; the sequential baseline under this model is ~2.5 min.
-The default --scale 0.5 keeps the whole benchmark under a minute (about 45 s on 2 cores). Fixed
-client-side costs (process start-up ~0.9 s, gRPC, the client's health-check poll cadence) do not
-scale, so small scales inflate the ratio.
+Latency model (full scale, `--scale 1`; every duration is multiplied by --scale):
+  call_s       0.15 s  one Machines API round trip. Assumption: 100-200 ms from a developer machine or CI
+                       to api.machines.dev; the reference sheets give no latency figure.
+  boot_s       8 s     create/start -> `started`: a new machine pulls its image and boots. Assumption.
+  check_pass_s 10 s    `started` -> every health check passing (checks every 15 s; services need a few
+                       seconds to listen).
+  app_hidden_requests  2  a new app answers 404, then 401, before it is visible (fly-go WaitForApp): two
+                       more round trips before anything can be done with it.
+  Rate limits: 1 request/s with bursts of 3 per action and object, Get Machine 5/s (Fly's documented
+  limits, emulators/fly.py). The Cloudflare emulator and the registry add no latency.
 
-critical_path_s (the lower bound for this model) = max(longest_chain_s, provider_busy_s / 4):
-  * Every recorded API call of the `up` is attributed to the resource that made it, from its path
-    (`/v1/apps/{app}/<kind>/...`) and the harness state (app name and id per resource). `POST /v1/apps`
-    carries no app name in its path: the k-th one (by start time) goes to the app whose first
-    `GET /v1/apps/{app}` is the k-th. An exec call and the `GET machine` right before it belong to the
-    FlyExec resource. Calls on a route shared by several resources of one app (Kong's two IP
-    assignments) are split evenly between them.
-  * The cost of one resource's operation is what the model charges for its calls, replayed in order
-    with ideal polling: each call costs call_s; a create/start/update of a machine makes it `started`
-    boot_s after that call reaches the server (later calls overlap the boot); a `wait` returns no earlier
-    than that; the health-check `GET` returns no earlier than check_pass_s after `started`. Repeated
-    identical polls (`GET` machine, `wait`, `GET` app) count once: extra polls are client overhead,
-    not work the model requires.
-  * longest_chain_s: the longest path through the dependency graph in the harness state file
-    (`dependencies` per resource), weighting each resource by its cost. Resources without API calls
-    (random passwords, components) cost 0.
-  * provider_busy_s: the sum of all costs. A provider call holds one of the host's 4 slots for its
-    whole duration (boots and check waits included), so no schedule beats provider_busy_s / 4.
-
-sequential_baseline_s: the seed's order, postgres -> postgrest -> gotrue -> kong -> storage -> studio
-(meta, which the seed does not list, goes before studio, its dependent), one operation at a time, each
-service fully created and healthy before the next: the sum of every resource's cost above, grouped by
-service (the pg service includes the RLS exec). It is computed from the model and the per-service calls
-measured in this run, not measured (forcing the harness to serialise would need a product change).
-
-up_wall_s is the whole `python -m harness up` process as the caller sees it: interpreter start, program,
-provider host start, every provider call and the final checkpoint. harness_startup_s (launch -> first API
-call) is reported separately, with ratio_excluding_startup next to the honest ratio.
+The lower bounds come from the model alone, never from the program's dependency graph:
+  necessary_chain_s  the app (create, then its two hidden answers), then its IPs, secrets and volume (one
+                     call each, in parallel), then the pg machine (create, boot, checks passing), then the
+                     longest of the services that need Postgres at boot (GoTrue and Storage run migrations,
+                     PostgREST loads its schema cache): create, boot, checks passing.
+  town_chain_s       one town: the app (create + hidden answers), then its IP, secrets and R2 credentials,
+                     then its volume, then its machine (create, boot, checks passing).
+Goals (ratios in one run): silo_up_wall_s <= 1.3 x necessary_chain_s, towns100_up_wall_s <= 3 x town_chain_s,
+noop_preview_100_s <= 5 x noop_preview_1_s, 0 mutating calls on a no-change up, 0 calls failed on 429.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
+import multiprocessing
 import shutil
 import sys
 import tempfile
-import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
+
+import httpx
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
-from components.config import ConfigError, SiloConfig, load_stack_file  # noqa: E402
+from emulators.cloudflare import CloudflareEmulator  # noqa: E402
 from emulators.fly import FlyEmulator, LatencyModel  # noqa: E402
-from harness import state as harness_state  # noqa: E402
-from harness.engine import HarnessResult, run  # noqa: E402
+from engine.runner import RunResult  # noqa: E402
+from engine.runner import run as run_op  # noqa: E402
+from engine.workspace import FILE_BACKEND_ORG, PROJECT, make_project, select_stack, workspace  # noqa: E402
+from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir  # noqa: E402
 
-STACK = "dev"
-FLY_TYPE = "pulumi-python:dynamic/fly:"
-PROVIDER_SLOTS = 4  # the dynamic provider host's gRPC worker count (pulumi.dynamic's server)
-GOAL_RATIO = 1.2
 DEFAULT_SCALE = 0.5
-RUN_TIMEOUT_S = 600
-
-FULL_SCALE_MODEL = LatencyModel(call_s=0.15, boot_s=8.0, stop_s=3.0, destroy_s=2.0, check_pass_s=10.0)
-MODEL_SOURCES = {
-    "call_s": "assumption: 100-200 ms per Machines API round trip to api.machines.dev",
-    "boot_s": "assumption: image pull + boot of a new machine, a few seconds",
-    "check_pass_s": "checks every 15 s (components/services.py); first pass a few seconds after start",
-    "stop_s": "assumption (unused by an up from empty)",
-    "destroy_s": "assumption (unused by an up from empty)",
-    "calibration": "seeds/004: sequential provisioning, health checks 'typically 2-3 minutes'",
+DEFAULT_TOWNS = 100
+GOALS = {"silo_up": 1.3, "towns_up": 3.0, "noop_preview": 5.0}
+FULL_SCALE_MODEL = replace(LatencyModel(), call_s=0.15, boot_s=8.0, stop_s=3.0, destroy_s=2.0, check_pass_s=10.0)
+CF_TOKEN = "bench-cloudflare-token"
+CF_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
+SILO = {
+    "silo:client": "acme",
+    "silo:flyOrg": "acme",
+    "silo:region": "yul",
+    "silo:siteUrl": "https://acme.example",
+    "silo:studio": "true",
+    "silo:controlStack": f"{FILE_BACKEND_ORG}/{PROJECT}/control",
 }
-# The seed's deploy order (seeds/004 "Provisioning"), as service names; meta is not in the seed and
-# goes before studio, which needs it.
-SEED_ORDER = ("pg", "rest", "auth", "kong", "storage", "meta", "studio")
-
-MACHINE_ROUTE = "/v1/apps/{app}/machines/{machine_id}"
-CREATE_MACHINE = ("POST", "/v1/apps/{app}/machines")
-BOOTS = {CREATE_MACHINE, ("POST", MACHINE_ROUTE), ("POST", MACHINE_ROUTE + "/start"),
-         ("POST", MACHINE_ROUTE + "/restart")}  # fmt: skip
-POLLS = {("GET", MACHINE_ROUTE), ("GET", MACHINE_ROUTE + "/wait"), ("GET", "/v1/apps/{app}")}
-KIND_BY_SEGMENT = {None: "App", "ip_assignments": "IpAssignment", "secrets": "Secrets",
-                   "volumes": "Volume", "machines": "Machine"}  # fmt: skip
 
 
 def latency_model(scale: float) -> LatencyModel:
     if scale <= 0:
         raise ValueError(f"--scale must be > 0 (got {scale})")
-    return LatencyModel(**{k: v * scale for k, v in asdict(FULL_SCALE_MODEL).items()})
+    timed = ("call_s", "boot_s", "stop_s", "destroy_s", "check_pass_s")
+    return replace(FULL_SCALE_MODEL, **{k: getattr(FULL_SCALE_MODEL, k) * scale for k in timed})
 
 
-# -- attributing calls to resources ----------------------------------------------------------------
-@dataclass(frozen=True)
-class FlyResource:
-    urn: str
-    name: str
-    kind: str  # App, IpAssignment, Secrets, Volume, Machine, Exec
-    app: str
-    id: str
-    machine_id: str = ""  # Exec: the machine it runs on
+def _app_s(model: LatencyModel) -> float:
+    """Create an app and see it: the create, then the answers a new app owes before it is visible."""
+    return model.call_s * (1 + model.app_hidden_requests)
 
 
-def fly_resources(state: harness_state.StackState) -> list[FlyResource]:
-    out = []
-    for res in state.resources.values():
-        if not res.type.startswith(FLY_TYPE):
-            continue
-        kind = res.type.removeprefix(FLY_TYPE)
-        app = str(res.inputs.get("name") if kind == "App" else res.inputs.get("app"))
-        out.append(FlyResource(res.urn, res.name, kind, app, res.id, str(res.outputs.get("machine_id") or "")))
-    return out
+def _machine_s(model: LatencyModel) -> float:
+    return model.call_s + model.boot_s + model.check_pass_s
 
 
-def _path_parts(path: str) -> tuple[str | None, str | None, str | None]:
-    """(app, kind segment, object id) of `/v1/apps/{app}/{kind}/{id}/...`."""
-    segs = path.strip("/").split("/")[2:]  # drop "v1", "apps"
-    return (segs[0] if segs else None, segs[1] if len(segs) > 1 else None, segs[2] if len(segs) > 2 else None)
+def necessary_chain_s(model: LatencyModel) -> float:
+    return _app_s(model) + model.call_s + _machine_s(model) + _machine_s(model)
 
 
-def attribute_calls(
-    calls: Sequence[Mapping[str, Any]], resources: Sequence[FlyResource]
-) -> tuple[dict[tuple[str, str], list[dict]], list[dict]]:
-    """Calls grouped by (kind, app) - or ("Exec", machine_id) - plus the calls nothing claims."""
-    ordered = sorted((dict(c) for c in calls), key=lambda c: c["t"])
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    unattributed: list[dict] = []
-    known = {(r.kind, r.app) for r in resources}
-    exec_machines = {r.machine_id for r in resources if r.kind == "Exec"}
-
-    creates = [c for c in ordered if (c["method"], c["route"]) == ("POST", "/v1/apps")]
-    first_get: dict[str, float] = {}
-    for c in ordered:
-        if (c["method"], c["route"]) == ("GET", "/v1/apps/{app}"):
-            first_get.setdefault(_path_parts(c["path"])[0] or "", c["t"])
-    apps_by_first_get = sorted(first_get, key=first_get.__getitem__)
-    for i, c in enumerate(creates):
-        if i < len(apps_by_first_get) and ("App", apps_by_first_get[i]) in known:
-            groups[("App", apps_by_first_get[i])].append(c)
-        else:
-            unattributed.append(c)
-
-    for c in ordered:
-        if c["route"] == "/v1/apps" or c["route"] is None:
-            if c["route"] is None:
-                unattributed.append(c)
-            continue
-        app, segment, object_id = _path_parts(c["path"])
-        kind = KIND_BY_SEGMENT.get(segment)
-        if c["route"].endswith("/exec") and object_id in exec_machines:
-            # The exec's precondition read is the last GET of that machine before it.
-            machine_group = groups[("Machine", app or "")]
-            for prior in reversed(machine_group):
-                if (prior["method"], prior["route"]) == ("GET", MACHINE_ROUTE) and prior["path"].endswith(
-                    f"/{object_id}"
-                ):
-                    machine_group.remove(prior)
-                    groups[("Exec", object_id)].append(prior)
-                    break
-            groups[("Exec", object_id)].append(c)
-        elif kind is not None and (kind, app) in known:
-            groups[(kind, app or "")].append(c)
-        else:
-            unattributed.append(c)
-    for calls_of in groups.values():
-        calls_of.sort(key=lambda c: c["t"])
-    return dict(groups), unattributed
+def town_chain_s(model: LatencyModel) -> float:
+    return _app_s(model) + model.call_s + model.call_s + _machine_s(model)
 
 
-# -- the model's cost of one operation --------------------------------------------------------------
-def essential_calls(calls: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Drop repeats of the same poll (same method and path back to back): ideal polling asks once."""
-    out: list[Mapping[str, Any]] = []
-    for c in calls:
-        key = (c["method"], c["route"])
-        if out and key in POLLS and (out[-1]["method"], out[-1]["path"]) == (c["method"], c["path"]):
-            continue
-        out.append(c)
-    return out
+def towns(n: int) -> list[dict[str, Any]]:
+    return [{"name": f"town-{i:03d}", "user": f"user-{i:03d}", "rigs": []} for i in range(n)]
 
 
-def op_cost(calls: Sequence[Mapping[str, Any]], model: LatencyModel) -> float:
-    """What the latency model charges for these calls made one after another (see the module doc)."""
-    now = 0.0
-    ready_at: float | None = None  # when the machine's pending transition completes
-    started_at: float | None = None
-    for c in essential_calls(calls):
-        key = (c["method"], c["route"])
-        arrive = now + model.call_s  # the emulator sleeps call_s, then acts and answers
-        if key == ("GET", MACHINE_ROUTE + "/wait") and ready_at is not None:
-            arrive = max(arrive, ready_at)
-            started_at = ready_at
-            ready_at = None
-        elif key == ("GET", MACHINE_ROUTE) and started_at is not None:
-            arrive = max(arrive, started_at + model.check_pass_s)  # the health-check poll
-        if key in BOOTS:
-            ready_at, started_at = arrive + model.boot_s, None
-        elif key == ("POST", MACHINE_ROUTE + "/stop"):
-            ready_at, started_at = arrive + model.stop_s, None
-        elif key == ("DELETE", MACHINE_ROUTE):
-            ready_at, started_at = arrive + model.destroy_s, None
-        now = arrive
-    return now
+def _serve(factory: Any, urls: Any) -> None:
+    """Child process: one emulator, serving until the parent ends it (as `make up` runs the Fly one)."""
+    _quiet()
+    urls.put(factory().start())
+    threading.Event().wait()
 
 
-def resource_costs(
-    groups: Mapping[tuple[str, str], list[dict]], resources: Sequence[FlyResource], model: LatencyModel
-) -> dict[str, float]:
-    """Cost per resource URN; a group shared by several resources is split evenly between them."""
-    sharing: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for r in resources:
-        sharing[("Exec", r.machine_id) if r.kind == "Exec" else (r.kind, r.app)].append(r.urn)
-    costs: dict[str, float] = {}
-    for key, urns in sharing.items():
-        total = op_cost(groups.get(key, []), model)
-        for urn in urns:
-            costs[urn] = total / len(urns)
-    return costs
+class EmulatorProcess:
+    """An emulator in a process of its own, as `make up` runs the Fly one: inside the benchmark's
+    process its request handling would compete with the inline program for the GIL."""
+
+    def __init__(self, factory: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._urls = ctx.Queue()
+        self._process = ctx.Process(target=_serve, args=(factory, self._urls), daemon=True)
+        self.url = ""
+
+    def start(self) -> str:
+        self._process.start()
+        self.url = self._urls.get(timeout=120)
+        return self.url
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.join(timeout=10)
+
+    def calls(self) -> list[dict]:
+        return httpx.get(f"{self.url}/__emulator/calls", timeout=60).json()
+
+    def clear_calls(self) -> None:
+        httpx.delete(f"{self.url}/__emulator/calls", timeout=60)
 
 
-def longest_chain(state: harness_state.StackState, costs: Mapping[str, float]) -> tuple[float, list[str]]:
-    """Longest cost-weighted path through the state's dependency graph, and its URNs (first to last)."""
-    finish: dict[str, tuple[float, str | None]] = {}
+class Bench:
+    """The emulators, the registry and the project; stacks share one file backend."""
 
-    def visit(urn: str, stack: tuple[str, ...] = ()) -> float:
-        if urn in finish:
-            return finish[urn][0]
-        if urn in stack:
-            raise ValueError(f"dependency cycle through {urn}")
-        deps = [d for d in state.resources[urn].dependencies if d in state.resources]
-        best, via = 0.0, None
-        for dep in deps:
-            t = visit(dep, (*stack, urn))
-            if t > best:
-                best, via = t, dep
-        finish[urn] = (best + costs.get(urn, 0.0), via)
-        return finish[urn][0]
+    def __init__(self, root: Path, model: LatencyModel, parallel: int | None) -> None:
+        self.root = root
+        self.parallel = parallel
+        self.fly = EmulatorProcess(functools.partial(FlyEmulator, latency=model))  # rate limits on by default
+        self.cf = EmulatorProcess(functools.partial(CloudflareEmulator, token=CF_TOKEN))
+        # Its own temporary directory: the server's OS user must reach it (see tests/fixtures/postgres.py).
+        pg_root = Path(tempfile.mkdtemp(prefix="silo-bench-pg-"))
+        self.pg = PostgresServer(bindir=find_bindir(), root=pg_root, user=_os_user())
+        self.work_dir = make_project(root / "project")
 
-    for urn in state.resources:
-        visit(urn)
-    if not finish:
-        return 0.0, []
-    end = max(finish, key=lambda u: finish[u][0])
-    chain: list[str] = []
-    cursor: str | None = end
-    while cursor is not None:
-        chain.append(cursor)
-        cursor = finish[cursor][1]
-    return finish[end][0], list(reversed(chain))
+    def __enter__(self) -> Bench:
+        self.pg.start()
+        self.fly.start()
+        self.cf.start()
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.fly.stop()
+        self.cf.stop()
+        self.pg.stop()
+        shutil.rmtree(self.pg.root, ignore_errors=True)
 
-def service_of_app(cfg: SiloConfig) -> dict[str, str]:
-    return {cfg.app_name(s): s for s in cfg.services}
+    def env(self) -> dict[str, str]:
+        return {
+            "FLY_API_HOSTNAME": self.fly.url,
+            "FLY_API_TOKEN": "",
+            "FLY_ACCESS_TOKEN": "",
+            "FLY_FLAPS_BASE_URL": "",
+            "SILO_REGISTRY_DSN": self.pg.dsn(),
+            "CLOUDFLARE_API_URL": self.cf.url,
+            "CLOUDFLARE_API_TOKEN": CF_TOKEN,
+            "CLOUDFLARE_ACCOUNT_ID": CF_ACCOUNT_ID,
+            "CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID": "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+        }
 
-
-def sequential_baseline(
-    resources: Sequence[FlyResource], costs: Mapping[str, float], cfg: SiloConfig
-) -> tuple[float, dict[str, float]]:
-    services = service_of_app(cfg)
-    per_service: dict[str, float] = dict.fromkeys((s for s in SEED_ORDER if s in cfg.services), 0.0)
-    for r in resources:
-        service = services.get(r.app)
-        if service is None:
-            raise ValueError(f"resource {r.name} belongs to app {r.app}, which is not a service of this silo")
-        per_service[service] = per_service.get(service, 0.0) + costs.get(r.urn, 0.0)
-    return sum(per_service.values()), {s: round(v, 3) for s, v in per_service.items()}
-
-
-def poll_overshoot(
-    groups: Mapping[tuple[str, str], list[dict]], resources: Sequence[FlyResource], model: LatencyModel
-) -> dict[str, float]:
-    """Per created machine: last health-check poll minus the moment its checks could first pass."""
-    out: dict[str, float] = {}
-    for r in resources:
-        if r.kind != "Machine":
-            continue
-        calls = groups.get((r.kind, r.app), [])
-        created = [c for c in calls if (c["method"], c["route"]) == CREATE_MACHINE]
-        polls = [c for c in calls if (c["method"], c["route"]) == ("GET", MACHINE_ROUTE)]
-        if created and polls:
-            passing_at = created[0]["t"] + model.call_s + model.boot_s + model.check_pass_s
-            out[r.name] = round(max(0.0, polls[-1]["t"] + model.call_s - passing_at), 3)
-    return out
+    def run(self, op: str, stack: str, config: Mapping[str, Any]) -> tuple[RunResult, list[dict]]:
+        """`op` of `stack` with `config`; the result and the Fly API calls it made."""
+        (self.work_dir / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": dict(config)}))
+        target = select_stack(workspace(self.work_dir, self.root / "state", self.env()), stack)
+        self.fly.clear_calls()
+        kwargs: dict[str, Any] = {"parallel": self.parallel} if self.parallel else {}
+        result = run_op(target, op, **kwargs)
+        if not result.ok:
+            raise RuntimeError(f"pulumi {op} {stack} failed: {result.error}\n{result.text[-3000:]}")
+        return result, self.fly.calls()
 
 
-# -- running ---------------------------------------------------------------------------------------
-def _harness(op: str, emulator: FlyEmulator, state_dir: Path, stack_file: Path) -> tuple[HarnessResult, float]:
-    env = {
-        "FLY_API_HOSTNAME": emulator.url,
-        # No token: the providers talk to the (loopback) emulator, never to a real account.
-        "FLY_API_TOKEN": "",
-        "FLY_ACCESS_TOKEN": "",
-        "FLY_FLAPS_BASE_URL": "",
-    }
-    started = time.time()
-    result = run(op, STACK, REPO_ROOT, state_dir, config_file=stack_file, env=env, timeout=RUN_TIMEOUT_S)
-    if not result.ok:
-        raise RuntimeError(f"harness {op} failed: {result.error}\n{result.stderr[-3000:]}")
-    return result, started
+def _silo(app: str, town_list: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**SILO, "silo:app": app, "silo:towns": json.dumps(town_list)}
 
 
-def run_benchmark(scale: float = DEFAULT_SCALE, stack_file: Path = REPO_ROOT / f"Pulumi.{STACK}.yaml") -> dict:
+def _mutating(calls: Sequence[Mapping[str, Any]]) -> int:
+    return sum(1 for c in calls if c["mutating"])
+
+
+def _by_route(calls: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(f"{c['method']} {c['route']}" for c in calls).items()))
+
+
+def _quiet() -> None:
+    # The emulators log every request (werkzeug): thousands of lines with 100 towns.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.getLogger("emulators").setLevel(logging.WARNING)
+
+
+def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, parallel: int | None = None) -> dict:
+    _quiet()
     model = latency_model(scale)
-    cfg = load_stack_file(stack_file)
-    if not isinstance(cfg, SiloConfig):
-        raise ValueError(f"{stack_file}: silo:kind must be silo; the benchmark brings up one silo")
-    state_dir = Path(tempfile.mkdtemp(prefix="silo-bench-"))
-    emulator = FlyEmulator(latency=model)
-    emulator.start()
+    root = Path(tempfile.mkdtemp(prefix="silo-bench-"))
     try:
-        up, up_started = _harness("up", emulator, state_dir, stack_file)
-        up_wall = time.time() - up_started
-        up_calls = emulator.calls()
-        state = harness_state.load(state_dir, STACK)
+        with Bench(root, model, parallel) as bench:
+            bench.run("up", "control", {"silo:kind": "control", "silo:backupBucket": "bench-backups"})
+            bench.run("up", "one", _silo("one", towns(1)))
+            preview_1, _ = bench.run("preview", "one", _silo("one", towns(1)))
 
-        emulator.clear_calls()
-        noop_up, noop_started = _harness("up", emulator, state_dir, stack_file)
-        noop_up_wall = time.time() - noop_started
-        noop_up_calls = emulator.calls()
-
-        emulator.clear_calls()
-        preview, preview_started = _harness("preview", emulator, state_dir, stack_file)
-        preview_wall = time.time() - preview_started
-        preview_calls = emulator.calls()
+            silo_up, silo_calls = bench.run("up", "bench", _silo("erp", []))
+            _, noop_silo_calls = bench.run("up", "bench", _silo("erp", []))
+            towns_up, towns_calls = bench.run("up", "bench", _silo("erp", towns(n_towns)))
+            preview_n, preview_n_calls = bench.run("preview", "bench", _silo("erp", towns(n_towns)))
+            noop_towns, noop_towns_calls = bench.run("up", "bench", _silo("erp", towns(n_towns)))
+            every_call = [*silo_calls, *noop_silo_calls, *towns_calls, *preview_n_calls, *noop_towns_calls]
     finally:
-        emulator.stop()
-        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
-    resources = fly_resources(state)
-    groups, unattributed = attribute_calls(up_calls, resources)
-    costs = resource_costs(groups, resources, model)
-    chain_s, chain = longest_chain(state, costs)
-    busy_s = sum(costs.values())
-    critical = max(chain_s, busy_s / PROVIDER_SLOTS)
-    baseline_s, per_service = sequential_baseline(resources, costs, cfg)
-    first_call = min((c["t"] for c in up_calls), default=up_started)
-    startup = first_call - up_started
-    names = {r.urn: r.name for r in state.resources.values()}
-    ratio = up_wall / critical if critical else float("inf")
-    return {
-        "up_wall_s": round(up_wall, 3),
-        "up_wall_includes": "the whole `python -m harness up` process: interpreter and program start, provider "
-        "host start, all provider calls, final checkpoint",
-        "critical_path_s": round(critical, 3),
-        "sequential_baseline_s": round(baseline_s, 3),
-        "api_calls_up": len(up_calls),
-        "mutating_calls_noop_up": sum(1 for c in noop_up_calls if c["mutating"]),
-        "api_calls_noop_up": len(noop_up_calls),
-        "api_calls_noop_preview": len(preview_calls),
-        "ratio": round(ratio, 3),
-        "goal_met": {
-            "up_within_1_2x_critical_path": ratio <= GOAL_RATIO,
-            "zero_mutating_calls_noop_up": not any(c["mutating"] for c in noop_up_calls),
-            # Diff works on state alone (no refresh), so a no-change preview needs no API call at all.
-            "zero_api_calls_noop_preview": not preview_calls,
+    chain = necessary_chain_s(model)
+    town_chain = town_chain_s(model)
+    report = {
+        "engine": "pulumi",
+        "silo_up_wall_s": round(silo_up.seconds, 3),
+        "necessary_chain_s": round(chain, 3),
+        "towns": n_towns,
+        "towns100_up_wall_s": round(towns_up.seconds, 3),
+        "town_chain_s": round(town_chain, 3),
+        "noop_preview_1_s": round(preview_1.seconds, 3),
+        "noop_preview_100_s": round(preview_n.seconds, 3),
+        "mutating_calls_noop_up": _mutating(noop_silo_calls) + _mutating(noop_towns_calls),
+        "failed_calls_429": 0,  # every run above succeeded: no call failed for good on a 429
+        "calls_429_retried": sum(1 for c in every_call if c["status"] == 429),
+        "api_calls_silo_up": len(silo_calls),
+        "api_calls_towns_up": len(towns_calls),
+        "api_calls_noop_preview_100": len(preview_n_calls),
+        "api_calls_noop_up_100": len(noop_towns_calls),
+        "resources_100": sum(towns_up.changes.values()),
+        "steps_noop_up_100": noop_towns.changes,
+        "ratios": {
+            "silo_up": round(silo_up.seconds / chain, 3),
+            "towns_up": round(towns_up.seconds / town_chain, 3),
+            "noop_preview": round(preview_n.seconds / preview_1.seconds, 3),
         },
-        "model": {**asdict(model), "scale": scale, "full_scale": asdict(FULL_SCALE_MODEL), "sources": MODEL_SOURCES},
-        "critical_path": {
-            "longest_chain_s": round(chain_s, 3),
-            "provider_busy_s": round(busy_s, 3),
-            "provider_slots": PROVIDER_SLOTS,
-            "busy_bound_s": round(busy_s / PROVIDER_SLOTS, 3),
-            "chain": [{"resource": names[u], "cost_s": round(costs.get(u, 0.0), 3)} for u in chain],
-        },
-        "sequential_by_service_s": per_service,
-        "harness_startup_s": round(startup, 3),
-        "ratio_excluding_startup": round((up_wall - startup) / critical, 3) if critical else None,
-        "check_poll_overshoot_s": poll_overshoot(groups, resources, model),
-        "chain_profile": chain_profile(chain, costs, groups, resources, up_started),
-        "after_last_call_s": round(up_started + up_wall - max((c["t"] for c in up_calls), default=up_started), 3),
-        "api_calls_up_by_kind": _calls_by_kind(groups),
-        "unattributed_calls_up": len(unattributed),
-        "steps_up": up.changes,
-        "steps_noop_up": noop_up.changes,
-        "steps_noop_preview": preview.changes,
-        "noop_up_wall_s": round(noop_up_wall, 3),
-        "noop_preview_wall_s": round(preview_wall, 3),
+        "parallel": parallel,
+        "model": {**asdict(model), "scale": scale},
+        "api_calls_silo_up_by_route": _by_route(silo_calls),
+        "api_calls_towns_up_by_route": _by_route(towns_calls),
     }
-
-
-def chain_profile(
-    chain: Sequence[str],
-    costs: Mapping[str, float],
-    groups: Mapping[tuple[str, str], list[dict]],
-    resources: Sequence[FlyResource],
-    up_started: float,
-) -> list[dict[str, Any]]:
-    """Per chain step: when its first API call started (from the harness launch) vs when it could have,
-    had every earlier step taken exactly its model cost and start-up taken no time. The growth of
-    `late_s` along the chain shows where the wall time goes."""
-    by_urn = {r.urn: r for r in resources}
-    out: list[dict[str, Any]] = []
-    ideal = 0.0
-    for urn in chain:
-        r = by_urn.get(urn)
-        calls = groups.get(("Exec", r.machine_id) if r and r.kind == "Exec" else (r.kind, r.app), []) if r else []
-        if calls:
-            observed = calls[0]["t"] - up_started
-            out.append({"resource": r.name if r else urn, "first_call_s": round(observed, 3),
-                        "ideal_start_s": round(ideal, 3), "late_s": round(observed - ideal, 3)})  # fmt: skip
-        ideal += costs.get(urn, 0.0)
-    return out
-
-
-def _calls_by_kind(groups: Mapping[tuple[str, str], list[dict]]) -> dict[str, int]:
-    by_kind: Counter[str] = Counter()
-    for (kind, _), calls in groups.items():
-        by_kind[kind] += len(calls)
-    return dict(sorted(by_kind.items()))
+    report["goals_met"] = {
+        "silo_up_within_1_3x_necessary_chain": report["ratios"]["silo_up"] <= GOALS["silo_up"],
+        "towns_up_within_3x_town_chain": report["ratios"]["towns_up"] <= GOALS["towns_up"],
+        "noop_preview_100_within_5x_of_1": report["ratios"]["noop_preview"] <= GOALS["noop_preview"],
+        "zero_mutating_calls_noop_up": report["mutating_calls_noop_up"] == 0,
+        "zero_calls_failed_429": report["failed_calls_429"] == 0,
+    }
+    return report
 
 
 def render_human(report: Mapping[str, Any]) -> str:
-    model = report["model"]
-    cp = report["critical_path"]
-    goals = report["goal_met"]
-    lines = [
-        f"Latency model (scale {model['scale']}): call {model['call_s']:.3f}s, boot {model['boot_s']:.2f}s, "
-        f"checks pass {model['check_pass_s']:.2f}s after start",
-        f"up (empty emulator):   {report['up_wall_s']:.2f}s wall, {report['api_calls_up']} API calls "
-        f"(harness start-up {report['harness_startup_s']:.2f}s of it)",
-        f"critical path:         {report['critical_path_s']:.2f}s  (longest chain {cp['longest_chain_s']:.2f}s, "
-        f"provider busy {cp['provider_busy_s']:.2f}s / {cp['provider_slots']} = {cp['busy_bound_s']:.2f}s)",
-        f"sequential baseline:   {report['sequential_baseline_s']:.2f}s (seed order, one step at a time)",
-        f"ratio up/critical:     {report['ratio']:.3f}  (goal <= {GOAL_RATIO}: "
-        f"{'met' if goals['up_within_1_2x_critical_path'] else 'NOT met'}; "
-        f"{report['ratio_excluding_startup']:.3f} without start-up)",
-        f"no-change up:          {report['mutating_calls_noop_up']} mutating calls "
-        f"({report['api_calls_noop_up']} calls in all)",
-        f"no-change preview:     {report['api_calls_noop_preview']} API calls",
-        "critical chain:",
-        *(f"  {step['cost_s']:7.3f}s  {step['resource']}" for step in cp["chain"] if step["cost_s"] > 0),
-        "chain profile (first API call vs ideal start, from launch):",
-        *(
-            f"  {p['first_call_s']:7.3f}s vs {p['ideal_start_s']:7.3f}s (+{p['late_s']:.3f}s)  {p['resource']}"
-            for p in report["chain_profile"]
-        ),
-        f"after the last API call: {report['after_last_call_s']:.2f}s",
-        "check poll overshoot per machine (s): "
-        + ", ".join(f"{k.removesuffix('-machine')}={v}" for k, v in report["check_poll_overshoot_s"].items()),
-    ]
-    return "\n".join(lines)
+    r, g = report["ratios"], report["goals_met"]
+    ok = {True: "met", False: "NOT met"}
+    return "\n".join(
+        [
+            f"silo up:        {report['silo_up_wall_s']:.2f}s vs necessary chain {report['necessary_chain_s']:.2f}s "
+            f"= {r['silo_up']:.2f}x (goal <= 1.3: {ok[g['silo_up_within_1_3x_necessary_chain']]})",
+            f"{report['towns']} towns up:  {report['towns100_up_wall_s']:.2f}s vs town chain "
+            f"{report['town_chain_s']:.2f}s = {r['towns_up']:.2f}x "
+            f"(goal <= 3: {ok[g['towns_up_within_3x_town_chain']]})",
+            f"no-op preview:  {report['noop_preview_100_s']:.2f}s ({report['towns']} towns) vs "
+            f"{report['noop_preview_1_s']:.2f}s (1 town) = {r['noop_preview']:.2f}x "
+            f"(goal <= 5: {ok[g['noop_preview_100_within_5x_of_1']]})",
+            f"no-op up:       {report['mutating_calls_noop_up']} mutating calls; "
+            f"429s: {report['calls_429_retried']} retried, {report['failed_calls_429']} failed",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE, help=f"latency scale (default {DEFAULT_SCALE})")
-    parser.add_argument("--stack-file", type=Path, default=REPO_ROOT / f"Pulumi.{STACK}.yaml")
+    parser.add_argument("--towns", type=int, default=DEFAULT_TOWNS, help=f"towns added (default {DEFAULT_TOWNS})")
+    parser.add_argument("--parallel", type=int, default=None, help="the CLI's --parallel (default: the engine's)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0 (got {args.scale})")
     try:
-        report = run_benchmark(args.scale, args.stack_file)
-    except (ConfigError, RuntimeError, ValueError) as exc:
+        report = run_benchmark(args.scale, args.towns, args.parallel)
+    except (RuntimeError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=None if args.json else 2) if args.json else render_human(report))
+    print(json.dumps(report) if args.json else render_human(report))
     return 0
 
 

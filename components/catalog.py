@@ -31,13 +31,12 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
+from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, DynamicResource
 
 Service = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong", "town"]
 Status = Literal["active", "deprecated", "disabled"]
@@ -417,7 +416,9 @@ class CatalogSyncProvider(ControlDbProvider):
         )
 
     def _sync(self, props: Mapping[str, Any]) -> dict[str, Any]:
-        result = sync_catalog(self._dsn_for(props), Catalog.model_validate({"images": props["images"]}))
+        dsn = self._dsn_for(props)
+        with self.database_errors(dsn):
+            result = sync_catalog(dsn, Catalog.model_validate({"images": props["images"]}))
         return {
             "tags": sorted(e["tag"] for e in props["images"]),
             "inserted": result.inserted,
@@ -431,7 +432,8 @@ class CatalogSyncProvider(ControlDbProvider):
         return UpdateResult({**news, **self._sync(news)})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        with psycopg.connect(self._dsn_for(props)) as conn:
+        dsn = self._dsn_for(props)
+        with self.database_errors(dsn), psycopg.connect(dsn) as conn:
             rows = conn.execute(
                 "SELECT image_tag FROM kiloclaw_available_versions WHERE image_tag = ANY(%s)",
                 (props.get("tags") or [],),
@@ -443,7 +445,7 @@ class CatalogSyncProvider(ControlDbProvider):
         print(f"CatalogSync {id_}: removed from the stack; kiloclaw_available_versions rows are kept")
 
 
-class CatalogSync(Resource, module="catalog", name="Sync"):
+class CatalogSync(DynamicResource, module="catalog", name="Sync"):
     """Writes the image catalog into the control database on every ``pulumi up`` that changes it."""
 
     tags: pulumi.Output[list[str]]

@@ -1,4 +1,4 @@
-"""``silo``: the engine-free command line (validate, render, status, emulator).
+"""``silo``: the engine-free command line (validate, render, status, doctor, emulator).
 
 Run as the ``silo`` console script or ``python -m components.cli``. Exit codes: 0 success, 1 a
 command failed at run time, 2 invalid config or usage. Heavy or not-yet-written collaborators
@@ -14,14 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from components.config import (
-    FLY_API_TOKEN_KEY,
-    FLY_API_URL_KEY,
-    ConfigError,
-    SiloConfig,
-    from_mapping,
-    read_stack_file,
-)
+from components.config import ConfigError, SiloConfig, from_mapping, read_stack_file
+from components.fly.settings import fly_config_map
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -70,15 +64,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
-    """``fly:apiUrl`` / ``fly:apiToken`` as plain strings.
-
-    An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
-    so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
-    """
-    return {key: raw[key] for key in (FLY_API_URL_KEY, FLY_API_TOKEN_KEY) if isinstance(raw.get(key), str) and raw[key]}
-
-
 def _cell(value: Any) -> str:
     if value is None or value == "" or value == []:
         return "-"
@@ -112,6 +97,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(format_table(status_report(cfg, settings)))
     return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from components.doctor import main_lines
+
+    code, lines = main_lines(args.stack_file)
+    for line in lines:
+        print(line, file=sys.stderr if code == EXIT_INVALID else sys.stdout)
+    return code
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
@@ -149,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="machines, checks, volumes and IPs of a silo's apps")
     status.add_argument("stack_file", type=Path, metavar="STACK_FILE")
     status.set_defaults(func=cmd_status)
+
+    doctor = commands.add_parser(
+        "doctor", help="read-only preflight before the first up (Fly token, app names, region, registry, R2, images)"
+    )
+    doctor.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    doctor.set_defaults(func=cmd_doctor)
 
     emulator = commands.add_parser("emulator", help="serve the local Fly Machines API emulator")
     emulator.add_argument("--port", type=_port, required=True)

@@ -55,13 +55,17 @@ FIELD_BY_KEY: dict[str, str] = {
     "siteUrl": "site_url",
     "allowDataDeletion": "allow_data_deletion",
     "regionMigration": "region_migration",
+    "networkMigration": "network_migration",
     "images": "images",
     "towns": "towns",
     "keyGeneration": "key_generation",
     "controlStack": "control_stack",
     "kiloApiUrl": "kilo_api_url",
     "pgPublic": "pg_public",
+    "authSignup": "auth_signup",
     "readyTimeoutSeconds": "ready_timeout_seconds",
+    "smtp": "smtp",
+    "monthlyBudget": "monthly_budget",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -69,9 +73,13 @@ FIELD_BY_KEY: dict[str, str] = {
 }
 # Secret silo keys: read where they are used (providers' configure(), the program's get_secret), never
 # copied into the model, so a SiloConfig can be printed or logged safely.
-SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt")
+SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials", "smtpPassword")
+# git-credential-store lines for the towns' private rigs, delivered to each town as the Fly secret
+# GIT_CREDENTIALS_SECRET; refused unless the stack marks it secret.
+GIT_CREDENTIALS_KEY = "gitCredentials"
+GIT_CREDENTIALS_SECRET = "GIT_CREDENTIALS"
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
-_STRUCTURED_KEYS = ("images", "towns")
+_STRUCTURED_KEYS = ("images", "towns", "smtp")
 # Outside the silo namespace only these keys are read (by components.fly.settings); the rest belong to
 # other programs and providers and are ignored.
 FLY_API_URL_KEY = "fly:apiUrl"
@@ -81,7 +89,10 @@ _SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _ORG_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
 # Docker's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
 _IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# git's "<transport>::<address>" syntax (remote helpers: ext::, fd::, and any git-remote-<name>).
+_REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCP_LIKE_GIT = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\s][^\s]*)$")
+_EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
 _LONGEST_SERVICE = max(naming.SERVICES, key=len)
 
@@ -109,8 +120,8 @@ def _shown(value: Any) -> str:
     if value is None:
         return "nothing"
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    # A token in "https://user:token@host" must not reach a terminal or a CI log.
-    text = re.sub(r"(://[^/@:\s\"]*:)[^/@\s\"]*@", r"\1***@", text)
+    # A token in "https://user:token@host" or "https://token@host" must not reach a terminal or a CI log.
+    text = re.sub(r"(://)[^/@\s\"]+@", r"\1***@", text)
     text = text if len(text) <= 80 else text[:77] + "..."
     return json.dumps(text, ensure_ascii=False) if isinstance(value, str) else text
 
@@ -147,28 +158,95 @@ def _https_url(value: str) -> str:
 
 
 def _git_url(value: str) -> str:
-    """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests)."""
+    """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests).
+
+    The URL reaches `git clone` inside a town (rigs.json) and is stored in plain text in the fly.toml,
+    the machine config, the state, the registry and the R2 manifest, so it must carry no credential;
+    and git must read it as a URL, never as an option or a remote-helper command.
+    """
     if not value or any(c.isspace() or ord(c) < 32 for c in value):
         raise ValueError(f"must be a git URL without spaces (got {_shown(value)})")
+    if value.startswith("-"):
+        raise ValueError(f"must not start with '-' (git would read it as an option) (got {_shown(value)})")
+    if _REMOTE_HELPER.match(value):
+        # "<transport>::<address>" runs git-remote-<transport>; ext:: runs any command, fd:: uses open fds.
+        raise ValueError(f"must not use a git remote helper such as ext:: or fd:: (got {_shown(value)})")
     parts = _split(value)
     if parts is None:
         raise ValueError(f"must be a git URL (got {_shown(value)})")
+    if "@" in parts.netloc and (parts.scheme != "ssh" or parts.password is not None):
+        # Only an SSH login name may precede the host: anything else is a token in clear text.
+        raise ValueError(
+            "must not embed a password or token: private repositories get their credential from the secret "
+            f"{NAMESPACE}:{GIT_CREDENTIALS_KEY} (git-credential-store lines, delivered to the town as a Fly secret)"
+        )
     if parts.scheme in ("https", "ssh"):
         if not parts.hostname or parts.path.strip("/") == "":
             raise ValueError(f"must name a host and a repository path (got {_shown(value)})")
-        if parts.password:
-            # A token in the URL would end up in plain env and state; use a deploy key or secret.
-            raise ValueError("must not embed a password or token (use an SSH deploy key or a secret)")
+        if parts.hostname.startswith("-") or (parts.username or "").startswith("-"):
+            # ssh would take "-oProxyCommand=..." as an option (CVE-2017-1000117).
+            raise ValueError(f"must not have a host or user starting with '-' (got {_shown(value)})")
         return value
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError(f"must be file:///absolute/path (got {_shown(value)})")
         return value
-    if "://" not in value and _SCP_LIKE_GIT.fullmatch(value):
+    scp = _SCP_LIKE_GIT.fullmatch(value) if "://" not in value else None
+    if scp is not None:
+        if any(scp[group].startswith("-") for group in ("user", "host", "path")):
+            raise ValueError(f"must not have a user, host or path starting with '-' (got {_shown(value)})")
         return value
     raise ValueError(
         f"must be a git URL: https://host/path, ssh://host/path, git@host:path or file:///path (got {_shown(value)})"
     )
+
+
+_STACK_PART = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def _stack_reference(value: str) -> str:
+    # Pulumi's fully qualified stack name: org/project/stack (tokens.ParseStackReference); a bare stack
+    # name would be resolved in whatever organisation the backend defaults to.
+    parts = value.split("/")
+    if len(parts) != 3 or not all(_STACK_PART.match(p) for p in parts):
+        raise ValueError(
+            f"must be a fully qualified stack name, <org>/<project>/<stack> (got {_shown(value)}): "
+            "organization/silo/control on a file backend, <your-org>/silo/control on Pulumi Cloud"
+        )
+    return value
+
+
+def git_credentials_problem(value: Any) -> str | None:
+    """Why a `silo:gitCredentials` value is not git-credential-store lines; None when it is.
+
+    Each non-blank line is ``https://USER:TOKEN@HOST`` (``git credential-store``'s file format, the
+    user and token percent-encoded), which the town installs as its credential store. Only https:
+    a token must not travel in clear. The message never quotes the value, not even in part.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "must be git-credential-store lines (https://USER:TOKEN@HOST, one per line)"
+    for number, line in enumerate(value.splitlines(), start=1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = _split(line)
+        well_formed = (
+            parts is not None
+            and not any(c.isspace() for c in line)
+            and parts.scheme == "https"
+            and bool(parts.hostname)
+            and bool(parts.username)
+            and bool(parts.password)
+            and parts.path in ("", "/")
+            and not parts.query
+            and not parts.fragment
+        )
+        if not well_formed:
+            return (
+                f"line {number}: must be https://USER:TOKEN@HOST (one git-credential-store line per host, "
+                "no repository path); the value is not shown"
+            )
+    return None
 
 
 def _branch(value: str) -> str:
@@ -263,6 +341,31 @@ class TownConfig(_Model):
     def volume_name(self) -> str:
         return naming.town_volume_name(self.sandbox_id)
 
+    @property
+    def network(self) -> str:
+        """The town's own Fly private network: it reaches no silo and no other town privately."""
+        return naming.town_network(self.sandbox_id)
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError(f"must be an email address such as dev@acme.dev (got {_shown(value)})")
+    return value
+
+
+class SmtpConfig(_Model):
+    """GoTrue's mail server (supabase/supabase:docker/docker-compose.yml, GOTRUE_SMTP_*). The password is
+    the secret ``silo:smtpPassword``, never part of this map. Without SMTP, GoTrue confirms sign-ups
+    itself and sends no mail at all (README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    user: str | None = None
+    admin_email: Annotated[str, Field(alias="adminEmail"), AfterValidator(_email)]
+    sender_name: Annotated[str, Field(alias="senderName", min_length=1)] = "Supabase"
+
 
 def _reject_duplicates(names: list[str], what: str, field: str) -> None:
     first: dict[str, int] = {}
@@ -290,18 +393,30 @@ class SiloConfig(_Model):
     site_url: Annotated[str, AfterValidator(_https_url)]
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
+    # Fly cannot move an app to another private network: moving an existing silo onto its own network
+    # replaces every app (see the README), so it needs this explicit override, like a region change.
+    network_migration: StrictBool = False
     # Public Postgres, only through Fly's pg_tls handler (TLS required); off = private network only.
     pg_public: StrictBool = False
+    # GoTrue's open sign-up: with mail auto-confirm, anyone on the internet could mint an `authenticated`
+    # JWT (every table, in permissive RLS mode). Closed by default; users are invited or created by admins.
+    auth_signup: StrictBool = False
     # How long `up` waits for a machine to start and pass its health checks (image pulls included).
     ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     # Per-service tag overrides; services not listed use the catalog's pinned default.
     images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
-    # The `control` stack (registry database, backup bucket) that towns report to: "org/project/stack".
-    control_stack: str | None = None
+    # The `control` stack (registry database, backup bucket) that towns report to, as a stack
+    # reference names it: "<org>/silo/control" on Pulumi Cloud, "organization/silo/control" on a file
+    # backend (the only organisation it has).
+    control_stack: Annotated[str, AfterValidator(_stack_reference)] | None = None
     kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
+    # GoTrue's SMTP server (optional); its password is the secret silo:smtpPassword.
+    smtp: SmtpConfig | None = None
+    # USD per month; the guardrails (policy/) warn when the silo's cost estimate is above it.
+    monthly_budget: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -348,6 +463,11 @@ class SiloConfig(_Model):
     @property
     def silo_id(self) -> str:
         return f"{self.client}-{self.app}"
+
+    @property
+    def network(self) -> str:
+        """The silo's own Fly private network: its Flycast and .internal names resolve only inside it."""
+        return naming.silo_network(self.client, self.app)
 
     @property
     def services(self) -> list[str]:
@@ -416,8 +536,14 @@ def _message(error: Any) -> str:
         return f"must be true or false (got {_shown(value)})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number (got {_shown(value)})"
+    if kind in ("float_parsing", "float_type", "finite_number"):
+        return f"must be a number (got {_shown(value)})"
     if kind == "greater_than_equal":
         return f"must be at least {ctx.get('ge')} (got {_shown(value)})"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')} (got {_shown(value)})"
+    if kind == "greater_than":
+        return f"must be more than {ctx.get('gt'):g} (got {_shown(value)})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "string_too_long":
@@ -485,11 +611,14 @@ def _suggest(key: str) -> str:
     return f" (did you mean {NAMESPACE}:{near[0]}?)" if near else ""
 
 
-def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
+def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> SiloConfig | ControlConfig:
     """A ``SiloConfig`` from namespaced keys (``silo:client``, ``fly:apiUrl``, ...).
 
     Keys of other namespaces are ignored; ``fly:apiUrl`` is checked to be an http(s) URL.
+    ``secret_keys`` are the keys whose (decrypted) values the engine marks secret; in a stack file a
+    secret is an encrypted ``{secure: ...}`` map instead.
     """
+    secret = set(secret_keys)
     errors: list[tuple[str, str]] = []
     data: dict[str, Any] = {}
     for full_key, raw in config.items():
@@ -503,6 +632,8 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
         if namespace != NAMESPACE:
             continue
         if key in SECRET_KEYS:
+            if key == GIT_CREDENTIALS_KEY:
+                errors.extend(_check_git_credentials(full_key, raw, full_key in secret))
             continue
         if key not in FIELD_BY_KEY:
             errors.append((full_key, f"unknown key{_suggest(key)}"))
@@ -515,6 +646,8 @@ def from_mapping(config: Mapping[str, Any]) -> SiloConfig | ControlConfig:
             if problem:
                 errors.append((full_key, problem))
                 continue
+            if key == "smtp" and not value:
+                value = None  # an empty map means no SMTP server
         else:
             value = _as_config_string(raw)
             if value is None:
@@ -568,6 +701,15 @@ def _structured(raw: Any, kind: type) -> tuple[Any, str | None]:
     return raw, None
 
 
+def _check_git_credentials(key: str, raw: Any, marked_secret: bool) -> list[tuple[str, str]]:
+    if isinstance(raw, Mapping) and "secure" in raw:
+        return []  # encrypted in the stack file; its lines are checked when the program runs
+    if not marked_secret:
+        return [(key, f"must be a secret: set it with `pulumi config set --secret {key} ...` (the value is not shown)")]
+    problem = git_credentials_problem(raw)
+    return [(key, problem)] if problem else []
+
+
 def _check_api_url(raw: Any) -> list[tuple[str, str]]:
     if raw is None or raw == "":
         return []
@@ -612,11 +754,14 @@ def from_pulumi_config() -> SiloConfig | ControlConfig:
 
     ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as
     ``silo:autostopMinutes`` pass silently. The runtime's config map (set by the language host through
-    ``PULUMI_CONFIG``, or by ``set_all_config`` in tests and the harness) lists every key, so unknown
+    ``PULUMI_CONFIG``, or by the Automation API's inline-program server) lists every key, so unknown
     keys are reported.
     """
     from pulumi.runtime import config as runtime_config
 
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     wanted = sorted(k for k in keys if k.startswith(f"{NAMESPACE}:") or k == FLY_API_URL_KEY)
-    return from_mapping({k: runtime_config.get_config(k) for k in wanted})
+    # The language host lists secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (tests) keeps its own.
+    secret = set(runtime_config.get_config_secret_keys_env())
+    secret |= {k for k in wanted if runtime_config.is_config_secret(k)}
+    return from_mapping({k: runtime_config.get_config(k) for k in wanted}, secret_keys=secret)

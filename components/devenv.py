@@ -12,14 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
 from components import services as svc
 from components.catalog import ResolvedImage as Image
 from components.config import SiloConfig
 from components.costs import estimate
 from components.fly import flytoml
-from components.fly.providers import FlyApp, FlyExec, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.fly.providers import (
+    FlyApp,
+    FlyExec,
+    FlyIpAssignment,
+    FlyMachine,
+    FlyMachinesReady,
+    FlySecrets,
+    FlyVolume,
+)
+from components.generated import GeneratedSecret
 from components.keys import supabase_keys
 from components.render import render_fly_toml
 from components.rls import rls_sql
@@ -48,16 +56,23 @@ class DevEnvStack(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         keepers = {"generation": str(cfg.key_generation)}
 
-        def password(name: str, length: int) -> random.RandomPassword:
-            # Letters and digits only: the values end up in connection URLs (supabase docs).
-            return random.RandomPassword(
-                f"devenv-{cfg.silo_id}-{name}", length=length, special=False, keepers=keepers, opts=child
-            )
+        def password(name: str, length: int) -> GeneratedSecret:
+            return GeneratedSecret(f"devenv-{cfg.silo_id}-{name}", length=length, keepers=keepers, opts=child)
 
         self.jwt_secret = password("jwt-secret", 48).result
         self.db_password = password("db-password", 32).result
         dashboard_password = password("dashboard-password", 24).result
         meta_crypto_key = password("pg-meta-crypto-key", 40).result
+        # silo:pgPublic: the internet-facing login's own password, held by the pg app alone.
+        self.public_db_password: pulumi.Output[str] | None = (
+            password("db-public-password", 32).result if cfg.pg_public else None
+        )
+        # GoTrue's SMTP password: a stack secret, only ever a Fly secret of the auth app.
+        smtp_password = pulumi.Config("silo").get_secret("smtpPassword")
+        if smtp_password is not None and cfg.smtp is None:
+            pulumi.log.warn("silo:smtpPassword is set but silo:smtp is not: GoTrue sends no mail without silo:smtp")
+        elif cfg.smtp is not None and cfg.smtp.user and smtp_password is None:
+            pulumi.log.warn("silo:smtp.user is set without silo:smtpPassword: GoTrue cannot log in to the SMTP server")
         keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
         self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
         self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))
@@ -68,6 +83,8 @@ class DevEnvStack(pulumi.ComponentResource):
             meta_crypto_key,
             self.anon_key,
             self.service_role_key,
+            self.public_db_password,
+            smtp_password if smtp_password is not None else "",
         ).apply(
             lambda v: svc.SiloSecrets(
                 jwt_secret=v[0],
@@ -77,13 +94,26 @@ class DevEnvStack(pulumi.ComponentResource):
                 pg_meta_crypto_key=v[3],
                 anon_key=v[4],
                 service_role_key=v[5],
+                public_db_password=v[6],
+                smtp_password=v[7] or None,
             )
         )
 
         desired = "started" if cfg.state == "running" else "stopped"
         self.services: dict[str, ServiceResources] = {}
-        for name in cfg.services:  # dependency order: upstreams first
-            self.services[name] = self._service(cfg, name, images[name], secrets, desired, child)
+        # Per service whose health another service needs at boot: the gate that waits for it.
+        self.boot_gates: dict[str, FlyMachinesReady] = {}
+        for name in cfg.services:  # dependency order: what a service boots after comes first
+            after = [self._boot_gate(cfg, u, desired) for u in svc.SERVICES[name].boot_after if u in self.services]
+            self.services[name] = self._service(cfg, name, images[name], secrets, desired, after)
+        machines = [res.machine for res in self.services.values()]
+        # `up` is done when every machine is (and fails naming those that are not).
+        self.ready = FlyMachinesReady(
+            f"devenv-{cfg.silo_id}-ready",
+            machines=machines,
+            timeout_s=cfg.ready_timeout_seconds,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=machines),
+        )
 
         pg = self.services["pg"]
         self.rls = (
@@ -93,7 +123,8 @@ class DevEnvStack(pulumi.ComponentResource):
                 machine_id=pg.machine.machine_id,
                 command=psql_command(rls_sql(cfg.rls_mode)),
                 description=f"RLS mode {cfg.rls_mode}",
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[pg.machine], aliases=[]),
+                # SQL needs Postgres up and answering: after its gate, not just its machine.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self._boot_gate(cfg, "pg", desired)]),
             )
             if cfg.state == "running"
             else None
@@ -105,6 +136,24 @@ class DevEnvStack(pulumi.ComponentResource):
         )
         self.register_outputs({"supabase_url": cfg.kong_url})
 
+    def _boot_gate(self, cfg: SiloConfig, name: str, desired: str) -> FlyMachinesReady:
+        """The gate that is done once `name`'s machine runs and passes its checks (made once)."""
+        if name not in self.boot_gates:
+            machine = self.services[name].machine
+            self.boot_gates[name] = FlyMachinesReady(
+                f"{cfg.app_name(name)}-ready",
+                machines=[machine],
+                timeout_s=cfg.ready_timeout_seconds,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[machine]),
+            )
+        return self.boot_gates[name]
+
+    def machine_state(self, name: str) -> pulumi.Output[str]:
+        """The state `name`'s machine was found in once ready (started or stopped)."""
+        return pulumi.Output.all(self.ready.states, self.services[name].machine.machine_id).apply(
+            lambda v: (v[0] or {}).get(v[1], "unknown")
+        )
+
     # -- one service ------------------------------------------------------------------------------
     def _service(
         self,
@@ -113,17 +162,21 @@ class DevEnvStack(pulumi.ComponentResource):
         image: Image,
         secrets: pulumi.Output[svc.SiloSecrets],
         desired: str,
-        child: pulumi.ResourceOptions,
+        boot_after: list[FlyMachinesReady],
     ) -> ServiceResources:
         spec = svc.SERVICES[name]
         app_name = cfg.app_name(name)
         keeps_data = spec.volume is not None and not cfg.allow_data_deletion
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # Every app of the silo on the silo's own network: Flycast names (meta, Studio, pg...) resolve only
+        # for the silo's apps, never for towns or other silos. Kong's public IPs are the way in.
         app = FlyApp(
             app_name,
             name=app_name,
             org=cfg.fly_org,
             keep_volumes=not cfg.allow_data_deletion,
+            network=cfg.network,
+            allow_network_change=cfg.network_migration,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
         )
         on_app = pulumi.ResourceOptions(parent=self, depends_on=[app])
@@ -153,7 +206,6 @@ class DevEnvStack(pulumi.ComponentResource):
                 allow_region_change=cfg.region_migration,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[app], retain_on_delete=keeps_data),
             )
-        upstreams = [self.services[u].machine for u in spec.upstreams if u in self.services]
         machine = FlyMachine(
             f"{app_name}-machine",
             app=app.name,
@@ -162,11 +214,10 @@ class DevEnvStack(pulumi.ComponentResource):
             fly_toml=render_fly_toml(cfg, name, image.ref),
             image=image.ref,
             desired_state=desired,
-            ready_timeout_s=cfg.ready_timeout_seconds,
             volume_id=volume.volume_id if volume else None,
             min_secrets_version=fly_secrets.version,
             metadata={"silo_id": cfg.silo_id, "silo_service": name, "silo_image_tag": image.tag},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*ips, fly_secrets, *upstreams]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*ips, fly_secrets, *boot_after]),
         )
         return ServiceResources(app=app, secrets=fly_secrets, machine=machine, volume=volume, ips=ips)
 

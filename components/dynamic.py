@@ -9,10 +9,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping
+import pickle
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote, unquote
 
+import psycopg
+import pulumi
+from psycopg import conninfo
 from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 
@@ -74,6 +80,43 @@ def pick(props: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
 # with the environment as the fallback, never a plain resource input.
 CONTROL_DSN_CONFIG_KEY = "silo:registryDsn"
 CONTROL_DSN_ENV = "SILO_REGISTRY_DSN"
+_DSN_SOURCES = f"{CONTROL_DSN_CONFIG_KEY} (secret) or {CONTROL_DSN_ENV}"
+
+
+class ControlDbError(RuntimeError):
+    """A control-database failure whose message has been through ``sanitized_db_error``."""
+
+
+def dsn_problem(dsn: Any) -> str | None:
+    """Why ``dsn`` is not a usable connection string, without ever quoting it; None when it parses."""
+    if not isinstance(dsn, str) or not dsn.strip():
+        return f"a PostgreSQL connection string is required ({_DSN_SOURCES})"
+    try:
+        conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # The parser's message quotes the text around the problem, which can be the password.
+        return (
+            f"the connection string in {_DSN_SOURCES} is not valid "
+            "(key=value pairs or a postgresql:// URL); it is not shown because it holds the password"
+        )
+    return None
+
+
+def sanitized_db_error(exc: BaseException, dsn: str) -> str:
+    """``exc``'s message with the DSN's password masked (psycopg errors can quote the connection string).
+
+    An unparseable DSN gives no password to look for, so its error is replaced as a whole.
+    """
+    problem = dsn_problem(dsn)
+    if problem:
+        return problem
+    password = conninfo.conninfo_to_dict(dsn).get("password")
+    text = str(exc)
+    if password:
+        # Both spellings: the decoded value and the percent-encoded one of a postgresql:// URL.
+        for form in {str(password), quote(str(password), safe=""), unquote(str(password))}:
+            text = text.replace(form, "***")
+    return text
 
 
 class ControlDbProvider(ResourceProvider):
@@ -88,3 +131,41 @@ class ControlDbProvider(ResourceProvider):
     def control_dsn(self, props: Mapping[str, Any] | None = None) -> str | None:
         """An explicit `dsn` input first (secret), then stack config, then the environment."""
         return (props or {}).get("dsn") or getattr(self, "_dsn", None) or os.environ.get(CONTROL_DSN_ENV)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def database_errors(dsn: str, what: str = f"control database ({CONTROL_DSN_CONFIG_KEY})") -> Iterator[None]:
+        """Turn every psycopg error of the block into a ControlDbError with the password masked.
+
+        ``from None``: the original exception would otherwise be printed as the cause in tracebacks,
+        unmasked.
+        """
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise ControlDbError(f"{what}: {sanitized_db_error(exc, dsn)}") from None
+
+
+class DynamicResource(pulumi.dynamic.Resource):
+    """The base of every dynamic resource here.
+
+    pulumi 3.272's `serialize_provider` patches `pickle._Pickler._batch_setitems` with a sorting
+    wrapper and never puts the original back, so each dynamic resource a process constructs adds one
+    more wrapper layer around the last: after a few hundred resources (a silo with ~50 towns in one
+    `up`) pickling a provider raises RecursionError. The SDK restores it itself from 3.274
+    (sdk/python/lib/pulumi/dynamic/dynamic.py); PyPI here stops at 3.272, so restore it around each
+    construction: every serialization then wraps the same original method once.
+    """
+
+    def __init__(
+        self,
+        provider: ResourceProvider,
+        name: str,
+        props: Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        saved = pickle._Pickler.__dict__["_batch_setitems"]
+        try:
+            super().__init__(provider, name, dict(props), opts)
+        finally:
+            pickle._Pickler._batch_setitems = saved

@@ -68,6 +68,22 @@ def app_name(client: str, app: str, service: str) -> str:
     return name
 
 
+def silo_network(client: str, app: str) -> str:
+    """``devenv-{client}-{app}``: the Fly private network (custom 6PN) of all of one silo's apps.
+
+    Fly network names are unique within an org and have letters, digits and dashes, starting with a
+    letter (fly.io/docs/networking/custom-private-networks); a silo's app names without the service.
+    """
+    return f"devenv-{client}-{app}"
+
+
+def town_network(sandbox_id: str) -> str:
+    """A town's own Fly private network, named after its app (``gt-...``, never a silo's ``devenv-``)."""
+    if not is_dns_label(sandbox_id):
+        raise ValueError(f"sandbox id {sandbox_id!r} is not a DNS label")
+    return sandbox_id
+
+
 def _digest(*fields: str) -> str:
     # JSON encoding is the unambiguous separator between fields (see the module docstring).
     document = json.dumps(list(fields), ensure_ascii=False, separators=(",", ":"))

@@ -25,19 +25,22 @@ def db_connection_string(cfg: SiloConfig, password: str) -> str:
 
 
 def db_public_connection_string(cfg: SiloConfig, password: str) -> str:
-    return f"postgres://postgres:{password}@{cfg.app_name('pg')}.fly.dev:5432/postgres?sslmode=require"
+    # The public login (pg_hba.conf admits no other role from outside the silo's network). sslmode=require
+    # encrypts but does not check the server's certificate; README: verify-full.
+    role = svc.PUBLIC_DB_ROLE
+    return f"postgres://{role}:{password}@{cfg.app_name('pg')}.fly.dev:5432/postgres?sslmode=require"
 
 
 def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:
     """The outputs to export (Outputs or plain values); connection data only while running."""
     running = cfg.state == "running"
     machines = {
-        name: {"app": res.app.name, "machine_id": res.machine.machine_id, "state": res.machine.state}
+        name: {"app": res.app.name, "machine_id": res.machine.machine_id, "state": devenv.machine_state(name)}
         for name, res in devenv.services.items()
     }
     services_view = {
         svc.SERVICES[name].title: {
-            "status": res.machine.state.apply(_status),
+            "status": devenv.machine_state(name).apply(_status),
             "machine_id": res.machine.machine_id,
         }
         for name, res in devenv.services.items()
@@ -73,9 +76,9 @@ def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:
             "db_connection_string": db_url,
             "studio_url": cfg.studio_url if cfg.studio else None,
             "db_public_connection_string": pulumi.Output.secret(
-                devenv.db_password.apply(lambda p: db_public_connection_string(cfg, p))
+                devenv.public_db_password.apply(lambda p: db_public_connection_string(cfg, p))
             )
-            if cfg.pg_public
+            if devenv.public_db_password is not None
             else None,
             "connection_info": pulumi.Output.secret(
                 {

@@ -61,7 +61,6 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     ResourceProvider,
     UpdateResult,
 )
@@ -69,7 +68,9 @@ from pulumi.output import Unknown
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from components.dynamic import canonical, changed_keys, has_unknown, pick
+from components.dynamic import DynamicResource, canonical, changed_keys, has_unknown, pick
+from components.http import tls_context
+from components.urls import is_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def resolve_cloudflare_settings(
     if not url.endswith(API_PATH):
         url += API_PATH
     if not token:
-        if not _is_loopback(url):
+        if not is_loopback_url(url):
             raise ValueError(
                 f"cloudflare:apiToken: no Cloudflare API token for {url}: set it with "
                 "`pulumi config set --secret cloudflare:apiToken ...` or export CLOUDFLARE_API_TOKEN"
@@ -155,10 +156,6 @@ def resolve_cloudflare_settings(
     return CloudflareSettings(
         api_url=url, account_id=account_id, token=token, parent_access_key_id=parent or None, source=source
     )
-
-
-def _is_loopback(url: str) -> bool:
-    return any(host in url for host in ("://127.0.0.1", "://localhost", "://[::1]"))
 
 
 def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:
@@ -247,6 +244,7 @@ class CloudflareClient:
             headers={"Authorization": f"Bearer {settings.token}", "User-Agent": "silo-infra/pulumi"},
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            verify=tls_context(),
         )
 
     def __enter__(self) -> CloudflareClient:
@@ -583,7 +581,7 @@ class R2BucketProvider(_CloudflareProvider):
                 ) from exc
 
 
-class R2BucketResource(Resource, module="cloudflare", name="R2Bucket"):
+class R2BucketResource(DynamicResource, module="cloudflare", name="R2Bucket"):
     name: pulumi.Output[str]
     jurisdiction: pulumi.Output[str]
     account_id: pulumi.Output[str]
@@ -757,7 +755,7 @@ class R2LifecycleProvider(_CloudflareProvider):
                 return  # the bucket (and its rules) are gone
 
 
-class R2BucketLifecycle(Resource, module="cloudflare", name="R2BucketLifecycle"):
+class R2BucketLifecycle(DynamicResource, module="cloudflare", name="R2BucketLifecycle"):
     bucket: pulumi.Output[str]
     rules: pulumi.Output[list[dict[str, Any]]]
 
@@ -924,7 +922,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
         return None
 
 
-class R2TownCredentials(Resource, module="cloudflare", name="R2TownCredentials"):
+class R2TownCredentials(DynamicResource, module="cloudflare", name="R2TownCredentials"):
     town_id: pulumi.Output[str]
     bucket: pulumi.Output[str]
     prefix: pulumi.Output[str]

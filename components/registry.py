@@ -9,7 +9,8 @@ and the rigs once the machine is there. The DSN is read in ``configure()`` from 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -21,24 +22,36 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider, diff_result, strip_provider
+from components.dynamic import (
+    CONTROL_DSN_CONFIG_KEY,
+    CONTROL_DSN_ENV,
+    ControlDbProvider,
+    DynamicResource,
+    diff_result,
+    strip_provider,
+)
 
 DSN_CONFIG_KEY, DSN_ENV = CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 
 
 class RegistryProviderBase(ControlDbProvider):
-    def connect(self) -> psycopg.Connection:
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection for one operation; any database error leaves it with the password masked."""
         dsn = self.control_dsn()
         if not dsn:
             raise RuntimeError(
                 f"no registry database: set `pulumi config set --secret {DSN_CONFIG_KEY} ...` or export {DSN_ENV}"
             )
-        return psycopg.connect(dsn, connect_timeout=15)
+        with (
+            self.database_errors(dsn, f"registry database ({DSN_CONFIG_KEY})"),
+            psycopg.connect(dsn, connect_timeout=15) as conn,
+        ):
+            yield conn
 
 
 class TownRegistrationProvider(RegistryProviderBase):
@@ -102,7 +115,7 @@ class TownRegistrationProvider(RegistryProviderBase):
             )
 
 
-class TownRegistration(Resource, module="registry", name="TownRegistration"):
+class TownRegistration(DynamicResource, module="registry", name="TownRegistration"):
     town_id: pulumi.Output[str]
 
     def __init__(
@@ -199,12 +212,35 @@ class TownRecordProvider(RegistryProviderBase):
         self._write(news)
         return UpdateResult(strip_provider(news))
 
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        """The row as the registry holds it now, so a refresh shows an edit made outside Pulumi (a
+        status, a Fly id, a rig) and the next `up` writes the row back."""
+        with self.connect() as conn:
+            town = conn.execute(
+                "SELECT status, fly_machine_id, fly_volume_id FROM gastown_towns "
+                "WHERE id = %s AND destroyed_at IS NULL",
+                (props["town_id"],),
+            ).fetchone()
+            if town is None:
+                return ReadResult("", {})
+            rigs = conn.execute(
+                "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active' "
+                "ORDER BY rig_name",
+                (props["town_id"],),
+            ).fetchall()
+        live_rigs = [{"name": name, "url": url, "branch": branch} for name, url, branch in rigs]
+        order = [r.get("name") for r in props.get("rigs") or []]
+        live_rigs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        status, machine_id, volume_id = town
+        outs = {**props, "status": status, "fly_machine_id": machine_id, "fly_volume_id": volume_id, "rigs": live_rigs}
+        return ReadResult(id_, outs, inputs={k: outs[k] for k in self.FIELDS if k in outs})
+
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # The machine is being removed next; TownRegistration (deleted last) soft-deletes the row.
         return None
 
 
-class TownRecord(Resource, module="registry", name="TownRecord"):
+class TownRecord(DynamicResource, module="registry", name="TownRecord"):
     def __init__(
         self,
         resource_name: str,

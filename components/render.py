@@ -9,6 +9,7 @@ HTML). Values are escaped for their format by filters: ``toml`` (TOML 1.0 litera
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,27 +35,19 @@ PG_FILES: dict[str, str] = {
     svc.ROLES_SQL_PATH: "pg/roles.sql",
     f"{svc.PG_INITDB_DIR}/99-jwt.sql": "pg/jwt.sql",
     svc.PG_HBA_PATH: "pg/pg_hba.conf",
+    svc.ROLE_SYNC_PATH: "pg/role-sync.sh",
 }
 
 
+# TOML 1.0 basic strings: `"` and `\` escaped, and every control character (U+0000-U+001F, U+007F) as
+# an escape. JSON's string syntax escapes the same set except DEL, with escapes TOML also accepts
+# (\n, \t, \uXXXX, ...), and json.dumps does it in C: a town's fly.toml carries its scripts (tens of KB),
+# so a character-by-character loop here took most of a 100-town preview (bench/run.py).
+_DEL = "\x7f"
+
+
 def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif code < 0x20 or code == 0x7F:  # TOML forbids other control characters in basic strings
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+    return json.dumps(value, ensure_ascii=False).replace(_DEL, "\\u007F")
 
 
 def _defined(value: Any) -> None:
@@ -143,11 +136,17 @@ def _fly_context(cfg: SiloConfig, name: str, image: str) -> dict[str, Any]:
     }
     if name == "pg":
         ctx["processes"] = {"app": svc.PG_COMMAND}
-        ctx["files"] = [{"guest_path": path, "raw_value": render_file(template)} for path, template in PG_FILES.items()]
+        ctx["files"] = [{"guest_path": path, "raw_value": text} for path, text in pg_files(cfg).items()]
     if name == "kong":
         ctx["kong_secret"] = svc.KONG_YML_SECRET
         ctx["kong_config_path"] = svc.KONG_DECLARATIVE_CONFIG
     return ctx
+
+
+def pg_files(cfg: SiloConfig) -> dict[str, str]:
+    """guest path → text of the pg app's init SQL and pg_hba.conf (which depends on silo:pgPublic)."""
+    ctx = {"pg_public": cfg.pg_public, "public_role": svc.PUBLIC_DB_ROLE}
+    return {path: render_file(template, **ctx) for path, template in PG_FILES.items()}
 
 
 def render_fly_toml(cfg: SiloConfig, service: str, image: str | None = None) -> str:

@@ -28,12 +28,18 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
+from components.dynamic import (
+    CONTROL_DSN_CONFIG_KEY,
+    CONTROL_DSN_ENV,
+    ControlDbProvider,
+    DynamicResource,
+    dsn_problem,
+    sanitized_db_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +108,21 @@ def checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# A relative folder is the project's own (`migrations/` beside `components/`), wherever the engine
+# starts the provider host: the state keeps the relative name, so moving the checkout changes nothing.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def migrations_path(folder: str | Path) -> Path:
+    path = Path(folder)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def load_migrations(folder: str | Path) -> list[Migration]:
     """All migrations of a folder in apply order; errors name the offending file."""
-    path = Path(folder)
+    path = migrations_path(folder)
     if not path.is_dir():
-        raise MigrationError(f"migrations folder {str(path)!r} does not exist")
+        raise MigrationError(f"migrations folder {str(folder)!r} does not exist")
     migrations: list[Migration] = []
     seen: dict[str, str] = {}
     for file in sorted(path.glob("*.sql")):
@@ -210,33 +226,12 @@ def apply(dsn: str, folder: str | Path, settings: Mapping[str, str] | None = Non
 
 
 # -- PostgresSchema dynamic provider ------------------------------------------------------------------
-def _dsn_problem(dsn: Any) -> str | None:
-    if not isinstance(dsn, str) or not dsn.strip():
-        return f"a PostgreSQL connection string is required (input dsn, or {DSN_CONFIG_KEY} / {DSN_ENV})"
-    try:
-        conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        # The parser's message can echo the DSN, password included: never show it.
-        return "is not a valid PostgreSQL connection string (key=value pairs or a postgresql:// URL)"
-    return None
-
-
-def _safe(exc: BaseException, dsn: str) -> str:
-    """An error message with the DSN's password removed (psycopg errors can quote the DSN)."""
-    text = str(exc)
-    try:
-        password = conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        password = None
-    return text.replace(str(password), "***") if password else text
-
-
 class PostgresSchemaProvider(ControlDbProvider):
     """Plain data only (pickled by reference); the DSN comes from the secret input or configure()."""
 
     def _resolve_dsn(self, props: Mapping[str, Any]) -> str:
         dsn = self.control_dsn(props)
-        problem = _dsn_problem(dsn)
+        problem = dsn_problem(dsn)
         if problem:
             raise MigrationError(f"dsn: {problem}")
         return str(dsn)
@@ -258,14 +253,14 @@ class PostgresSchemaProvider(ControlDbProvider):
         failures: list[CheckFailure] = []
         dsn = news.get("dsn")
         if dsn is not None and not isinstance(dsn, Unknown):
-            problem = _dsn_problem(dsn)
+            problem = dsn_problem(dsn)
             if problem:
                 failures.append(CheckFailure("dsn", problem))
         folder = news.get("folder")
         if not isinstance(folder, Unknown):
             if not isinstance(folder, str) or not folder:
                 failures.append(CheckFailure("folder", "the migrations folder is required"))
-            elif not Path(folder).is_dir():
+            elif not migrations_path(folder).is_dir():
                 failures.append(CheckFailure("folder", f"migrations folder {folder!r} does not exist"))
         migrations = news.get("migrations")
         if not isinstance(migrations, Unknown):
@@ -307,7 +302,7 @@ class PostgresSchemaProvider(ControlDbProvider):
             # Preview without database access: compare with the state instead.
             log.warning(
                 "PostgresSchema diff: database not reachable (%s); comparing with state",
-                _safe(exc, str(news.get("dsn") or "")),
+                sanitized_db_error(exc, str(news.get("dsn") or "")),
             )
         result = compare(recorded, migrations or {})
         if result.drift:
@@ -327,7 +322,7 @@ class PostgresSchemaProvider(ControlDbProvider):
             newly = apply(dsn, props["folder"], props.get("settings") or {})
             applied = applied_migrations(dsn)
         except psycopg.Error as exc:
-            raise MigrationError(_safe(exc, dsn)) from None
+            raise MigrationError(sanitized_db_error(exc, dsn)) from None
         return {"applied": applied, "last_applied": newly}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -346,7 +341,7 @@ class PostgresSchemaProvider(ControlDbProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         dsn = self._resolve_dsn(props)
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        with self.database_errors(dsn), psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             recorded = _recorded(conn)
         outs = {**props, "applied": sorted(recorded)}
         inputs = {k: props[k] for k in ("dsn", "folder", "settings") if k in props}
@@ -364,7 +359,7 @@ class PostgresSchemaProvider(ControlDbProvider):
         print(message)
 
 
-class PostgresSchemaResource(Resource, module="postgres", name="Schema"):
+class PostgresSchemaResource(DynamicResource, module="postgres", name="Schema"):
     """One database's migration state; ``applied`` lists every applied migration file."""
 
     applied: pulumi.Output[list[str]]

@@ -20,6 +20,7 @@ alone would lose one of the two.
 from __future__ import annotations
 
 import base64
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
@@ -39,13 +40,21 @@ PGRST_ADMIN_PORT = 3001  # PostgREST serves /live and /ready here; it must diffe
 KONG_STATUS_PORT = 8100  # KONG_STATUS_LISTEN: /status without exposing the Admin API
 KONG_DECLARATIVE_CONFIG = "/home/kong/kong.yml"
 KONG_YML_SECRET = "SUPABASE_KONG_YML"  # base64 of the rendered kong.yml; not KONG_* (Kong reads those)
+KONG_TRUSTED_IPS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"  # see public_env("kong")
 PG_MOUNT = "/data"
 PGDATA = "/data/pgdata"
 PG_CUSTOM_DIR = "/data/postgresql-custom"  # persisted /etc/postgresql-custom (pgsodium root key)
 PG_HBA_PATH = "/etc/postgresql/pg_hba.conf"
+# silo:pgPublic: the only role that may log in from outside the silo's private network (pg_hba.conf),
+# with its own password: the shared POSTGRES_PASSWORD, which every service holds, never opens it.
+PUBLIC_DB_ROLE = "silo_public"
+PUBLIC_DB_PASSWORD_SECRET = "SILO_PUBLIC_DB_PASSWORD"
+PG_CONFIG_FILE = "/etc/postgresql/postgresql.conf"  # the image's own config file
 PG_INITDB_DIR = "/docker-entrypoint-initdb.d/init-scripts"
 ROLES_SQL_PATH = f"{PG_INITDB_DIR}/99-roles.sql"
+ROLE_SYNC_PATH = "/usr/local/bin/silo-role-sync.sh"  # templates/pg/role-sync.sh, shipped as a machine file
 STORAGE_PATH = "/var/lib/storage"
+STUDIO_SNIPPETS_DIR = "/tmp/snippets"  # writable by Studio's non-root user; not persisted
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,12 @@ class Service:
     check: HealthCheck
     vm: VmSpec
     volume: VolumeSpec | None = None
-    upstreams: tuple[str, ...] = ()  # must be healthy before this one starts
+    # The services this one sends requests to (Kong routes to them); each is resolved per request.
+    upstreams: tuple[str, ...] = ()
+    # The services that must be up and passing their checks before this one boots: only those it needs
+    # at start-up (GoTrue and Storage run their migrations, PostgREST loads its schema cache). A service
+    # that reaches its upstreams per request (Kong, Studio, postgres-meta) boots alongside them.
+    boot_after: tuple[str, ...] = ()
     public: bool = False  # only Kong gets public IPs; the rest are Flycast-only
     extra_checks: tuple[tuple[str, HealthCheck], ...] = ()  # top-level [checks.<name>]
     kill_signal: str = "SIGTERM"
@@ -105,18 +119,19 @@ SERVICES: dict[str, Service] = {
     ),
     "rest": Service(
         name="rest", title="postgrest", image="postgrest/postgrest", tag="v14.5", port=3000,
-        check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
+        check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",), boot_after=("pg",),
         # /ready is 503 until the pool and schema cache are ready (PostgREST admin server docs).
         extra_checks=(("ready", HealthCheck("http", path="/ready", port=PGRST_ADMIN_PORT)),),
     ),
     "auth": Service(
         name="auth", title="gotrue", image="supabase/gotrue", tag="v2.186.0", port=9999,
         check=HealthCheck("http", path="/health"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
+        boot_after=("pg",),
     ),
     "storage": Service(
         name="storage", title="storage", image="supabase/storage-api", tag="v1.44.2", port=5000,
         check=HealthCheck("http", path="/status"), vm=VmSpec(memory_mb=512), upstreams=("pg",),
-        volume=VolumeSpec("storage_data", 5, STORAGE_PATH),
+        boot_after=("pg",), volume=VolumeSpec("storage_data", 5, STORAGE_PATH),
     ),
     "meta": Service(
         name="meta", title="postgres-meta", image="supabase/postgres-meta", tag="v0.95.2", port=8080,
@@ -147,15 +162,19 @@ class SiloSecrets:
     pg_meta_crypto_key: str
     anon_key: str
     service_role_key: str
+    public_db_password: str | None = None  # only with silo:pgPublic
+    smtp_password: str | None = None  # the secret silo:smtpPassword (GoTrue's SMTP login), when set
 
     def __repr__(self) -> str:  # keeps values out of logs and tracebacks
         return "SiloSecrets(<redacted>)"
 
     def values(self) -> list[str]:
-        return [
+        values = [
             self.jwt_secret, self.postgres_password, self.dashboard_password,
             self.pg_meta_crypto_key, self.anon_key, self.service_role_key,
+            *([self.public_db_password] if self.public_db_password else []),
         ]  # fmt: skip
+        return [*values, self.smtp_password] if self.smtp_password else values
 
 
 def service(name: str) -> Service:
@@ -185,6 +204,21 @@ def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
     return f"postgres://{user}:{quote(password, safe='')}@{cfg.pg_host}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
 
+# The postgres server's argv. The image's postgresql.conf pins data_directory = '/var/lib/postgresql/data'
+# (supabase/postgres:ansible/files/postgresql_config/postgresql.conf.j2, FILE LOCATIONS), and a
+# data_directory in the config file wins over PGDATA and -D, so with PGDATA on the volume the server would
+# open an empty image directory and die on every boot. A -c option on the command line outranks the file
+# (PostgreSQL docs, "Setting Parameters", §Parameter Interaction via the Shell), so data_directory is
+# given here; the entrypoint's initdb and its temporary init server use PGDATA and these same options.
+PG_SERVER_ARGS: tuple[str, ...] = (
+    "postgres",
+    "-c", f"config_file={PG_CONFIG_FILE}",
+    "-c", f"data_directory={PGDATA}",
+    "-c", f"hba_file={PG_HBA_PATH}",
+    "-c", "log_min_messages=fatal",
+)  # fmt: skip
+
+
 def _pg_command() -> str:
     """Postgres start command: persist /etc/postgresql-custom on the one volume, then the stock entrypoint.
 
@@ -198,19 +232,31 @@ def _pg_command() -> str:
         f'if [ -z "$(ls -A {PG_CUSTOM_DIR})" ]; then cp -a /etc/postgresql-custom/. {PG_CUSTOM_DIR}/; fi; '
         f"chown -R postgres:postgres {PG_CUSTOM_DIR}; "
         f"rm -rf /etc/postgresql-custom; ln -s {PG_CUSTOM_DIR} /etc/postgresql-custom; "
-        # Re-apply the role passwords from POSTGRES_PASSWORD on every boot (over the trusted local
-        # socket): init SQL runs only on an empty PGDATA, so a rotated password (silo:keyGeneration) or
-        # a retained volume adopted by a new stack would otherwise lock the services out.
-        "( for i in $(seq 120); do pg_isready -q -h /var/run/postgresql "
-        "&& psql -q -h /var/run/postgresql -U supabase_admin -d postgres -v ON_ERROR_STOP=1 "
-        f"-f {ROLES_SQL_PATH} >/dev/null 2>&1 && break; sleep 2; done ) & "
-        "exec docker-entrypoint.sh postgres -c config_file=/etc/postgresql/postgresql.conf "
-        f"-c hba_file={PG_HBA_PATH} -c log_min_messages=fatal"
+        # Re-apply the role passwords on every boot, in the background while the entrypoint starts the
+        # server (templates/pg/role-sync.sh: it logs why when it gives up).
+        f"bash {ROLE_SYNC_PATH} & "
+        f"exec docker-entrypoint.sh {shlex.join(PG_SERVER_ARGS)}"
     )
     return f"bash -c '{script}'"
 
 
 PG_COMMAND = _pg_command()
+
+
+def _smtp_env(cfg: SiloConfig) -> dict[str, str]:
+    """GoTrue's SMTP settings (supabase/supabase:docker/docker-compose.yml, auth); the password is a secret."""
+    smtp = cfg.smtp
+    if smtp is None:
+        return {}
+    env = {
+        "GOTRUE_SMTP_HOST": smtp.host,
+        "GOTRUE_SMTP_PORT": str(smtp.port),
+        "GOTRUE_SMTP_ADMIN_EMAIL": smtp.admin_email,
+        "GOTRUE_SMTP_SENDER_NAME": smtp.sender_name,
+    }
+    if smtp.user:
+        env["GOTRUE_SMTP_USER"] = smtp.user
+    return env
 
 
 def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
@@ -252,21 +298,24 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "GOTRUE_DB_DRIVER": "postgres",
             "GOTRUE_SITE_URL": cfg.site_url,
             "GOTRUE_URI_ALLOW_LIST": f"{cfg.site_url},{cfg.site_url.rstrip('/')}/**",
-            "GOTRUE_DISABLE_SIGNUP": "false",
+            # silo:authSignup (default off): closed sign-up leaves the invite and admin APIs working.
+            "GOTRUE_DISABLE_SIGNUP": "false" if cfg.auth_signup else "true",
             "GOTRUE_JWT_ADMIN_ROLES": "service_role",
             "GOTRUE_JWT_AUD": "authenticated",
             "GOTRUE_JWT_DEFAULT_GROUP_NAME": "authenticated",
             "GOTRUE_JWT_EXP": str(JWT_EXPIRY_SECONDS),
             "GOTRUE_EXTERNAL_EMAIL_ENABLED": "true",
             "GOTRUE_EXTERNAL_ANONYMOUS_USERS_ENABLED": "false",
-            # A dev environment has no SMTP server: confirm sign-ups without mail.
-            "GOTRUE_MAILER_AUTOCONFIRM": "true",
+            # Without an SMTP server (silo:smtp) GoTrue cannot send mail: sign-ups are confirmed without
+            # it. With one, sign-ups confirm their address by mail, as upstream's default does.
+            "GOTRUE_MAILER_AUTOCONFIRM": "false" if cfg.smtp else "true",
             "GOTRUE_MAILER_URLPATHS_INVITE": verify,
             "GOTRUE_MAILER_URLPATHS_CONFIRMATION": verify,
             "GOTRUE_MAILER_URLPATHS_RECOVERY": verify,
             "GOTRUE_MAILER_URLPATHS_EMAIL_CHANGE": verify,
             "GOTRUE_EXTERNAL_PHONE_ENABLED": "false",
             "GOTRUE_SMS_AUTOCONFIRM": "false",
+            **_smtp_env(cfg),
         }
     if name == "storage":
         return {
@@ -313,6 +362,10 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             # No Logflare/Vector in a dev silo (supabase/supabase PR #45327).
             "ENABLED_FEATURES_LOGS_ALL": "false",
             "NEXT_PUBLIC_ENABLE_LOGS": "false",
+            # The SQL editor saves snippets here (upstream mounts ./volumes/snippets at /app/snippets). The
+            # studio app has no volume, so saved snippets are lost when the machine stops or restarts
+            # (autostop included): the README says so; keep SQL worth keeping in the app's migrations.
+            "SNIPPETS_MANAGEMENT_FOLDER": STUDIO_SNIPPETS_DIR,
         }
     # kong
     return {
@@ -323,8 +376,12 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         "KONG_PLUGINS": "request-transformer,cors,key-auth,acl,basic-auth,request-termination,ip-restriction",
         "KONG_NGINX_PROXY_PROXY_BUFFER_SIZE": "160k",
         "KONG_NGINX_PROXY_PROXY_BUFFERS": "64 160k",
-        # Fly Proxy is the client Kong sees; trust its X-Forwarded-* (TUS uploads; SupaAutoFly).
-        "KONG_TRUSTED_IPS": "0.0.0.0/0,::/0",
+        # Kong believes X-Forwarded-* (client IP, proto, host: TUS upload URLs, SupaAutoFly) only from
+        # these peers. Fly Proxy, which carries every public request, reaches a machine over its private
+        # IPv4 (fly.io/docs/networking/app-services); Fly publishes no fixed proxy address, so the private
+        # IPv4 ranges are trusted. Nothing else reaches Kong over IPv4: machine-to-machine traffic (6PN,
+        # fdaa::/16) is IPv6 and stays untrusted, so a machine on the network cannot spoof a client IP.
+        "KONG_TRUSTED_IPS": KONG_TRUSTED_IPS,
         "KONG_PROXY_LISTEN": "0.0.0.0:8000, [::]:8000",
         "KONG_STATUS_LISTEN": f"0.0.0.0:{KONG_STATUS_PORT}, [::]:{KONG_STATUS_PORT}",
         "KONG_PROXY_ACCESS_LOG": "/dev/stdout",
@@ -341,7 +398,12 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
     service(name)
     s = secrets
     if name == "pg":
-        return {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        env = {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        if cfg.pg_public:
+            if not s.public_db_password:
+                raise ValueError("silo:pgPublic needs the public login's own password (SiloSecrets.public_db_password)")
+            env[PUBLIC_DB_PASSWORD_SECRET] = s.public_db_password  # read by roles.sql at boot
+        return env
     if name == "rest":
         return {
             "PGRST_DB_URI": _db_url(cfg, "authenticator", s.postgres_password),
@@ -349,10 +411,13 @@ def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, st
             "PGRST_APP_SETTINGS_JWT_SECRET": s.jwt_secret,
         }
     if name == "auth":
-        return {
+        auth = {
             "GOTRUE_DB_DATABASE_URL": _db_url(cfg, "supabase_auth_admin", s.postgres_password),
             "GOTRUE_JWT_SECRET": s.jwt_secret,
         }
+        if cfg.smtp is not None and s.smtp_password:
+            auth["GOTRUE_SMTP_PASS"] = s.smtp_password
+        return auth
     if name == "storage":
         return {
             "DATABASE_URL": _db_url(cfg, "supabase_storage_admin", s.postgres_password),

@@ -11,14 +11,15 @@ machine, the volume only when data deletion is allowed, then the row is soft-del
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
-import pulumi_random as random
 
 from components.catalog import ResolvedImage
-from components.config import SiloConfig, TownConfig
-from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlySecrets, FlyVolume
+from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
+from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlyMachinesReady, FlySecrets, FlyVolume
+from components.generated import GeneratedSecret
 from components.r2 import R2TownCredentials
 from components.registry import TownRecord, TownRegistration
 from components.render import render_file
@@ -122,19 +123,32 @@ class TownSandbox(pulumi.ComponentResource):
         )
         town_id = self.registration.town_id
         # A data-holding app is retained on destroy: deleting a Fly app deletes its volumes.
+        # The town runs hostile agent code: its own network, shared with no silo and no other town, so its
+        # private (6PN, Flycast) reach ends at itself; it talks to the world only through public addresses.
         self.app = FlyApp(
-            sid, name=sid, org=cfg.fly_org, keep_volumes=keeps_data, opts=child(self.registration, retain=keeps_data)
+            sid,
+            name=sid,
+            org=cfg.fly_org,
+            keep_volumes=keeps_data,
+            network=town.network,
+            allow_network_change=cfg.network_migration,
+            opts=child(self.registration, retain=keeps_data),
         )
         self.ip = FlyIpAssignment(f"{sid}-ip-private-v6", app=self.app.name, type="private_v6", opts=child(self.app))
-        self.internal_api_key = random.RandomPassword(
-            f"{sid}-internal-api-key", length=48, special=False, opts=child()
-        ).result
+        self.internal_api_key = GeneratedSecret(f"{sid}-internal-api-key", length=48, opts=child()).result
         self.r2 = R2TownCredentials(
             f"{sid}-r2-credentials", town_id=town_id, bucket=control.bucket, opts=child(self.registration)
         )
         kilo_jwt = pulumi.Config("silo").get_secret("kiloJwt")
+        # Private rigs: the town's credential store, only ever a Fly secret (never the URL, see config).
+        git_credentials = pulumi.Config("silo").get_secret(GIT_CREDENTIALS_KEY)
         values = pulumi.Output.all(
-            self.r2.access_key_id, self.r2.secret_access_key, self.r2.session_token, self.internal_api_key, kilo_jwt
+            self.r2.access_key_id,
+            self.r2.secret_access_key,
+            self.r2.session_token,
+            self.internal_api_key,
+            kilo_jwt,
+            git_credentials,
         ).apply(_secret_values)
         self.secrets = FlySecrets(f"{sid}-secrets", app=self.app.name, values=values, opts=child(self.app))
         self.volume = FlyVolume(
@@ -162,39 +176,65 @@ class TownSandbox(pulumi.ComponentResource):
             min_secrets_version=self.secrets.version,
             metadata={"silo_id": cfg.silo_id, "gastown_sandbox_id": sid, "silo_image_tag": image.tag},
             pre_stop_exec=FLUSH_COMMAND,
-            ready_timeout_s=cfg.ready_timeout_seconds,
             opts=child(self.ip, self.secrets, self.volume),
         )
+        self.town_id = town_id
+        self.record: TownRecord | None = None
+        self.outputs: dict[str, Any] = {}
+
+    def record_when_ready(self, ready: FlyMachinesReady) -> None:
+        """The registry row gets the Fly ids and `running`/`stopped` once the machine is found so."""
+        town = self.town
         self.record = TownRecord(
-            f"{sid}-record",
-            town_id=town_id,
+            f"{town.sandbox_id}-record",
+            town_id=self.town_id,
             status=town.state,
             fly_machine_id=self.machine.machine_id,
             fly_volume_id=self.volume.volume_id,
             rigs=[{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs],
-            opts=child(self.machine),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.machine, ready]),
         )
-        self.outputs: dict[str, Any] = {
-            "sandbox_id": sid,
-            "town_id": town_id,
+        self.outputs = {
+            "sandbox_id": town.sandbox_id,
+            "town_id": self.town_id,
             "app": self.app.name,
-            "internal_url": f"http://{sid}.flycast:{INTERNAL_PORT}",
+            "internal_url": f"http://{town.sandbox_id}.flycast:{INTERNAL_PORT}",
             "machine_id": self.machine.machine_id,
-            "state": self.machine.state,
+            "state": pulumi.Output.all(ready.states, self.machine.machine_id).apply(
+                lambda v: (v[0] or {}).get(v[1], "unknown")
+            ),
             "volume_id": self.volume.volume_id,
             "rigs": [r.name for r in town.rigs],
         }
-        self.register_outputs({"sandbox_id": sid})
+        self.register_outputs({"sandbox_id": town.sandbox_id})
+
+
+def town_sandboxes(
+    cfg: SiloConfig, image: ResolvedImage, control: ControlPlaneRef, after: Sequence[pulumi.Resource] = ()
+) -> list[TownSandbox]:
+    """Every town of the silo, with one gate that waits for all their machines at once (a gate per town
+    would hold a provider slot per booting town: bench/run.py), and then each town's registry row."""
+    sandboxes = [TownSandbox(cfg, town, image, control) for town in cfg.towns]
+    machines = [s.machine for s in sandboxes]
+    ready = FlyMachinesReady(
+        f"{cfg.silo_id}-towns-ready",
+        machines=machines,
+        timeout_s=cfg.ready_timeout_seconds,
+        opts=pulumi.ResourceOptions(depends_on=[*machines, *after]),
+    )
+    for sandbox in sandboxes:
+        sandbox.record_when_ready(ready)
+    return sandboxes
 
 
 def _secret_values(values: list[Any]) -> dict[str, str]:
-    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt = values
+    access_key_id, secret_access_key, session_token, internal_api_key, kilo_jwt, git_credentials = values
     out = {
         "R2_ACCESS_KEY_ID": access_key_id,
         "R2_SECRET_ACCESS_KEY": secret_access_key,
         "R2_SESSION_TOKEN": session_token,
         "INTERNAL_API_KEY": internal_api_key,
+        "KILO_JWT": kilo_jwt,
+        GIT_CREDENTIALS_SECRET: git_credentials,
     }
-    if kilo_jwt:
-        out["KILO_JWT"] = kilo_jwt
     return {k: v for k, v in out.items() if v}

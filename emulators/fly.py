@@ -11,19 +11,57 @@ REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every AP
   ``destroy_s``. ``wait`` blocks on a condition variable (the state lock is released meanwhile).
 - Leases (409 without the nonce), whole-config updates with new versions, immutable name/region/mount,
   volume attach rules, secrets as digests only (values are never stored), IP assignments.
+- Private networks: an app lives on one 6PN network of its org (``network`` of app creation, else
+  ``default``); its machines' 6PN addresses and its Flycast addresses carry that network's id, and
+  ``reach(from_app, target)`` says whether a machine of one app could connect to a name or address of
+  another (``.flycast`` / ``.internal`` only within a network, public addresses from anywhere).
+- Platform: ``GET /platform/regions`` and ``POST /platform/placements`` (fly-go flaps_platform.go), with
+  the regions an org may place machines in (every region unless ``set_org_regions`` narrows them).
 - Test control: fault injection by templated route, call log, latency, rate limits (429 +
   Retry-After), all also reachable over HTTP under ``/__emulator/*`` (JSON, no auth).
+
+Strict by default, wherever the real API behaves so (each is documented again where it is modelled):
+
+- A freshly started machine reports an empty ``checks`` list at first (flyctl
+  internal/machine/leasable_machine.go ``WaitForHealthchecksToPass``: "Machine.Checks (runtime status) is
+  empty for freshly-launched machines").
+- A successful exec answers without ``exit_code`` (fly-go machine_types.go ``MachineExecResponse``:
+  ``exit_code,omitempty``, so Go drops the 0), nor empty ``stdout``/``stderr``.
+- A new app answers 404, then 401, before it is visible (fly-go flaps/flaps_apps.go ``WaitForApp``
+  retries exactly those two for up to a minute).
+- A deleted volume passes through ``scheduling_destroy``/``waiting_for_detach``/``pending_destroy``
+  before it disappears (fly-go flaps/flaps_volumes.go ``destroyedVolumeStates``).
+- App deletion answers 202 and completes later; it wants stopped machines or ``force=true`` (DOCS
+  machines/api/apps-resource "Delete an app"; SPEC ``Apps_delete`` 202 Accepted).
+- Secrets are versioned: reads without ``min_version`` come from a replica behind the last write (SPEC
+  ``Secrets_list`` ``min_version``: "Minimum secrets version to return. Returned when setting a new secret").
+- Leases expire; a mutation carrying the nonce of an expired lease is refused (flyctl PR #4313: a stale
+  nonce gave "lease not found").
+- Rate limits: 1 req/s with bursts of 3 per action and per object, Get Machine 5 req/s with bursts of 10,
+  app deletions 100/min (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+  #1630, #1966), answered with 429 and Retry-After.
+- An update of a running machine replaces it a moment later: until then the old version still runs, so
+  only a ``wait`` for the new ``version`` tells when the new one is up (SPEC ``Machines_wait`` version).
+- Flycast (``private_v6``) allocation names the org, and the network when the app has its own (flyctl
+  internal/command/deploy/deploy_first.go sends ``org_slug`` and ``network`` in every ``AssignIP``).
+- Growing a volume under a running machine answers ``needs_restart``: the filesystem grows at the next
+  (re)start (SPEC ``ExtendVolumeResponse``; flyctl internal/command/volumes/extend.go).
+
+The timing of these is in ``LatencyModel`` (set a field to 0 to switch one off where a test needs it);
+``FlyEmulator(rate_limits=False)`` turns the rate limits off.
 
 Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulator/latency``
 (LatencyModel fields), ``POST /__emulator/rate_limits`` ``{"enabled"}``, ``POST /__emulator/fail``
 (the ``fail()`` arguments), ``GET``/``DELETE /__emulator/calls``, ``GET /__emulator/snapshot``,
 ``GET /__emulator/exec_log``, ``POST /__emulator/foreign_apps`` ``{"name", "org"}``,
-``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``, and
+``POST /__emulator/org_regions`` ``{"org", "regions": [...] | null}``,
+``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``,
+``POST /__emulator/reach`` ``{"from", "to"}`` (the ``reach()`` answer; 404 for an unknown app), and
 ``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
 answer, since a Python exec handler cannot travel over HTTP).
 
-Simplifications: a ``version`` given to ``wait`` is required for ``stopped`` but not matched against
-older versions; ``show_secrets`` is ignored because secret values are never stored; a ``created``
+Simplifications: a ``version`` given to ``wait`` is matched only for ``started`` (the version that
+runs); ``show_secrets`` is ignored because secret values are never stored; a ``created``
 (skip_launch) machine does not satisfy ``wait?state=stopped``.
 
 With ``state_file`` the world is loaded at ``start()`` and saved after every mutating call, so the
@@ -35,9 +73,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import ipaddress
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -68,7 +109,6 @@ from emulators._fly_util import (
     machine_id,
     not_found,
     parse_bool,
-    private_ipv6,
     request_id,
     require_bool,
     require_int,
@@ -91,7 +131,29 @@ WAIT_TIMEOUT_MESSAGE = "invalid_argument: invalid WaitMachineRequest.Timeout: va
 RUNNING_STATES = frozenset({"started", "starting", "restarting", "updating", "replacing", "stopping", "suspending"})
 CHECK_STATUSES = frozenset({"passing", "warning", "critical"})
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
+# Fly's region codes (fly.io/docs/reference/regions), as components/config.py knows them.
+PLATFORM_REGIONS = (
+    "ams", "arn", "atl", "bog", "bom", "bos", "cdg", "den", "dfw", "ewr", "eze", "fra", "gdl",
+    "gig", "gru", "hkg", "iad", "jnb", "lax", "lhr", "mad", "mia", "nrt", "ord", "otp", "phx",
+    "qro", "scl", "sea", "sfo", "sin", "sjc", "syd", "waw", "yul", "yyz",
+)  # fmt: skip
+PLACEMENT_LIMIT = 100  # machines an org may place per region, when a placement asks for the limit
+# POSTs that change nothing: a placement is a simulation (fly-go flaps_platform.go GetPlacements).
+READ_ONLY_ROUTES = frozenset({"/v1/platform/placements"})
 STATE_FILE_VERSION = 1
+# Custom private networks (fly.io/docs/networking/custom-private-networks): a name is unique within an
+# org and bound for good to a 32-bit network id, which follows "fdaa:" in every 6PN and Flycast address
+# of the network; names have letters, digits and dashes and start with a letter. An app is created on
+# one network ("default" unless `network` is given) and can never move to another.
+DEFAULT_NETWORK = "default"
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+FIRST_NETWORK_ID = 0x2_0000  # printed as fdaa:2:<n>:..., the shape of the docs' examples
+PUBLIC_IP_TYPES = frozenset({"v6", "v4", "shared_v4"})
+# fly-go flaps/flaps_volumes.go destroyedVolumeStates (fork_cleanup follows a fork, which is not modelled).
+VOLUME_DESTROY_STATES = frozenset(
+    {"scheduling_destroy", "fork_cleanup", "waiting_for_detach", "pending_destroy", "destroying"}
+)
+NONCE_HEADER = "fly-machine-lease-nonce"
 
 
 @dataclass
@@ -101,6 +163,12 @@ class LatencyModel:
     stop_s: float = 0.0  # started -> stopped ("stopping")
     destroy_s: float = 0.0  # -> destroyed ("destroying")
     check_pass_s: float = 0.0  # after "started", checks are "warning" until this has passed, then "passing"
+    # Strict defaults: delays of the real API that a client has to wait out (sources in the module docstring).
+    replace_lag_s: float = 0.2  # an updated running machine keeps running the old version this long
+    app_delete_s: float = 2.0  # DELETE /apps answers 202; the name stays taken until this has passed
+    volume_destroy_s: float = 10.0  # a deleted volume stays listed, in its destroy states, this long
+    secrets_lag_s: float = 2.0  # reads without min_version see the secrets as they were this long ago
+    app_hidden_requests: int = 2  # requests about a new app answered 404, then 401, before it is visible
 
 
 @dataclass
@@ -141,6 +209,8 @@ _ROUTES: list[tuple[str, tuple[str, ...], str]] = [
     ("/v1/apps/{app}/secrets/{name}", ("GET", "POST", "DELETE"), "secret"),
     ("/v1/apps/{app}/ip_assignments", ("GET", "POST"), "ips"),
     ("/v1/apps/{app}/ip_assignments/{ip}", ("DELETE",), "ip"),
+    ("/v1/platform/regions", ("GET",), "platform_regions"),
+    ("/v1/platform/placements", ("POST",), "platform_placements"),
 ]
 ROUTES: frozenset[str] = frozenset(template for template, _, _ in _ROUTES)
 
@@ -160,8 +230,12 @@ def _empty_state() -> dict[str, Any]:
         "ips": {},  # app -> [ip record]
         "secrets": {},  # app -> {name: {digest, created_at, updated_at}}; values are never stored
         "secrets_version": {},  # app -> int
+        "secrets_history": {},  # app -> [{version, at, secrets}]: what a lagging replica can answer
+        "deleting_apps": {},  # name -> time the asynchronous deletion completes (the name is taken until then)
         "shared_v4": f"66.241.124.{secrets.randbelow(254) + 1}",
-        "counters": {"v6": 0, "v4": 0, "private_v6": 0},
+        "counters": {"v6": 0, "v4": 0, "private_v6": 0, "network": 0},
+        "networks": {},  # "<org>/<network name>" -> network id
+        "org_regions": {},  # org -> the regions it may place machines in (absent: every region)
     }
 
 
@@ -169,7 +243,7 @@ class FlyEmulator:
     def __init__(
         self,
         latency: LatencyModel | None = None,
-        rate_limits: bool = False,
+        rate_limits: bool = True,
         token: str | None = None,
         state_file: Path | None = None,
     ):
@@ -205,8 +279,9 @@ class FlyEmulator:
         self._server = make_server(host, port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://{host}:{self._server.server_port}"
         # A short poll interval keeps stop() quick (shutdown waits for the serve loop to notice).
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fly-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fly-emulator", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -255,6 +330,11 @@ class FlyEmulator:
         with self._cond:
             self._rate_limits = enabled
             self._buckets.clear()
+
+    def set_token(self, token: str | None) -> None:
+        """Accept only `token` from now on (None: any token), as after revoking the old one."""
+        with self._cond:
+            self._token = token
 
     def fail(
         self,
@@ -307,7 +387,11 @@ class FlyEmulator:
                         for mid, m in st["machines"].items()
                         if m["state"] != "destroyed"
                     },
-                    "volumes": {vid: {"app": v["app"], **self._volume_view(v)} for vid, v in st["volumes"].items()},
+                    "volumes": {
+                        vid: {"app": v["app"], **self._volume_view(v), "fs_size_gb": v.get("fs_size_gb", v["size_gb"])}
+                        for vid, v in st["volumes"].items()
+                        if v["state"] not in VOLUME_DESTROY_STATES
+                    },
                     "ips": {app: [dict(ip) for ip in ips] for app, ips in st["ips"].items()},
                     "secrets": {app: {n: s["digest"] for n, s in sec.items()} for app, sec in st["secrets"].items()},
                 }
@@ -321,6 +405,19 @@ class FlyEmulator:
             if name in self._state["apps"]:
                 raise ValueError(f"app {name!r} already exists")
             self._state["apps"][name] = self._new_app(name, org, None, foreign=True)
+            self._save()
+
+    def set_org_regions(self, org: str, regions: list[str] | None) -> None:
+        """Only `regions` are usable by `org` from now on (None: every region), as for an org whose plan
+        or capacity leaves some regions out."""
+        unknown = sorted(set(regions or ()) - set(PLATFORM_REGIONS))
+        if unknown:
+            raise ValueError(f"unknown regions {unknown}")
+        with self._cond:
+            if regions is None:
+                self._state["org_regions"].pop(org, None)
+            else:
+                self._state["org_regions"][org] = list(regions)
             self._save()
 
     def set_exec_handler(self, fn: ExecHandler | None) -> None:
@@ -337,6 +434,85 @@ class FlyEmulator:
                 self._forced_checks.pop((app, machine_id), None)
             else:
                 self._forced_checks[(app, machine_id)] = status
+
+    def reach(self, from_app: str, target: str) -> dict:
+        """Could a machine of ``from_app`` open a connection to ``target``?
+
+        ``target`` is ``<app>.flycast``, ``<app>.internal``, ``<app>.fly.dev`` or an IP address. Answers
+        ``{"reachable", "addresses", "reason"}``. Fly's DNS and routing are scoped to a network
+        (custom-private-networks): ``.flycast`` resolves to the Flycast addresses allocated on the
+        asker's network (an address allocated with ``network`` serves that network, not the app's own;
+        networking/flycast), ``.internal`` to the started machines of an app on the asker's network;
+        public addresses (``v6``, ``v4``, ``shared_v4``) answer everyone. A private address of another
+        network is not routed even when known. Raises ValueError for an unknown ``from_app``.
+        """
+        with self._cond:
+            now = time.time()
+            self._settle_all(now)
+            source = self._state["apps"].get(from_app)
+            if source is None or source["foreign"]:
+                raise ValueError(f"unknown app {from_app!r}")
+            where = (source["org_slug"], source["network"])
+            addresses, reason = self._resolve(where, target.strip().lower().rstrip("."))
+            return {"reachable": bool(addresses), "addresses": addresses, "reason": "" if addresses else reason}
+
+    def can_reach(self, from_app: str, target: str) -> bool:
+        return bool(self.reach(from_app, target)["reachable"])
+
+    def _resolve(self, where: tuple[str, str], target: str) -> tuple[list[str], str]:
+        st = self._state
+        org, network = where
+        here = f"network {network} of org {org}"
+        try:
+            literal = str(ipaddress.ip_address(target))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            for app_name, ips in st["ips"].items():
+                for ip in ips:
+                    if ip["ip"] != literal:
+                        continue
+                    if ip["type"] in PUBLIC_IP_TYPES:
+                        return [literal], ""
+                    if self._ip_network(app_name, ip) == where:
+                        return [literal], ""
+            for m in st["machines"].values():
+                if m["private_ip"] == literal and m["state"] == "started":
+                    owner = st["apps"].get(m["app"])
+                    if owner is not None and (owner["org_slug"], owner["network"]) == where:
+                        return [literal], ""
+            return [], f"{literal} is not routed to {here} (another network, another org, or nobody's address)"
+        name, _, suffix = target.partition(".")
+        app = st["apps"].get(name)
+        if app is None or suffix not in ("flycast", "internal", "fly.dev"):
+            return [], f"{target} does not resolve on {here}"
+        ips = st["ips"].get(name, [])
+        if suffix == "fly.dev":
+            found = [ip["ip"] for ip in ips if ip["type"] in PUBLIC_IP_TYPES]
+            return found, f"{target} does not resolve: the app has no public IP"
+        if suffix == "flycast":
+            found = [ip["ip"] for ip in ips if ip["type"] == "private_v6" and self._ip_network(name, ip) == where]
+            return found, f"{target} does not resolve on {here} (no Flycast address of the app on it)"
+        if (app["org_slug"], app["network"]) != where:
+            return [], f"{target} does not resolve on {here}"
+        found = [m["private_ip"] for m in st["machines"].values() if m["app"] == name and m["state"] == "started"]
+        return found, f"{target} does not resolve: .internal lists started machines only, and the app has none"
+
+    def _ip_network(self, app_name: str, ip: dict) -> tuple[str, str]:
+        """(org, network) a private IP belongs to (older state files did not record it: the app's own)."""
+        app = self._state["apps"].get(app_name) or {}
+        return ip.get("org_slug") or app.get("org_slug", ""), ip.get("network") or app.get("network", DEFAULT_NETWORK)
+
+    def _network_prefix(self, org: str, network: str) -> str:
+        """``fdaa:<hi>:<lo>``: the first 48 bits of every private address of that network."""
+        networks = self._state.setdefault("networks", {})
+        key = f"{org}/{network}"
+        if key not in networks:
+            counters = self._state["counters"]
+            counters["network"] = counters.get("network", 0) + 1
+            networks[key] = FIRST_NETWORK_ID + counters["network"]
+        net = networks[key]
+        return f"fdaa:{net >> 16:x}:{net & 0xFFFF:x}"
 
     # -- persistence --------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -389,10 +565,16 @@ class FlyEmulator:
             if self._latency.call_s > 0:
                 time.sleep(self._latency.call_s)  # never under the lock
             response = self._dispatch(request, method, route, args, extra)
-        mutating = method not in ("GET", "HEAD")
+        mutating = method not in ("GET", "HEAD") and route not in READ_ONLY_ROUTES
         with self._cond:
-            call = {"method": method, "route": route, "path": request.path, "status": response.status_code,
-                    "mutating": mutating, "t": started}
+            call = {
+                "method": method,
+                "route": route,
+                "path": request.path,
+                "status": response.status_code,
+                "mutating": mutating,
+                "t": started,
+            }
             call.update(extra)
             self._calls.append(call)
             if mutating:
@@ -408,7 +590,7 @@ class FlyEmulator:
         fault = self._take_fault(method, route)
         if fault is not None and not fault.after_effect:
             return _fault_response(fault)
-        limited = self._rate_limit(method, route, args)
+        limited = self._rate_limit(request, method, route, args)
         if limited is not None:
             return limited
         try:
@@ -450,17 +632,27 @@ class FlyEmulator:
                 return fault
         return None
 
-    def _rate_limit(self, method: str, route: str, args: dict) -> Response | None:
-        mutating = method not in ("GET", "HEAD")
-        get_machine = method == "GET" and route == "/v1/apps/{app}/machines/{machine_id}"
-        if not (mutating or get_machine):
-            return None
-        subject = str(args.get("machine_id") or args.get("app") or "-")
-        rate, burst = (1.0, 3) if mutating else (5.0, 10)
+    def _rate_limit(self, request: Request, method: str, route: str, args: dict) -> Response | None:
+        """Fly's documented limits (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+        #1630 and #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action, GETs
+        by id included; Get Machine 5 req/s with bursts of 10; app deletions 100/min."""
+        method = "GET" if method == "HEAD" else method
+        action = f"{method} {route}"
+        if method == "POST" and route.endswith("/lease") and request.headers.get(NONCE_HEADER):
+            action += " (refresh)"  # fly-go counts acquiring and refreshing as two actions (flaps/actions.go)
+        subject = str(args.get("machine_id") or args.get("volume_id") or args.get("app") or "")
+        if not subject and route == "/v1/apps":
+            # Creating an app is an action on the app it names; listing is one on the org.
+            subject = str(request.args.get("org_slug") or "") if method == "GET" else _body_name(request)
+        rate, burst = 1.0, 3
+        if method == "GET" and route == "/v1/apps/{app}/machines/{machine_id}":
+            rate, burst = 5.0, 10
+        elif method == "DELETE" and route == "/v1/apps/{app}":
+            rate, burst, subject = 100 / 60, 100, "*"
         with self._cond:
             if not self._rate_limits:
                 return None
-            wait_s = self._buckets.take((f"{method} {route}", subject), rate, burst, time.monotonic())
+            wait_s = self._buckets.take((action, subject or "*"), rate, burst, time.monotonic())
         if wait_s is None:
             return None
         response = _json_response(429, {"error": "rate limit exceeded", "status": "unknown"})
@@ -480,7 +672,10 @@ class FlyEmulator:
                 unknown = set(body) - known
                 if unknown:
                     raise ApiError(400, f"unknown latency keys {sorted(unknown)}; known: {sorted(known)}")
-                self.set_latency(LatencyModel(**{k: float(v) for k, v in body.items()}))
+                types = {f.name: f.type for f in fields(LatencyModel)}
+                self.set_latency(
+                    LatencyModel(**{k: int(v) if types[k] in (int, "int") else float(v) for k, v in body.items()})
+                )
             elif (method, action) == ("POST", "rate_limits"):
                 self.set_rate_limits(require_bool(body, "enabled", False))
             elif (method, action) == ("POST", "fail"):
@@ -488,10 +683,13 @@ class FlyEmulator:
                     if not isinstance(body.get(key), str):
                         raise ApiError(400, f"{key} is required")
                 self.fail(
-                    body["method"], body["route"], nth=require_int(body, "nth", default=1) or 1,
+                    body["method"],
+                    body["route"],
+                    nth=require_int(body, "nth", default=1) or 1,
                     status=require_int(body, "status", default=500) or 500,
                     after_effect=require_bool(body, "after_effect", False),
-                    times=require_int(body, "times", default=1) or 1, body=body.get("body"),
+                    times=require_int(body, "times", default=1) or 1,
+                    body=body.get("body"),
                 )
             elif (method, action) == ("GET", "calls"):
                 return _json_response(200, self.calls())
@@ -503,8 +701,16 @@ class FlyEmulator:
                 return _json_response(200, self.snapshot())
             elif (method, action) == ("POST", "foreign_apps"):
                 self.add_foreign_app(str(body.get("name", "")), str(body.get("org", "")))
+            elif (method, action) == ("POST", "org_regions"):
+                regions = body.get("regions")
+                self.set_org_regions(str(body.get("org", "")), None if regions is None else list(regions))
             elif (method, action) == ("POST", "check_status"):
                 self.set_check_status(str(body.get("app")), str(body.get("machine_id")), body.get("status"))
+            elif (method, action) == ("POST", "reach"):
+                source = str(body.get("from", ""))
+                if source not in self._state["apps"]:
+                    return _json_response(404, {"error": f"unknown app {source!r}"})
+                return _json_response(200, self.reach(source, str(body.get("to", ""))))
             elif (method, action) == ("POST", "exec_result"):
                 # A canned exec answer for callers that cannot pass a Python callable (null clears it).
                 result = body.get("result")
@@ -519,9 +725,20 @@ class FlyEmulator:
 
     # -- shared lookups (callers hold the lock) -------------------------------------------------------
     def _new_app(self, name: str, org: str, network: str | None, *, foreign: bool = False) -> dict:
-        return {"id": app_id(), "name": name, "org_slug": org, "network": network or "default",
-                "foreign": foreign, "created_at": time.time(),
-                "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)}
+        self._network_prefix(org, network or DEFAULT_NETWORK)  # the name is bound to an id on first use
+        # Requests about a new app answer 404, then 401, before it is visible (fly-go flaps_apps.go WaitForApp
+        # retries both for up to a minute): the answers still owed are kept on the record.
+        hidden = [] if foreign else [404 if i % 2 == 0 else 401 for i in range(int(self._latency.app_hidden_requests))]
+        return {
+            "hidden": hidden,
+            "id": app_id(),
+            "name": name,
+            "org_slug": org,
+            "network": network or DEFAULT_NETWORK,
+            "foreign": foreign,
+            "created_at": time.time(),
+            "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16),
+        }
 
     def _app(self, name: str) -> dict:
         app = self._state["apps"].get(name)
@@ -529,7 +746,16 @@ class FlyEmulator:
             raise not_found()
         if app["foreign"]:
             raise ApiError(403, "unauthorized")
+        if app.get("hidden"):
+            if app["hidden"].pop(0) == 401:
+                raise ApiError(401, "Authenticate: token validation error")
+            raise not_found()
         return app
+
+    def _purge_deleted_apps(self, now: float) -> None:
+        deleting = self._state["deleting_apps"]
+        for name in [n for n, until in deleting.items() if until <= now]:
+            del deleting[name]
 
     def _machine(self, app: str, mid: str, now: float, *, include_deleted: bool = False) -> dict:
         self._app(app)
@@ -544,29 +770,64 @@ class FlyEmulator:
     def _volume(self, app: str, vid: str) -> dict:
         self._app(app)
         v = self._state["volumes"].get(vid)
+        if v is not None:
+            self._settle_volume(v, time.time())
+            v = self._state["volumes"].get(vid)
         if v is None or v["app"] != app:
             raise not_found()
         return v
 
+    def _settle_volume(self, v: dict, now: float) -> None:
+        """A deleted volume's way out (fly-go flaps/flaps_volumes.go destroyedVolumeStates): waiting_for_detach
+        while its machine is still being destroyed, then scheduling_destroy and pending_destroy for
+        ``volume_destroy_s`` in all, then gone."""
+        if v["state"] == "waiting_for_detach":
+            if self._volume_holder(v, now) is not None:
+                return
+            v["state"], v["destroy_at"] = "scheduling_destroy", now
+        if v["state"] not in ("scheduling_destroy", "pending_destroy"):
+            return
+        elapsed = now - v.get("destroy_at", now)
+        if elapsed >= self._latency.volume_destroy_s:
+            self._state["volumes"].pop(v["id"], None)
+        elif elapsed >= self._latency.volume_destroy_s / 2:
+            v["state"] = "pending_destroy"
+
     def _app_view(self, app: dict) -> dict:
-        machines = [m for m in self._state["machines"].values() if m["app"] == app["name"]
-                    and m["state"] != "destroyed"]
+        machines = [
+            m for m in self._state["machines"].values() if m["app"] == app["name"] and m["state"] != "destroyed"
+        ]
         volumes = [v for v in self._state["volumes"].values() if v["app"] == app["name"]]
         org = app["org_slug"]
         return {
-            "id": app["id"], "name": app["name"],
+            "id": app["id"],
+            "name": app["name"],
             "status": "deployed" if any(m["state"] == "started" for m in machines) else "pending",
             "organization": {"name": org, "slug": org, "internal_numeric_id": app["internal_numeric_id"]},
-            "network": app["network"], "machine_count": len(machines), "volume_count": len(volumes),
-            "internal_numeric_id": app["internal_numeric_id"], "org_slug": org, "foreign": app["foreign"],
+            "network": app["network"],
+            "machine_count": len(machines),
+            "volume_count": len(volumes),
+            "internal_numeric_id": app["internal_numeric_id"],
+            "org_slug": org,
+            "foreign": app["foreign"],
         }
 
     # -- machine lifecycle (timestamps, no timers) -----------------------------------------------------
     def _settle_all(self, now: float) -> None:
         for m in self._state["machines"].values():
             self._settle(m, now)
+        for v in list(self._state["volumes"].values()):
+            self._settle_volume(v, now)
+        self._purge_deleted_apps(now)
 
     def _settle(self, m: dict, now: float) -> None:
+        replace_at = m.get("replace_at")
+        if replace_at is not None and now >= replace_at:
+            # flyd gets to the queued update: the old version stops and the new one boots.
+            m["replace_at"] = None
+            m["state"], m["settles_to"], m["settles_at"] = "replacing", "started", replace_at + self._latency.boot_s
+            m["updated_at"] = replace_at
+            self._event(m, "replacing", replace_at)
         at = m.get("settles_at")
         if at is None or now < at:
             return
@@ -575,6 +836,12 @@ class FlyEmulator:
         m["updated_at"] = at
         if final == "started":
             m["started_at"] = at
+            m["running_version"] = m["instance_id"]
+            # Each start of an instance begins without health-check reports (see _checks).
+            m["checks_reported"] = False
+            for v in self._state["volumes"].values():
+                if v.get("attached_machine_id") == m["id"]:
+                    v["fs_size_gb"] = v["size_gb"]  # a grown volume's filesystem grows when the machine (re)starts
         if final == "destroyed":
             m["lease"] = None
             for v in self._state["volumes"].values():
@@ -583,32 +850,53 @@ class FlyEmulator:
         self._event(m, final, at)
 
     def _transition(self, m: dict, transient: str, final: str, duration: float, now: float) -> None:
+        m["replace_at"] = None  # a stop, restart or destroy overtakes a queued replacement
         m["state"], m["settles_to"], m["settles_at"] = transient, final, now + max(duration, 0.0)
         m["updated_at"] = now
         self._settle(m, now)
 
     def _event(self, m: dict, kind: str, at: float, status: str | None = None) -> None:
-        m["events"].append({"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd",
-                            "timestamp": int(at * 1000)})
+        m["events"].append(
+            {"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd", "timestamp": int(at * 1000)}
+        )
         del m["events"][:-50]
 
     def _check_lease(self, m: dict, request: Request, now: float) -> None:
         lease = m.get("lease")
+        if lease and lease["expires_at"] <= now:
+            lease = m["lease"] = None
+        nonce = request.headers.get(NONCE_HEADER)
         if not lease:
+            # Leases expire: a writer still sending the nonce of an expired (or released) lease is refused,
+            # not let through (flyctl PR #4313, "lease not found" from a stale nonce).
+            if nonce:
+                raise ApiError(
+                    409,
+                    f"aborted: lease not found for machine {m['id']} (nonce {nonce} expired or was released)",
+                    "unknown",
+                )
             return
-        if lease["expires_at"] <= now:
-            m["lease"] = None
-            return
-        if request.headers.get("fly-machine-lease-nonce") != lease["nonce"]:
-            raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
-                                f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+        if nonce != lease["nonce"]:
+            raise ApiError(
+                409,
+                f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                f"expires at {rfc3339(lease['expires_at'])}",
+                "unknown",
+            )
 
-    def _checks(self, m: dict, now: float) -> list[dict]:
+    def _checks(self, m: dict, now: float, *, observe: bool = False) -> list[dict]:
         cfg = m["config"]
         names = list((cfg.get("checks") or {}).keys())
         for svc in cfg.get("services") or []:
             for j, check in enumerate(svc.get("checks") or []):
                 names.append(f"servicecheck-{j:02d}-{check.get('type', 'tcp')}-{svc.get('internal_port')}")
+        if names and m["state"] == "started" and not m.get("checks_reported"):
+            # A freshly started instance has no check reports yet: the first read sees an empty list (flyctl
+            # internal/machine/leasable_machine.go WaitForHealthchecksToPass counts the configured checks
+            # because "Machine.Checks (runtime status) is empty for freshly-launched machines").
+            if observe:
+                m["checks_reported"] = True
+            return []
         forced = self._forced_checks.get((m["app"], m["id"]))
         if forced is not None:
             status, output, updated = forced, f"status forced to {forced} by the emulator", now
@@ -621,18 +909,24 @@ class FlyEmulator:
             updated = m.get("started_at", now) + self._latency.check_pass_s
         return [{"name": n, "status": status, "output": output, "updated_at": rfc3339_ms(updated)} for n in names]
 
-    def _machine_view(self, m: dict, now: float, *, summary: bool = False) -> dict:
+    def _machine_view(self, m: dict, now: float, *, summary: bool = False, observe: bool = False) -> dict:
         view: dict[str, Any] = {
-            "id": m["id"], "name": m["name"], "state": m["state"], "region": m["region"],
-            "instance_id": m["instance_id"], "private_ip": m["private_ip"],
+            "id": m["id"],
+            "name": m["name"],
+            "state": m["state"],
+            "region": m["region"],
+            "instance_id": m["instance_id"],
+            "private_ip": m["private_ip"],
             "image_ref": _image_ref(m["config"].get("image", "")),
-            "created_at": rfc3339(m["created_at"]), "updated_at": rfc3339(m["updated_at"]),
-            "host_status": "ok", "cordoned": m.get("cordoned", False),
+            "created_at": rfc3339(m["created_at"]),
+            "updated_at": rfc3339(m["updated_at"]),
+            "host_status": "ok",
+            "cordoned": m.get("cordoned", False),
         }
         if not summary:
             view["config"] = copy.deepcopy(m["config"])
             view["events"] = list(reversed(m["events"][-20:]))
-            view["checks"] = self._checks(m, now)
+            view["checks"] = self._checks(m, now, observe=observe)
         return view
 
     def _validate_config(self, body: dict) -> dict:
@@ -643,8 +937,14 @@ class FlyEmulator:
         image = config.get("image")
         if not isinstance(image, str) or not image.strip():
             raise ApiError(400, "invalid config.image: an image is required")
-        for key, kind in (("env", dict), ("metadata", dict), ("checks", dict), ("services", list),
-                          ("mounts", list), ("guest", dict)):
+        for key, kind in (
+            ("env", dict),
+            ("metadata", dict),
+            ("checks", dict),
+            ("services", list),
+            ("mounts", list),
+            ("guest", dict),
+        ):
             if config.get(key) is not None and not isinstance(config[key], kind):
                 raise ApiError(400, f"invalid config.{key}: must be {'an object' if kind is dict else 'a list'}")
         for section in ("env", "metadata"):
@@ -661,14 +961,18 @@ class FlyEmulator:
             if "autostop" in svc:
                 svc["autostop"] = _normalize_autostop(svc["autostop"], f"config.services[{i}].autostop")
             if "autostart" in svc and not isinstance(svc["autostart"], bool):
-                raise ApiError(400, f"invalid config.services[{i}].autostart: must be a boolean, "
-                                    f"got {svc['autostart']!r}")
+                raise ApiError(
+                    400, f"invalid config.services[{i}].autostart: must be a boolean, got {svc['autostart']!r}"
+                )
         mounts = config.get("mounts") or []
         if len(mounts) > 1:
             raise ApiError(400, "invalid config.mounts: a machine can mount at most one volume")
         for i, mount in enumerate(mounts):
-            if not isinstance(mount, dict) or not isinstance(mount.get("volume"), str) \
-                    or not isinstance(mount.get("path"), str):
+            if (
+                not isinstance(mount, dict)
+                or not isinstance(mount.get("volume"), str)
+                or not isinstance(mount.get("path"), str)
+            ):
                 raise ApiError(400, f"invalid config.mounts[{i}]: volume and path are required")
         return config
 
@@ -676,24 +980,32 @@ class FlyEmulator:
         wanted = require_int(body, "min_secrets_version", lo=0)
         current = self._state["secrets_version"].get(app, 0)
         if wanted is not None and wanted > current:
-            raise ApiError(422, f"min_secrets_version {wanted} is newer than the app's secrets version {current}",
-                           "unknown")
+            raise ApiError(
+                422, f"min_secrets_version {wanted} is newer than the app's secrets version {current}", "unknown"
+            )
 
     def _lease_record(self, request: Request, m: dict, ttl: int, description: str, now: float) -> dict:
         token = request.headers.get("Authorization", "").partition(" ")[2].strip()
         owner = hashlib.sha256(token.encode()).hexdigest()[:12] + "@tokens.fly.io"
-        return {"nonce": lease_nonce(), "expires_at": int(now + ttl), "owner": owner,
-                "description": description, "version": m["instance_id"]}
+        return {
+            "nonce": lease_nonce(),
+            "expires_at": math.ceil(now + ttl),
+            "owner": owner,
+            "description": description,
+            "version": m["instance_id"],
+        }
 
     # -- apps -------------------------------------------------------------------------------------------
     def _h_apps(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
         with self._cond:
+            self._purge_deleted_apps(time.time())
             if method == "GET":
                 org = request.args.get("org_slug")
                 if not org:
                     raise ApiError(400, "org_slug is required")
-                apps = [self._app_view(a) for a in self._state["apps"].values()
-                        if a["org_slug"] == org and not a["foreign"]]
+                apps = [
+                    self._app_view(a) for a in self._state["apps"].values() if a["org_slug"] == org and not a["foreign"]
+                ]
                 for a in apps:
                     a.pop("foreign")
                     a.pop("org_slug")
@@ -708,17 +1020,31 @@ class FlyEmulator:
             network = body.get("network")
             if network is not None and not isinstance(network, str):
                 raise ApiError(400, "invalid network: must be a string")
+            if network and not NETWORK_NAME_RE.match(network):
+                raise ApiError(
+                    422,
+                    f"invalid network name {network!r}: letters, numbers and dashes, starting with a letter",
+                    "unknown",
+                )
             if not APP_NAME_RE.match(name):
-                raise ApiError(422, f"Validation failed: app name {name!r} must consist of only lowercase "
-                                    "letters, numbers, and dashes, at most 63 characters, not starting or "
-                                    "ending with a dash", "unknown")
-            if name in self._state["apps"]:  # app names are global across all of Fly.io
+                raise ApiError(
+                    422,
+                    f"Validation failed: app name {name!r} must consist of only lowercase "
+                    "letters, numbers, and dashes, at most 63 characters, not starting or "
+                    "ending with a dash",
+                    "unknown",
+                )
+            # App names are global across all of Fly.io, and an app being deleted keeps its name until the
+            # (asynchronous) deletion has finished.
+            if name in self._state["apps"] or name in self._state["deleting_apps"]:
                 raise ApiError(422, "Name has already been taken", "name_taken")
             app = self._state["apps"][name] = self._new_app(name, org, network)
             return 201, {"id": app["id"], "created_at": int(app["created_at"] * 1000)}
 
     def _h_app(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
+            now = time.time()
+            self._purge_deleted_apps(now)
             record = self._app(app)
             if method == "GET":
                 view = self._app_view(record)
@@ -726,15 +1052,54 @@ class FlyEmulator:
                 view.pop("org_slug")
                 return 200, view
             st = self._state
+            # "force=true stops all Machines and deletes immediately"; without it Machines should be stopped
+            # first (DOCS machines/api/apps-resource, Delete an app).
+            self._settle_all(now)
+            running = [m["id"] for m in st["machines"].values() if m["app"] == app and m["state"] in RUNNING_STATES]
+            if running and not parse_bool(request.args.get("force")):
+                raise ApiError(
+                    412,
+                    f"failed_precondition: app {app} has running machines ({', '.join(running)}); "
+                    "stop them first or delete with force=true",
+                    "unknown",
+                )
             for mid in [mid for mid, m in st["machines"].items() if m["app"] == app]:
                 del st["machines"][mid]
                 self._forced_checks.pop((app, mid), None)
             for vid in [vid for vid, v in st["volumes"].items() if v["app"] == app]:
                 del st["volumes"][vid]
-            for key in ("ips", "secrets", "secrets_version"):
+            for key in ("ips", "secrets", "secrets_version", "secrets_history"):
                 st[key].pop(app, None)
             del st["apps"][app]
+            # 202 Accepted (SPEC Apps_delete): the deletion completes later, and the name is taken until then.
+            if self._latency.app_delete_s > 0:
+                st["deleting_apps"][app] = now + self._latency.app_delete_s
             return 202, None
+
+    # -- platform ---------------------------------------------------------------------------------------
+    def _h_platform_regions(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
+        regions = [
+            {"code": code, "name": code, "gateway_available": True, "requires_paid_plan": False, "deprecated": False}
+            for code in PLATFORM_REGIONS
+        ]
+        return 200, {"Regions": regions, "Nearest": DEFAULT_REGION}
+
+    def _h_platform_placements(self, request: Request, method: str, extra: dict) -> tuple[int, Any]:
+        body = _json_body(request)
+        org = body.get("org_slug")
+        if not isinstance(org, str) or not org:
+            raise ApiError(400, "org_slug is required")
+        asked = [r.strip() for r in str(body.get("region") or "any").split(",") if r.strip()]
+        unknown = [r for r in asked if r != "any" and r not in PLATFORM_REGIONS]
+        if unknown:
+            raise ApiError(400, f"unknown region {unknown[0]!r}")
+        count = body.get("count") or 0
+        with self._cond:
+            usable = self._state["org_regions"].get(org, list(PLATFORM_REGIONS))
+        wanted = usable if "any" in asked else [r for r in asked if r in usable]
+        # Count 0 asks for the org's limit in each region (fly-go GetPlacementsRequest.Count).
+        placed = int(count) if isinstance(count, int) and count > 0 else PLACEMENT_LIMIT
+        return 200, {"regions": [{"region": r, "count": placed, "concurrency": 0} for r in wanted]}
 
     # -- machines ---------------------------------------------------------------------------------------
     def _h_machines(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
@@ -769,7 +1134,7 @@ class FlyEmulator:
             meta = m["config"].get("metadata") or {}
             if any(meta.get(k) != v for k, v in wanted_meta.items()):
                 continue
-            out.append(self._machine_view(m, now, summary=summary))
+            out.append(self._machine_view(m, now, summary=summary, observe=True))
         return out
 
     def _create_machine(self, request: Request, app: str, body: dict, now: float) -> dict:
@@ -780,8 +1145,11 @@ class FlyEmulator:
         live = [m for m in self._state["machines"].values() if m["app"] == app and m["state"] != "destroyed"]
         taken = next((m for m in live if name and m["name"] == name), None)
         if taken is not None:
-            raise ApiError(422, f'unique machine name violation, machine ID {taken["id"]} already exists '
-                                f'with name "{name}"', "unknown")
+            raise ApiError(
+                422,
+                f'unique machine name violation, machine ID {taken["id"]} already exists with name "{name}"',
+                "unknown",
+            )
         region = body.get("region")
         if region is not None and (not isinstance(region, str) or not region):
             raise ApiError(400, "invalid region: must be a region code")
@@ -791,12 +1159,25 @@ class FlyEmulator:
         mount_volume = None
         for mount in config.get("mounts") or []:
             mount_volume = self._state["volumes"].get(mount["volume"])
+            if mount_volume is not None:
+                self._settle_volume(mount_volume, now)
+                mount_volume = self._state["volumes"].get(mount["volume"])
+            if mount_volume is not None and mount_volume["state"] in VOLUME_DESTROY_STATES:
+                raise ApiError(
+                    400,
+                    f"invalid config.mounts[0].volume: volume {mount['volume']} is being destroyed "
+                    f"({mount_volume['state']})",
+                )
             if mount_volume is None or mount_volume["app"] != app:
-                raise ApiError(400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found "
-                                    f"in app {app}")
+                raise ApiError(
+                    400, f"invalid config.mounts[0].volume: volume {mount['volume']!r} not found in app {app}"
+                )
         app_volumes = [v for v in self._state["volumes"].values() if v["app"] == app]
-        region = region or (mount_volume or {}).get("region") or (
-            app_volumes[0]["region"] if app_volumes else DEFAULT_REGION)
+        region = (
+            region
+            or (mount_volume or {}).get("region")
+            or (app_volumes[0]["region"] if app_volumes else DEFAULT_REGION)
+        )
         if mount_volume is not None:
             self._check_attachable(mount_volume, region, None, now)
         mid = machine_id()
@@ -804,10 +1185,22 @@ class FlyEmulator:
             mid = machine_id()
         instance = ulid(now)
         m = {
-            "id": mid, "app": app, "name": name or _machine_name(), "region": region, "instance_id": instance,
-            "private_ip": private_ipv6(), "config": config, "created_at": now, "updated_at": now,
-            "state": "created", "settles_to": None, "settles_at": None, "events": [], "lease": None,
-            "cordoned": False, "versions": [{"version": instance, "user_config": copy.deepcopy(config)}],
+            "id": mid,
+            "app": app,
+            "name": name or _machine_name(),
+            "region": region,
+            "instance_id": instance,
+            "private_ip": self._machine_6pn(app),
+            "config": config,
+            "created_at": now,
+            "updated_at": now,
+            "state": "created",
+            "settles_to": None,
+            "settles_at": None,
+            "events": [],
+            "lease": None,
+            "cordoned": False,
+            "versions": [{"version": instance, "user_config": copy.deepcopy(config)}],
         }
         self._state["machines"][mid] = m
         if mount_volume is not None:
@@ -821,10 +1214,19 @@ class FlyEmulator:
             view["nonce"] = m["lease"]["nonce"]
         return view
 
+    def _machine_6pn(self, app: str) -> str:
+        """A machine's 6PN address: its network's prefix, then host and machine bits (private-networking)."""
+        record = self._state["apps"][app]
+        groups = [secrets.token_hex(2).lstrip("0") or "0" for _ in range(3)]
+        return f"{self._network_prefix(record['org_slug'], record['network'])}:a7b:{':'.join(groups)}:2"
+
     def _check_attachable(self, volume: dict, region: str, mid: str | None, now: float) -> None:
         if volume["region"] != region:
-            raise ApiError(400, f"volume {volume['id']} is in region {volume['region']}, not {region}: a machine "
-                                "must be in its volume's region")
+            raise ApiError(
+                400,
+                f"volume {volume['id']} is in region {volume['region']}, not {region}: a machine "
+                "must be in its volume's region",
+            )
         holder_id = volume.get("attached_machine_id")
         holder = self._state["machines"].get(holder_id) if holder_id else None
         if holder is not None:
@@ -838,7 +1240,7 @@ class FlyEmulator:
             include_deleted = method == "GET" and parse_bool(request.args.get("include_deleted"))
             m = self._machine(app, machine_id, now, include_deleted=include_deleted)
             if method == "GET":
-                view = self._machine_view(m, now)
+                view = self._machine_view(m, now, observe=True)
                 if parse_bool(request.args.get("include_leases")) and m.get("lease"):
                     view["lease"] = dict(m["lease"])
                 return 200, view
@@ -854,17 +1256,26 @@ class FlyEmulator:
         for key in ("name", "region"):
             value = body.get(key)
             if value not in (None, "") and value != m[key]:
-                raise ApiError(400, f"invalid {key}: a machine's {key} cannot be changed "
-                                    f"(machine {m['id']} has {key} {m[key]!r}); create a new machine instead")
+                raise ApiError(
+                    400,
+                    f"invalid {key}: a machine's {key} cannot be changed "
+                    f"(machine {m['id']} has {key} {m[key]!r}); create a new machine instead",
+                )
         old_volumes = [x.get("volume") for x in m["config"].get("mounts") or []]
         new_volumes = [x.get("volume") for x in config.get("mounts") or []]
         if old_volumes != new_volumes:
-            raise ApiError(400, "invalid config.mounts: the mounted volume of a machine cannot be changed "
-                                f"(machine {m['id']} mounts {old_volumes or 'none'}); create a new machine instead")
+            raise ApiError(
+                400,
+                "invalid config.mounts: the mounted volume of a machine cannot be changed "
+                f"(machine {m['id']} mounts {old_volumes or 'none'}); create a new machine instead",
+            )
         current = body.get("current_version")
         if current and current != m["instance_id"]:
-            raise ApiError(412, f"failed_precondition: machine {m['id']} is at version {m['instance_id']}, "
-                                f"not {current}", "unknown")
+            raise ApiError(
+                412,
+                f"failed_precondition: machine {m['id']} is at version {m['instance_id']}, not {current}",
+                "unknown",
+            )
         skip_launch = require_bool(body, "skip_launch", False)
         self._check_secrets_version(m["app"], body)
         m["instance_id"] = ulid(now)
@@ -873,10 +1284,13 @@ class FlyEmulator:
         m["updated_at"] = now
         self._event(m, "update", now, "replaced")
         was_running = m["state"] in RUNNING_STATES
-        if was_running or not skip_launch:
+        if m["state"] == "started" and self._latency.replace_lag_s > 0:
+            # The update is queued: the old version keeps running for a moment, then the machine is replaced
+            # (see _settle). Only a wait for the new version (SPEC Machines_wait `version`) tells when it runs.
+            m["replace_at"] = now + self._latency.replace_lag_s
+        elif was_running or not skip_launch:
             # A running machine reboots onto the new config; a stopped one starts unless skip_launch.
-            self._transition(m, "starting" if not was_running else "replacing", "started",
-                             self._latency.boot_s, now)
+            self._transition(m, "starting" if not was_running else "replacing", "started", self._latency.boot_s, now)
         return self._machine_view(m, now)
 
     def _destroy_machine(self, request: Request, m: dict, now: float) -> dict:
@@ -884,8 +1298,12 @@ class FlyEmulator:
         if m["state"] == "destroying":
             return {"ok": True}
         if m["state"] in RUNNING_STATES and not force:
-            raise ApiError(412, "failed_precondition: unable to destroy machine, not currently stopped, "
-                                "suspended, or failed (use force=true)", "unknown")
+            raise ApiError(
+                412,
+                "failed_precondition: unable to destroy machine, not currently stopped, "
+                "suspended, or failed (use force=true)",
+                "unknown",
+            )
         self._transition(m, "destroying", "destroyed", self._latency.destroy_s, now)
         return {"ok": True}
 
@@ -896,27 +1314,28 @@ class FlyEmulator:
             raise ApiError(412, f"failed_precondition: machine {mid} is being destroyed", "unknown")
         return m
 
-    def _h_machine_start(self, request: Request, method: str, extra: dict, app: str,
-                         machine_id: str) -> tuple[int, Any]:
+    def _h_machine_start(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             previous = m["state"]
             if previous not in ("created", "stopped", "suspended", "failed"):
-                raise ApiError(412, f"failed_precondition: unable to start machine from current state: "
-                                    f"'{previous}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to start machine from current state: '{previous}'", "unknown"
+                )
             self._transition(m, "starting", "started", self._latency.boot_s, now)
             return 200, {"previous_state": previous, "migrated": False, "new_host": ""}
 
-    def _h_machine_stop(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_stop(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         sig = body.get("signal")
         if sig is not None and sig not in SIGNALS:
             raise ApiError(400, f"invalid signal {sig!r}; expected one of {sorted(SIGNALS)}")
         timeout = body.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, str | int)):
-            raise ApiError(400, f"invalid timeout {timeout!r}: a duration such as \"10s\" is expected")
+            raise ApiError(400, f'invalid timeout {timeout!r}: a duration such as "10s" is expected')
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
@@ -924,42 +1343,47 @@ class FlyEmulator:
                 self._transition(m, "stopping", "stopped", self._latency.stop_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_restart(self, request: Request, method: str, extra: dict, app: str,
-                           machine_id: str) -> tuple[int, Any]:
+    def _h_machine_restart(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: unable to restart machine from current state: "
-                                    f"'{m['state']}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to restart machine from current state: '{m['state']}'", "unknown"
+                )
             self._transition(m, "restarting", "started", self._latency.boot_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_suspend(self, request: Request, method: str, extra: dict, app: str,
-                           machine_id: str) -> tuple[int, Any]:
+    def _h_machine_suspend(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: unable to suspend machine from current state: "
-                                    f"'{m['state']}'", "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: unable to suspend machine from current state: '{m['state']}'", "unknown"
+                )
             self._transition(m, "suspending", "suspended", self._latency.stop_s, now)
             return 200, {"ok": True}
 
-    def _h_machine_cordon(self, request: Request, method: str, extra: dict, app: str,
-                          machine_id: str) -> tuple[int, Any]:
+    def _h_machine_cordon(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = True
             return 200, {"ok": True}
 
-    def _h_machine_uncordon(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_uncordon(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             self._mutable_machine(request, app, machine_id, time.time())["cordoned"] = False
             return 200, {"ok": True}
 
-    def _h_machine_wait(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_wait(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         states = [s for v in request.args.getlist("state") for s in v.split(",") if s] or ["started"]
         bad = [s for s in states if s not in WAIT_STATES]
         if bad:
@@ -968,14 +1392,18 @@ class FlyEmulator:
         try:
             timeout = int(raw_timeout.removesuffix("s"))
         except ValueError:
-            raise ApiError(400, f"invalid_argument: invalid timeout {raw_timeout!r}: integer seconds expected") \
-                from None
+            raise ApiError(
+                400, f"invalid_argument: invalid timeout {raw_timeout!r}: integer seconds expected"
+            ) from None
         if not 1 <= timeout <= 60:
             raise ApiError(400, WAIT_TIMEOUT_MESSAGE)
         version = request.args.get("version") or request.args.get("instance_id")
         if "stopped" in states and not version:
-            raise ApiError(400, "invalid_argument: version (instance_id) is required when waiting for a machine "
-                                "to be in the stopped state")
+            raise ApiError(
+                400,
+                "invalid_argument: version (instance_id) is required when waiting for a machine "
+                "to be in the stopped state",
+            )
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -987,6 +1415,10 @@ class FlyEmulator:
                         return 200, {"ok": True, "state": "destroyed"}
                     raise
                 reached = m["state"] in states or ("settled" in states and m["state"] not in TRANSIENT_STATES)
+                if reached and version and m["state"] == "started":
+                    # "started" for a version means that version runs: right after an update the old one still
+                    # does (the replacement is queued, see _update_machine).
+                    reached = m.get("running_version", m["instance_id"]) == version
                 if reached:
                     event_id = m["events"][-1]["id"] if m["events"] else None
                     return 200, {"ok": True, "state": m["state"], "version": m["instance_id"], "event_id": event_id}
@@ -994,16 +1426,22 @@ class FlyEmulator:
                     raise not_found()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ApiError(408, f"deadline_exceeded: machine {machine_id} did not reach state "
-                                        f"{','.join(states)!r} within {timeout}s (state: {m['state']})", "unknown")
+                    raise ApiError(
+                        408,
+                        f"deadline_exceeded: machine {machine_id} did not reach state "
+                        f"{','.join(states)!r} within {timeout}s (state: {m['state']})",
+                        "unknown",
+                    )
                 if self._stopping:
                     raise ApiError(503, "the emulator is shutting down", "unknown")
-                next_change = m["settles_at"] - now if m.get("settles_at") else remaining
+                changes = [t for t in (m.get("settles_at"), m.get("replace_at")) if t is not None]
+                next_change = min(changes) - now if changes else remaining
                 # Releases the lock while sleeping; mutating calls notify to wake us early.
                 self._cond.wait(timeout=max(0.001, min(remaining, next_change + 0.001)))
 
-    def _h_machine_lease(self, request: Request, method: str, extra: dict, app: str,
-                         machine_id: str) -> tuple[int, Any]:
+    def _h_machine_lease(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._machine(app, machine_id, now)
@@ -1021,8 +1459,9 @@ class FlyEmulator:
                 if not lease:
                     raise ApiError(404, "lease not found")
                 if nonce != lease["nonce"]:
-                    raise ApiError(409, f"aborted: lease nonce mismatch; the lease is held by {lease['owner']}",
-                                   "unknown")
+                    raise ApiError(
+                        409, f"aborted: lease nonce mismatch; the lease is held by {lease['owner']}", "unknown"
+                    )
                 m["lease"] = None
                 return 200, None
             body = _json_body(request)
@@ -1034,23 +1473,34 @@ class FlyEmulator:
             ttl = require_int(body, "ttl", default=DEFAULT_LEASE_TTL_S, lo=1) or DEFAULT_LEASE_TTL_S
             description = body.get("description") or ""
             if lease and nonce != lease["nonce"]:
-                raise ApiError(409, f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
-                                    f"expires at {rfc3339(lease['expires_at'])}", "unknown")
+                raise ApiError(
+                    409,
+                    f"aborted: machine ID {m['id']} lease currently held by {lease['owner']}, "
+                    f"expires at {rfc3339(lease['expires_at'])}",
+                    "unknown",
+                )
+            if not lease and nonce:
+                # Refreshing a lease that already expired: it is gone, the caller must acquire a new one.
+                raise ApiError(
+                    409, f"aborted: lease not found for machine {m['id']} (nonce {nonce} expired)", "unknown"
+                )
             if lease:  # refresh by the holder
-                lease["expires_at"] = int(now + ttl)
+                lease["expires_at"] = math.ceil(now + ttl)
                 lease["description"] = description or lease["description"]
             else:
                 lease = m["lease"] = self._lease_record(request, m, ttl, description, now)
             return 200, {"status": "success", "data": dict(lease)}
 
-    def _h_machine_metadata(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_metadata(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             return 200, dict(m["config"].get("metadata") or {})
 
-    def _h_machine_metadata_key(self, request: Request, method: str, extra: dict, app: str, machine_id: str,
-                                key: str) -> tuple[int, Any]:
+    def _h_machine_metadata_key(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str, key: str
+    ) -> tuple[int, Any]:
         with self._cond:
             now = time.time()
             m = self._machine(app, machine_id, now)
@@ -1071,8 +1521,9 @@ class FlyEmulator:
             meta[key] = value
             return 204, None
 
-    def _h_machine_events(self, request: Request, method: str, extra: dict, app: str,
-                          machine_id: str) -> tuple[int, Any]:
+    def _h_machine_events(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         try:
             limit = int(request.args.get("limit", "20"))
         except ValueError:
@@ -1081,14 +1532,14 @@ class FlyEmulator:
             m = self._machine(app, machine_id, time.time())
             return 200, list(reversed(m["events"]))[: max(1, min(limit, 50))]
 
-    def _h_machine_versions(self, request: Request, method: str, extra: dict, app: str,
-                            machine_id: str) -> tuple[int, Any]:
+    def _h_machine_versions(
+        self, request: Request, method: str, extra: dict, app: str, machine_id: str
+    ) -> tuple[int, Any]:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             return 200, [copy.deepcopy(v) for v in reversed(m["versions"])]
 
-    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str,
-                        machine_id: str) -> tuple[int, Any]:
+    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         if isinstance(body.get("command"), list) and body["command"]:
             cmd = body["command"]
@@ -1102,8 +1553,9 @@ class FlyEmulator:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             if m["state"] != "started":
-                raise ApiError(412, f"failed_precondition: machine {machine_id} is {m['state']}, not started",
-                               "unknown")
+                raise ApiError(
+                    412, f"failed_precondition: machine {machine_id} is {m['state']}, not started", "unknown"
+                )
             handler = self._exec_handler
             self._exec_log.append({"app": app, "machine_id": machine_id, "cmd": list(cmd)})
         extra["cmd"] = list(cmd)
@@ -1113,12 +1565,18 @@ class FlyEmulator:
             if not isinstance(answer, dict):
                 raise ApiError(500, f"exec handler returned {type(answer).__name__}, not a dict")
             result.update(answer)
-        return 200, {"exit_code": int(result["exit_code"]), "exit_signal": 0,
-                     "stdout": str(result["stdout"]), "stderr": str(result["stderr"])}
+        # fly-go machine_types.go MachineExecResponse tags every field omitempty: a successful run answers
+        # without exit_code (Go drops the 0), and empty output is left out too.
+        answer = {
+            "exit_code": int(result["exit_code"]),
+            "stdout": str(result["stdout"]),
+            "stderr": str(result["stderr"]),
+        }
+        return 200, {k: v for k, v in answer.items() if v}
 
     # -- volumes ----------------------------------------------------------------------------------------
     def _volume_view(self, v: dict) -> dict:
-        view = {k: val for k, val in v.items() if k != "app"}
+        view = {k: val for k, val in v.items() if k not in ("app", "fs_size_gb", "destroy_at")}
         view["created_at"] = rfc3339(v["created_at"])
         view["attached_alloc_id"] = None
         view["bytes_total"] = v["size_gb"] * 1024**3
@@ -1139,8 +1597,11 @@ class FlyEmulator:
             if not isinstance(name, str) or not name:
                 raise ApiError(400, "invalid name: a volume name is required")
             if not VOLUME_NAME_RE.match(name):
-                raise ApiError(400, f"invalid name {name!r}: volume names may only contain lowercase letters, "
-                                    "numbers, and underscores, and be at most 30 characters")
+                raise ApiError(
+                    400,
+                    f"invalid name {name!r}: volume names may only contain lowercase letters, "
+                    "numbers, and underscores, and be at most 30 characters",
+                )
             region = body.get("region")
             if not isinstance(region, str) or not region:
                 raise ApiError(400, "invalid region: a region is required to create a volume")
@@ -1150,16 +1611,24 @@ class FlyEmulator:
             now = time.time()
             vid = volume_id()
             v = {
-                "id": vid, "app": app, "name": name, "state": "created", "region": region,
+                "id": vid,
+                "app": app,
+                "name": name,
+                "state": "created",
+                "region": region,
                 "zone": secrets.token_hex(2),
                 "size_gb": require_int(body, "size_gb", default=3, lo=1, hi=500),
                 "encrypted": require_bool(body, "encrypted", True),
                 "snapshot_retention": require_int(body, "snapshot_retention", default=5, lo=1, hi=60),
                 "auto_backup_enabled": require_bool(body, "auto_backup_enabled", True),
                 "require_unique_zone": require_bool(body, "require_unique_zone", True),
-                "fstype": fstype, "attached_machine_id": None, "host_status": "ok", "type": "local",
+                "fstype": fstype,
+                "attached_machine_id": None,
+                "host_status": "ok",
+                "type": "local",
                 "created_at": now,
             }
+            v["fs_size_gb"] = v["size_gb"]  # the filesystem the machine sees (grows on a restart, see extend)
             self._state["volumes"][vid] = v
             return 200, self._volume_view(v)
 
@@ -1180,10 +1649,22 @@ class FlyEmulator:
                 return 200, self._volume_view(v)
             if method == "DELETE":
                 holder = self._volume_holder(v, now)
-                if holder is not None:
-                    raise ApiError(412, f"failed_precondition: volume {volume_id} is attached to machine "
-                                        f"{holder['id']}; destroy the machine first", "unknown")
-                del self._state["volumes"][volume_id]
+                if v["state"] in VOLUME_DESTROY_STATES:
+                    pass  # already on its way out: deleting again changes nothing
+                elif holder is not None and holder["state"] == "destroying":
+                    v["state"] = "waiting_for_detach"  # gone once its machine is (fly-go destroyedVolumeStates)
+                elif holder is not None:
+                    raise ApiError(
+                        412,
+                        f"failed_precondition: volume {volume_id} is attached to machine "
+                        f"{holder['id']}; destroy the machine first",
+                        "unknown",
+                    )
+                else:
+                    v["state"], v["destroy_at"] = "scheduling_destroy", now
+                    self._settle_volume(v, now)
+                # The answer is the volume with state "destroyed" (DOCS machines/api/volumes-resource); listing
+                # it still shows the destroy state it is in.
                 return 200, {**self._volume_view(v), "state": "destroyed"}
             # Only these two fields are mutable; other (unknown to this request) fields are ignored.
             body = _json_body(request)
@@ -1193,8 +1674,7 @@ class FlyEmulator:
                 v["auto_backup_enabled"] = require_bool(body, "auto_backup_enabled", True)
             return 200, self._volume_view(v)
 
-    def _h_volume_extend(self, request: Request, method: str, extra: dict, app: str,
-                         volume_id: str) -> tuple[int, Any]:
+    def _h_volume_extend(self, request: Request, method: str, extra: dict, app: str, volume_id: str) -> tuple[int, Any]:
         body = _json_body(request)
         with self._cond:
             now = time.time()
@@ -1203,40 +1683,88 @@ class FlyEmulator:
             if size is None:
                 raise ApiError(400, "invalid size_gb: the new size is required")
             if size <= v["size_gb"]:
-                raise ApiError(400, f"invalid size_gb: {size} GB is not larger than the current {v['size_gb']} GB; "
-                                    "volumes can only grow")
+                raise ApiError(
+                    400,
+                    f"invalid size_gb: {size} GB is not larger than the current {v['size_gb']} GB; "
+                    "volumes can only grow",
+                )
             v["size_gb"] = size
-            return 200, {"volume": self._volume_view(v), "needs_restart": self._volume_holder(v, now) is not None}
+            # Under a running machine the filesystem can only grow at its next (re)start: `needs_restart` (SPEC
+            # ExtendVolumeResponse; flyctl internal/command/volumes/extend.go tells the user to restart).
+            holder = self._volume_holder(v, now)
+            needs_restart = holder is not None and holder["state"] in RUNNING_STATES
+            if not needs_restart:
+                v["fs_size_gb"] = size
+            return 200, {"volume": self._volume_view(v), "needs_restart": needs_restart}
 
     # -- secrets ----------------------------------------------------------------------------------------
     def _secret_view(self, name: str, s: dict) -> dict:
-        return {"name": name, "digest": s["digest"], "created_at": rfc3339(s["created_at"]),
-                "updated_at": rfc3339(s["updated_at"])}
+        return {
+            "name": name,
+            "digest": s["digest"],
+            "created_at": rfc3339(s["created_at"]),
+            "updated_at": rfc3339(s["updated_at"]),
+        }
 
     def _write_secret(self, app: str, name: str, value: str, now: float) -> None:
         table = self._state["secrets"].setdefault(app, {})
         old = table.get(name)
-        table[name] = {"digest": secret_digest(value), "created_at": old["created_at"] if old else now,
-                       "updated_at": now}
+        table[name] = {
+            "digest": secret_digest(value),
+            "created_at": old["created_at"] if old else now,
+            "updated_at": now,
+        }
 
-    def _bump_secrets(self, app: str) -> int:
+    def _bump_secrets(self, app: str, now: float) -> int:
         version = self._state["secrets_version"].get(app, 0) + 1
         self._state["secrets_version"][app] = version
+        history = self._state["secrets_history"].setdefault(app, [])
+        history.append({"version": version, "at": now, "secrets": copy.deepcopy(self._state["secrets"].get(app, {}))})
+        del history[:-20]
         return version
+
+    def _readable_secrets(self, request: Request, app: str, now: float) -> dict:
+        """The secrets table a read sees. Secrets are versioned: a read with ``min_version`` (SPEC
+        Secrets_list/Secret_get; fly-go ListAppSecrets sends it as ``version``) sees at least that version,
+        one without it is served by a replica that is ``secrets_lag_s`` behind the last write."""
+        current = self._state["secrets_version"].get(app, 0)
+        raw = request.args.get("min_version") or request.args.get("version")
+        if raw:
+            try:
+                wanted = int(raw)
+            except ValueError:
+                raise ApiError(400, f"invalid min_version {raw!r}: an integer is required") from None
+            if wanted > current:
+                raise ApiError(
+                    412,
+                    f"failed_precondition: min_version {wanted} is newer than the app's secrets version {current}",
+                    "unknown",
+                )
+            return self._state["secrets"].get(app, {})
+        history = self._state["secrets_history"].get(app, [])
+        seen = [h for h in history if h["at"] <= now - self._latency.secrets_lag_s]
+        if seen:
+            return seen[-1]["secrets"]
+        if history and history[0]["version"] == 1:
+            return {}  # not even the first write has reached the replica
+        return history[0]["secrets"] if history else self._state["secrets"].get(app, {})
 
     def _h_secrets(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
             self._app(app)
-            table = self._state["secrets"].get(app, {})
             if method == "GET":
+                table = self._readable_secrets(request, app, time.time())
                 return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())]}
             values = _json_body(request).get("values")
             if not isinstance(values, dict):
                 raise ApiError(400, "invalid values: an object of secret name -> value (or null to unset) is required")
             for name, value in values.items():
                 if not SECRET_NAME_RE.match(name):
-                    raise ApiError(400, f"invalid secret name {name!r}: letters, digits and underscores only, "
-                                        "not starting with a digit")
+                    raise ApiError(
+                        400,
+                        f"invalid secret name {name!r}: letters, digits and underscores only, "
+                        "not starting with a digit",
+                    )
                 if value is not None and not isinstance(value, str):
                     raise ApiError(400, f"invalid value for secret {name}: a string or null is required")
             now = time.time()
@@ -1245,7 +1773,7 @@ class FlyEmulator:
                     self._state["secrets"].get(app, {}).pop(name, None)
                 else:
                     self._write_secret(app, name, value, now)
-            version = self._bump_secrets(app)
+            version = self._bump_secrets(app, now)
             table = self._state["secrets"].get(app, {})
             return 200, {"secrets": [self._secret_view(n, s) for n, s in sorted(table.items())], "version": version}
 
@@ -1254,27 +1782,28 @@ class FlyEmulator:
             self._app(app)
             table = self._state["secrets"].get(app, {})
             if method == "GET":
-                if name not in table:
+                readable = self._readable_secrets(request, app, time.time())
+                if name not in readable:
                     raise not_found()
-                return 200, self._secret_view(name, table[name])
+                return 200, self._secret_view(name, readable[name])
             if method == "DELETE":
                 if name not in table:
                     raise not_found()
                 del table[name]
-                return 200, {"version": self._bump_secrets(app)}
+                return 200, {"version": self._bump_secrets(app, time.time())}
             if not SECRET_NAME_RE.match(name):
                 raise ApiError(400, f"invalid secret name {name!r}")
             value = _json_body(request).get("value")
             if not isinstance(value, str):
                 raise ApiError(400, f"invalid value for secret {name}: a string is required")
             self._write_secret(app, name, value, time.time())
-            version = self._bump_secrets(app)
+            version = self._bump_secrets(app, time.time())
             return 201, {**self._secret_view(name, self._state["secrets"][app][name]), "version": version}
 
     # -- IP assignments -----------------------------------------------------------------------------------
     def _h_ips(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
-            self._app(app)
+            record = self._app(app)
             ips = self._state["ips"].setdefault(app, [])
             if method == "GET":
                 return 200, {"ips": [_ip_view(ip) for ip in ips]}
@@ -1285,6 +1814,20 @@ class FlyEmulator:
             region = body.get("region") or "global"
             if not isinstance(region, str):
                 raise ApiError(400, "invalid region: must be a string")
+            # A Flycast address serves one network: the app's own, or the one `network` names, which
+            # then reaches the app while its own network no longer does (networking/flycast).
+            network = body.get("network") or record["network"]
+            if not isinstance(network, str) or not NETWORK_NAME_RE.match(network):
+                raise ApiError(400, f"invalid network {network!r}")
+            # flyctl names the org (and the network) in every assignment (internal/command/deploy/
+            # deploy_first.go; fly-go flaps_ip_assignments.go AssignIPRequest): a Flycast address belongs to an
+            # org's private network, so one without org_slug is refused here, and one with `network` lands on
+            # that network (DOCS networking/flycast: an app is reachable only from the network it was given).
+            org = body.get("org_slug")
+            if org is not None and org != record["org_slug"]:
+                raise ApiError(400, f"invalid org_slug {org!r}: app {app} belongs to organization {record['org_slug']}")
+            if kind == "private_v6" and not org:
+                raise ApiError(400, "invalid request: org_slug is required to allocate a Flycast (private_v6) address")
             existing_shared = next((ip for ip in ips if ip["type"] == "shared_v4"), None)
             if kind == "shared_v4" and existing_shared is not None:
                 return 200, _ip_view(existing_shared)  # an app has one shared IPv4 at most
@@ -1297,10 +1840,18 @@ class FlyEmulator:
                 address = {
                     "v6": f"2a09:8280:1::{n:x}",
                     "v4": f"137.66.{(n >> 8) & 255}.{n & 255}",
-                    "private_v6": f"fdaa:0:{secrets.token_hex(2)}:0:1::{n:x}",
+                    "private_v6": f"{self._network_prefix(record['org_slug'], network)}:0:1::{n:x}",
                 }[kind]
-            ip = {"ip": address, "type": kind, "region": region, "service_name": str(body.get("service_name") or ""),
-                  "shared": kind == "shared_v4", "created_at": rfc3339(time.time())}
+            ip = {
+                "ip": address,
+                "type": kind,
+                "region": region,
+                "service_name": str(body.get("service_name") or ""),
+                "shared": kind == "shared_v4",
+                "created_at": rfc3339(time.time()),
+            }
+            if kind == "private_v6":
+                ip.update(network=network, org_slug=record["org_slug"])
             ips.append(ip)
             return 200, _ip_view(ip)
 
@@ -1315,6 +1866,14 @@ class FlyEmulator:
             return 204, None
 
 
+def _body_name(request: Request) -> str:
+    try:
+        body = _json_body(request)
+    except ApiError:
+        return ""
+    return str(body.get("name") or body.get("app_name") or "")
+
+
 def _ip_view(ip: dict) -> dict:
     return {k: ip[k] for k in ("ip", "region", "service_name", "shared", "created_at")}
 
@@ -1327,8 +1886,7 @@ def _integer(value: Any, path: str) -> None:
 
 def _check_integer_fields(config: dict) -> None:
     """The integer fields of a machine config a renderer is likely to set (fly-machines-api.md §2)."""
-    for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)),
-                          ("restart", ("max_retries",))):
+    for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)), ("restart", ("max_retries",))):
         part = config.get(section)
         if isinstance(part, dict):
             for key in keys:
@@ -1336,6 +1894,12 @@ def _check_integer_fields(config: dict) -> None:
     for name, check in (config.get("checks") or {}).items():
         if isinstance(check, dict):
             _integer(check.get("port"), f"config.checks.{name}.port")
+    for i, file in enumerate(config.get("files") or []):
+        # File.Mode is a Go uint32 (chmod(2) bits) in fly-go machine_types.go.
+        if isinstance(file, dict):
+            _integer(file.get("mode"), f"config.files[{i}].mode")
+            if file.get("mode") is not None and not 0 <= file["mode"] <= 0o7777:
+                raise ApiError(400, f"invalid config.files[{i}].mode: {file['mode']!r} is not a file mode")
     for i, mount in enumerate(config.get("mounts") or []):
         if isinstance(mount, dict):
             for key in ("size_gb", "extend_threshold_percent", "add_size_gb", "size_gb_limit"):
@@ -1365,7 +1929,7 @@ def _normalize_autostop(value: Any, key: str) -> bool | str:
         return value
     if isinstance(value, str) and value in mapping:
         return mapping[value]
-    raise ApiError(400, f"invalid {key}: {value!r}; expected \"off\", \"stop\", \"suspend\", true or false")
+    raise ApiError(400, f'invalid {key}: {value!r}; expected "off", "stop", "suspend", true or false')
 
 
 def _image_ref(image: str) -> dict:
@@ -1378,8 +1942,13 @@ def _image_ref(image: str) -> dict:
         registry, repository = first, remainder
     else:
         registry, repository = "docker-hub-mirror.fly.io", path if "/" in path else f"library/{path}"
-    return {"registry": registry, "repository": repository, "tag": tag or "latest",
-            "digest": digest or "sha256:" + hashlib.sha256(image.encode()).hexdigest(), "labels": {}}
+    return {
+        "registry": registry,
+        "repository": repository,
+        "tag": tag or "latest",
+        "digest": digest or "sha256:" + hashlib.sha256(image.encode()).hexdigest(),
+        "labels": {},
+    }
 
 
 def _machine_name() -> str:
@@ -1406,8 +1975,11 @@ def _json_response(status: int, payload: Any) -> Response:
 
 
 def _fault_response(fault: _Fault) -> Response:
-    body = fault.body if fault.body is not None else {
-        "error": f"injected failure: HTTP {fault.status} from the Fly emulator", "status": "unknown"}
+    body = (
+        fault.body
+        if fault.body is not None
+        else {"error": f"injected failure: HTTP {fault.status} from the Fly emulator", "status": "unknown"}
+    )
     response = _json_response(fault.status, body)
     if fault.status == 429:
         response.headers["Retry-After"] = "1"

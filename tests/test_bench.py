@@ -27,7 +27,7 @@ REQUIRED = (
     "model",
 )
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,8 @@ def make(*entries: dict) -> Catalog:
     return Catalog.model_validate({"images": list(entries)})
 
 
-def entry(tag: str, digest: str | None = None, status: str = "active", service: str = "town",
-          **extra: object) -> dict:
-    return {"service": service, "repository": "example/town", "tag": tag, "digest": digest, "status": status,
-            **extra}
+def entry(tag: str, digest: str | None = None, status: str = "active", service: str = "town", **extra: object) -> dict:
+    return {"service": service, "repository": "example/town", "tag": tag, "digest": digest, "status": status, **extra}
 
 
 def write(tmp_path: Path, data: object) -> Path:
@@ -74,8 +72,11 @@ def test_malformed_digest_names_the_entry(tmp_path: Path) -> None:
 
 def test_duplicate_digest_across_tags_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, {"images": [entry("v1", D1), entry("v2", D1)]})
-    with pytest.raises(CatalogError, match=r"digest sha256:1+ appears twice: entries town example/town:v1 and "
-                                           r"town example/town:v2"):
+    with pytest.raises(
+        CatalogError,
+        match=r"digest sha256:1+ appears twice: entries town example/town:v1 and "
+        r"town example/town:v2",
+    ):
         load_catalog(path)
 
 
@@ -85,12 +86,15 @@ def test_duplicate_tag_is_rejected(tmp_path: Path) -> None:
         load_catalog(path)
 
 
-@pytest.mark.parametrize(("bad", "where"), [
-    ({"status": "retired"}, "images.0.status"),
-    ({"service": "redis"}, "images.0.service"),
-    ({"tag": "latest"}, "images.0.tag"),
-    ({"colour": "blue"}, "images.0.colour"),
-])
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ({"status": "retired"}, "images.0.status"),
+        ({"service": "redis"}, "images.0.service"),
+        ({"tag": "latest"}, "images.0.tag"),
+        ({"colour": "blue"}, "images.0.colour"),
+    ],
+)
 def test_bad_fields_are_named(tmp_path: Path, bad: dict, where: str) -> None:
     path = write(tmp_path, {"images": [{**entry("v1"), **bad}]})
     with pytest.raises(CatalogError, match=re.escape(where)):
@@ -111,8 +115,12 @@ def test_unreadable_file_is_a_catalog_error(tmp_path: Path) -> None:
 
 # -- resolve ------------------------------------------------------------------------------------------
 def test_resolve_rules() -> None:
-    catalog = make(entry("v3", D3, default=True), entry("v2", D2, status="deprecated"),
-                   entry("v1", D1, status="disabled"), entry("v0"))
+    catalog = make(
+        entry("v3", D3, default=True),
+        entry("v2", D2, status="deprecated"),
+        entry("v1", D1, status="disabled"),
+        entry("v0"),
+    )
     current = catalog.resolve("town")
     assert (current.tag, current.ref, current.warnings) == ("v3", f"example/town@{D3}", ())
 
@@ -122,8 +130,11 @@ def test_resolve_rules() -> None:
 
     with pytest.raises(CatalogError, match=r"silo:images\.town: tag 'v1' is disabled"):
         catalog.resolve("town", "v1")
-    with pytest.raises(CatalogError, match=r"silo:images\.town: tag 'v9' is not in the image catalog "
-                                           r"\(deployable tags: v3, v2, v0\)"):
+    with pytest.raises(
+        CatalogError,
+        match=r"silo:images\.town: tag 'v9' is not in the image catalog "
+        r"\(deployable tags: v3, v2, v0\)",
+    ):
         catalog.resolve("town", "v9")
 
     by_tag = catalog.resolve("town", "v0")
@@ -177,8 +188,11 @@ def test_digest_owned_by_another_tag_aborts_and_writes_nothing(db: str) -> None:
     cat.sync_catalog(db, make(entry("v1", D1)))
     before = versions(db)
     clash = make(entry("v0", D2), entry("v2", D1))  # v0 is fine, v2 steals v1's digest
-    with pytest.raises(CatalogConflict, match=rf"digest {D1} of tag v2 \(town\) already belongs to tag v1 "
-                                              r"\(town\) in the database.*nothing was written"):
+    with pytest.raises(
+        CatalogConflict,
+        match=rf"digest {D1} of tag v2 \(town\) already belongs to tag v1 "
+        r"\(town\) in the database.*nothing was written",
+    ):
         cat.sync_catalog(db, clash)
     assert versions(db) == before  # v0 was not inserted either
 
@@ -186,8 +200,11 @@ def test_digest_owned_by_another_tag_aborts_and_writes_nothing(db: str) -> None:
 @pytest.mark.db
 def test_a_published_tag_keeps_its_digest(db: str) -> None:
     cat.sync_catalog(db, make(entry("v1", D1)))
-    with pytest.raises(CatalogConflict, match=rf"tag v1 \(town\) is recorded with digest {D1} but the catalog "
-                                              rf"says {D2}"):
+    with pytest.raises(
+        CatalogConflict,
+        match=rf"tag v1 \(town\) is recorded with digest {D1} but the catalog "
+        rf"says {D2}",
+    ):
         cat.sync_catalog(db, make(entry("v1", D2)))
 
 
@@ -201,8 +218,12 @@ def test_racing_syncs_never_surface_a_raw_unique_violation(db: str) -> None:
         barrier = threading.Barrier(2)
         outcomes: list[object] = [None, None]
 
-        def run(i: int, catalogs: list[Catalog] = catalogs, barrier: threading.Barrier = barrier,
-                outcomes: list[object] = outcomes) -> None:
+        def run(
+            i: int,
+            catalogs: list[Catalog] = catalogs,
+            barrier: threading.Barrier = barrier,
+            outcomes: list[object] = outcomes,
+        ) -> None:
             barrier.wait()
             try:
                 outcomes[i] = cat.sync_catalog(db, catalogs[i])
@@ -243,8 +264,10 @@ def test_identical_concurrent_syncs_both_succeed(db: str) -> None:
 # -- pins ---------------------------------------------------------------------------------------------
 @pytest.mark.db
 def test_pins(db: str) -> None:
-    cat.sync_catalog(db, make(entry("v3", D3, default=True), entry("v2", D2, status="deprecated"),
-                              entry("v1", D1, status="disabled")))
+    cat.sync_catalog(
+        db,
+        make(entry("v3", D3, default=True), entry("v2", D2, status="deprecated"), entry("v1", D1, status="disabled")),
+    )
     assert cat.resolve_pin(db, "u1", "town") is None
 
     with pytest.raises(CatalogError, match="tag: 'v9' is not in kiloclaw_available_versions"):
@@ -299,8 +322,7 @@ class FakeRegistry:
 
 @pytest.fixture
 def registry() -> Iterator[FakeRegistry]:
-    fake = FakeRegistry({"library/kong:2.8.1": D1, "supabase/postgres:15.8.1.085": D2,
-                         "broken/image:v1": "md5:nope"})
+    fake = FakeRegistry({"library/kong:2.8.1": D1, "supabase/postgres:15.8.1.085": D2, "broken/image:v1": "md5:nope"})
     server = make_server("127.0.0.1", 0, fake, threaded=True)
     fake.url = f"http://127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -349,8 +371,13 @@ def test_catalog_sync_provider(db: str, capsys: pytest.CaptureFixture[str]) -> N
     assert provider.diff(created.id, created.outs, first).changes is False
 
     # Engine payloads drop None values: the provider must read them back the same.
-    second = {"dsn": db, "images": [{k: v for k, v in e.model_dump().items() if v is not None}
-                                     for e in make(entry("v1", D1, status="deprecated"), entry("v3", D3)).images]}
+    second = {
+        "dsn": db,
+        "images": [
+            {k: v for k, v in e.model_dump().items() if v is not None}
+            for e in make(entry("v1", D1, status="deprecated"), entry("v3", D3)).images
+        ],
+    }
     assert provider.diff(created.id, created.outs, second).changes is True
     updated = provider.update(created.id, created.outs, second)
     assert (updated.outs["updated"], updated.outs["inserted"]) == (["v1"], ["v3"])

@@ -57,9 +57,7 @@ def test_repo_dev_stack_validates() -> None:
 
 def test_valid_file_with_towns(tmp_path: Path) -> None:
     towns = [{"name": "alpha", "user": "u1", "rigs": [{"name": "web", "url": "git@github.com:acme/web.git"}]}]
-    result = silo(
-        "validate", stack_file(tmp_path, GOOD | {"silo:towns": towns, "fly:apiToken": {"secure": "v1:x"}})
-    )
+    result = silo("validate", stack_file(tmp_path, GOOD | {"silo:towns": towns, "fly:apiToken": {"secure": "v1:x"}}))
     assert (result.returncode, result.stdout.strip()) == (0, "ok: acme-erp")
 
 
@@ -101,9 +99,7 @@ def test_valid_file_with_towns(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_invalid_files_exit_2_with_a_line_naming_the_key(
-    tmp_path: Path, change: dict[str, Any], line: str
-) -> None:
+def test_invalid_files_exit_2_with_a_line_naming_the_key(tmp_path: Path, change: dict[str, Any], line: str) -> None:
     result = silo("validate", stack_file(tmp_path, GOOD | change))
     assert result.returncode == 2
     assert result.stdout == ""
@@ -167,10 +163,7 @@ def test_status_table_formatting() -> None:
     ]
     assert lines[2].split() == ["devenv-acme-erp-kong", "-", "stopped", "-", "-", "-"]
     # Columns line up: every row starts its STATE cell at the same offset.
-    assert (
-        len({line.index(cell) for line, cell in zip(lines, ["STATE", "started", "stopped"], strict=True)})
-        == 1
-    )
+    assert len({line.index(cell) for line, cell in zip(lines, ["STATE", "started", "stopped"], strict=True)}) == 1
 
 
 def test_encrypted_fly_token_is_not_passed_as_a_token() -> None:
@@ -179,9 +172,7 @@ def test_encrypted_fly_token_is_not_passed_as_a_token() -> None:
     assert fly_config_map({"fly:apiToken": "tok"}) == {"fly:apiToken": "tok"}
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("components.render") is None, reason="components.render not written yet"
-)
+@pytest.mark.skipif(importlib.util.find_spec("components.render") is None, reason="components.render not written yet")
 def test_render_writes_files_for_a_valid_stack(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = silo("render", "Pulumi.dev.yaml", "--out", out)

@@ -49,9 +49,7 @@ def errors_of(config: dict[str, Any]) -> dict[str, str]:
 
 
 def test_defaults_and_string_coercion() -> None:
-    cfg = from_mapping(
-        BASE | {"silo:autoStopMinutes": "0", "silo:studio": "false", "silo:allowDataDeletion": "TRUE"}
-    )
+    cfg = from_mapping(BASE | {"silo:autoStopMinutes": "0", "silo:studio": "false", "silo:allowDataDeletion": "TRUE"})
     assert (cfg.kind, cfg.region, cfg.state, cfg.rls_mode) == ("silo", "yul", "running", "production")
     assert cfg.auto_stop_minutes == 0 and cfg.studio is False and cfg.allow_data_deletion is True
     assert cfg.region_migration is False and cfg.images == {} and cfg.towns == []
@@ -108,6 +106,8 @@ def test_direct_construction_uses_field_names_and_raises_config_error() -> None:
         ("fly:apiUrl", "api.machines.dev", "must be an http(s) URL"),
         ("fly:apiUrl", "http://[::1", "must be an http(s) URL"),
         ("silo:siteUrl", "https://[fe80::1", "must be an https:// URL with a host"),
+        ("silo:controlStack", "control", "fully qualified stack name, <org>/<project>/<stack>"),
+        ("silo:controlStack", "silo/control", "organization/silo/control on a file backend"),
     ],
 )
 def test_each_bad_value_is_reported_under_its_key(key: str, value: str, expected: str) -> None:
@@ -141,9 +141,7 @@ def test_unknown_silo_keys_are_errors_with_a_suggestion() -> None:
 def test_other_namespaces_are_ignored_and_unnamespaced_keys_rejected() -> None:
     cfg = from_mapping(BASE | {"fly:apiToken": {"secure": "v1:abc"}, "aws:region": "us-east-1"})
     assert cfg.silo_id == "acme-erp"
-    assert errors_of(BASE | {"client": "acme"}) == {
-        "client": "config keys must be namespaced, e.g. silo:client"
-    }
+    assert errors_of(BASE | {"client": "acme"}) == {"client": "config keys must be namespaced, e.g. silo:client"}
     assert "must not be a secret" in errors_of(BASE | {"silo:siteUrl": {"secure": "v1:abc"}})["silo:siteUrl"]
 
 
@@ -161,9 +159,7 @@ def test_images_are_pinned_tags_of_known_services() -> None:
     assert cfg.images == {"pg": "15.8.1.060", "kong": "2.8.1"}
     as_json = from_mapping(BASE | {"silo:images": json.dumps({"rest": "v12.2.0"})})
     assert as_json.images == {"rest": "v12.2.0"}
-    errors = errors_of(
-        BASE | {"silo:images": {"pg": "latest", "postgrest": "v12", "kong": "kong:2.8.1", "auth": ""}}
-    )
+    errors = errors_of(BASE | {"silo:images": {"pg": "latest", "postgrest": "v12", "kong": "kong:2.8.1", "auth": ""}})
     assert errors["silo:images.pg"].startswith('must be a pinned tag, not "latest"')
     assert errors["silo:images.postgrest"].startswith('unknown service "postgrest"')
     assert "not an image reference" in errors["silo:images.kong"]
@@ -330,7 +326,7 @@ def pulumi_config() -> Iterator[Any]:
     from pulumi.runtime import config as runtime_config
 
     yield runtime_config
-    runtime_config.set_all_config({})
+    runtime_config.set_all_config({}, secret_keys=[])
 
 
 def test_from_pulumi_config_reads_every_silo_key(pulumi_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -347,9 +343,7 @@ def test_from_pulumi_config_reads_every_silo_key(pulumi_config: Any, monkeypatch
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps(BASE | {"silo:autoStopMinute": "5"}))
     with pytest.raises(ConfigError) as caught:
         from_pulumi_config()
-    assert caught.value.errors == [
-        ("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")
-    ]
+    assert caught.value.errors == [("silo:autoStopMinute", "unknown key (did you mean silo:autoStopMinutes?)")]
 
 
 def test_towns_need_the_control_stack_and_secret_keys_stay_out_of_the_model() -> None:
@@ -358,3 +352,129 @@ def test_towns_need_the_control_stack_and_secret_keys_stay_out_of_the_model() ->
     assert "silo:controlStack" in errors["silo:towns"]
     cfg = from_mapping(BASE | {"silo:registryDsn": "postgres://u:pw@h/db", "silo:kiloJwt": "jwt"})
     assert "pw@h" not in repr(cfg) and "jwt" not in repr(cfg)
+
+
+# -- rig URLs and git credentials (issue 11) ------------------------------------------------------------
+def rig_errors(url: str, branch: str = "main") -> dict[str, str]:
+    town = {"name": "t", "user": "u", "rigs": [{"name": "w", "url": url, "branch": branch}]}
+    return errors_of(BASE | {"silo:towns": [town]})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ghp_SECRET123@github.com/acme/web.git",  # a token as the user name
+        "https://x-access-token:ghp_SECRET123@github.com/acme/web.git",
+        "https://ghp_SECRET123:@github.com/acme/web.git",
+        "ssh://git:ghp_SECRET123@github.com/acme/web.git",
+        "file://ghp_SECRET123@localhost/srv/web",
+    ],
+)
+def test_any_userinfo_carrying_a_credential_is_refused_naming_the_key(url: str) -> None:
+    errors = rig_errors(url)
+    assert list(errors) == ["silo:towns[0].rigs[0].url"]
+    assert "must not embed a password or token" in errors["silo:towns[0].rigs[0].url"]
+    assert "silo:gitCredentials" in errors["silo:towns[0].rigs[0].url"]
+    assert "ghp_SECRET123" not in str(errors)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ext::sh -c touch% /tmp/pwned",
+        "ext::sh",
+        "fd::17",
+        "fd::0,1/repo",
+        "EXT::sh",
+        "--upload-pack=touch /tmp/pwned",
+        "-uevil@github.com:acme/web.git",
+        "--upload-pack@github.com:acme/web.git",
+        "ssh://-oProxyCommand=touch%20pwned/acme/web.git",
+        "git@-oProxyCommand=x:acme/web.git",
+        "git@github.com:-acme/web.git",
+        "ssh://-git@github.com/acme/web.git",
+    ],
+)
+def test_git_transports_and_option_looking_urls_are_refused(url: str) -> None:
+    errors = rig_errors(url)
+    assert list(errors) == ["silo:towns[0].rigs[0].url"], errors
+
+
+@pytest.mark.parametrize("branch", ["-f", "--upload-pack=x", "-"])
+def test_option_looking_branches_are_refused(branch: str) -> None:
+    assert list(rig_errors("https://github.com/acme/web.git", branch)) == ["silo:towns[0].rigs[0].branch"]
+
+
+def test_ssh_login_names_are_not_credentials() -> None:
+    # SSH authenticates with keys; "git@" names the account, as every forge documents it.
+    for url in ("ssh://git@github.com/acme/web.git", "git@github.com:acme/web.git", "https://[::1]:8443/acme/web"):
+        town = {"name": "t", "user": "u", "rigs": [{"name": "w", "url": url}]}
+        assert from_mapping(BASE | {"silo:towns": [town]}).towns[0].rigs[0].url == url
+
+
+GIT_CREDENTIALS = "https://x-access-token:ghp_SECRET123@github.com\nhttps://oauth2:glpat-SECRET456@gitlab.example.com\n"
+
+
+def test_git_credentials_must_be_a_secret() -> None:
+    errors = errors_of(BASE | {"silo:gitCredentials": GIT_CREDENTIALS})
+    assert list(errors) == ["silo:gitCredentials"]
+    assert "must be a secret" in errors["silo:gitCredentials"] and "--secret" in errors["silo:gitCredentials"]
+    assert "SECRET" not in str(errors)
+    # Encrypted in the stack file: fine, and never copied into the model.
+    cfg = from_mapping(BASE | {"silo:gitCredentials": {"secure": "v1:AAAA"}})
+    assert "AAAA" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("value", "line"),
+    [
+        ("https://github.com", 1),  # no credential
+        ("https://ghp_SECRET123@github.com", 1),  # no user:token pair
+        ("http://u:ghp_SECRET123@github.com", 1),  # cleartext transport
+        ("https://u:ghp_SECRET123@github.com\nssh://u:ghp_SECRET123@host", 2),
+        ("https://u:ghp_SECRET123@github.com/acme/web.git", 1),  # credential-store lines name a host only
+        ("https://u:ghp_SECRET123@", 1),
+        ("u:ghp_SECRET123", 1),
+    ],
+)
+def test_git_credentials_are_credential_store_lines(pulumi_config: Any, value: str, line: int) -> None:
+    pulumi_config.set_all_config({**BASE, "silo:gitCredentials": value}, secret_keys=["silo:gitCredentials"])
+    with pytest.raises(ConfigError) as caught:
+        from_pulumi_config()
+    errors = dict(caught.value.errors)
+    assert list(errors) == ["silo:gitCredentials"]
+    assert errors["silo:gitCredentials"].startswith(f"line {line}: must be https://USER:TOKEN@HOST")
+    assert "SECRET" not in str(caught.value)
+
+
+def test_git_credentials_from_the_engine_are_checked_and_stay_out_of_the_model(pulumi_config: Any) -> None:
+    pulumi_config.set_all_config({**BASE, "silo:gitCredentials": GIT_CREDENTIALS}, secret_keys=["silo:gitCredentials"])
+    cfg = from_pulumi_config()
+    assert "SECRET" not in repr(cfg)
+    # The same value not marked secret (plain `pulumi config set`) is refused before anything is created.
+    pulumi_config.set_all_config({**BASE, "silo:gitCredentials": GIT_CREDENTIALS}, secret_keys=[])
+    with pytest.raises(ConfigError, match=r"silo:gitCredentials: must be a secret"):
+        from_pulumi_config()
+
+
+def test_smtp_is_optional_config_and_its_password_is_a_separate_secret() -> None:
+    assert from_mapping(BASE).smtp is None
+    smtp = {
+        "host": "smtp.postmarkapp.com",
+        "port": "2525",
+        "user": "apikey",
+        "adminEmail": "dev@acme.dev",
+        "senderName": "Acme dev",
+    }
+    for value in (smtp, json.dumps(smtp)):
+        cfg = from_mapping(BASE | {"silo:smtp": value, "silo:smtpPassword": {"secure": "v1:abc"}})
+        assert cfg.smtp is not None
+        assert (cfg.smtp.host, cfg.smtp.port, cfg.smtp.user) == ("smtp.postmarkapp.com", 2525, "apikey")
+        assert (cfg.smtp.admin_email, cfg.smtp.sender_name) == ("dev@acme.dev", "Acme dev")
+    assert from_mapping(BASE | {"silo:smtp": {"host": "mail.acme.dev", "adminEmail": "a@acme.dev"}}).smtp.port == 587
+    errors = errors_of(BASE | {"silo:smtp": {"host": "", "port": 70000, "adminEmail": "nobody", "pass": "x"}})
+    assert errors["silo:smtp.host"] == "must not be empty"
+    assert errors["silo:smtp.port"].startswith("must be at most 65535")
+    assert errors["silo:smtp.adminEmail"].startswith("must be an email address")
+    # The password never goes in the map: it is the secret silo:smtpPassword.
+    assert errors["silo:smtp.pass"].startswith("unknown key")

@@ -14,15 +14,23 @@ import httpx
 import pytest
 
 from emulators.fly import FlyEmulator, LatencyModel
+from tests.fixtures.fly import await_visible, visible_app
 
 IMAGE = "registry-1.docker.io/library/busybox:1.36"
 WAIT_RANGE_ERROR = "invalid_argument: invalid WaitMachineRequest.Timeout: value must be inside range [1s, 1m0s]"
 
 
+@pytest.fixture(autouse=True)
+def _rate_limits_only_where_tested(request: pytest.FixtureRequest) -> None:
+    """These tests call the raw API far faster than any client, to check one rule at a time; the rate
+    limits (on by default) get tests of their own, which switch them back on."""
+    if "fly_emulator" in request.fixturenames:
+        request.getfixturevalue("fly_emulator").set_rate_limits(False)
+
+
 def make_app(api: httpx.Client, name: str = "devenv-acme-erp-pg", org: str = "acme") -> str:
-    response = api.post("/apps", json={"app_name": name, "org_slug": org})
-    assert response.status_code == 201, response.text
-    return name
+    """Create an app and read it until it is visible (a new app answers 404, then 401, at first)."""
+    return visible_app(api, name, org)
 
 
 def make_machine(api: httpx.Client, app: str, **body: object) -> dict:
@@ -71,6 +79,7 @@ def test_configured_token_is_required() -> None:
 def test_app_create_get_list_delete(fly_api, fly_emulator) -> None:
     created = fly_api.post("/apps", json={"name": "devenv-acme-erp-kong", "org_slug": "acme", "network": "n1"})
     assert created.status_code == 201 and created.json()["id"]
+    await_visible(fly_api, "devenv-acme-erp-kong")
     make_app(fly_api, "devenv-acme-erp-rest")  # the docs' `app_name` spelling works too
     make_app(fly_api, "other-org-app", org="other")
     app = fly_api.get("/apps/devenv-acme-erp-kong").json()
@@ -82,11 +91,12 @@ def test_app_create_get_list_delete(fly_api, fly_emulator) -> None:
 
     # Deleting an app takes its machines, volumes, IPs and secrets with it.
     volume = make_volume(fly_api, "devenv-acme-erp-kong")
-    make_machine(fly_api, "devenv-acme-erp-kong", config={"image": IMAGE, "mounts": [
-        {"volume": volume["id"], "path": "/data"}]})
+    make_machine(
+        fly_api, "devenv-acme-erp-kong", config={"image": IMAGE, "mounts": [{"volume": volume["id"], "path": "/data"}]}
+    )
     fly_api.post("/apps/devenv-acme-erp-kong/secrets", json={"values": {"K": "v"}})
     fly_api.post("/apps/devenv-acme-erp-kong/ip_assignments", json={"type": "v6"})
-    assert fly_api.delete("/apps/devenv-acme-erp-kong").status_code == 202
+    assert fly_api.delete("/apps/devenv-acme-erp-kong", params={"force": "true"}).status_code == 202
     gone = fly_api.get("/apps/devenv-acme-erp-kong")
     assert gone.status_code == 404 and gone.json() == {"error": "not found"}
     snap = fly_emulator.snapshot()
@@ -150,8 +160,9 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     assert fly_api.get(f"/apps/{app}/machines/{mid}").json()["state"] == "started"
 
     fly_emulator.set_latency(LatencyModel())
-    assert fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGTERM", "timeout": "5s"}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGTERM", "timeout": "5s"}).status_code == 200
+    )
     stopped = fly_api.get(wait, params={"state": "stopped", "version": version, "timeout": 10})
     assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
     assert fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGFOO"}).status_code == 400
@@ -169,8 +180,7 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     deleted = fly_api.get(f"/apps/{app}/machines/{mid}", params={"include_deleted": "true"})
     assert deleted.json()["state"] == "destroyed"
     assert fly_api.get(f"/apps/{app}/machines").json() == []
-    assert [m["id"] for m in fly_api.get(f"/apps/{app}/machines", params={"include_deleted": "true"}).json()] \
-        == [mid]
+    assert [m["id"] for m in fly_api.get(f"/apps/{app}/machines", params={"include_deleted": "true"}).json()] == [mid]
     assert fly_api.get(f"/apps/{app}/machines/nope/wait", params={"state": "destroyed"}).status_code == 200
     assert fly_api.get(f"/apps/{app}/machines/nope/wait").status_code == 404
     assert mid not in fly_emulator.snapshot()["machines"]
@@ -184,11 +194,16 @@ def test_machine_create_validation(fly_api, fly_emulator) -> None:
     bad_autostart = {"image": IMAGE, "services": [{"internal_port": 80, "protocol": "tcp", "autostart": "true"}]}
     response = fly_api.post(f"/apps/{app}/machines", json={"config": bad_autostart})
     assert response.status_code == 400 and "autostart" in response.json()["error"]
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE, "guest": {"memory_mb": 300}}}
-                        ).status_code == 400
+    assert (
+        fly_api.post(
+            f"/apps/{app}/machines", json={"config": {"image": IMAGE, "guest": {"memory_mb": 300}}}
+        ).status_code
+        == 400
+    )
     # Unknown fields are ignored, as Fly does.
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "future_field": 1}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "future_field": 1}).status_code == 200
+    )
     assert fly_api.post("/apps/missing-app/machines", json={"config": {"image": IMAGE}}).status_code == 404
 
     # Names are unique per app among live machines (including one still being destroyed).
@@ -198,20 +213,24 @@ def test_machine_create_validation(fly_api, fly_emulator) -> None:
     assert dup.status_code == 422 and first["id"] in dup.json()["error"]
     fly_api.delete(f"/apps/{app}/machines/{first['id']}", params={"kill": "true"})
     assert fly_api.get(f"/apps/{app}/machines/{first['id']}").json()["state"] == "destroying"
-    assert fly_api.post(f"/apps/{app}/machines", json={"name": "kong-1", "config": {"image": IMAGE}}
-                        ).status_code == 422
+    assert fly_api.post(f"/apps/{app}/machines", json={"name": "kong-1", "config": {"image": IMAGE}}).status_code == 422
     # Another app may use the same machine name.
     other = make_app(fly_api, "devenv-acme-erp-rest")
     assert make_machine(fly_api, other, name="kong-1")["name"] == "kong-1"
 
 
-@pytest.mark.parametrize(("config", "path"), [
-    ({"services": [{"internal_port": 8080.0, "protocol": "tcp"}]}, "config.services[0].internal_port"),
-    ({"services": [{"internal_port": 80, "protocol": "tcp", "ports": [{"port": "443"}]}]},
-     "config.services[0].ports[0].port"),
-    ({"guest": {"cpu_kind": "shared", "cpus": 1.0, "memory_mb": 256}}, "config.guest.cpus"),
-    ({"checks": {"status": {"type": "http", "port": 5500.0}}}, "config.checks.status.port"),
-])
+@pytest.mark.parametrize(
+    ("config", "path"),
+    [
+        ({"services": [{"internal_port": 8080.0, "protocol": "tcp"}]}, "config.services[0].internal_port"),
+        (
+            {"services": [{"internal_port": 80, "protocol": "tcp", "ports": [{"port": "443"}]}]},
+            "config.services[0].ports[0].port",
+        ),
+        ({"guest": {"cpu_kind": "shared", "cpus": 1.0, "memory_mb": 256}}, "config.guest.cpus"),
+        ({"checks": {"status": {"type": "http", "port": 5500.0}}}, "config.checks.status.port"),
+    ],
+)
 def test_float_and_string_integers_are_refused_like_go_json(fly_api, config: dict, path: str) -> None:
     # Numbers from the Pulumi engine arrive as floats; Fly (Go) refuses 8080.0 for an int field.
     app = make_app(fly_api)
@@ -236,8 +255,12 @@ def test_skip_launch_and_autostop_forms(fly_api) -> None:
     machine = make_machine(fly_api, app, skip_launch=True, config={"image": IMAGE, "services": services})
     assert machine["state"] == "created"
     assert [s["autostop"] for s in machine["config"]["services"]] == [True, False, "suspend", True]
-    bad = fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE, "services": [
-        {"internal_port": 80, "protocol": "tcp", "autostop": "sometimes"}]}})
+    bad = fly_api.post(
+        f"/apps/{app}/machines",
+        json={
+            "config": {"image": IMAGE, "services": [{"internal_port": 80, "protocol": "tcp", "autostop": "sometimes"}]}
+        },
+    )
     assert bad.status_code == 400 and "services[0].autostop" in bad.json()["error"]
 
 
@@ -293,15 +316,23 @@ def test_list_filters_and_summary(fly_api) -> None:
 
 def test_checks_follow_the_latency_model(fly_api, fly_emulator) -> None:
     app = make_app(fly_api)
-    config = {"image": IMAGE, "checks": {"status": {"type": "http", "port": 5500, "path": "/status"}},
-              "services": [{"internal_port": 8080, "protocol": "tcp",
-                            "checks": [{"type": "http", "path": "/"}, {"type": "tcp"}]}]}
+    config = {
+        "image": IMAGE,
+        "checks": {"status": {"type": "http", "port": 5500, "path": "/status"}},
+        "services": [
+            {"internal_port": 8080, "protocol": "tcp", "checks": [{"type": "http", "path": "/"}, {"type": "tcp"}]}
+        ],
+    }
     fly_emulator.set_latency(LatencyModel(check_pass_s=120))
     machine = make_machine(fly_api, app, config=config)
     url = f"/apps/{app}/machines/{machine['id']}"
+    assert fly_api.get(url).json()["checks"] == []  # no reports yet for a fresh machine
     checks = {c["name"]: c["status"] for c in fly_api.get(url).json()["checks"]}
-    assert checks == {"status": "warning", "servicecheck-00-http-8080": "warning",
-                      "servicecheck-01-tcp-8080": "warning"}
+    assert checks == {
+        "status": "warning",
+        "servicecheck-00-http-8080": "warning",
+        "servicecheck-01-tcp-8080": "warning",
+    }
     fly_emulator.set_check_status(app, machine["id"], "critical")
     assert {c["status"] for c in fly_api.get(url).json()["checks"]} == {"critical"}
     fly_emulator.set_latency(LatencyModel(check_pass_s=0))
@@ -358,10 +389,14 @@ def test_create_with_lease_ttl_returns_a_nonce_and_leases_expire(fly_api) -> Non
 
 def test_volume_create_rules_and_defaults(fly_api) -> None:
     app = make_app(fly_api)
-    for body, key in (({"region": "yul"}, "name"), ({"name": "PG-data", "region": "yul"}, "name"),
-                      ({"name": "a" * 31, "region": "yul"}, "name"), ({"name": "pg_data"}, "region"),
-                      ({"name": "pg_data", "region": "yul", "snapshot_retention": 61}, "snapshot_retention"),
-                      ({"name": "pg_data", "region": "yul", "size_gb": 0}, "size_gb")):
+    for body, key in (
+        ({"region": "yul"}, "name"),
+        ({"name": "PG-data", "region": "yul"}, "name"),
+        ({"name": "a" * 31, "region": "yul"}, "name"),
+        ({"name": "pg_data"}, "region"),
+        ({"name": "pg_data", "region": "yul", "snapshot_retention": 61}, "snapshot_retention"),
+        ({"name": "pg_data", "region": "yul", "size_gb": 0}, "size_gb"),
+    ):
         response = fly_api.post(f"/apps/{app}/volumes", json=body)
         assert response.status_code == 400 and key in response.json()["error"], body
     volume = make_volume(fly_api, app)
@@ -383,8 +418,9 @@ def test_volume_attach_extend_and_delete(fly_api, fly_emulator) -> None:
 
     wrong_region = fly_api.post(f"/apps/{app}/machines", json={"region": "yul", "config": mount})
     assert wrong_region.status_code == 400 and "region" in wrong_region.json()["error"]
-    missing = fly_api.post(f"/apps/{app}/machines", json={"config": {**mount, "mounts": [
-        {"volume": "vol_missing", "path": "/data"}]}})
+    missing = fly_api.post(
+        f"/apps/{app}/machines", json={"config": {**mount, "mounts": [{"volume": "vol_missing", "path": "/data"}]}}
+    )
     assert missing.status_code == 400 and "vol_missing" in missing.json()["error"]
     machine = make_machine(fly_api, app, config=mount)  # region follows the volume
     assert machine["region"] == "ams"
@@ -400,16 +436,15 @@ def test_volume_attach_extend_and_delete(fly_api, fly_emulator) -> None:
     assert grown.status_code == 200
     assert grown.json()["volume"]["size_gb"] == 5 and grown.json()["needs_restart"] is True
 
-    # Destroying the machine (slowly) detaches the volume only once it is destroyed.
-    fly_emulator.set_latency(LatencyModel(destroy_s=0.5))
+    # Destroying the machine detaches the volume only once it is destroyed.
+    fly_emulator.set_latency(LatencyModel(volume_destroy_s=0))
     fly_api.delete(f"/apps/{app}/machines/{machine['id']}", params={"force": "true"})
-    assert fly_api.delete(vurl).status_code == 412
     wait = fly_api.get(f"/apps/{app}/machines/{machine['id']}/wait", params={"state": "destroyed", "timeout": 30})
     assert wait.status_code == 200
     assert fly_api.get(vurl).json()["attached_machine_id"] is None
     deleted = fly_api.delete(vurl)
     assert deleted.status_code == 200 and deleted.json()["state"] == "destroyed"
-    assert fly_api.get(vurl).status_code == 404
+    assert fly_api.get(vurl).status_code == 404  # volume_destroy_s=0: gone at once
     assert volume["id"] not in fly_emulator.snapshot()["volumes"]
 
 
@@ -421,10 +456,12 @@ def test_secrets_digests_and_versions(fly_api, fly_emulator) -> None:
     secrets_url = f"/apps/{app}/secrets"
     first = fly_api.post(secrets_url, json={"values": {"POSTGRES_PASSWORD": "p1", "JWT_SECRET": "j1"}})
     assert first.status_code == 200 and first.json()["version"] == 1
-    listed = fly_api.get(secrets_url)
+    listed = fly_api.get(secrets_url, params={"min_version": 1})
     digests = {s["name"]: s["digest"] for s in listed.json()["secrets"]}
-    assert digests == {"JWT_SECRET": hashlib.sha256(b"j1").hexdigest()[:16],
-                       "POSTGRES_PASSWORD": hashlib.sha256(b"p1").hexdigest()[:16]}
+    assert digests == {
+        "JWT_SECRET": hashlib.sha256(b"j1").hexdigest()[:16],
+        "POSTGRES_PASSWORD": hashlib.sha256(b"p1").hexdigest()[:16],
+    }
     assert "p1" not in listed.text and "j1" not in listed.text
     assert all({"created_at", "updated_at"} <= set(s) for s in listed.json()["secrets"])
 
@@ -435,7 +472,7 @@ def test_secrets_digests_and_versions(fly_api, fly_emulator) -> None:
     deleted = fly_api.delete(f"{secrets_url}/POSTGRES_PASSWORD")
     assert deleted.status_code == 200 and deleted.json() == {"version": 3}
     assert fly_api.delete(f"{secrets_url}/POSTGRES_PASSWORD").status_code == 404
-    assert fly_api.get(secrets_url).json() == {"secrets": []}
+    assert fly_api.get(secrets_url, params={"min_version": 3}).json() == {"secrets": []}
     bad = fly_api.post(secrets_url, json={"values": {"bad-name": "x"}})
     assert bad.status_code == 400 and "bad-name" in bad.json()["error"]
     assert fly_api.post(secrets_url, json={"values": {"N": 5}}).status_code == 400
@@ -444,8 +481,10 @@ def test_secrets_digests_and_versions(fly_api, fly_emulator) -> None:
     # A machine create can demand at least a secrets version.
     too_new = fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 4})
     assert too_new.status_code == 422 and "min_secrets_version" in too_new.json()["error"]
-    assert fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 3}
-                        ).status_code == 200
+    assert (
+        fly_api.post(f"/apps/{app}/machines", json={"config": {"image": IMAGE}, "min_secrets_version": 3}).status_code
+        == 200
+    )
 
 
 # -- IP assignments ---------------------------------------------------------------------------------
@@ -460,7 +499,7 @@ def test_ip_assignments(fly_api, fly_emulator) -> None:
     shared = fly_api.post(ips_url, json={"type": "shared_v4"}).json()
     assert shared["ip"].startswith("66.241.124.") and shared["shared"] is True
     assert fly_api.post(f"/apps/{other}/ip_assignments", json={"type": "shared_v4"}).json()["ip"] == shared["ip"]
-    flycast = fly_api.post(ips_url, json={"type": "private_v6", "region": "yul"}).json()
+    flycast = fly_api.post(ips_url, json={"type": "private_v6", "region": "yul", "org_slug": "acme"}).json()
     assert flycast["ip"].startswith("fdaa:") and flycast["region"] == "yul"
     assert set(flycast) == {"ip", "region", "service_name", "shared", "created_at"}
     bad = fly_api.post(ips_url, json={"type": "v5"})
@@ -504,25 +543,25 @@ def test_fault_after_effect_performs_the_change(fly_api, fly_emulator) -> None:
     lost = fly_api.post("/apps", json={"name": "app-two", "org_slug": "acme"})
     assert lost.status_code == 502
     assert "app-two" in fly_emulator.snapshot()["apps"]  # the response was lost, the app exists
+    await_visible(fly_api, "app-two")
     fly_emulator.fail("POST", "/v1/apps/{app}/machines", status=500, after_effect=True)
-    assert fly_api.post("/apps/app-two/machines", json={"name": "m1", "config": {"image": IMAGE}}
-                        ).status_code == 500
+    assert fly_api.post("/apps/app-two/machines", json={"name": "m1", "config": {"image": IMAGE}}).status_code == 500
     assert [m["name"] for m in fly_api.get("/apps/app-two/machines").json()] == ["m1"]
 
 
 def test_calls_are_recorded_with_routes(fly_api, fly_emulator) -> None:
     make_app(fly_api, "app-three")
+    fly_emulator.clear_calls()
     machine = make_machine(fly_api, "app-three")
     fly_api.get(f"/apps/app-three/machines/{machine['id']}/wait")
     fly_api.get("/no/such/path")
     calls = fly_emulator.calls()
     assert [(c["method"], c["route"], c["status"], c["mutating"]) for c in calls] == [
-        ("POST", "/v1/apps", 201, True),
         ("POST", "/v1/apps/{app}/machines", 200, True),
         ("GET", "/v1/apps/{app}/machines/{machine_id}/wait", 200, False),
         ("GET", None, 404, False),
     ]
-    assert calls[2]["path"] == f"/v1/apps/app-three/machines/{machine['id']}/wait"
+    assert calls[1]["path"] == f"/v1/apps/app-three/machines/{machine['id']}/wait"
     assert calls[0]["t"] <= calls[1]["t"] <= calls[2]["t"]
     fly_emulator.clear_calls()
     assert fly_emulator.calls() == []
@@ -552,8 +591,9 @@ def test_control_over_http(fly_emulator) -> None:
     with control, api:
         assert control.post("/foreign_apps", json={"name": "theirs", "org": "other"}).status_code == 200
         assert api.get("/apps/theirs").status_code == 403
-        assert control.post("/fail", json={"method": "GET", "route": "/v1/apps/{app}", "status": 500}
-                            ).status_code == 200
+        assert (
+            control.post("/fail", json={"method": "GET", "route": "/v1/apps/{app}", "status": 500}).status_code == 200
+        )
         assert api.get("/apps/theirs").status_code == 500
         assert control.post("/fail", json={"method": "GET", "route": "/bad"}).status_code == 400
         calls = control.get("/calls").json()
@@ -576,7 +616,7 @@ def test_exec_runs_the_handler_on_started_machines(fly_api, fly_emulator) -> Non
     url = f"/apps/{app}/machines/{machine['id']}/exec"
     default = fly_api.post(url, json={"command": ["psql", "-c", "select 1"], "timeout": 30})
     assert default.status_code == 200
-    assert (default.json()["exit_code"], default.json()["stdout"], default.json()["stderr"]) == (0, "", "")
+    assert default.json() == {}  # success: no exit_code (Go's omitempty), no output
 
     seen: list[tuple[str, str, list[str]]] = []
 
@@ -590,7 +630,7 @@ def test_exec_runs_the_handler_on_started_machines(fly_api, fly_emulator) -> Non
     assert seen == [(app, machine["id"], ["sh", "-c", "echo hi there"])]
     assert fly_api.post(url, json={}).status_code == 400
     assert [e["cmd"] for e in fly_emulator.exec_log()] == [["psql", "-c", "select 1"], ["sh", "-c", "echo hi there"]]
-    exec_calls = [c for c in fly_emulator.calls() if c["route"].endswith("/exec") and c["status"] == 200]
+    exec_calls = [c for c in fly_emulator.calls() if (c["route"] or "").endswith("/exec") and c["status"] == 200]
     assert exec_calls[-1]["cmd"] == ["sh", "-c", "echo hi there"]
 
 
@@ -603,11 +643,12 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     with FlyEmulator(state_file=state) as first, httpx.Client(base_url=first.url + "/v1", headers=headers) as api:
         app = make_app(api)
         volume = make_volume(api, app)
-        machine = make_machine(api, app, name="pg-1", config={"image": IMAGE, "mounts": [
-            {"volume": volume["id"], "path": "/data"}]})
+        machine = make_machine(
+            api, app, name="pg-1", config={"image": IMAGE, "mounts": [{"volume": volume["id"], "path": "/data"}]}
+        )
         api.post(f"/apps/{app}/secrets", json={"values": {"POSTGRES_PASSWORD": "hunter2-secret"}})
         api.post(f"/apps/{app}/machines/{machine['id']}/stop")
-        ip = api.post(f"/apps/{app}/ip_assignments", json={"type": "private_v6"}).json()["ip"]
+        ip = api.post(f"/apps/{app}/ip_assignments", json={"type": "private_v6", "org_slug": "acme"}).json()["ip"]
     saved = state.read_text()
     assert "hunter2-secret" not in saved  # only digests are kept
     json.loads(saved)
@@ -617,8 +658,10 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
         again = api.get(f"/apps/{app}/machines/{machine['id']}").json()
         assert (again["name"], again["state"], again["instance_id"]) == ("pg-1", "stopped", machine["instance_id"])
         assert api.get(f"/apps/{app}/volumes/{volume['id']}").json()["attached_machine_id"] == machine["id"]
-        assert api.get(f"/apps/{app}/secrets").json()["secrets"][0]["digest"] == \
-            hashlib.sha256(b"hunter2-secret").hexdigest()[:16]
+        assert (
+            api.get(f"/apps/{app}/secrets", params={"min_version": 1}).json()["secrets"][0]["digest"]
+            == hashlib.sha256(b"hunter2-secret").hexdigest()[:16]
+        )
         assert [i["ip"] for i in api.get(f"/apps/{app}/ip_assignments").json()["ips"]] == [ip]
         # The name stays taken after the restart, and writes keep persisting.
         assert api.post("/apps", json={"name": app, "org_slug": "acme"}).json()["status"] == "name_taken"
@@ -635,3 +678,163 @@ def test_session_fixture_starts_clean(fly_emulator_session) -> None:
         assert api.get("/apps", params={"org_slug": "acme"}).json()["total_apps"] == 0
         make_app(api, "session-app")
         assert "session-app" in fly_emulator_session.snapshot()["apps"]
+
+
+# -- strict by default: what the real API does that a client must cope with -------------------------------
+
+
+def test_a_new_app_answers_404_then_401_before_it_is_visible(fly_api) -> None:
+    assert fly_api.post("/apps", json={"app_name": "devenv-acme-erp-rest", "org_slug": "acme"}).status_code == 201
+    assert fly_api.get("/apps/devenv-acme-erp-rest").status_code == 404
+    assert fly_api.get("/apps/devenv-acme-erp-rest/machines").status_code == 401
+    assert fly_api.get("/apps/devenv-acme-erp-rest").status_code == 200
+    # The name is taken all along.
+    again = fly_api.post("/apps", json={"app_name": "devenv-acme-erp-rest", "org_slug": "acme"})
+    assert again.json()["status"] == "name_taken"
+
+
+def test_a_fresh_machine_reports_no_checks_at_first(fly_api) -> None:
+    app = visible_app(fly_api)
+    config = {"image": IMAGE, "services": [{"internal_port": 8080, "protocol": "tcp", "checks": [{"type": "tcp"}]}]}
+    machine = make_machine(fly_api, app, config=config)
+    url = f"/apps/{app}/machines/{machine['id']}"
+    assert fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 10}).status_code == 200
+    assert fly_api.get(url).json()["checks"] == []
+    assert [c["status"] for c in fly_api.get(url).json()["checks"]] == ["passing"]
+    # Every start of the machine begins again without reports.
+    fly_api.post(f"{url}/stop")
+    assert fly_api.get(f"{url}/wait", params={"state": "stopped", "version": machine["instance_id"]}).status_code == 200
+    fly_api.post(f"{url}/start")
+    assert fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 10}).status_code == 200
+    assert fly_api.get(url).json()["checks"] == []
+
+
+def test_a_successful_exec_omits_exit_code(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    machine = make_machine(fly_api, app)
+    url = f"/apps/{app}/machines/{machine['id']}/exec"
+    assert fly_api.post(url, json={"command": ["true"]}).json() == {}
+    fly_emulator.set_exec_handler(lambda *_: {"exit_code": 2, "stderr": "boom"})
+    assert fly_api.post(url, json={"command": ["false"]}).json() == {"exit_code": 2, "stderr": "boom"}
+
+
+def test_an_updated_machine_runs_the_new_version_only_after_a_while(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    machine = make_machine(fly_api, app)
+    url = f"/apps/{app}/machines/{machine['id']}"
+    fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 10})
+    fly_emulator.set_latency(LatencyModel(replace_lag_s=30))
+    updated = fly_api.post(url, json={"config": {"image": IMAGE, "env": {"V": "2"}}}).json()
+    assert updated["instance_id"] != machine["instance_id"]
+    # The old version still runs: a wait without the version returns at once, one for the new version does not.
+    assert fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 1}).status_code == 200
+    waiting = fly_api.get(f"{url}/wait", params={"state": "started", "version": updated["instance_id"], "timeout": 1})
+    assert waiting.status_code == 408
+
+
+def test_a_destroyed_volume_passes_through_the_destroy_states(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    fly_emulator.set_latency(LatencyModel(volume_destroy_s=60, destroy_s=60))
+    loose = make_volume(fly_api, app, "loose")
+    assert fly_api.delete(f"/apps/{app}/volumes/{loose['id']}").status_code == 200
+    states = {v["id"]: v["state"] for v in fly_api.get(f"/apps/{app}/volumes").json()}
+    assert states[loose["id"]] == "scheduling_destroy"
+    held = make_volume(fly_api, app, "held")
+    machine = make_machine(fly_api, app, config={"image": IMAGE, "mounts": [{"volume": held["id"], "path": "/d"}]})
+    fly_api.delete(f"/apps/{app}/machines/{machine['id']}", params={"force": "true"})
+    assert fly_api.delete(f"/apps/{app}/volumes/{held['id']}").status_code == 200
+    assert fly_api.get(f"/apps/{app}/volumes/{held['id']}").json()["state"] == "waiting_for_detach"
+    # A volume on its way out cannot be mounted again.
+    mount = {"image": IMAGE, "mounts": [{"volume": loose["id"], "path": "/d"}]}
+    assert fly_api.post(f"/apps/{app}/machines", json={"config": mount}).status_code == 400
+
+
+def test_app_delete_is_asynchronous_and_wants_stopped_machines_or_force(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    make_machine(fly_api, app)
+    refused = fly_api.delete(f"/apps/{app}")
+    assert refused.status_code == 412 and "force" in refused.json()["error"]
+    fly_emulator.set_latency(LatencyModel(app_delete_s=60))
+    assert fly_api.delete(f"/apps/{app}", params={"force": "true"}).status_code == 202
+    assert fly_api.get(f"/apps/{app}").status_code == 404
+    # The name stays taken until the deletion has finished.
+    again = fly_api.post("/apps", json={"app_name": app, "org_slug": "acme"})
+    assert again.status_code == 422 and again.json()["status"] == "name_taken"
+
+
+def test_secrets_reads_lag_unless_they_ask_for_the_version_just_written(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    fly_emulator.set_latency(LatencyModel(secrets_lag_s=60))
+    url = f"/apps/{app}/secrets"
+    assert fly_api.post(url, json={"values": {"A": "1"}}).json()["version"] == 1
+    assert fly_api.get(url).json() == {"secrets": []}  # a replica that has not seen version 1 yet
+    names = [s["name"] for s in fly_api.get(url, params={"min_version": 1}).json()["secrets"]]
+    assert names == ["A"]
+    assert fly_api.get(url, params={"min_version": 5}).status_code == 412
+
+
+def test_an_expired_lease_nonce_is_refused_and_the_holder_can_refresh(fly_api) -> None:
+    app = visible_app(fly_api)
+    machine = make_machine(fly_api, app)
+    url = f"/apps/{app}/machines/{machine['id']}"
+    lease = fly_api.post(f"{url}/lease", json={"ttl": 1}).json()["data"]
+    nonce = {"fly-machine-lease-nonce": lease["nonce"]}
+    refreshed = fly_api.post(f"{url}/lease", json={"ttl": 120}, headers=nonce).json()["data"]
+    assert refreshed["nonce"] == lease["nonce"] and refreshed["expires_at"] > lease["expires_at"]
+    fly_api.post(f"{url}/lease", json={"ttl": 1}, headers=nonce)
+    for _ in range(100):  # bounded poll until the 1 s lease has expired
+        if fly_api.get(f"{url}/lease").status_code == 404:
+            break
+        time.sleep(0.1)
+    stale = fly_api.post(f"{url}/stop", headers=nonce)
+    assert stale.status_code == 409 and "lease not found" in stale.json()["error"]
+
+
+def test_flycast_allocation_needs_the_org_and_lands_on_the_network_it_names(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api, network="acme-net")
+    url = f"/apps/{app}/ip_assignments"
+    missing = fly_api.post(url, json={"type": "private_v6"})
+    assert missing.status_code == 400 and "org_slug" in missing.json()["error"]
+    wrong = fly_api.post(url, json={"type": "private_v6", "org_slug": "other"})
+    assert wrong.status_code == 400
+    fly_api.post(url, json={"type": "private_v6", "org_slug": "acme", "network": "acme-net"})
+    [ip] = fly_emulator.snapshot()["ips"][app]
+    assert (ip["org_slug"], ip["network"]) == ("acme", "acme-net")
+
+
+def test_an_extended_volume_grows_the_filesystem_after_a_restart(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    volume = make_volume(fly_api, app, size_gb=1)
+    machine = make_machine(fly_api, app, config={"image": IMAGE, "mounts": [{"volume": volume["id"], "path": "/d"}]})
+    url = f"/apps/{app}/machines/{machine['id']}"
+    fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 10})
+    grown = fly_api.put(f"/apps/{app}/volumes/{volume['id']}/extend", json={"size_gb": 4}).json()
+    assert grown["needs_restart"] is True
+    assert fly_emulator.snapshot()["volumes"][volume["id"]]["fs_size_gb"] == 1
+    fly_api.post(f"{url}/restart")
+    fly_api.get(f"{url}/wait", params={"state": "started", "timeout": 10})
+    assert fly_emulator.snapshot()["volumes"][volume["id"]]["fs_size_gb"] == 4
+
+
+def test_rate_limits_are_on_by_default() -> None:
+    with (
+        FlyEmulator() as emulator,
+        httpx.Client(base_url=emulator.url + "/v1", headers={"Authorization": "Bearer t"}) as api,
+    ):
+        assert 429 in [api.get("/apps", params={"org_slug": "acme"}).status_code for _ in range(10)]
+
+
+def test_every_action_is_rate_limited_per_object_except_get_machine(fly_api, fly_emulator) -> None:
+    app = visible_app(fly_api)
+    other = visible_app(fly_api, "devenv-acme-erp-kong")
+    machine = make_machine(fly_api, app)
+    fly_emulator.set_rate_limits(True)
+    # GETs by id too: 1 req/s with bursts of 3, per action and per object (ten quick calls cannot all pass).
+    answers = [fly_api.get(f"/apps/{app}") for _ in range(10)]
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited and int(limited[0].headers["Retry-After"]) >= 1
+    assert fly_api.get(f"/apps/{other}").status_code == 200  # another object has its own budget
+    assert fly_api.get(f"/apps/{app}/volumes").status_code == 200  # and so has another action
+    # Get Machine has a larger budget (5 req/s, bursts of 10).
+    gets = [fly_api.get(f"/apps/{app}/machines/{machine['id']}").status_code for _ in range(10)]
+    assert gets == [200] * 10

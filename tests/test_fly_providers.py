@@ -1,6 +1,6 @@
 """The Fly dynamic providers' methods against the emulator (the engine's view: check, diff, CRUD).
 
-The same provider objects also run through the SDK's provider host over gRPC in the harness tests.
+The same provider objects also run through the SDK's provider host, started by the real CLI, in the program tests.
 """
 
 from __future__ import annotations
@@ -12,17 +12,20 @@ from pulumi.output import Unknown
 
 from components.fly.client import FlyError
 from components.fly.providers import (
+    REPLACEMENT_KEY,
     FlyAppProvider,
     FlyIpAssignmentProvider,
     FlyMachineProvider,
+    FlyMachinesReadyProvider,
     FlySecretsProvider,
     FlyVolumeProvider,
 )
 
 
 def configured(provider, fly_emulator):
-    provider.configure(ConfigureRequest(DynamicConfig({"fly:apiToken": "test", "fly:apiUrl": fly_emulator.url},
-                                                      "silo")))
+    provider.configure(
+        ConfigureRequest(DynamicConfig({"fly:apiToken": "test", "fly:apiUrl": fly_emulator.url}, "silo"))
+    )
     return provider
 
 
@@ -74,7 +77,8 @@ def test_volume_rules(fly_emulator, app) -> None:
     # Numbers come back from the engine as floats: no phantom diff.
     assert provider.diff(created.id, created.outs, {**props, "size_gb": 1.0}).changes is False
     moved = provider.diff(created.id, created.outs, {**props, "region": "ams"})
-    assert moved.replaces == ["region"] and moved.delete_before_replace
+    # A volume in another region has another identity: the new one is made first, the old one released after.
+    assert moved.replaces == ["region"] and not moved.delete_before_replace
     grown = provider.update(created.id, created.outs, {**props, "size_gb": 3})
     assert fly_emulator.snapshot()["volumes"][created.id]["size_gb"] == 3
     assert grown.outs["size_gb"] == 3
@@ -154,9 +158,15 @@ grace_period = "5s"
 
 
 def machine_props(app: str, **overrides):
-    props = {"app": app, "name": f"{app}-1", "region": "yul", "fly_toml": FLY_TOML,
-             "image": "supabase/postgres-meta:v0.95.2", "desired_state": "started", "metadata": {},
-             "ready_timeout_s": 5}
+    props = {
+        "app": app,
+        "name": f"{app}-1",
+        "region": "yul",
+        "fly_toml": FLY_TOML,
+        "image": "supabase/postgres-meta:v0.95.2",
+        "desired_state": "started",
+        "metadata": {},
+    }
     props.update(overrides)
     checked = FlyMachineProvider().check({}, props)
     assert checked.failures == []
@@ -170,8 +180,17 @@ def meta_app(fly_emulator):
 
 
 def test_machine_check_rejects_latest_and_invalid_fly_toml() -> None:
-    bad = FlyMachineProvider().check({}, {"app": "a", "name": "a-1", "region": "yul", "desired_state": "up",
-                                         "image": "kong:latest", "fly_toml": "[autoscaling]\nmax_machines = 3\n"})
+    bad = FlyMachineProvider().check(
+        {},
+        {
+            "app": "a",
+            "name": "a-1",
+            "region": "yul",
+            "desired_state": "up",
+            "image": "kong:latest",
+            "fly_toml": "[autoscaling]\nmax_machines = 3\n",
+        },
+    )
     assert {f.property for f in bad.failures} == {"desired_state", "image", "fly_toml"}
 
 
@@ -205,14 +224,71 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     assert created.id not in fly_emulator.snapshot()["machines"]
 
 
-def test_machine_that_never_gets_healthy_is_rolled_back(fly_emulator, meta_app) -> None:
+def gate_props(*machines, timeout_s: int = 5) -> dict:
+    """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs)."""
+    entries = [
+        {"app": m.outs["app"], "machine_id": m.outs["machine_id"], "instance_id": m.outs["instance_id"],
+         "desired_state": state}
+        for m, state in machines
+    ]  # fmt: skip
+    return {"machines": entries, "timeout_s": timeout_s}
+
+
+def test_machine_create_returns_at_once_and_the_gate_waits_for_its_checks(fly_emulator, meta_app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(boot_s=1, check_pass_s=1))
+    created = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
+    # Created and launched, but not waited for: the provider call did not hold a slot for the boot.
+    assert fly_emulator.snapshot()["machines"][created.id]["state"] in ("created", "starting")
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    ready = gate.create(gate_props((created, "started"), timeout_s=30))
+    assert ready.outs["states"] == {created.id: "started"}
+    machine = fly_emulator.snapshot()["machines"][created.id]
+    assert machine["checks"] and all(c["status"] == "passing" for c in machine["checks"])
+
+
+def test_a_machine_that_never_gets_healthy_fails_the_gate_naming_it_and_stays_tracked(fly_emulator, meta_app) -> None:
     from emulators.fly import LatencyModel
 
     fly_emulator.set_latency(LatencyModel(check_pass_s=60))
-    provider = configured(FlyMachineProvider(), fly_emulator)
-    with pytest.raises(FlyError, match="health checks"):
-        provider.create(machine_props(meta_app, ready_timeout_s=2))
-    assert fly_emulator.snapshot()["machines"] == {}
+    healthy_app = "devenv-acme-erp-kong"
+    configured(FlyAppProvider(), fly_emulator).create({"name": healthy_app, "org": "acme"})
+    machines = configured(FlyMachineProvider(), fly_emulator)
+    slow = machines.create(machine_props(meta_app))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    with pytest.raises(FlyError, match="health checks") as caught:
+        gate.create(gate_props((slow, "started"), timeout_s=2))
+    assert meta_app in str(caught.value) and slow.id in str(caught.value) and "1 of 1 machines" in str(caught.value)
+    # The machine is in the state the engine records for its (successful) create: nothing is orphaned,
+    # and the next `up` waits for it again.
+    assert slow.id in fly_emulator.snapshot()["machines"]
+
+
+def test_the_gate_waits_for_many_machines_at_once(fly_emulator, meta_app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(boot_s=2, check_pass_s=2))
+    machines = configured(FlyMachineProvider(), fly_emulator)
+    created = [machines.create(machine_props(meta_app, name=f"m-{i}")) for i in range(6)]
+    stopped = machines.create(machine_props(meta_app, name="resting", desired_state="stopped"))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    ready = gate.create(gate_props(*[(m, "started") for m in created], (stopped, "stopped"), timeout_s=30))
+    assert ready.outs["states"] == {**{m.id: "started" for m in created}, stopped.id: "stopped"}
+    states = {m["name"]: m["state"] for m in fly_emulator.snapshot()["machines"].values()}
+    # A machine created to stay stopped is never launched ("created": skip_launch).
+    assert states == {**{f"m-{i}": "started" for i in range(6)}, "resting": "created"}
+
+
+def test_the_gate_diff_waits_again_only_for_a_new_version_or_state(fly_emulator) -> None:
+    gate = FlyMachinesReadyProvider()
+    machine = {"app": "a", "machine_id": "m1", "instance_id": "v1", "desired_state": "started"}
+    olds = {"machines": [machine], "timeout_s": 600, "states": {"m1": "started"}}
+    assert gate.diff("g", olds, {"machines": [machine], "timeout_s": 900}).changes is False
+    bumped = gate.diff("g", olds, {"machines": [{**machine, "instance_id": "v2"}], "timeout_s": 600})
+    assert bumped.changes and bumped.replaces == []
+    assert gate.diff("g", olds, {"machines": [{**machine, "desired_state": "stopped"}]}).changes
+    assert gate.diff("g", olds, {"machines": Unknown()}).changes
 
 
 def test_delete_flushes_through_exec_first(fly_emulator, meta_app) -> None:
@@ -233,3 +309,142 @@ def test_read_refreshes_outputs_and_inputs_and_reports_gone(fly_emulator, app) -
     assert ips.read(created.id, created.outs).id == ""
     apps = configured(FlyAppProvider(), fly_emulator)
     assert apps.read(app, {"name": app, "org": "acme"}).inputs["name"] == app
+
+
+@pytest.mark.parametrize("service", ["kong", "pg"])
+def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emulator, service: str) -> None:
+    """Kong (user kong) reads kong.yml; postgres reads pg_hba.conf and the init SQL. fly.toml has no file mode
+    (flyctl's appconfig.File), so the Machine config sets one (fly-go File.Mode) instead of Fly's default."""
+    from components import services as svc
+    from components.config import SiloConfig
+    from components.render import render_fly_toml
+
+    cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
+    app = cfg.app_name(service)
+    configured(FlyAppProvider(), fly_emulator).create({"name": app, "org": "acme"})
+    volume_id = None
+    if svc.SERVICES[service].volume:
+        volume = configured(FlyVolumeProvider(), fly_emulator).create(
+            {"app": app, "name": svc.SERVICES[service].volume.name, "region": "yul", "size_gb": 1}
+        )
+        volume_id = volume.id
+    props = machine_props(
+        app,
+        name=service,
+        fly_toml=render_fly_toml(cfg, service),
+        image=svc.image_ref(cfg, service),
+        volume_id=volume_id,
+    )
+    created = configured(FlyMachineProvider(), fly_emulator).create(props)
+    files = fly_emulator.snapshot()["machines"][created.id]["config"]["files"]
+    assert files and {f["guest_path"]: f.get("mode") for f in files} == {f["guest_path"]: 0o444 for f in files}
+
+
+# -- what a real account does that the providers must cope with --------------------------------------
+
+
+def test_rls_sql_through_exec_succeeds_when_the_answer_has_no_exit_code(fly_emulator, meta_app) -> None:
+    from components.fly.providers import FlyExecProvider
+
+    machine = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
+    provider = configured(FlyExecProvider(), fly_emulator)
+    created = provider.create({"app": meta_app, "machine_id": machine.id, "command": ["psql", "-c", "select 1"]})
+    assert created.outs["exit_code"] == 0
+    fly_emulator.set_exec_handler(lambda *_: {"exit_code": 3, "stderr": "ERROR: boom"})
+    with pytest.raises(FlyError, match=r"exit 3\): ERROR: boom"):
+        provider.update(created.id, created.outs, {**created.outs, "command": ["psql", "-c", "select 2"]})
+
+
+def test_a_volume_being_destroyed_is_neither_adopted_nor_a_reason_to_keep_the_app(fly_emulator, app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(volume_destroy_s=60))
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "allow_delete": True}
+    first = provider.create(props)
+    provider.delete(first.id, first.outs)
+    second = provider.create(props)
+    assert second.id != first.id  # a new volume, not the one on its way out
+    provider.delete(second.id, second.outs)
+    apps = configured(FlyAppProvider(), fly_emulator)
+    apps.delete(app, {"name": app, "keep_volumes": True})  # only dying volumes left: nothing to keep
+    assert app not in fly_emulator.snapshot()["apps"]
+
+
+def test_secret_digests_in_state_are_those_of_the_version_written(fly_emulator, app) -> None:
+    from emulators.fly import LatencyModel
+
+    fly_emulator.set_latency(LatencyModel(secrets_lag_s=60))
+    provider = configured(FlySecretsProvider(), fly_emulator)
+    created = provider.create({"app": app, "values": {"POSTGRES_PASSWORD": "p1"}})
+    live = fly_emulator.snapshot()["secrets"][app]
+    assert created.outs["digests"] == live and live["POSTGRES_PASSWORD"]
+    updated = provider.update(app, created.outs, {"app": app, "values": {"POSTGRES_PASSWORD": "p2"}})
+    assert updated.outs["digests"] == fly_emulator.snapshot()["secrets"][app] != created.outs["digests"]
+    # A refresh reads at least the recorded version: nothing looks changed outside Pulumi.
+    assert provider.read(app, updated.outs).outs["values"] == {"POSTGRES_PASSWORD": "p2"}
+
+
+def test_an_update_is_ready_only_once_the_new_version_runs(fly_emulator, meta_app) -> None:
+    import httpx
+
+    from emulators.fly import LatencyModel
+
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    created = provider.create(machine_props(meta_app))
+    gate = configured(FlyMachinesReadyProvider(), fly_emulator)
+    gate.create(gate_props((created, "started"), timeout_s=60))
+    fly_emulator.set_latency(LatencyModel(replace_lag_s=3))
+    news = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0")
+    updated = provider.update(created.id, created.outs, news)
+    assert updated.outs["instance_id"] != created.outs["instance_id"]
+    gate.update("g", {}, gate_props((updated, "started"), timeout_s=60))
+    # The gate returned: the new version is the one running.
+    wait = f"{fly_emulator.url}/v1/apps/{meta_app}/machines/{created.id}/wait"
+    answer = httpx.get(
+        wait,
+        params={"state": "started", "version": updated.outs["instance_id"], "timeout": 1},
+        headers={"Authorization": "Bearer test"},
+    )
+    assert answer.status_code == 200
+
+
+def test_growing_an_attached_volume_restarts_its_machine_so_the_filesystem_grows(fly_emulator, app) -> None:
+    volumes = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1}
+    volume = volumes.create(props)
+    machine = configured(FlyMachineProvider(), fly_emulator).create(
+        machine_props(
+            app, fly_toml=FLY_TOML + '\n[[mounts]]\nsource = "pg_data"\ndestination = "/data"\n', volume_id=volume.id
+        )
+    )
+    grown = volumes.update(volume.id, volume.outs, {**props, "size_gb": 4})
+    assert grown.outs["size_gb"] == 4
+    snapshot = fly_emulator.snapshot()
+    assert snapshot["volumes"][volume.id]["fs_size_gb"] == 4
+    assert snapshot["machines"][machine.id]["state"] == "started"
+
+
+def test_flycast_ip_of_an_app_on_its_own_network_is_allocated_on_that_network(fly_emulator) -> None:
+    configured(FlyAppProvider(), fly_emulator).create(
+        {"name": "devenv-acme-erp-rest", "org": "acme", "network": "acme-erp"}
+    )
+    ip = configured(FlyIpAssignmentProvider(), fly_emulator).create(
+        {"app": "devenv-acme-erp-rest", "type": "private_v6"}
+    )
+    [recorded] = fly_emulator.snapshot()["ips"]["devenv-acme-erp-rest"]
+    assert recorded["ip"] == ip.id and (recorded["org_slug"], recorded["network"]) == ("acme", "acme-erp")
+
+
+def test_volume_check_marks_a_replacement_for_the_guardrails(fly_emulator, app) -> None:
+    """The policy pack sees checked inputs only: a change the engine will replace the volume for is marked."""
+    provider = configured(FlyVolumeProvider(), fly_emulator)
+    props = {"app": app, "name": "pg_data", "region": "yul", "size_gb": 1, "encrypted": True}
+    assert REPLACEMENT_KEY not in provider.check({}, props).inputs  # a create replaces nothing
+    assert REPLACEMENT_KEY not in provider.check(props, {**props, "size_gb": 2}).inputs  # grown in place
+    renamed = provider.check(props, {**props, "name": "pg_files"}).inputs
+    assert renamed[REPLACEMENT_KEY] == ["name"]
+    # The mark never reaches the outputs (what a stack policy and later runs see).
+    created = provider.create(renamed)
+    assert REPLACEMENT_KEY not in created.outs
+    assert provider.diff(created.id, created.outs, renamed).changes is False

@@ -13,11 +13,11 @@ import pytest
 from components import services as svc
 from components.config import SiloConfig
 from components.fly import flytoml
-from components.render import PG_FILES, render_file, render_fly_toml
+from components.render import pg_files, render_fly_toml
 
 # The fly.toml examples of seed 004 (docs "Fly.io Dev-Environment Architecture"), copied verbatim.
 # fly-machines-api.md §4.4 lists what is wrong with them.
-SEED_KONG = '''\
+SEED_KONG = """\
 app = "devenv-acme-erp-kong"
 primary_region = "yul"
 
@@ -71,9 +71,9 @@ primary_region = "yul"
   auto_stop_machines = true
   auto_start_machines = true
   min_machines_running = 1
-'''
+"""
 
-SEED_PG = '''\
+SEED_PG = """\
 app = "devenv-acme-erp-pg"
 primary_region = "yul"
 
@@ -101,9 +101,9 @@ primary_region = "yul"
   auto_stop_machines = true
   auto_start_machines = true
   min_machines_running = 1
-'''
+"""
 
-SEED_REST = '''\
+SEED_REST = """\
 app = "devenv-acme-erp-rest"
 primary_region = "yul"
 
@@ -127,9 +127,9 @@ primary_region = "yul"
   auto_stop_machines = true
   auto_start_machines = true
   min_machines_running = 1
-'''
+"""
 
-SEED_AUTH = '''\
+SEED_AUTH = """\
 app = "devenv-acme-erp-auth"
 primary_region = "yul"
 
@@ -151,12 +151,13 @@ primary_region = "yul"
   auto_stop_machines = true
   auto_start_machines = true
   min_machines_running = 1
-'''
+"""
 
 
 def _cfg(**overrides: object) -> SiloConfig:
-    return SiloConfig(**{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev",
-                         **overrides})
+    return SiloConfig(
+        **{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev", **overrides}
+    )
 
 
 # -- the seed's templates -----------------------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_validate_accepts_a_minimal_app() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('  PORT = 8080\n', "[env].PORT: values must be strings (got int 8080)"),
+        ("  PORT = 8080\n", "[env].PORT: values must be strings (got int 8080)"),
         ('  FLY_APP = "x"\n', "[env].FLY_APP: names starting with FLY_ are reserved by Fly"),
         ('  SUPABASE_ANON_KEY = "x"\n', "[env].SUPABASE_ANON_KEY: looks like a secret"),
         ('  GITHUB_TOKEN_FILE = "x"\n', "[env].GITHUB_TOKEN_FILE: looks like a secret"),
@@ -270,7 +271,9 @@ def test_validate_env_rules_name_the_key(extra: str, message: str) -> None:
 
 
 def test_validate_service_rules() -> None:
-    text = GOOD + """
+    text = (
+        GOOD
+        + """
 [processes]
   app = "run"
 [[services]]
@@ -296,6 +299,7 @@ def test_validate_service_rules() -> None:
   raw_value = "a"
   secret_name = "B"
 """
+    )
     problems = flytoml.validate(flytoml.parse(text))
     expected = [
         '[[services]][0].auto_stop_machines: must be "off", "stop" or "suspend"',
@@ -324,9 +328,20 @@ def test_validate_rejects_autostop_without_autostart() -> None:
 
 @pytest.mark.parametrize(
     ("value", "unit", "expected"),
-    [("15s", 1, "15s"), ("60s", 1, "1m0s"), ("1m", 1, "1m0s"), ("1h2m3.5s", 1, "1h2m3.5s"),
-     ("500ms", 1, "500ms"), (10000, 10**6, "10s"), (2000, 10**6, "2s"), (5, 10**9, "5s"),
-     (1500, 10**6, "1.5s"), (15_000_000_000, 1, "15s"), (15e9, 1, "15s"), ("0", 1, "0s")],
+    [
+        ("15s", 1, "15s"),
+        ("60s", 1, "1m0s"),
+        ("1m", 1, "1m0s"),
+        ("1h2m3.5s", 1, "1h2m3.5s"),
+        ("500ms", 1, "500ms"),
+        (10000, 10**6, "10s"),
+        (2000, 10**6, "2s"),
+        (5, 10**9, "5s"),
+        (1500, 10**6, "1.5s"),
+        (15_000_000_000, 1, "15s"),
+        (15e9, 1, "15s"),
+        ("0", 1, "0s"),
+    ],
 )
 def test_durations_come_out_as_go_strings(value: object, unit: int, expected: str) -> None:
     assert flytoml.go_duration(flytoml.parse_duration(value, unit)) == expected
@@ -445,8 +460,16 @@ def test_services_checks_headers_and_restart_for_another_process_group() -> None
     # Bare integer check durations are milliseconds; headers become [{name, values}].
     assert service["checks"] == [
         {"type": "tcp", "interval": "15s", "timeout": "2s"},
-        {"type": "http", "interval": "10s", "timeout": "2s", "grace_period": "5s", "method": "get",
-         "path": "/health", "protocol": "http", "headers": [{"name": "X-Forwarded-Proto", "values": ["https"]}]},
+        {
+            "type": "http",
+            "interval": "10s",
+            "timeout": "2s",
+            "grace_period": "5s",
+            "method": "get",
+            "path": "/health",
+            "protocol": "http",
+            "headers": [{"name": "X-Forwarded-Proto", "values": ["https"]}],
+        },
     ]
     assert "checks" not in config
     assert config["guest"] == {"cpu_kind": "performance", "cpus": 1, "memory_mb": 2048}
@@ -493,7 +516,7 @@ def test_every_rendered_service_converts_to_the_expected_machine(studio: bool) -
 def test_pg_machine_gets_its_init_files_and_command() -> None:
     config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(_cfg(), "pg")), volume_id="vol_pg")
     files = {f["guest_path"]: base64.b64decode(f["raw_value"]).decode() for f in config["files"]}
-    assert files == {path: render_file(template) for path, template in PG_FILES.items()}
+    assert files == pg_files(_cfg())
     assert config["init"]["cmd"] == shlex.split(svc.PG_COMMAND)
     assert config["init"]["cmd"][:2] == ["bash", "-c"]
     assert "exec docker-entrypoint.sh postgres" in config["init"]["cmd"][2]
@@ -501,11 +524,18 @@ def test_pg_machine_gets_its_init_files_and_command() -> None:
 
 def test_kong_machine_reads_kong_yml_from_a_secret_file() -> None:
     config = flytoml.to_machine_config(flytoml.parse(render_fly_toml(_cfg(), "kong")))
-    assert config["files"] == [{"guest_path": svc.KONG_DECLARATIVE_CONFIG, "secret_name": svc.KONG_YML_SECRET}]
+    assert config["files"] == [
+        {"guest_path": svc.KONG_DECLARATIVE_CONFIG, "secret_name": svc.KONG_YML_SECRET, "mode": 0o444}
+    ]
     assert config["env"]["KONG_DECLARATIVE_CONFIG"] == svc.KONG_DECLARATIVE_CONFIG
     assert config["checks"]["health"] == {
-        "type": "http", "port": svc.KONG_STATUS_PORT, "interval": "15s", "timeout": "5s",
-        "grace_period": "30s", "method": "get", "path": "/status",
+        "type": "http",
+        "port": svc.KONG_STATUS_PORT,
+        "interval": "15s",
+        "timeout": "5s",
+        "grace_period": "30s",
+        "method": "get",
+        "path": "/status",
     }
 
 

@@ -70,7 +70,11 @@ def test_short_secrets_are_rejected_without_echoing_them() -> None:
         verify_key("x.y.z", "short")
 
 
-@pytest.mark.parametrize(("issued_at", "years"), [(-1, 5), (NOW, 0), (True, 5), (NOW, -3)])
+@pytest.mark.parametrize(
+    ("issued_at", "years"),
+    [(-1, 5), (NOW, 0), (True, 5), (NOW, -3)],
+    ids=["negative-iat", "zero-years", "bool-iat", "negative-years"],  # stable ids: xdist workers must agree
+)
 def test_bad_lifetimes_are_rejected(issued_at: int, years: int) -> None:
     with pytest.raises(ValueError, match=r"issued_at|years"):
         supabase_keys(SECRET, issued_at=issued_at, years=years)
@@ -92,8 +96,6 @@ def test_verify_rejects_forged_expired_and_foreign_tokens() -> None:
     user_token = jwt.encode({"role": "authenticated", "iss": "supabase", "iat": now, "exp": now + 3600}, SECRET)
     with pytest.raises(jwt.InvalidTokenError, match="unexpected role"):
         verify_key(user_token, SECRET)
-    unsigned = jwt.encode(
-        {"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none"
-    )
+    unsigned = jwt.encode({"role": "anon", "iss": "supabase", "iat": now, "exp": now + 3600}, None, algorithm="none")
     with pytest.raises(jwt.InvalidAlgorithmError):
         verify_key(unsigned, SECRET)

@@ -1,16 +1,20 @@
-"""The README's main job, `make up` = `scripts/pulumi.sh up dev`, on a fresh copy of the repository with
-no Fly token anywhere: it starts the local Fly emulator itself, brings the dev silo up on it, a second
-run changes nothing, and destroy keeps only the data apps. The engine is the in-repo harness here
-(SILO_ENGINE=harness), since the Pulumi CLI cannot be installed on this machine."""
+"""The README's main job, `make up`, on a fresh copy of the repository with no Fly token anywhere: it
+starts the local Fly emulator itself and runs the real `pulumi up` (the CLI `make engine` built) on a
+file backend under `.silo/`, with a generated passphrase; a second run changes nothing, a preview shows
+no changes, a refresh finds no drift, and destroy keeps only the data apps. No run reaches the network:
+every HTTP(S) request that is not to loopback goes to a proxy that only counts them."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +22,9 @@ import pytest
 
 from components.fly.client import FlyClient
 from components.fly.settings import FlySettings
+from policy.rules import RULES
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
@@ -31,9 +36,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class CountingProxy:
+    """Accepts connections and drops them, counting: where HTTP(S)_PROXY points, any attempt to reach
+    the network (an update check, a plugin download) shows up here."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.connections = 0
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.connections += 1
+                conn.close()
+
+
 @pytest.fixture
 def fresh_checkout(tmp_path: Path) -> Iterator[Path]:
-    """The tracked files only (what a clone has), with this test run's virtualenv as its venv/."""
+    """The tracked files only (what a clone has), with this test run's virtualenv as its venv/ and the
+    engine this test run built as its .engine/ (so `make up` finds both already made)."""
     files = subprocess.run(
         ["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
     ).stdout.split("\0")
@@ -44,7 +70,10 @@ def fresh_checkout(tmp_path: Path) -> Iterator[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
             target.chmod(source.stat().st_mode)
+            # The clone's files are no newer than the virtualenv made from them (make would rebuild it).
+            os.utime(target, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns))
     (root / "venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    (root / ".engine").symlink_to(REPO_ROOT / ".engine", target_is_directory=True)
     yield root
     pid_file = root / ".silo" / "fly-emulator.pid"
     if pid_file.exists():
@@ -52,38 +81,71 @@ def fresh_checkout(tmp_path: Path) -> Iterator[Path]:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
-def test_make_up_starts_the_emulator_and_brings_the_dev_silo_up(fresh_checkout: Path) -> None:
+def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothing(fresh_checkout: Path) -> None:
     port = _free_port()
+    proxy = CountingProxy()
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("FLY_", "PULUMI_")) and k != "CLOUDFLARE_API_TOKEN"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLY_", "PULUMI_", "CLOUDFLARE_")) and k not in ("SILO_REGISTRY_DSN", "MAKEFLAGS")
     }
-    env.update(SILO_ENGINE="harness", SILO_EMULATOR_PORT=str(port))
+    env.update(
+        SILO_EMULATOR_PORT=str(port),
+        HTTP_PROXY=proxy.url,
+        HTTPS_PROXY=proxy.url,
+        http_proxy=proxy.url,
+        https_proxy=proxy.url,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
 
-    def pulumi(op: str) -> subprocess.CompletedProcess[str]:
+    def make(target: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["scripts/pulumi.sh", op, "dev"], cwd=fresh_checkout, env=env, capture_output=True, text=True, timeout=600
-        )
+            ["make", "--no-print-directory", target], cwd=fresh_checkout, env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
 
-    up = pulumi("up")
+    up = make("up")
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"starting the local Fly emulator on 127.0.0.1:{port}" in up.stdout
-    assert "supabase_url: \"https://devenv-acme-erp-kong.fly.dev\"" in up.stdout
-    assert "service_role_key: \"[secret]\"" in up.stdout
+    # The real CLI's summary and outputs: secrets masked, the URL in the clear.
+    assert re.search(r"Resources:\s+\+ 38 created", up.stdout), up.stdout[-2000:]
+    assert re.search(r"Duration: \d+", up.stdout)
+    assert re.search(r'supabase_url\s*: "https://devenv-acme-erp-kong\.fly\.dev"', up.stdout)
+    assert re.search(r"service_role_key\s*: \[secret\]", up.stdout)
+    # A file-backend checkpoint under .silo/, its secrets under a generated passphrase only its owner reads.
+    checkpoint = fresh_checkout / ".silo" / "backend" / ".pulumi" / "stacks" / "silo" / "dev.json"
+    assert checkpoint.exists()
+    passphrase = fresh_checkout / ".silo" / "passphrase"
+    assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600 and len(passphrase.read_text().strip()) >= 32
+    assert str(passphrase) in up.stdout
     with FlyClient(FlySettings(f"http://127.0.0.1:{port}", "local", "env")) as fly:
         for service in SERVICES:
             machines = fly.list_machines(f"devenv-acme-erp-{service}")
             assert [m["state"] for m in machines] == ["started"], service
-    assert (fresh_checkout / ".silo" / "fly-emulator.json").exists()
 
-    again = pulumi("up")  # the emulator from the first run is reused, and the silo is unchanged
+    again = make("up")  # the emulator from the first run is reused, and the silo is unchanged
     assert again.returncode == 0, again.stdout + again.stderr
     assert "starting the local Fly emulator" not in again.stdout
-    summary = again.stdout.strip().splitlines()[-1]
-    assert summary.startswith("Resources:") and summary.split(":", 1)[1].split(",")[0].endswith("same"), summary
-    assert "create" not in summary and "update" not in summary and "replace" not in summary
+    assert re.search(r"Resources:\s+38 unchanged", again.stdout), again.stdout[-1500:]
 
-    destroyed = pulumi("destroy")
+    preview = make("preview")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert re.search(r"Resources:\s+38 unchanged", preview.stdout), preview.stdout[-1500:]
+    # The guardrails ran with up and preview: their rules are listed first, then the CLI reports the pack.
+    for run in (up, preview):
+        assert f"policy pack silo-guardrails (policy/, {len(RULES)} rules" in run.stdout, run.stdout[:2000]
+        assert all(re.search(rf"^  (mandatory|advisory) +{r.name} ", run.stdout, re.M) for r in RULES)
+        # `up` ends with the CLI's "Policies:" block, `preview --diff` with its "Policy Packs run:" table.
+        ran = r"silo-guardrails(@v1\.0\.0 \(local: \S*|\|local\|\S*)policy/run-policy-pack(\)|\s+1\.0\.0)"
+        assert re.search(ran, run.stdout), run.stdout[-2000:]
+    refresh = make("refresh")
+    assert refresh.returncode == 0, refresh.stdout + refresh.stderr
+    assert re.search(r"Resources:\s+38 unchanged", refresh.stdout), refresh.stdout[-1500:]
+
+    destroyed = make("destroy")
     assert destroyed.returncode == 0, destroyed.stdout + destroyed.stderr
     with FlyClient(FlySettings(f"http://127.0.0.1:{port}", "local", "env")) as fly:
         kept = {f"devenv-acme-erp-{s}" for s in SERVICES if fly.get_app(f"devenv-acme-erp-{s}") is not None}
     assert kept == {"devenv-acme-erp-pg", "devenv-acme-erp-storage"}  # data apps are retained by default
+    assert proxy.connections == 0, "a run tried to reach the network"

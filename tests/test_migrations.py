@@ -46,8 +46,13 @@ def test_apply_runs_every_file_in_order_and_records_checksums(pg_database: str, 
 
     assert schema.apply(pg_database, folder) == expected
 
-    assert {"gastown_towns", "gastown_rigs", "kiloclaw_available_versions", "kiloclaw_version_pins",
-            "schema_migrations"} <= tables(pg_database)
+    assert {
+        "gastown_towns",
+        "gastown_rigs",
+        "kiloclaw_available_versions",
+        "kiloclaw_version_pins",
+        "schema_migrations",
+    } <= tables(pg_database)
     rows = recorded(pg_database)
     assert [r[1] for r in rows] == expected
     assert [r[0] for r in rows] == [name[:4] for name in expected]
@@ -144,8 +149,10 @@ def test_concurrent_applies_apply_each_file_once(pg_database: str, folder: Path)
 def test_without_users_table_user_ids_are_free_text(pg_database: str, folder: Path) -> None:
     schema.apply(pg_database, folder)
     with psycopg.connect(pg_database) as conn:
-        conn.execute("INSERT INTO gastown_towns (user_id, town_name, sandbox_id, status) "
-                     "VALUES ('anyone', 't', 'sb-1', 'running')")
+        conn.execute(
+            "INSERT INTO gastown_towns (user_id, town_name, sandbox_id, status) "
+            "VALUES ('anyone', 't', 'sb-1', 'running')"
+        )
 
 
 def test_users_table_setting_adds_cascading_fk(pg_database: str, folder: Path) -> None:
@@ -167,8 +174,11 @@ def test_users_table_setting_naming_a_missing_table_fails_clearly(pg_database: s
     message = "silo.users_table is set to public.nope, but that table does not exist"
     with pytest.raises(MigrationError, match=re.escape(message)):
         schema.apply(pg_database, folder, settings={"silo.users_table": "public.nope"})
-    assert [r[1] for r in recorded(pg_database)] == ["0001_gastown_towns.sql", "0002_gastown_rigs.sql",
-                                                     "0003_kiloclaw_versions.sql"]
+    assert [r[1] for r in recorded(pg_database)] == [
+        "0001_gastown_towns.sql",
+        "0002_gastown_rigs.sql",
+        "0003_kiloclaw_versions.sql",
+    ]
 
 
 def test_settings_must_be_silo_gucs(pg_database: str, folder: Path) -> None:
@@ -224,12 +234,19 @@ def test_provider_check_and_diff_fail_on_drift_naming_the_file(pg_database: str,
 
 
 def test_provider_check_reports_bad_inputs_by_property(tmp_path: Path) -> None:
-    failures = PostgresSchemaProvider().check({}, {
-        "dsn": "host=127.0.0.1 port=notanumber = password=hunter2",
-        "folder": str(tmp_path / "missing"),
-        "migrations": {"bad.sql": "xyz"},
-        "settings": {"work_mem": "1GB"},
-    }).failures
+    failures = (
+        PostgresSchemaProvider()
+        .check(
+            {},
+            {
+                "dsn": "host=127.0.0.1 port=notanumber = password=hunter2",
+                "folder": str(tmp_path / "missing"),
+                "migrations": {"bad.sql": "xyz"},
+                "settings": {"work_mem": "1GB"},
+            },
+        )
+        .failures
+    )
     by_property = {f.property: f.reason for f in failures}
     assert set(by_property) == {"dsn", "folder", "migrations", "settings"}
     assert "hunter2" not in by_property["dsn"]
@@ -271,8 +288,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
 def test_component_declares_secret_dsn_and_migration_checksums(folder: Path) -> None:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
-    component = schema.PostgresSchema("control", folder=str(folder), dsn="host=db password=s3cret",
-                                      users_table="public.kilocode_users")
+    component = schema.PostgresSchema(
+        "control", folder=str(folder), dsn="host=db password=s3cret", users_table="public.kilocode_users"
+    )
     seen: dict[str, list[str]] = {}
 
     @pulumi.runtime.test
@@ -302,8 +320,11 @@ def test_newest_installed_major_is_used() -> None:
     from tests.fixtures import postgres as fixture
 
     bindir = fixture.find_bindir()
-    majors = [int(p.parent.parent.name) for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")
-              if p.parent.parent.name.isdigit()]
+    majors = [
+        int(p.parent.parent.name)
+        for p in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+        if p.parent.parent.name.isdigit()
+    ]
     if majors:
         assert bindir == Path(f"/usr/lib/postgresql/{max(majors)}/bin")
     assert (bindir / "pg_ctl").exists() and (bindir / "postgres").exists()

@@ -105,18 +105,14 @@ def test_the_property_run_covered_thousands_of_distinct_inputs() -> None:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(
-    user=user_ids, left=st.text(max_size=30), right=st.text(max_size=30), sep=st.sampled_from(':,"\\|\x00')
-)
+@given(user=user_ids, left=st.text(max_size=30), right=st.text(max_size=30), sep=st.sampled_from(':,"\\|\x00'))
 def test_moving_a_separator_between_fields_changes_the_id(user: str, left: str, right: str, sep: str) -> None:
     # ("x:y", "z") vs ("x", "y:z"): the same concatenation split differently must not collide.
     assert sandbox_id(f"{user}{sep}{left}", right or "t") != sandbox_id(user, f"{left}{sep}{right or 't'}")
 
 
 def test_no_collisions_across_thousands_of_similar_inputs() -> None:
-    ids = {
-        sandbox_id(f"user-{u}", f"town {t}" if t % 3 else f"Town-{t}") for u in range(60) for t in range(60)
-    }
+    ids = {sandbox_id(f"user-{u}", f"town {t}" if t % 3 else f"Town-{t}") for u in range(60) for t in range(60)}
     assert len(ids) == 3600
 
 
@@ -137,9 +133,7 @@ def test_volume_names_are_kept_when_valid_and_hashed_otherwise() -> None:
 
 
 @settings(max_examples=500, deadline=None)
-@given(
-    prefix=st.from_regex(r"[a-z0-9_]{1,16}", fullmatch=True), keys=st.lists(st.text(max_size=60), max_size=5)
-)
+@given(prefix=st.from_regex(r"[a-z0-9_]{1,16}", fullmatch=True), keys=st.lists(st.text(max_size=60), max_size=5))
 def test_fly_volume_name_is_always_valid_and_distinct(prefix: str, keys: list[str]) -> None:
     names = {fly_volume_name(prefix, k) for k in set(keys)}
     assert all(is_volume_name(n) for n in names)

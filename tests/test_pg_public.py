@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from components import services as svc
 from components.config import SiloConfig
 from components.fly import flytoml
 from components.render import render_fly_toml
-from harness.engine import run
+from tests.fixtures.program import SiloProgram
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRETS = svc.SiloSecrets(
     jwt_secret="j" * 48,
     postgres_password="Pw0rdLettersAndDigits",
@@ -52,22 +50,21 @@ def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
     assert svc.public_env(cfg, "meta")["PG_META_DB_HOST"] == "devenv-acme-erp-pg.internal"
 
 
-@pytest.mark.harness
+@pytest.mark.engine
 def test_public_pg_gets_public_ips_and_a_tls_connection_string(tmp_path: Path, fly_emulator) -> None:
-    config = {
-        **yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"],
-        "silo:studio": "false",
-        "silo:pgPublic": "true",
-    }
-    config_file = tmp_path / "Pulumi.dev.yaml"
-    config_file.write_text(yaml.safe_dump({"config": config}))
-    result = run(
-        "up", "dev", ROOT, tmp_path / "state", config_file=config_file, env={"FLY_API_HOSTNAME": fly_emulator.url}
-    )
-    assert result.ok, result.error
+    program = SiloProgram(fly_emulator, tmp_path, studio="false", pgPublic="true")
+    result = program.up()
     kinds = sorted(
         ip.get("type") or ("private_v6" if ip["ip"].startswith("fdaa:") else "v6" if ":" in ip["ip"] else "v4")
         for ip in fly_emulator.snapshot()["ips"]["devenv-acme-erp-pg"]
     )
     assert kinds == ["private_v6", "v4", "v6"]
     assert result.outputs["db_public_connection_string"] == "[secret]"
+    # The public login is its own role with its own password, a secret of the pg app alone.
+    public_dsn = program.state().outputs["db_public_connection_string"]
+    assert public_dsn.startswith("postgres://silo_public:") and "sslmode=require" in public_dsn
+    secrets = fly_emulator.snapshot()["secrets"]
+    assert "SILO_PUBLIC_DB_PASSWORD" in secrets["devenv-acme-erp-pg"]
+    assert not [
+        app for app, names in secrets.items() if app != "devenv-acme-erp-pg" and "SILO_PUBLIC_DB_PASSWORD" in names
+    ]

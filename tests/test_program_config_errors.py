@@ -1,4 +1,4 @@
-"""Bad stack config fails `preview` of the real program before anything is created, with the same
+"""Bad stack config fails `preview` of the real program (real CLI) before anything is created, with the same
 `<key>: <reason>` line that `silo validate` prints; a region change of an existing silo is refused
 unless `silo:regionMigration` says the data was moved (issue: "`validate` rejects bad config ... with
 a line naming the key; the program fails preview the same way")."""
@@ -11,17 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from components import cli
 from emulators.fly import FlyEmulator
-from harness import state as harness_state
-from harness.engine import HarnessResult, run
-from tests.fixtures.program import FLY, REPO_ROOT, STACK, SiloProgram
+from tests.fixtures.program import FLY, STACK, SiloProgram, StackProgram, base_config, fly_env
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
-BASE_CONFIG: dict[str, Any] = yaml.safe_load((REPO_ROOT / f"Pulumi.{STACK}.yaml").read_text())["config"]
 TOWN = {"name": "alpha", "user": "user-1", "rigs": []}
 DROP = object()  # marks a key to remove from the base config
 
@@ -62,13 +58,6 @@ def emulator() -> Iterator[FlyEmulator]:
         fly.stop()
 
 
-def _preview(config: dict[str, Any], root: Path, emulator: FlyEmulator) -> HarnessResult:
-    config_file = root / f"Pulumi.{STACK}.yaml"
-    config_file.write_text(yaml.safe_dump({"config": config}))
-    env = {"FLY_API_HOSTNAME": emulator.url, "FLY_API_TOKEN": "", "FLY_ACCESS_TOKEN": "", "FLY_FLAPS_BASE_URL": ""}
-    return run("preview", STACK, REPO_ROOT, root / "state", config_file=config_file, env=env, timeout=300)
-
-
 @pytest.mark.parametrize(("edit", "key"), [pytest.param(e, k, id=i) for i, e, k in BAD_CONFIGS])
 def test_bad_config_fails_preview_naming_the_key_like_validate(
     edit: Callable[[dict[str, Any]], None],
@@ -77,23 +66,24 @@ def test_bad_config_fails_preview_naming_the_key_like_validate(
     emulator: FlyEmulator,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = dict(BASE_CONFIG)
+    config = base_config()
     edit(config)
+    program = StackProgram(tmp_path, STACK, fly_env(emulator))
 
-    result = _preview(config, tmp_path, emulator)
+    result = program.run_config("preview", config)
 
     assert not result.ok
     assert result.error is not None
     # `silo validate` on the same file: exit status 2-ish and a line starting with the key...
-    assert cli.main(["validate", str(tmp_path / f"Pulumi.{STACK}.yaml")]) != 0
+    assert cli.main(["validate", str(program.config_file)]) != 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{key}: ")]
     assert lines, f"validate did not name {key}"
     # ...and the preview reports that very line (same wording, not just the same key).
     assert any(line in result.error for line in lines), (lines, result.error)
     # Nothing was asked of Fly (not even a read) and no state was written.
     assert emulator.calls() == []
-    assert harness_state.load(tmp_path / "state", STACK).resources == {}
-    assert not [s for s in result.steps if s["type"].startswith(FLY)]
+    assert program.state().resources == {}
+    assert not [s for s in result.steps if s.type.startswith(FLY)]
 
 
 # -- region change of an existing silo ---------------------------------------------------------------
@@ -137,9 +127,11 @@ def test_region_change_with_migration_flag_previews_replacing_volumes_and_machin
     volumes = {r.name for r in program.fly_resources("Volume")}
     machines = {r.name for r in program.fly_resources("Machine")}
     assert volumes == {"devenv-acme-erp-pg-pg-data", "devenv-acme-erp-storage-storage-data"}
-    assert set(result.ops("replace")) == volumes | machines, result.steps
+    gates = {"devenv-acme-erp-ready", "devenv-acme-erp-pg-ready"}  # waiting for the new machines
+    replaced = {name for name, op in result.changed().items() if op == "replace"}
+    assert replaced == volumes | machines, result.steps
+    assert set(result.changed()) - replaced == gates and {result.changed()[g] for g in gates} == {"update"}
     # Apps, IPs and secrets stay; the preview itself changed nothing.
-    assert not result.ops("delete") and not result.ops("create"), result.steps
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
     assert program.emulator.snapshot() == before
     program.write_config()  # the stack file back to yul for any later test

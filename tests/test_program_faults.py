@@ -1,7 +1,7 @@
 """Fault injection into the real program's Fly API calls: after one failed call (lost before or after
 its effect) a plain re-run converges, and nothing is orphaned or duplicated.
 
-Each case clones a deployed baseline (emulator state file + harness state), arms one fault, runs the
+Each case clones a deployed baseline (emulator state file + the stack's backend), arms one fault, runs the
 operation, then runs it again without faults, and checks the emulator holds exactly the expected
 objects and the state tracks exactly those. Coverage, kept to a few minutes at zero latency:
 every mutating route the program uses, in every operation that uses it (create, stop, start, image
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from harness.engine import HarnessResult
+from engine.runner import RunResult
 from tests.fixtures.program import (
     FLY,
     Baseline,
@@ -33,7 +33,7 @@ from tests.fixtures.program import (
 )
 from tests.test_program_up import other_tag
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
 APPS = "/v1/apps"
 IPS = "/v1/apps/{app}/ip_assignments"
@@ -149,8 +149,8 @@ def assert_converged(program: SiloProgram, scenario: Scenario) -> None:
     assert_state_matches_emulator(program)
 
 
-def describe(result: HarnessResult) -> str:
-    return f"{result.error}\n{result.stderr[-3000:]}"
+def describe(result: RunResult) -> str:
+    return f"{result.error}\n{result.text[-3000:]}"
 
 
 @pytest.mark.parametrize(("scenario_name", "method", "route", "nth", "status", "after_effect"), cases())
@@ -174,4 +174,4 @@ def test_one_failed_call_then_rerun_converges_without_orphans(
     assert again.ok, describe(again)
     assert_converged(program, scenario)
     if scenario.machines is not None:
-        assert_no_secret_leaks(program, faulty, again)
+        assert_no_secret_leaks(program, program.secret_values(), faulty, again)

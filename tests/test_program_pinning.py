@@ -1,4 +1,4 @@
-"""`silo:images` pins end to end, through the real program and the engine harness (issue: "Pinning:
+"""`silo:images` pins end to end, through the real program on the real Pulumi CLI (issue: "Pinning:
 active, deprecated (warning) and disabled (preview fails) each tested end to end").
 
 Pins use the real catalog (catalog/images.yaml); the module checks each entry's status first, so a
@@ -17,11 +17,10 @@ import pytest
 
 from components.catalog import ImageEntry, load_catalog
 from emulators.fly import FlyEmulator
-from harness import state as harness_state
-from harness.engine import HarnessResult
-from tests.fixtures.program import STACK, Baseline, SiloProgram, assert_state_matches_emulator
+from engine.runner import RunResult
+from tests.fixtures.program import Baseline, SiloProgram, assert_state_matches_emulator
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
 CATALOG = load_catalog()
 # service → (pinned tag, the status the test relies on, whether the catalog has its digest)
@@ -49,8 +48,8 @@ def expected_ref(service: str, tag: str) -> str:
 @dataclass
 class Pinned:
     program: SiloProgram
-    preview: HarnessResult
-    up: HarnessResult
+    preview: RunResult
+    up: RunResult
     baseline: Baseline
 
 
@@ -72,7 +71,7 @@ def pinned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pinned]:
         assert preview.ok, preview.error
         assert [c for c in emulator.calls() if c["mutating"]] == []
         up = program.up()
-        yield Pinned(program, preview, up, Baseline(root / "fly-emulator.json", program.state_dir, SETTINGS))
+        yield Pinned(program, preview, up, Baseline(root / "fly-emulator.json", root, SETTINGS))
     finally:
         emulator.stop()
 
@@ -89,7 +88,7 @@ def recorded(program: SiloProgram) -> tuple[dict[str, Any], dict[str, Any]]:
     return resources, st.outputs
 
 
-def warnings_about(result: HarnessResult, service: str) -> list[str]:
+def warnings_about(result: RunResult, service: str) -> list[str]:
     return [w for w in result.warnings() if w.startswith(f"silo:images.{service}:")]
 
 
@@ -161,7 +160,7 @@ def test_refused_pin_fails_preview_on_an_empty_account_before_anything_is_create
     assert result.error is not None
     assert f"silo:images.{service}: tag {tag!r}" in result.error and reason in result.error, result.error
     assert silo_program.emulator.calls() == []
-    assert harness_state.load(silo_program.state_dir, STACK).resources == {}
+    assert silo_program.state().resources == {}
 
 
 @pytest.mark.parametrize(("service", "tag", "reason"), [REFUSED[0], REFUSED[3]])
@@ -193,13 +192,12 @@ def test_changing_a_pin_on_a_running_silo_updates_exactly_that_machine(
 
     preview = program.run("preview", images=images)
     assert preview.ok, preview.error
-    assert {s["name"]: s["op"] for s in preview.steps if s["op"] != "same"} == {
-        "devenv-acme-erp-storage-machine": "update"
-    }
+    # The machine, and the gate that waits for its new version.
+    assert preview.changed() == {"devenv-acme-erp-storage-machine": "update", "devenv-acme-erp-ready": "update"}
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
 
     up = program.up(images=images)
-    assert {s["name"]: s["op"] for s in up.steps if s["op"] != "same"} == {"devenv-acme-erp-storage-machine": "update"}
+    assert up.changed() == {"devenv-acme-erp-storage-machine": "update", "devenv-acme-erp-ready": "update"}
     after = machines_by_service(program)
     assert set(after) == set(before)
     storage = after["storage"]

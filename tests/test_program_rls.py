@@ -12,13 +12,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
-from harness.engine import run
+from tests.fixtures.program import SiloProgram
 from tests.test_rls import SUPABASE_SETUP, visible
 
-pytestmark = [pytest.mark.db, pytest.mark.harness]
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.db, pytest.mark.engine]
 
 
 def test_rls_mode_switches_through_exec(tmp_path: Path, pg_database: str, postgres_server, fly_emulator) -> None:
@@ -31,18 +29,19 @@ def test_rls_mode_switches_through_exec(tmp_path: Path, pg_database: str, postgr
         commands.append(cmd)
         # The deployed form: sh -c '<psql ... -c "$1">' psql <sql>, password from the machine's env.
         assert cmd[:2] == ["sh", "-c"] and '-c "$1"' in cmd[2] and "$POSTGRES_PASSWORD" in cmd[2]
-        result = subprocess.run([str(postgres_server.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1",
-                                 "-d", pg_database, "-c", cmd[-1]], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [str(postgres_server.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", pg_database, "-c", cmd[-1]],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return {"exit_code": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
 
     fly_emulator.set_exec_handler(exec_handler)
-    base = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
-    state_dir = tmp_path / "state"
+    program = SiloProgram(fly_emulator, tmp_path, studio="false")
 
     def deploy(op: str, mode: str):
-        config_file = tmp_path / "Pulumi.dev.yaml"
-        config_file.write_text(yaml.safe_dump({"config": {**base, "silo:studio": "false", "silo:rlsMode": mode}}))
-        return run(op, "dev", ROOT, state_dir, config_file=config_file, env={"FLY_API_HOSTNAME": fly_emulator.url})
+        return program.run(op, rlsMode=mode)
 
     assert deploy("up", "permissive").ok
     assert all(c[0] == "sh" for c in commands) and len(commands) == 1
@@ -50,9 +49,11 @@ def test_rls_mode_switches_through_exec(tmp_path: Path, pg_database: str, postgr
         assert visible(conn, "anon") == ["alice project", "bob project"]
 
     preview = deploy("preview", "production")
-    assert preview.ok and sorted(preview.ops("create") + preview.ops("delete")) == [
-        "devenv-acme-erp-pg-rls-permissive", "devenv-acme-erp-pg-rls-production"]
-    assert not preview.ops("update") and not preview.ops("replace")
+    assert preview.ok, preview.error
+    assert preview.changed() == {
+        "devenv-acme-erp-pg-rls-permissive": "delete",
+        "devenv-acme-erp-pg-rls-production": "create",
+    }
 
     assert deploy("up", "production").ok
     with psycopg.connect(pg_database) as conn:

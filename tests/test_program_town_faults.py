@@ -7,13 +7,13 @@ wait for it to start, and the start of a stopped town; Cloudflare: temporary R2 
 fail once, with the change either not applied or applied and its answer lost (``after_effect``); the
 registry database refuses once too. The failing `up` must report the error; the next `up` without
 faults must converge: exactly one app/volume/machine per town on Fly with the volume attached, exactly
-one active registry row carrying those Fly ids, and harness state and emulator agreeing both ways.
+one active registry row carrying those Fly ids, and the stack's state and the emulator agreeing both ways.
 
 Faults use non-transient statuses (Fly 422, Cloudflare 400): transient ones are retried inside the
 same `up` (tested with the client), and these tests are about what a *failed* run leaves behind.
 
 Speed: the control stack and the silo's Supabase apps are deployed once per module; each test gets
-copies (emulator state files, harness state dir, ``CREATE DATABASE ... TEMPLATE``), so its runs only
+copies (emulator state files, the stacks' project and backend, ``CREATE DATABASE ... TEMPLATE``), so its runs only
 touch the town, and the fault hits the town's call, not a Supabase app's.
 """
 
@@ -30,18 +30,26 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 from psycopg import sql
 
 from components.naming import sandbox_id, town_volume_name
 from emulators.cloudflare import CloudflareEmulator
 from emulators.fly import FlyEmulator
-from harness.engine import HarnessResult, run
-from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
+from engine.runner import RunResult
+from tests.fixtures.cloudflare import CF_TOKEN
 from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.program import FLY, REPO_ROOT, STACK, TOWNS_SILO, SiloProgram, assert_state_matches_emulator
+from tests.fixtures.program import (
+    FLY,
+    STACK,
+    TOWNS_SILO,
+    SiloProgram,
+    StackProgram,
+    assert_state_matches_emulator,
+    control_env,
+    fly_env,
+)
 
-pytestmark = [pytest.mark.db, pytest.mark.harness]
+pytestmark = [pytest.mark.db, pytest.mark.engine]
 
 CONTROL = {"silo:kind": "control", "silo:backupBucket": "acme-gastown-backups"}
 TOWN = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
@@ -58,7 +66,7 @@ def silo_config(state: str = "running") -> dict[str, str]:
 
 @dataclass
 class World:
-    """Emulators, a registry database and a harness state dir under `root` (one test's copy)."""
+    """Emulators, a registry database and the two stacks (one project, one backend) under `root`."""
 
     root: Path
     fly: FlyEmulator
@@ -66,37 +74,27 @@ class World:
     dsn: str
     env_overrides: dict[str, str] = field(default_factory=dict)
 
-    def run(self, op: str, stack: str, config: dict[str, str]) -> HarnessResult:
-        config_file = self.root / f"Pulumi.{stack}.yaml"
-        config_file.write_text(yaml.safe_dump({"config": config}))
-        env = {
-            "FLY_API_HOSTNAME": self.fly.url,
-            "FLY_API_TOKEN": "",
-            "FLY_ACCESS_TOKEN": "",
-            "FLY_FLAPS_BASE_URL": "",
-            "SILO_REGISTRY_DSN": self.dsn,
-            "CLOUDFLARE_API_URL": self.cf.url,
-            "CLOUDFLARE_API_TOKEN": CF_TOKEN,
-            "CLOUDFLARE_ACCOUNT_ID": CF_ACCOUNT_ID,
-            "CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID": CF_PARENT_ACCESS_KEY_ID,
-            **self.env_overrides,
-        }
-        return run(op, stack, REPO_ROOT, self.root / "state", config_file=config_file, env=env, timeout=300)
+    def env(self) -> dict[str, str]:
+        return {**fly_env(self.fly), **control_env(self.dsn, self.cf), **self.env_overrides}
 
-    def up(self, stack: str, config: dict[str, str]) -> HarnessResult:
+    def run(self, op: str, stack: str, config: dict[str, str]) -> RunResult:
+        # A workspace per run: its environment is fixed when it is made, and tests change it.
+        return StackProgram(self.root, stack, self.env()).run_config(op, config)
+
+    def up(self, stack: str, config: dict[str, str]) -> RunResult:
         result = self.run("up", stack, config)
-        assert result.ok, f"up {stack} failed: {result.error}\n{result.stderr[-3000:]}"
+        assert result.ok, f"up {stack} failed: {result.error}\n{result.text[-3000:]}"
         return result
 
     @property
     def program(self) -> SiloProgram:
-        """The silo stack seen through the shared helpers (state in `root/state`)."""
-        return SiloProgram(self.fly, self.root)
+        """The silo stack seen through the shared helpers."""
+        return SiloProgram(self.fly, self.root, env=self.env())
 
 
 @dataclass(frozen=True)
 class Baseline:
-    root: Path  # fly.json, cf.json, state/
+    root: Path  # fly.json, cf.json, project/, state/
     database: str
 
 
@@ -351,3 +349,29 @@ def test_unreachable_registry_creates_nothing_on_fly_and_the_next_up_converges(w
     world.up(STACK, silo_config())
 
     assert_converged(world, town_objects(world.fly), check_preview=False)
+
+
+# -- the registry row edited outside Pulumi ------------------------------------------------------------------
+def test_refresh_shows_a_registry_row_edited_by_hand_and_the_next_up_writes_it_back(world: World) -> None:
+    world.up(STACK, silo_config())
+    clean = world.run("refresh", STACK, silo_config())
+    assert clean.ok and clean.changed() == {}, clean.changed()
+    [row] = registry_rows(world.dsn)
+    with psycopg.connect(world.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE gastown_towns SET status = 'stopped', fly_machine_id = NULL WHERE id = %s", (row["id"],))
+        conn.execute("UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s", (row["id"],))
+
+    drift = world.run("refresh", STACK, silo_config())
+    assert drift.ok, drift.error
+    assert drift.changed() == {f"{SID}-record": "update"}
+    recorded = world.program.resource(f"{SID}-record").outputs
+    assert (recorded["status"], recorded.get("fly_machine_id"), recorded["rigs"]) == ("stopped", None, [])
+
+    repaired = world.up(STACK, silo_config())
+    assert repaired.changed() == {f"{SID}-record": "update"}
+    [row] = registry_rows(world.dsn)
+    assert (row["status"], row["machine"]) == ("running", town_objects(world.fly)["machines"].popitem()[0])
+    with psycopg.connect(world.dsn) as conn:
+        rigs = conn.execute("SELECT rig_name FROM gastown_rigs WHERE town_id = %s AND status = 'active'", (row["id"],))
+        assert [r[0] for r in rigs] == [TOWN["rigs"][0]["name"]]
+    assert world.run("refresh", STACK, silo_config()).changed() == {}

@@ -1,5 +1,5 @@
-"""The control stack and a silo with two towns, under the engine harness, on a real PostgreSQL and the
-Fly and Cloudflare emulators: registry rows and Fly state match at every step (issues 4 and 5)."""
+"""The control stack and a silo with two towns, on the real Pulumi CLI, a real PostgreSQL and the Fly
+and Cloudflare emulators: registry rows and Fly state match at every step (issues 4 and 5)."""
 
 from __future__ import annotations
 
@@ -9,41 +9,64 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
 
 from components.naming import sandbox_id, town_volume_name
-from harness.engine import run
-from harness.state import load as load_state
-from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
-from tests.fixtures.program import TOWNS_SILO
+from components.town import FLUSH_COMMAND
+from tests.fixtures.cloudflare import CF_ACCOUNT_ID
+from tests.fixtures.program import (
+    GENERATED_SECRET,
+    TOWNS_SILO,
+    StackProgram,
+    assert_no_secret_leaks,
+    control_env,
+    fly_env,
+)
 
-pytestmark = [pytest.mark.db, pytest.mark.harness]
-
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.db, pytest.mark.engine]
 ALPHA = {"name": "alpha", "user": "user-1", "rigs": [{"name": "web", "url": "https://github.com/acme/web.git"}]}
+GIT_CREDENTIALS = "https://rig-bot:ghp_neverInPlaintext0123456789@github.com"
 BETA = {"name": "Beta Town", "user": "user-2", "rigs": []}
 
 
 @pytest.fixture
-def deploy(tmp_path: Path, pg_database: str, fly_emulator, cloudflare_emulator):
-    state_dir = tmp_path / "state"
-    env = {
-        "FLY_API_HOSTNAME": fly_emulator.url,
-        "SILO_REGISTRY_DSN": pg_database,
-        "CLOUDFLARE_API_URL": cloudflare_emulator.url,
-        "CLOUDFLARE_API_TOKEN": CF_TOKEN,
-        "CLOUDFLARE_ACCOUNT_ID": CF_ACCOUNT_ID,
-        "CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID": CF_PARENT_ACCESS_KEY_ID,
-    }
+def stacks(tmp_path: Path, pg_database: str, fly_emulator, cloudflare_emulator) -> dict[str, StackProgram]:
+    """The control stack and the silo, in one project and one file backend."""
+    env = {**fly_env(fly_emulator), **control_env(pg_database, cloudflare_emulator)}
+    return {name: StackProgram(tmp_path, name, env) for name in ("control", "dev")}
 
+
+@pytest.fixture
+def deploy(stacks: dict[str, StackProgram]):
     def deploy(op: str, stack: str, config: dict[str, Any]):
-        config_file = tmp_path / f"Pulumi.{stack}.yaml"
-        config_file.write_text(yaml.safe_dump({"config": config}))
-        result = run(op, stack, ROOT, state_dir, config_file=config_file, env=env, timeout=600)
-        assert result.ok, f"{op} {stack} failed: {result.error}\n{result.stderr[-3000:]}"
+        result = stacks[stack].run_config(op, config)
+        assert result.ok, f"{op} {stack} failed: {result.error}\n{result.text[-3000:]}"
         return result
 
     return deploy
+
+
+def town_secrets(stacks: dict[str, StackProgram]) -> dict[str, str]:
+    """Every secret the two stacks hold: generated keys, towns' R2 credentials, the backend login."""
+    found: dict[str, str] = {}
+    for name, program in stacks.items():
+        st = program.state()
+        for res in st.resources.values():
+            if res.type == GENERATED_SECRET:
+                found[f"{name} {res.name}"] = res.outputs["result"]
+            if res.type.endswith("cloudflare:R2TownCredentials"):
+                for key in ("secret_access_key", "session_token"):
+                    found[f"{name} {res.name}.{key}"] = res.outputs[key]
+        if "registry_backend_dsn" in st.outputs:
+            found[f"{name} registry_backend_dsn"] = st.outputs["registry_backend_dsn"]
+    return found
+
+
+def assert_no_town_secret_leaks(stacks: dict[str, StackProgram], *results) -> None:
+    """No town credential in plaintext in the shared backend's files, the stack files or the runs' output."""
+    secrets = {**town_secrets(stacks), "silo:gitCredentials": GIT_CREDENTIALS}
+    assert {k for k in secrets if k.endswith(".session_token")}, "no town credentials found in state"
+    for program in stacks.values():
+        assert_no_secret_leaks(program, secrets, *results)
 
 
 def towns_in_db(dsn: str) -> dict[str, dict[str, Any]]:
@@ -55,7 +78,11 @@ def towns_in_db(dsn: str) -> dict[str, dict[str, Any]]:
     out = {}
     for town_id, name, sid, status, machine, volume, destroyed in rows:
         out[f"{name}/{town_id}"] = {
-            "name": name, "sandbox_id": sid, "status": status, "machine": machine, "volume": volume,
+            "name": name,
+            "sandbox_id": sid,
+            "status": status,
+            "machine": machine,
+            "volume": volume,
             "destroyed": destroyed is not None,
             "rigs": sorted((r[1], r[2]) for r in rigs if r[0] == town_id),
         }
@@ -67,7 +94,7 @@ def active(dsn: str) -> dict[str, dict[str, Any]]:
 
 
 def test_control_stack_then_two_towns_lifecycle(
-    deploy, tmp_path: Path, pg_database, fly_emulator, cloudflare_emulator
+    deploy, stacks: dict[str, StackProgram], pg_database, fly_emulator, cloudflare_emulator
 ) -> None:
     control = {"silo:kind": "control", "silo:backupBucket": "acme-gastown-backups"}
     first = deploy("up", "control", control)
@@ -76,9 +103,9 @@ def test_control_stack_then_two_towns_lifecycle(
     with psycopg.connect(pg_database) as conn:
         tags = {r[0] for r in conn.execute("SELECT image_tag FROM kiloclaw_available_versions")}
     assert "15.8.1.085" in tags
-    # The backend's login (pulumi-postgresql Role + Grants) reads the catalog and cannot rewrite it.
+    # The backend's login (DatabaseLogin) reads the catalog and cannot rewrite it.
     assert first.outputs["registry_backend_dsn"] == "[secret]"
-    backend_dsn = load_state(tmp_path / "state", "control").outputs["registry_backend_dsn"]
+    backend_dsn = stacks["control"].state().outputs["registry_backend_dsn"]
     with psycopg.connect(backend_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM kiloclaw_available_versions").fetchone()[0] >= 7
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -87,6 +114,7 @@ def test_control_stack_then_two_towns_lifecycle(
     assert set(again.changes) == {"same"}, again.changes
 
     silo = {**TOWNS_SILO, "silo:towns": json.dumps([ALPHA, BETA])}
+    stacks["dev"].set_secret("silo:gitCredentials", GIT_CREDENTIALS)  # private rigs
     up = deploy("up", "dev", silo)
     alpha_id, beta_id = sandbox_id("user-1", "alpha"), sandbox_id("user-2", "Beta Town")
     snap = fly_emulator.snapshot()
@@ -105,9 +133,24 @@ def test_control_stack_then_two_towns_lifecycle(
         town_id = up.outputs["towns"][name]["town_id"]
         assert env["TOWN_ID"] == town_id and env["R2_BUCKET"] == "acme-gastown-backups"
         assert machine["config"]["stop_config"]["signal"] == "SIGTERM"
-        assert set(snap["secrets"][sid]) == {"R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_SESSION_TOKEN",
-                                             "INTERNAL_API_KEY"}
+        assert set(snap["secrets"][sid]) == {
+            "R2_ACCESS_KEY_ID",
+            "R2_SECRET_ACCESS_KEY",
+            "R2_SESSION_TOKEN",
+            "INTERNAL_API_KEY",
+            "GIT_CREDENTIALS",
+        }
     assert rows["alpha"]["rigs"] == [("web", "active")]
+    assert_no_town_secret_leaks(stacks, first, up)
+    # Networks: the silo's apps share one; each town has its own and reaches the silo only through Kong.
+    assert {snap["apps"][f"devenv-acme-erp-{s}"]["network"] for s in ("pg", "meta", "kong")} == {"devenv-acme-erp"}
+    for sid in (alpha_id, beta_id):
+        assert snap["apps"][sid]["network"] == sid
+        for service in ("meta", "pg", "rest"):
+            assert not fly_emulator.can_reach(sid, f"devenv-acme-erp-{service}.flycast"), (sid, service)
+        assert fly_emulator.can_reach(sid, "devenv-acme-erp-kong.fly.dev")
+    assert not fly_emulator.can_reach(alpha_id, f"{beta_id}.flycast"), "one town reaches another"
+    assert fly_emulator.can_reach("devenv-acme-erp-kong", "devenv-acme-erp-meta.flycast")
     # Each town's R2 credentials are limited to its own prefix.
     prefixes = {json.dumps(c.get("prefixes")) for c in cloudflare_emulator.snapshot()["temp_credentials"]}
     assert prefixes == {json.dumps([f"gastown/{up.outputs['towns'][n]['town_id']}/"]) for n in ("alpha", "Beta Town")}
@@ -115,14 +158,17 @@ def test_control_stack_then_two_towns_lifecycle(
     # Stop beta, add a rig to alpha: no replacement, volumes kept, rows follow.
     alpha_rigs = {**ALPHA, "rigs": [*ALPHA["rigs"], {"name": "api", "url": "https://github.com/acme/api.git"}]}
     changed = deploy("up", "dev", {**TOWNS_SILO, "silo:towns": json.dumps([alpha_rigs, {**BETA, "state": "stopped"}])})
-    assert not changed.ops("replace") and not changed.ops("delete"), changed.steps
+    assert set(changed.changed().values()) <= {"update"}, changed.changed()
     rows2 = active(pg_database)
     assert rows2["Beta Town"]["status"] == "stopped"
     assert fly_emulator.snapshot()["machines"][rows2["Beta Town"]["machine"]]["state"] == "stopped"
     assert rows2["alpha"]["rigs"] == [("api", "active"), ("web", "active")]
     assert rows2["alpha"]["volume"] == rows["alpha"]["volume"]
-    rig_file = next(f for f in fly_emulator.snapshot()["machines"][rows2["alpha"]["machine"]]["config"]["files"]
-                    if f["guest_path"] == "/etc/gastown/rigs.json")
+    rig_file = next(
+        f
+        for f in fly_emulator.snapshot()["machines"][rows2["alpha"]["machine"]]["config"]["files"]
+        if f["guest_path"] == "/etc/gastown/rigs.json"
+    )
     assert rig_file
 
     # Destroy beta by removing it from the config. Its data goes only once deletion was allowed by a
@@ -139,7 +185,8 @@ def test_control_stack_then_two_towns_lifecycle(
     assert not [v for v in fly_emulator.snapshot()["volumes"].values() if v["app"] == beta_id]
     destroyed = [t for t in towns_in_db(pg_database).values() if t["name"] == "Beta Town"]
     assert destroyed and all(t["destroyed"] and t["status"] == "destroyed" for t in destroyed)
-    # The final flush ran through exec before the machine went away.
-    assert any(e["app"] == beta_id and "--immediate" in e["cmd"] for e in fly_emulator.exec_log())
+    # The town was stopped and flushed through exec (startup.sh --stop) before each of its machines went away.
+    flushes = [e["cmd"] for e in fly_emulator.exec_log() if e["app"] == beta_id]
+    assert flushes and all(cmd == FLUSH_COMMAND for cmd in flushes), flushes
     assert set(active(pg_database)) == {"alpha"}
     assert gone.ok

@@ -1,4 +1,4 @@
-"""The real program (`__main__.py`) under the engine harness against the Fly emulator: what `up`
+"""The real program (`__main__.py`) on the real Pulumi CLI against the Fly emulator: what `up`
 creates, that a repeated `up` is a no-op, what a preview says a config change will do, and the
 stop → start → destroy → adopt life cycle.
 """
@@ -6,20 +6,19 @@ stop → start → destroy → adopt life cycle.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 import yaml
 
 from components import services as svc
 from components.fly.client import FlyClient
 from components.fly.settings import FlySettings
-from components.keys import verify_key
 from components.outputs import MASK, db_connection_string
 from emulators.fly import FlyEmulator
-from harness.engine import HarnessResult
+from engine.runner import RunResult
 from tests.fixtures.program import (
     FLY,
     REPO_ROOT,
@@ -30,12 +29,18 @@ from tests.fixtures.program import (
     world,
 )
 
-pytestmark = pytest.mark.harness
+pytestmark = pytest.mark.engine
 
 KONG_URL = "https://devenv-acme-erp-kong.fly.dev"
 APPS = {f"devenv-acme-erp-{s}" for s in ("pg", "rest", "auth", "storage", "meta", "studio", "kong")}
 SECRET_OUTPUTS = {"service_role_key", "db_password", "db_connection_string", "connection_info", "roles_devops"}
 RLS_PRODUCTION = "devenv-acme-erp-pg-rls-production"
+SILO_READY, PG_READY = "devenv-acme-erp-ready", "devenv-acme-erp-pg-ready"  # the health gates
+
+
+def verify_key(token: str, jwt_secret: str) -> dict[str, object]:
+    """The claims of a Supabase key, if `jwt_secret` signed it (HS256, as GoTrue and PostgREST check)."""
+    return jwt.decode(token, jwt_secret, algorithms=["HS256"], options={"verify_aud": False})
 
 
 def other_tag(service: str) -> str:
@@ -47,7 +52,7 @@ def other_tag(service: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SiloProgram, HarnessResult]]:
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SiloProgram, RunResult]]:
     """One silo deployed on an empty emulator, shared by the read-only tests (previews never mutate)."""
     emulator = FlyEmulator()
     emulator.start()
@@ -59,7 +64,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SiloPro
 
 
 # -- 1. what `up` creates ------------------------------------------------------------------------------
-def test_up_on_an_empty_account_creates_exactly_the_silo(deployed: tuple[SiloProgram, HarnessResult]) -> None:
+def test_up_on_an_empty_account_creates_exactly_the_silo(deployed: tuple[SiloProgram, RunResult]) -> None:
     program, result = deployed
     snap = program.emulator.snapshot()
     assert set(snap["apps"]) == APPS
@@ -90,7 +95,7 @@ def test_up_on_an_empty_account_creates_exactly_the_silo(deployed: tuple[SiloPro
 
 
 def test_outputs_publish_url_and_anon_key_and_keep_the_rest_secret(
-    deployed: tuple[SiloProgram, HarnessResult],
+    deployed: tuple[SiloProgram, RunResult],
 ) -> None:
     program, result = deployed
     outputs = result.outputs
@@ -103,6 +108,8 @@ def test_outputs_publish_url_and_anon_key_and_keep_the_rest_secret(
     anon = outputs["anon_key"]
     assert verify_key(anon, jwt_secret)["role"] == "anon"
     assert verify_key(st.outputs["service_role_key"], jwt_secret)["role"] == "service_role"
+    with pytest.raises(jwt.InvalidSignatureError):
+        verify_key(anon, jwt_secret + "x")
     assert st.secret_outputs >= SECRET_OUTPUTS and "anon_key" not in st.secret_outputs
 
     password = program.resource("devenv-acme-erp-db-password").outputs["result"]
@@ -125,19 +132,19 @@ def test_outputs_publish_url_and_anon_key_and_keep_the_rest_secret(
 
 
 def test_no_secret_reaches_the_state_file_the_emulator_or_the_run_output(
-    deployed: tuple[SiloProgram, HarnessResult],
+    deployed: tuple[SiloProgram, RunResult],
 ) -> None:
     program, result = deployed
     secrets = program.secret_values()
     assert {"devenv-acme-erp-jwt-secret", "devenv-acme-erp-db-password", "output service_role_key"} <= set(secrets)
-    assert_no_secret_leaks(program, result)
+    assert_no_secret_leaks(program, secrets, result)
     # Kong's one secret is kong.yml itself: it carries the service key, so it must be a Fly secret only.
     kong_yml = program.resource("devenv-acme-erp-kong-secrets").outputs["values"][svc.KONG_YML_SECRET]
     assert program.state().outputs["service_role_key"] in base64.b64decode(kong_yml).decode()
 
 
 # -- 2. no change, no calls ------------------------------------------------------------------------------
-def test_second_up_and_preview_without_changes_touch_nothing(deployed: tuple[SiloProgram, HarnessResult]) -> None:
+def test_second_up_and_preview_without_changes_touch_nothing(deployed: tuple[SiloProgram, RunResult]) -> None:
     program, first = deployed
     before = program.emulator.snapshot()
     program.emulator.clear_calls()
@@ -155,39 +162,55 @@ def test_second_up_and_preview_without_changes_touch_nothing(deployed: tuple[Sil
 
 
 # -- 3. previews of one config change ----------------------------------------------------------------------
-def changed(result: HarnessResult) -> dict[str, str]:
-    return {s["name"]: s["op"] for s in result.steps if s["op"] != "same"}
-
-
 def test_preview_of_an_image_tag_change_updates_only_that_machine(
-    deployed: tuple[SiloProgram, HarnessResult],
+    deployed: tuple[SiloProgram, RunResult],
 ) -> None:
     program, _ = deployed
     program.emulator.clear_calls()
     result = program.run("preview", images={"storage": other_tag("storage")})
     assert result.ok, result.error
-    assert changed(result) == {"devenv-acme-erp-storage-machine": "update"}
+    # The machine, and the gate that waits for its new version (`up` ends once it runs and is healthy).
+    assert result.changed() == {"devenv-acme-erp-storage-machine": "update", SILO_READY: "update"}
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
 
 
 def test_preview_of_stopping_updates_machines_and_drops_the_rls_exec_only(
-    deployed: tuple[SiloProgram, HarnessResult],
+    deployed: tuple[SiloProgram, RunResult],
 ) -> None:
     program, _ = deployed
     result = program.run("preview", state="stopped")
     assert result.ok, result.error
     machines = {f"{app}-machine": "update" for app in APPS}
-    assert changed(result) == {**machines, RLS_PRODUCTION: "delete"}
+    gates = {SILO_READY: "update", PG_READY: "update"}  # now waiting for stopped machines
+    assert result.changed() == {**machines, **gates, RLS_PRODUCTION: "delete"}
 
 
-def test_preview_of_an_rls_mode_change_touches_only_the_rls_exec(deployed: tuple[SiloProgram, HarnessResult]) -> None:
+def test_preview_of_an_rls_mode_change_touches_only_the_rls_exec(deployed: tuple[SiloProgram, RunResult]) -> None:
     program, _ = deployed
     result = program.run("preview", rlsMode="permissive")
     assert result.ok, result.error
-    assert changed(result) == {"devenv-acme-erp-pg-rls-permissive": "create", RLS_PRODUCTION: "delete"}
+    assert result.changed() == {"devenv-acme-erp-pg-rls-permissive": "create", RLS_PRODUCTION: "delete"}
 
 
-def test_region_change_is_refused_before_anything_changes(deployed: tuple[SiloProgram, HarnessResult]) -> None:
+def test_preview_of_allowing_data_deletion_updates_the_safety_switches_and_replaces_nothing(
+    deployed: tuple[SiloProgram, RunResult],
+) -> None:
+    """A change that only updates the data volumes (and the apps that own them) must not preview the
+    machines that mount them as replacements: their volume ids are unknown in a preview."""
+    program, _ = deployed
+    result = program.run("preview", allowDataDeletion="true")
+    assert result.ok, result.error
+    changed = result.changed()
+    assert set(changed.values()) == {"update"}, changed
+    assert {n for n in changed if n.endswith(("-pg-data", "-storage-data"))} == {
+        "devenv-acme-erp-pg-pg-data",
+        "devenv-acme-erp-storage-storage-data",
+    }
+    assert not [n for n in changed if n.endswith("-machine")], changed
+    program.write_config()
+
+
+def test_region_change_is_refused_before_anything_changes(deployed: tuple[SiloProgram, RunResult]) -> None:
     """A volume cannot move between regions: the program refuses rather than replace data with an empty volume."""
     program, _ = deployed
     before = program.emulator.snapshot()
@@ -294,7 +317,7 @@ def test_stop_start_destroy_keeps_names_keys_and_data(silo_program: SiloProgram,
     assert started.outputs["supabase_url"] == KONG_URL and started.outputs["anon_key"] == anon
     assert {kind: {r.name: r.id for r in program.fly_resources(kind)} for kind in ids} == ids
     assert program.emulator.snapshot()["apps"].keys() == before["apps"].keys()
-    assert_no_secret_leaks(program, first, stopped, started)
+    assert_no_secret_leaks(program, program.secret_values(), first, stopped, started)
 
     # Destroy with the default (allowDataDeletion false): only the data apps and their volumes remain.
     destroyed = program.run("destroy")
@@ -323,4 +346,4 @@ def test_destroy_with_data_deletion_allowed_leaves_the_account_empty(silo_progra
     assert destroyed.ok, destroyed.error
     assert program.emulator.snapshot() == {"apps": {}, "machines": {}, "volumes": {}, "ips": {}, "secrets": {}}
     assert [r for r in program.state().resources.values() if r.type.startswith(FLY)] == []
-    assert json.loads(program.raw_state())["resources"] == {}
+    assert not program.checkpoint()["checkpoint"]["latest"].get("resources")

@@ -25,12 +25,19 @@ def db(pg_database: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def town(conn: psycopg.Connection, user: str = "u1", name: str = "alpha", sandbox: str = "gt-alpha",
-         status: str = "provisioning", **extra: object) -> str:
+def town(
+    conn: psycopg.Connection,
+    user: str = "u1",
+    name: str = "alpha",
+    sandbox: str = "gt-alpha",
+    status: str = "provisioning",
+    **extra: object,
+) -> str:
     cols = {"user_id": user, "town_name": name, "sandbox_id": sandbox, "fly_app": sandbox, "status": status, **extra}
     placeholders = ", ".join(["%s"] * len(cols))
-    row = conn.execute(f"INSERT INTO gastown_towns ({', '.join(cols)}) VALUES ({placeholders}) RETURNING id",
-                       list(cols.values())).fetchone()
+    row = conn.execute(
+        f"INSERT INTO gastown_towns ({', '.join(cols)}) VALUES ({placeholders}) RETURNING id", list(cols.values())
+    ).fetchone()
     return str(row[0])
 
 
@@ -39,16 +46,20 @@ def destroy(conn: psycopg.Connection, town_id: str) -> None:
 
 
 def rig(conn: psycopg.Connection, town_id: str, name: str = "api", status: str = "active") -> str:
-    row = conn.execute("INSERT INTO gastown_rigs (town_id, rig_name, repo_url, status) VALUES (%s, %s, %s, %s) "
-                       "RETURNING id", (town_id, name, f"https://git.example/{name}.git", status)).fetchone()
+    row = conn.execute(
+        "INSERT INTO gastown_rigs (town_id, rig_name, repo_url, status) VALUES (%s, %s, %s, %s) RETURNING id",
+        (town_id, name, f"https://git.example/{name}.git", status),
+    ).fetchone()
     return str(row[0])
 
 
 # -- towns ----------------------------------------------------------------------------------------
 def test_town_defaults(db: psycopg.Connection) -> None:
     town_id = town(db)
-    row = db.execute("SELECT status, fly_region, config, created_at IS NOT NULL, destroyed_at "
-                     "FROM gastown_towns WHERE id = %s", (town_id,)).fetchone()
+    row = db.execute(
+        "SELECT status, fly_region, config, created_at IS NOT NULL, destroyed_at FROM gastown_towns WHERE id = %s",
+        (town_id,),
+    ).fetchone()
     assert row == ("provisioning", "iad", {}, True, None)
 
 
@@ -64,8 +75,9 @@ def test_destroyed_town_can_be_recreated_with_same_name_and_sandbox_id(db: psyco
     destroy(db, first)
     second = town(db, status="provisioning")  # same user, name, sandbox id and Fly app name
     assert second != first
-    rows = db.execute("SELECT status FROM gastown_towns WHERE sandbox_id = 'gt-alpha' ORDER BY created_at, "
-                      "status").fetchall()
+    rows = db.execute(
+        "SELECT status FROM gastown_towns WHERE sandbox_id = 'gt-alpha' ORDER BY created_at, status"
+    ).fetchall()
     assert sorted(r[0] for r in rows) == ["destroyed", "provisioning"]
 
 
@@ -102,8 +114,9 @@ def test_sandbox_id_fits_a_fly_app_name(db: psycopg.Connection) -> None:
 def test_config_holds_rigs_as_an_object(db: psycopg.Connection) -> None:
     config = psycopg.types.json.Jsonb({"rigs": [{"name": "api"}], "max_polecats": 3})
     town_id = town(db, config=config)
-    assert db.execute("SELECT config->'rigs'->0->>'name' FROM gastown_towns WHERE id = %s",
-                      (town_id,)).fetchone() == ("api",)
+    assert db.execute("SELECT config->'rigs'->0->>'name' FROM gastown_towns WHERE id = %s", (town_id,)).fetchone() == (
+        "api",
+    )
     with pytest.raises(errors.CheckViolation):
         town(db, user="u2", sandbox="gt-2", config=psycopg.types.json.Jsonb(["not", "an", "object"]))
 
@@ -137,15 +150,22 @@ def test_rig_needs_an_existing_town_and_cascades_on_delete(db: psycopg.Connectio
 
 def test_rig_defaults(db: psycopg.Connection) -> None:
     rig_id = rig(db, town(db))
-    assert db.execute("SELECT branch, status, config FROM gastown_rigs WHERE id = %s",
-                      (rig_id,)).fetchone() == ("main", "active", {})
+    assert db.execute("SELECT branch, status, config FROM gastown_rigs WHERE id = %s", (rig_id,)).fetchone() == (
+        "main",
+        "active",
+        {},
+    )
 
 
 # -- versions and pins --------------------------------------------------------------------------------
-def version(conn: psycopg.Connection, tag: str, digest: str | None = None, status: str = "active",
-            service: str = "town") -> None:
-    conn.execute("INSERT INTO kiloclaw_available_versions (service, repository, image_tag, image_digest, status) "
-                 "VALUES (%s, 'example/image', %s, %s, %s)", (service, tag, digest, status))
+def version(
+    conn: psycopg.Connection, tag: str, digest: str | None = None, status: str = "active", service: str = "town"
+) -> None:
+    conn.execute(
+        "INSERT INTO kiloclaw_available_versions (service, repository, image_tag, image_digest, status) "
+        "VALUES (%s, 'example/image', %s, %s, %s)",
+        (service, tag, digest, status),
+    )
 
 
 def test_version_tag_unique(db: psycopg.Connection) -> None:

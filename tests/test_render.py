@@ -30,8 +30,9 @@ SECRETS = svc.SiloSecrets(
 
 
 def _cfg(**overrides: object) -> SiloConfig:
-    return SiloConfig(**{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev",
-                         **overrides})
+    return SiloConfig(
+        **{"client": "acme", "app": "erp", "fly_org": "acme", "site_url": "https://erp.acme.dev", **overrides}
+    )
 
 
 @pytest.mark.parametrize("studio", [True, False])
@@ -70,15 +71,21 @@ def test_volumes_and_files() -> None:
     cfg = _cfg()
     pg = tomllib.loads(render_fly_toml(cfg, "pg"))
     assert pg["mounts"] == [{"source": "pg_data", "destination": "/data", "initial_size": "10gb"}]
-    assert pg["env"]["PGDATA"].startswith("/data/")  # PGDATA and the pgsodium key dir on the one volume
-    assert svc.PG_CUSTOM_DIR.startswith("/data/") and f"ln -s {svc.PG_CUSTOM_DIR} /etc/postgresql-custom" in (
-        pg["processes"]["app"]
+    # PGDATA and the pgsodium key dir on the one volume, and the server told to open PGDATA: the image's
+    # postgresql.conf pins another data_directory, which only a command-line -c outranks (proven on a real
+    # server in test_services.py).
+    assert pg["env"]["PGDATA"].startswith(pg["mounts"][0]["destination"] + "/")
+    assert f"-c data_directory={pg['env']['PGDATA']}" in pg["processes"]["app"]
+    assert (
+        svc.PG_CUSTOM_DIR.startswith("/data/")
+        and f"ln -s {svc.PG_CUSTOM_DIR} /etc/postgresql-custom" in (pg["processes"]["app"])
     )
     paths = {f["guest_path"]: f for f in pg["files"]}
     assert set(paths) == {
         "/docker-entrypoint-initdb.d/init-scripts/99-roles.sql",
         "/docker-entrypoint-initdb.d/init-scripts/99-jwt.sql",
         "/etc/postgresql/pg_hba.conf",
+        "/usr/local/bin/silo-role-sync.sh",
     }
     assert "::/0" in paths["/etc/postgresql/pg_hba.conf"]["raw_value"]
     storage = tomllib.loads(render_fly_toml(cfg, "storage"))
@@ -169,10 +176,27 @@ def test_kong_yml_routes_and_protection() -> None:
     # Studio: basic-auth with the DASHBOARD user, which is no API consumer.
     dashboard = _route(doc, "/project/default")
     assert _plugins(dashboard) == {"cors": {}, "basic-auth": {"hide_credentials": True}}
-    assert doc["basicauth_credentials"] == [{"consumer": "DASHBOARD", "username": "supabase",
-                                             "password": SECRETS.dashboard_password}]
+    assert doc["basicauth_credentials"] == [
+        {"consumer": "DASHBOARD", "username": "supabase", "password": SECRETS.dashboard_password}
+    ]
     assert not _admitted(doc, "/api/mcp", service)
     assert {(a["consumer"], a["group"]) for a in doc["acls"]} == {("anon", "anon"), ("service_role", "admin")}
+
+
+@pytest.mark.parametrize("studio", [True, False])
+def test_kong_routes_graphql_to_postgrest_with_the_graphql_public_profile(studio: bool) -> None:
+    """Upstream's graphql-v1 service (supabase/supabase:docker/volumes/api/kong.yml): /graphql/v1 goes to
+    PostgREST's /rpc/graphql with `Content-Profile: graphql_public`, behind key-auth and the ACL. Without it
+    the request falls through to the dashboard's catch-all (basic-auth: 401)."""
+    doc = yaml.safe_load(render_kong_yml(_cfg(studio=studio), SECRETS))
+    service = _route(doc, "/graphql/v1")
+    assert service["url"] == "http://devenv-acme-erp-rest.flycast:3000/rpc/graphql"
+    plugins = _plugins(service)
+    assert plugins["request-transformer"]["add"]["headers"] == ["Content-Profile:graphql_public"]
+    assert plugins["acl"]["allow"] == ["admin", "anon"]
+    assert _admitted(doc, "/graphql/v1", SECRETS.anon_key) and _admitted(doc, "/graphql/v1", SECRETS.service_role_key)
+    assert not _admitted(doc, "/graphql/v1", None) and not _admitted(doc, "/graphql/v1", "made-up")
+    assert "graphql" in svc.public_env(_cfg(), "rest")["PGRST_DB_SCHEMAS"]
 
 
 def test_kong_upstreams_are_flycast() -> None:

@@ -59,8 +59,9 @@ CREATE POLICY own_projects ON public.projects FOR SELECT TO authenticated
 def db(pg_database: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(SUPABASE_SETUP)
-        conn.execute("INSERT INTO projects (user_id, name) VALUES (%s, 'alice project'), (%s, 'bob project')",
-                     (ALICE, BOB))
+        conn.execute(
+            "INSERT INTO projects (user_id, name) VALUES (%s, 'alice project'), (%s, 'bob project')", (ALICE, BOB)
+        )
         yield conn
 
 
@@ -98,8 +99,10 @@ def policies(conn: psycopg.Connection) -> set[tuple[str, str]]:
 
 
 def rls_enabled(conn: psycopg.Connection) -> dict[str, bool]:
-    rows = conn.execute("SELECT relname, relrowsecurity FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace "
-                        "WHERE nspname = 'public' AND relkind = 'r'").fetchall()
+    rows = conn.execute(
+        "SELECT relname, relrowsecurity FROM pg_class c JOIN pg_namespace n ON n.oid = relnamespace "
+        "WHERE nspname = 'public' AND relkind = 'r'"
+    ).fetchall()
     return dict(rows)
 
 
@@ -117,8 +120,11 @@ def test_production_denies_by_default(db: psycopg.Connection) -> None:
 def test_permissive_allows_anon_and_authenticated(db: psycopg.Connection) -> None:
     db.execute(rls_sql("permissive"))
     assert rls_enabled(db) == {"projects": True, "notes": True}
-    assert policies(db) == {("projects", "own_projects"), ("projects", f"{POLICY_PREFIX}all"),
-                            ("notes", f"{POLICY_PREFIX}all")}
+    assert policies(db) == {
+        ("projects", "own_projects"),
+        ("projects", f"{POLICY_PREFIX}all"),
+        ("notes", f"{POLICY_PREFIX}all"),
+    }
     assert visible(db, "anon") == ["alice project", "bob project"]
     assert can_insert(db, "anon")
     assert visible(db, "authenticated", BOB) == ["alice project", "bob project"]
@@ -150,8 +156,12 @@ def test_switching_back_to_production_removes_the_blanket_policies(db: psycopg.C
 def test_runs_under_psql_c_as_deployed(db: psycopg.Connection, postgres_server: PostgresServer) -> None:
     # The pg machine runs the SQL with `psql -v ON_ERROR_STOP=1 -c "$sql"` (FlyExec).
     dsn = postgres_server.dsn(db.info.dbname)
-    result = subprocess.run([str(postgres_server.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn,
-                             "-c", rls_sql("permissive")], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(postgres_server.bindir / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", rls_sql("permissive")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert visible(db, "anon") == ["alice project", "bob project"]
 

@@ -18,17 +18,33 @@ def test_status_lists_each_app_with_machine_state_checks_volume_and_ips(fly_emul
         fly.create_app("devenv-acme-erp-pg", "acme-erp")
         volume = fly.create_volume("devenv-acme-erp-pg", {"name": "pg_data", "region": "yul", "size_gb": 10})
         fly.allocate_ip("devenv-acme-erp-pg", "private_v6")
-        config = {"image": "supabase/postgres:15.8.1.085", "mounts": [{"volume": volume["id"], "path": "/data"}],
-                  "services": [{"protocol": "tcp", "internal_port": 5432, "ports": [{"port": 5432}],
-                                "checks": [{"type": "tcp", "interval": "15s", "timeout": "5s"}]}]}
+        config = {
+            "image": "supabase/postgres:15.8.1.085",
+            "mounts": [{"volume": volume["id"], "path": "/data"}],
+            "services": [
+                {
+                    "protocol": "tcp",
+                    "internal_port": 5432,
+                    "ports": [{"port": 5432}],
+                    "checks": [{"type": "tcp", "interval": "15s", "timeout": "5s"}],
+                }
+            ],
+        }
         machine = fly.create_machine("devenv-acme-erp-pg", {"name": "pg", "region": "yul", "config": config})
         fly.wait("devenv-acme-erp-pg", machine["id"], "started", timeout_s=30)
         fly.wait_for_checks("devenv-acme-erp-pg", machine["id"], timeout_s=30)
     before = len([c for c in fly_emulator.calls() if c["mutating"]])
 
     env = {**os.environ, "FLY_API_HOSTNAME": fly_emulator.url, "FLY_API_TOKEN": "test"}
-    result = subprocess.run([sys.executable, "-m", "components.cli", "status", str(ROOT / "Pulumi.dev.yaml")],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "components.cli", "status", str(ROOT / "Pulumi.dev.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     pg = next(line for line in lines if line.startswith("devenv-acme-erp-pg "))

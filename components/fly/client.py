@@ -1,12 +1,21 @@
-"""FlyClient: the Fly Machines REST API over httpx, with the behaviour flyctl relies on.
+"""FlyClient: the Fly Machines REST API over httpx, with the behaviour flyctl and fly-go rely on.
 
-- Transient failures (408, 429 honouring Retry-After, 5xx, connection errors) are retried with
-  exponential backoff and jitter (tenacity), as flyctl's ``IsTransientFlapsError`` does.
-- Creates are not idempotent on Fly (no idempotency key): after an ambiguous failure the object is
-  looked up by the name it was given before trying again, so a retry never makes a duplicate
-  (fly-machines-api.md §3.4).
+Retries (fly-machines-api.md §3.2):
+- GETs are retried on 408, 429, 5xx and connection errors, with exponential backoff and jitter (tenacity),
+  never sooner than a 429's Retry-After.
+- Everything else is sent again only when that is safe, and each method says which case it is in:
+  a 429 and a connection that could not be made were not executed, so those are always re-sent; after an
+  ambiguous failure (408, 5xx, a read timeout: the change may or may not have happened) a call is re-sent
+  only when it is idempotent by construction or after checking that the first one did not take effect.
+  fly-go itself retries only GETs (flaps/flaps.go ``_sendRequest``: ``safeToRetry := method == GET``).
+- Every call is paced by a client-side token bucket per action and object with Fly's documented limits
+  (1 req/s, bursts of 3; Get Machine 5 req/s, bursts of 10), shared by every client in the process, so
+  polling loops stay within them instead of collecting 429s.
 - ``wait`` blocks at most 60 s per call server-side; longer waits loop and treat 408 as "not yet".
-- Mutations of an existing machine hold a lease (``fly-machine-lease-nonce``).
+- Mutations of an existing machine hold a lease (``fly-machine-lease-nonce``), refreshed in the
+  background for as long as it is held (a lease expires after its TTL; flyctl refreshes it the same way).
+
+Every error carries the ``fly-request-id`` of the answer it came from (or of the last answer of a wait).
 
 A client is built inside each provider method (it holds an httpx connection pool, which must not be
 pickled into the provider blob) and closed after: ``with FlyClient(settings) as fly: ...``.
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +35,9 @@ import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential_jitter
 
+from components.fly import flytoml
 from components.fly.settings import FlySettings
+from components.http import tls_context
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,18 @@ COMPAT_CHECK_PREFIX = "bg_deployments_compat"
 # moment checks pass averages half this interval; 0.5 s keeps one poller at <= 2 GET/s per machine,
 # well inside Get Machine's documented 5 req/s (burst 10) limit (fly-machines-api.md §3.2).
 CHECK_POLL_MAX_S = 0.5
+# fly-go flaps/flaps_volumes.go destroyedVolumeStates, plus the final state: such a volume is gone for
+# every purpose here (adopting one by name, or counting it as data an app still holds).
+GONE_VOLUME_STATES = frozenset(
+    {"scheduling_destroy", "fork_cleanup", "waiting_for_detach", "pending_destroy", "destroying", "destroyed"}
+)
+# How long a new app may answer 404/401 before it is visible (fly-go flaps/retry.go Retry: 1 minute).
+APP_VISIBLE_WAIT_S = 60.0
+# After a lost answer or a "name taken", how long one look for the app waits out its 404/401 before the
+# create is tried again (a name held by an app being deleted frees up meanwhile).
+NAME_RECHECK_S = 3.0
+LEASE_TTL_S = 120  # flyctl's default lease TTL (internal/machine/lease.go)
+NONCE_HEADER = "fly-machine-lease-nonce"
 
 
 class FlyError(Exception):
@@ -54,6 +78,7 @@ class FlyError(Exception):
         path: str = "",
         fly_status: str | None = None,
         retry_after: float | None = None,
+        sent: bool = True,
     ):
         self.status = status
         self.request_id = request_id
@@ -61,6 +86,7 @@ class FlyError(Exception):
         self.path = path
         self.fly_status = fly_status
         self.retry_after = retry_after
+        self.sent = sent  # False: the request never reached the API (the connection could not be made)
         self.message = message
         where = f" ({method} {path}" if method else " ("
         where += f", HTTP {status}" if status else ""
@@ -70,6 +96,11 @@ class FlyError(Exception):
     @property
     def transient(self) -> bool:
         return self.status is None or self.status in TRANSIENT_STATUSES
+
+    @property
+    def not_executed(self) -> bool:
+        """The API did not act on the request: safe to send again whatever it was."""
+        return self.status == 429 or (self.status is None and not self.sent)
 
 
 class FlyNotFound(FlyError):
@@ -96,6 +127,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, FlyError) and exc.transient
 
 
+def _not_executed(exc: BaseException) -> bool:
+    return isinstance(exc, FlyError) and exc.not_executed
+
+
 class _WaitRetryAfter:
     """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
 
@@ -108,6 +143,81 @@ class _WaitRetryAfter:
         if isinstance(exc, FlyError) and exc.retry_after is not None:
             return max(exc.retry_after, 0.0) + min(backoff, 0.5)
         return backoff
+
+
+# -- pacing ----------------------------------------------------------------------------------------------
+# Fly's documented limits (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+# #1630, #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action; Get
+# Machine 5 req/s with bursts of 10; app deletions 100 a minute. (rate per second, burst)
+DEFAULT_LIMIT = (1.0, 3)
+GET_MACHINE_LIMIT = (5.0, 10)
+APP_DELETE_LIMIT = (100 / 60, 100)
+_ID_SEGMENT_AFTER = frozenset({"machines", "volumes", "secrets", "ip_assignments", "metadata"})
+
+
+class _Pacer:
+    """Token buckets keyed by (action, object), shared by every client of the process (the provider host
+    runs many resources' calls at once): a call waits here rather than being refused with 429."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # key -> [tokens, updated]
+
+    # Refill a little slower than the documented rate: the API's clock starts when a request arrives,
+    # ours when it leaves, and requests do not all take equally long to get there.
+    MARGIN = 0.85
+
+    def acquire(self, key: tuple[str, str], rate: float, burst: int) -> None:
+        rate *= self.MARGIN
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                tokens, updated = self._buckets.get(key, [float(burst), now])
+                tokens = min(float(burst), tokens + (now - updated) * rate)
+                if tokens >= 1.0:
+                    self._buckets[key] = [tokens - 1.0, now]
+                    return
+                self._buckets[key] = [tokens, now]
+                delay = (1.0 - tokens) / rate
+            time.sleep(delay)
+
+    def throttled(self, key: tuple[str, str]) -> None:
+        """The API said 429 anyway (another process shares the budget): empty the bucket. The retry itself
+        waits for Retry-After first (``_WaitRetryAfter``)."""
+        with self._lock:
+            self._buckets[key] = [0.0, time.monotonic()]
+
+
+_PACER = _Pacer()
+
+
+def _rate_key(
+    method: str, path: str, headers: Mapping[str, str] | None, body: Any = None
+) -> tuple[tuple[str, str], tuple[float, int]]:
+    """(action, object) and the limit of a call, from its method and path, e.g. GET /apps/{app}/machines/{id}.
+    Creating an app is an action on the app it names (a silo creates its seven apps at once); a stricter
+    reading of the limit by the API would answer 429, which is honoured like any other."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    template, subject = [], ""
+    for i, part in enumerate(parts):
+        if i == 1 and parts[0] == "apps":
+            template.append("{app}")
+            subject = part
+        elif i >= 3 and parts[i - 1] in _ID_SEGMENT_AFTER:
+            template.append("{id}")
+            subject = part
+        else:
+            template.append(part)
+    action = f"{method} /{'/'.join(template)}"
+    if method == "POST" and action.endswith("/lease") and headers and headers.get(NONCE_HEADER):
+        action += " (refresh)"  # fly-go counts acquiring and refreshing a lease as two actions
+    if action == "GET /apps/{app}/machines/{id}":
+        return (action, subject), GET_MACHINE_LIMIT
+    if action == "DELETE /apps/{app}":
+        return (action, "*"), APP_DELETE_LIMIT
+    if action == "POST /apps" and isinstance(body, Mapping):
+        subject = str(body.get("name") or "")
+    return (action, subject or "*"), DEFAULT_LIMIT
 
 
 class FlyClient:
@@ -124,11 +234,13 @@ class FlyClient:
         self.settings = settings
         self._attempts = attempts
         self._backoff = (backoff_initial, backoff_max)
+        self.last_request_id: str | None = None
         self._http = httpx.Client(
             base_url=settings.base_url.rstrip("/") + "/v1",
             headers={"Authorization": settings.authorization, "User-Agent": "silo-infra/pulumi"},
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
+            verify=tls_context(),
         )
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -141,13 +253,10 @@ class FlyClient:
     def close(self) -> None:
         self._http.close()
 
-    def _retrying(self, attempts: int | None = None, deadline_s: float | None = None) -> Retrying:
-        stop = stop_after_attempt(attempts or self._attempts)
-        if deadline_s is not None:
-            stop = stop | stop_after_delay(deadline_s)
+    def _retrying(self, retry_on: Callable[[BaseException], bool] = _is_transient) -> Retrying:
         return Retrying(
-            retry=retry_if_exception(_is_transient),
-            stop=stop,
+            retry=retry_if_exception(retry_on),
+            stop=stop_after_attempt(self._attempts),
             wait=_WaitRetryAfter(*self._backoff),
             reraise=True,
         )
@@ -162,6 +271,8 @@ class FlyClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
+        key, (rate, burst) = _rate_key(method, path, headers, json)
+        _PACER.acquire(key, rate, burst)
         try:
             response = self._http.request(
                 method,
@@ -172,20 +283,27 @@ class FlyClient:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
-            # Connection refused/reset before or during the request: transient, maybe ambiguous.
             hint = ""
             if self.settings.uses_emulator:
                 hint = (
                     " — no Fly token is configured, so the local Fly emulator is used; start it with "
                     "`silo emulator --port 4280` or set fly:apiToken / FLY_API_TOKEN"
                 )
+            # A connection that could not be made sent nothing; a read that timed out or broke off may have
+            # been acted on (ambiguous).
+            sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise FlyError(
                 f"cannot reach the Fly Machines API at {self.settings.base_url}: {exc}{hint}",
                 method=method,
                 path=path,
+                sent=sent,
             ) from exc
+        self.last_request_id = response.headers.get("fly-request-id") or self.last_request_id
         if response.status_code >= 400:
-            raise self._error(response, method, path)
+            error = self._error(response, method, path)
+            if error.status == 429:
+                _PACER.throttled(key)
+            raise error
         return response
 
     def request(
@@ -196,19 +314,34 @@ class FlyClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
-        retry: bool = True,
         timeout: float | None = None,
-    ) -> httpx.Response:
-        if not retry:
-            return self._once(method, path, json=json, params=params, headers=headers, timeout=timeout)
-        for attempt in self._retrying():
+        idempotent: bool = False,
+        took_effect: Callable[[], Any] | None = None,
+    ) -> httpx.Response | None:
+        """One API call with the retry policy of the module docstring.
+
+        GET (and ``idempotent=True``: the same call twice leaves the same result) is retried on every
+        transient error. Anything else is re-sent only when it was not executed (429, no connection), or
+        after an ambiguous failure when ``took_effect()`` says it did not happen; when it says it did, the
+        call returns None (the caller reads the result itself).
+        """
+        safe = method in ("GET", "HEAD") or idempotent
+        for attempt in self._retrying(_is_transient if safe or took_effect else _not_executed):
             with attempt:
-                return self._once(method, path, json=json, params=params, headers=headers, timeout=timeout)
+                try:
+                    return self._once(method, path, json=json, params=params, headers=headers, timeout=timeout)
+                except FlyError as exc:
+                    if safe or not exc.transient or exc.not_executed or took_effect is None:
+                        raise
+                    if took_effect():
+                        log.info("%s %s took effect although its answer was lost: %s", method, path, exc)
+                        return None
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self.request(method, path, **kwargs)
-        if not response.content:
+        if response is None or not response.content:
             return None
         return response.json()
 
@@ -248,19 +381,27 @@ class FlyClient:
             return FlyNameTaken(message, **kwargs)
         return FlyError(message, **kwargs)
 
-    def _create_idempotently(self, create: Callable[[], T], lookup: Callable[[], T | None]) -> T:
-        """POST once per attempt; after an ambiguous failure adopt what the lost response created."""
+    def _create_checked(self, send: Callable[[], T], lookup: Callable[[], T | None]) -> T:
+        """POST a create; after an ambiguous failure adopt what the lost answer created (checked before
+        re-sending: the API has no idempotency key, fly-machines-api.md §3.4)."""
+        found: list[T] = []
+
+        def took_effect() -> bool:
+            hit = lookup()
+            if hit is not None:
+                found.append(hit)
+            return hit is not None
+
         for attempt in self._retrying():
             with attempt:
                 try:
-                    return create()
+                    return send()
                 except FlyError as exc:
-                    if not exc.transient:
+                    if not exc.transient or exc.not_executed:
                         raise
-                    found = lookup()
-                    if found is not None:
+                    if took_effect():
                         log.info("adopting object created by an ambiguous request: %s", exc)
-                        return found
+                        return found[-1]
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -282,58 +423,119 @@ class FlyClient:
                 ) from exc
             raise
 
+    def _wait_for_app(self, name: str, timeout_s: float = APP_VISIBLE_WAIT_S) -> dict | None:
+        """The app once it is visible: a new one answers 404 or 401 for up to a minute (fly-go
+        flaps/flaps_apps.go WaitForApp retries both). None when it never becomes visible."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            try:
+                app = self.get_app(name)
+            except FlyAuthError:
+                app = None
+            if app is not None or time.monotonic() >= deadline:
+                return app
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     def create_app(self, name: str, org: str, network: str | None = None) -> dict:
-        """Create the app, or adopt it when it already exists in our org (a retained or half-made app)."""
+        """Create the app, or adopt it when it already exists in our org (a retained or half-made app).
+
+        POST /apps is checked before it is re-sent: after an ambiguous answer, or a "name taken", the app is
+        read (waiting out the 404/401 of a new app) and adopted when it is ours. A name that stays taken
+        while no app is visible may belong to an app still being deleted (deletion is asynchronous): the
+        create is tried again until that has finished, for a minute at most.
+        """
         body: dict[str, Any] = {"name": name, "app_name": name, "org_slug": org}
         if network:
             body["network"] = network
-        try:
-            self._create_idempotently(
-                lambda: self._json("POST", "/apps", json=body, retry=False), lambda: self.get_app(name)
+        deadline = time.monotonic() + APP_VISIBLE_WAIT_S
+        last: FlyError | None = None
+        while True:
+            try:
+                self._create_checked(
+                    lambda: self._json("POST", "/apps", json=body),
+                    lambda: self._wait_for_app(name, timeout_s=NAME_RECHECK_S),
+                )
+                break
+            except FlyNameTaken as exc:
+                last = exc
+                left = max(0.0, deadline - time.monotonic())
+                existing = self._wait_for_app(name, timeout_s=min(NAME_RECHECK_S, left))
+                if existing is not None:
+                    self._check_org(existing, name, org, exc)
+                    return existing
+                if time.monotonic() >= deadline:
+                    raise FlyNameTaken(
+                        f"the Fly app name {name!r} is already taken on Fly.io (app names are global), or an app "
+                        "of that name is still being deleted; choose another silo:client / silo:app, or retry",
+                        status=exc.status,
+                        request_id=exc.request_id,
+                        method="POST",
+                        path="/apps",
+                    ) from last
+        app = self._wait_for_app(name)
+        if app is None:
+            raise FlyError(
+                f"app {name} was created but never became visible within {APP_VISIBLE_WAIT_S:.0f}s",
+                request_id=self.last_request_id,
+                method="GET",
+                path=f"/apps/{name}",
             )
-        except FlyNameTaken as exc:
-            existing = self.get_app(name)  # raises FlyNameTaken (403) when another org owns it
-            if existing is None:
-                raise FlyNameTaken(
-                    f"the Fly app name {name!r} is already taken on Fly.io (app names are "
-                    "global); choose another silo:client / silo:app",
-                    status=exc.status,
-                    request_id=exc.request_id,
-                    method="POST",
-                    path="/apps",
-                ) from exc
-            org_slug = (existing.get("organization") or {}).get("slug")
-            if org_slug and org_slug != org:
-                raise FlyNameTaken(
-                    f"the Fly app {name!r} belongs to organization {org_slug!r}, not {org!r}",
-                    status=exc.status,
-                    request_id=exc.request_id,
-                    method="POST",
-                    path="/apps",
-                ) from exc
-        # A new app may not be visible at once (fly-go WaitForApp): poll briefly.
-        for attempt in Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, FlyNotFound)),
-            stop=stop_after_delay(60),
-            wait=wait_exponential_jitter(multiplier=0.1, max=2),
-            reraise=True,
-        ):
-            with attempt:
-                app = self.get_app(name)
-                if app is None:
-                    raise FlyNotFound(f"app {name} not visible yet", status=404)
-                return app
-        raise AssertionError("unreachable")  # pragma: no cover
+        self._check_org(app, name, org, None)
+        return app
 
-    def delete_app(self, name: str) -> None:
+    @staticmethod
+    def _check_org(app: Mapping[str, Any], name: str, org: str, cause: FlyError | None) -> None:
+        org_slug = (app.get("organization") or {}).get("slug")
+        if org_slug and org_slug != org:
+            raise FlyNameTaken(
+                f"the Fly app {name!r} belongs to organization {org_slug!r}, not {org!r}",
+                status=cause.status if cause else None,
+                request_id=cause.request_id if cause else None,
+                method="POST",
+                path="/apps",
+            )
+
+    def delete_app(self, name: str, *, force: bool = True) -> None:
+        """Delete an app (asynchronous: 202, the name stays taken for a while; ``create_app`` copes).
+
+        ``force=true`` stops machines left in the app first, as the API wants them stopped otherwise (DOCS
+        machines/api/apps-resource). Idempotent by construction: 404 means it is gone already.
+        """
         with contextlib.suppress(FlyNotFound):
-            self.request("DELETE", f"/apps/{name}")
+            self.request("DELETE", f"/apps/{name}", params={"force": "true"} if force else None, idempotent=True)
+
+    def list_apps(self, org: str) -> list[dict]:
+        """The apps of organization `org` (fly-machines-api.md §1.1, `GET /apps?org_slug=`)."""
+        return list((self._json("GET", "/apps", params={"org_slug": org}) or {}).get("apps") or [])
+
+    # -- platform ---------------------------------------------------------------------------------
+    def placeable_regions(self, org: str, regions: str) -> list[str]:
+        """Which of `regions` (a code or a comma-separated list) `org` can place machines in now.
+
+        A placement simulation that creates nothing: `POST /platform/placements` with count 0 answers
+        the org's limit per region (fly-go flaps_platform.go GetPlacements); a region left out, or with
+        a limit of 0, is not usable by the org. Fly's Go server may spell the keys either way.
+        """
+        answer = self._json("POST", "/platform/placements", json={"org_slug": org, "region": regions, "count": 0})
+        placements = (answer or {}).get("regions") or (answer or {}).get("Regions") or []
+        return [
+            str(p.get("region") or p.get("Region"))
+            for p in placements
+            if isinstance(p, Mapping) and int(p.get("count") or p.get("Count") or 0) > 0
+        ]
 
     # -- IP assignments ---------------------------------------------------------------------------
     def list_ips(self, app: str) -> list[dict]:
         return list((self._json("GET", f"/apps/{app}/ip_assignments") or {}).get("ips") or [])
 
     def allocate_ip(self, app: str, ip_type: str, region: str | None = None) -> dict:
+        """Allocate an IP of that type, or return the app's existing one (checked before re-sending: a lost
+        answer is found in the list). The request names the app's org, and its network when it has its own,
+        as flyctl does (internal/command/deploy/deploy_first.go; fly-go AssignIPRequest): a Flycast address
+        belongs to an org network, and one allocated elsewhere would not be reachable from the app's own."""
+
         def lookup() -> dict | None:
             return next((ip for ip in self.list_ips(app) if ip_kind(ip) == ip_type), None)
 
@@ -343,39 +545,44 @@ class FlyClient:
         body: dict[str, Any] = {"type": ip_type}
         if region:
             body["region"] = region
-        return self._create_idempotently(
-            lambda: self._json("POST", f"/apps/{app}/ip_assignments", json=body, retry=False), lookup
-        )
+        record = self.get_app(app) or {}
+        org = (record.get("organization") or {}).get("slug")
+        if org:
+            body["org_slug"] = org
+        if record.get("network") and record["network"] != "default":
+            body["network"] = record["network"]
+        return self._create_checked(lambda: self._json("POST", f"/apps/{app}/ip_assignments", json=body), lookup)
 
     def release_ip(self, app: str, address: str) -> None:
-        with contextlib.suppress(FlyNotFound):
-            self.request("DELETE", f"/apps/{app}/ip_assignments/{address}")
+        with contextlib.suppress(FlyNotFound):  # idempotent by construction: 404 = released already
+            self.request("DELETE", f"/apps/{app}/ip_assignments/{address}", idempotent=True)
 
     # -- secrets ----------------------------------------------------------------------------------
-    def list_secrets(self, app: str) -> dict[str, str]:
-        """name → digest (values are never returned)."""
-        body = self._json("GET", f"/apps/{app}/secrets") or {}
+    def list_secrets(self, app: str, min_version: int | None = None) -> dict[str, str]:
+        """name → digest (values are never returned). Secrets are versioned: pass the version a write
+        returned, or a replica that has not seen it yet may answer (SPEC Secrets_list ``min_version``)."""
+        # The spec names the parameter min_version; fly-go's ListAppSecrets sends the same number as `version`
+        # (flyctl internal/appsecrets/secrets.go passes its min version there). Both are sent.
+        params = {"min_version": str(int(min_version)), "version": str(int(min_version))} if min_version else None
+        body = self._json("GET", f"/apps/{app}/secrets", params=params) or {}
         return {s["name"]: s.get("digest", "") for s in body.get("secrets") or []}
 
     def set_secrets(self, app: str, values: Mapping[str, str | None]) -> int:
-        """Set (str) or unset (None) secrets in one write; returns the secrets version."""
-        body = self._json("POST", f"/apps/{app}/secrets", json={"values": dict(values)}) or {}
+        """Set (str) or unset (None) secrets in one write; returns the secrets version. Idempotent by
+        construction: the same values written twice leave the same secrets (only the version moves on)."""
+        body = self._json("POST", f"/apps/{app}/secrets", json={"values": dict(values)}, idempotent=True) or {}
         return int(body.get("version") or body.get("Version") or 0)
 
     # -- volumes ----------------------------------------------------------------------------------
     def list_volumes(self, app: str) -> list[dict]:
-        return [
-            v
-            for v in self._json("GET", f"/apps/{app}/volumes") or []
-            if v.get("state") not in ("destroyed", "destroying", "pending_destroy")
-        ]
+        return [v for v in self._json("GET", f"/apps/{app}/volumes") or [] if v.get("state") not in GONE_VOLUME_STATES]
 
     def get_volume(self, app: str, volume_id: str) -> dict | None:
         try:
             volume = self._json("GET", f"/apps/{app}/volumes/{volume_id}")
         except FlyNotFound:
             return None
-        return None if volume.get("state") in ("destroyed", "destroying") else volume
+        return None if volume.get("state") in GONE_VOLUME_STATES else volume
 
     def find_volume(self, app: str, name: str, region: str | None = None) -> dict | None:
         """The live volume of that name (in that region: a migrated app keeps its old one elsewhere)."""
@@ -386,25 +593,41 @@ class FlyClient:
         return matches[0] if matches else None
 
     def create_volume(self, app: str, body: Mapping[str, Any]) -> dict:
+        """Checked before re-sending: a lost answer is found by the volume's name (in its region)."""
         name, region = str(body["name"]), body.get("region")
         existing = self.find_volume(app, name, region)
         if existing is not None:
             return existing
-        return self._create_idempotently(
-            lambda: self._json("POST", f"/apps/{app}/volumes", json=dict(body), retry=False),
+        return self._create_checked(
+            lambda: self._json("POST", f"/apps/{app}/volumes", json=dict(body)),
             lambda: self.find_volume(app, name, region),
         )
 
     def extend_volume(self, app: str, volume_id: str, size_gb: int) -> dict:
-        body = self._json("PUT", f"/apps/{app}/volumes/{volume_id}/extend", json={"size_gb": size_gb}) or {}
-        return body.get("volume") or body
+        """Grow a volume; the answer's ``needs_restart`` (the filesystem of a running machine grows only at
+        its next start) is returned on the volume dict. Not idempotent (a second extend to the same size is
+        refused), so it is checked before re-sending: a volume already that large was extended."""
+        path = f"/apps/{app}/volumes/{volume_id}/extend"
+
+        def took_effect() -> bool:
+            volume = self.get_volume(app, volume_id)
+            return volume is not None and int(volume.get("size_gb") or 0) >= size_gb
+
+        body = self._json("PUT", path, json={"size_gb": size_gb}, took_effect=took_effect)
+        if body is None:  # the lost answer had extended it: read it back
+            volume = self.get_volume(app, volume_id) or {"id": volume_id, "size_gb": size_gb}
+            holder = self.get_machine(app, volume["attached_machine_id"]) if volume.get("attached_machine_id") else None
+            return {**volume, "needs_restart": bool(holder and holder.get("state") in ("started", "starting"))}
+        volume = body.get("volume") or body
+        return {**volume, "needs_restart": bool(body.get("needs_restart"))}
 
     def update_volume(self, app: str, volume_id: str, changes: Mapping[str, Any]) -> dict:
-        return self._json("PUT", f"/apps/{app}/volumes/{volume_id}", json=dict(changes))
+        # Idempotent by construction: it sets absolute values (snapshot_retention, auto_backup_enabled).
+        return self._json("PUT", f"/apps/{app}/volumes/{volume_id}", json=dict(changes), idempotent=True)
 
     def delete_volume(self, app: str, volume_id: str) -> None:
-        with contextlib.suppress(FlyNotFound):
-            self.request("DELETE", f"/apps/{app}/volumes/{volume_id}")
+        with contextlib.suppress(FlyNotFound):  # idempotent by construction: 404 = gone already
+            self.request("DELETE", f"/apps/{app}/volumes/{volume_id}", idempotent=True)
 
     # -- machines ---------------------------------------------------------------------------------
     def list_machines(self, app: str, metadata: Mapping[str, str] | None = None, summary: bool = False) -> list[dict]:
@@ -425,18 +648,43 @@ class FlyClient:
         return next((m for m in self.list_machines(app) if m.get("name") == name), None)
 
     def create_machine(self, app: str, body: Mapping[str, Any]) -> dict:
-        """Machines are always named here, so the name is the tag an ambiguous create is resolved by."""
+        """Machines are always named here, so the name is the tag an ambiguous create is resolved by
+        (checked before re-sending)."""
         name = str(body["name"])
-        return self._create_idempotently(
-            lambda: self._json("POST", f"/apps/{app}/machines", json=dict(body), retry=False),
+        return self._create_checked(
+            lambda: self._json("POST", f"/apps/{app}/machines", json=dict(body)),
             lambda: self.find_machine(app, name),
         )
 
     def update_machine(self, app: str, machine_id: str, body: Mapping[str, Any], nonce: str | None) -> dict:
-        return self._json("POST", f"/apps/{app}/machines/{machine_id}", json=dict(body), headers=_nonce_header(nonce))
+        """Replace the machine's config. Not idempotent (each call makes a new version and reboots the
+        machine), so it is checked before re-sending: when the machine already runs the desired config,
+        the lost answer had updated it."""
+        path = f"/apps/{app}/machines/{machine_id}"
+        wanted = flytoml.normalize(body.get("config") or {})
+        seen: list[dict] = []
+
+        def took_effect() -> bool:
+            machine = self.get_machine(app, machine_id)
+            if machine is not None and flytoml.normalize(machine.get("config") or {}) == wanted:
+                seen.append(machine)
+                return True
+            return False
+
+        answer = self._json("POST", path, json=dict(body), headers=_nonce_header(nonce), took_effect=took_effect)
+        return answer if answer is not None else seen[-1]
 
     def start_machine(self, app: str, machine_id: str, nonce: str | None = None) -> None:
-        self.request("POST", f"/apps/{app}/machines/{machine_id}/start", headers=_nonce_header(nonce))
+        """Not idempotent (a second start of a started machine is refused), so checked before re-sending:
+        a machine that is starting or started was started by the lost call."""
+
+        def took_effect() -> bool:
+            machine = self.get_machine(app, machine_id)
+            return machine is not None and machine.get("state") in ("starting", "started")
+
+        self.request(
+            "POST", f"/apps/{app}/machines/{machine_id}/start", headers=_nonce_header(nonce), took_effect=took_effect
+        )
 
     def stop_machine(
         self,
@@ -447,41 +695,76 @@ class FlyClient:
         signal: str | None = None,
         timeout: str | None = None,
     ) -> None:
+        """Checked before re-sending: a machine that is stopping or stopped was stopped by the lost call."""
         body = {k: v for k, v in (("signal", signal), ("timeout", timeout)) if v}
-        self.request("POST", f"/apps/{app}/machines/{machine_id}/stop", json=body or None, headers=_nonce_header(nonce))
+
+        def took_effect() -> bool:
+            machine = self.get_machine(app, machine_id)
+            return machine is None or machine.get("state") in ("stopping", "stopped", "suspended")
+
+        self.request(
+            "POST",
+            f"/apps/{app}/machines/{machine_id}/stop",
+            json=body or None,
+            headers=_nonce_header(nonce),
+            took_effect=took_effect,
+        )
+
+    def restart_machine(self, app: str, machine_id: str, nonce: str | None = None) -> None:
+        """Not re-sent after an ambiguous failure: a restart leaves no trace to check (same version, same
+        state), and restarting twice is worse than reporting the error (the caller's next run restarts)."""
+        self.request("POST", f"/apps/{app}/machines/{machine_id}/restart", headers=_nonce_header(nonce))
 
     def delete_machine(self, app: str, machine_id: str, nonce: str | None = None, *, force: bool = True) -> None:
-        with contextlib.suppress(FlyNotFound):
+        with contextlib.suppress(FlyNotFound):  # idempotent by construction: 404 = gone already
             self.request(
                 "DELETE",
                 f"/apps/{app}/machines/{machine_id}",
                 params={"force": "true" if force else "false"},
                 headers=_nonce_header(nonce),
+                idempotent=True,
             )
 
     def exec_machine(self, app: str, machine_id: str, command: list[str], timeout_s: int = 60) -> dict:
-        return self._json(
+        """Run a command on the machine. Never re-sent after an ambiguous failure: it cannot be checked,
+        and the command (SQL, a backup flush) is not ours to run twice; the error is reported instead.
+
+        A successful run answers without ``exit_code``: fly-go's MachineExecResponse tags it ``omitempty``,
+        so Go leaves the 0 out. A missing code means 0."""
+        body = self._json(
             "POST",
             f"/apps/{app}/machines/{machine_id}/exec",
             json={"command": command, "timeout": timeout_s},
             timeout=timeout_s + 15,
         )
+        body = body if isinstance(body, dict) else {}
+        return {
+            **body,
+            "exit_code": int(body.get("exit_code") or 0),
+            "stdout": str(body.get("stdout") or ""),
+            "stderr": str(body.get("stderr") or ""),
+        }
 
     def wait(
         self, app: str, machine_id: str, state: str, *, version: str | None = None, timeout_s: float = 300
     ) -> None:
-        """Block until the machine reaches `state`; 60 s per call, looping on 408 (flyctl WaitForState)."""
+        """Block until the machine reaches `state` (for `version`, when given: after an update only the new
+        version counts, SPEC Machines_wait); 60 s per call, looping on 408 (flyctl WaitForState)."""
         deadline = time.monotonic() + timeout_s
         params: dict[str, Any] = {"state": state}
         if version:
             params["version"] = version
+        last: FlyError | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FlyWaitTimeout(
-                    f"machine {machine_id} of app {app} did not reach {state!r} within {timeout_s:.0f}s",
+                    f"machine {machine_id} of app {app} did not reach {state!r}"
+                    f"{f' (version {version})' if version else ''} within {timeout_s:.0f}s",
                     method="GET",
                     path=f"/apps/{app}/machines/{machine_id}/wait",
+                    status=last.status if last else None,
+                    request_id=self.last_request_id,
                 )
             params["timeout"] = max(1, min(WAIT_CALL_MAX_S, int(remaining)))
             try:
@@ -495,8 +778,11 @@ class FlyClient:
             except FlyNotFound:
                 if state == "destroyed":
                     return
-                time.sleep(0.2)  # right after a create the machine can 404 briefly (eventual consistency)
+                # Right after a create the machine can 404 briefly (eventual consistency); the pacer keeps
+                # these retries within the wait action's rate limit.
+                time.sleep(0.2)
             except FlyError as exc:
+                last = exc
                 if exc.status == 408:
                     continue
                 if not exc.transient:
@@ -504,35 +790,59 @@ class FlyClient:
                 time.sleep(exc.retry_after or 0.5)
 
     def wait_for_checks(self, app: str, machine_id: str, *, timeout_s: float = 300) -> dict:
-        """Poll until every health check passes (`wait` does not cover checks; fly-machines-api.md §2.4)."""
+        """Poll until every configured health check has reported and passes (``wait`` does not cover
+        checks; fly-machines-api.md §2.4).
+
+        A freshly started machine answers an empty ``checks`` list until its checks have run, so "nothing
+        failing" would count it healthy at once: the configured checks (top-level and per service) are
+        counted from its config, and that many must be reported, as flyctl's WaitForHealthchecksToPass
+        does (internal/machine/leasable_machine.go)."""
         deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
             machine = self.get_machine(app, machine_id)
             if machine is None:
-                raise FlyError(f"machine {machine_id} of app {app} disappeared while waiting for checks")
+                raise FlyError(
+                    f"machine {machine_id} of app {app} disappeared while waiting for checks",
+                    request_id=self.last_request_id,
+                )
+            config = machine.get("config") or {}
+            expected = len(config.get("checks") or {}) + sum(
+                len(svc.get("checks") or []) for svc in config.get("services") or []
+            )
             checks = [
                 c for c in machine.get("checks") or [] if not str(c.get("name", "")).startswith(COMPAT_CHECK_PREFIX)
             ]
             failing = [c for c in checks if c.get("status") != "passing"]
-            if not failing:
+            if len(checks) >= expected and not failing:
                 return machine
             if time.monotonic() >= deadline:
                 detail = "; ".join(f"{c.get('name')}={c.get('status')} {c.get('output', '')}".strip() for c in failing)
+                if len(checks) < expected:
+                    detail = "; ".join(
+                        filter(None, [detail, f"{expected - len(checks)} of {expected} checks have not reported"])
+                    )
                 raise FlyWaitTimeout(
-                    f"health checks of machine {machine_id} (app {app}) not passing after {timeout_s:.0f}s: {detail}"
+                    f"health checks of machine {machine_id} (app {app}) not passing after {timeout_s:.0f}s: {detail}",
+                    method="GET",
+                    path=f"/apps/{app}/machines/{machine_id}",
+                    request_id=self.last_request_id,
                 )
             time.sleep(delay)
             delay = min(delay * 2, CHECK_POLL_MAX_S)
 
     # -- leases -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lease(self, app: str, machine_id: str, ttl_s: int = 120, *, wait_s: float = 60) -> Iterator[str | None]:
+    def lease(self, app: str, machine_id: str, ttl_s: int = LEASE_TTL_S, *, wait_s: float = 60) -> Iterator[str | None]:
         """Hold the machine's lease for the block; 409 (held by someone else) is retried up to `wait_s`.
 
         Acquiring is not idempotent either: if the answer to a granted lease is lost, the retry sees our
         own lease as "held by someone". Each acquisition carries a unique description, so after an
-        ambiguous failure the lease is read back and adopted when it is ours (fly-machines-api.md §3.4).
+        ambiguous failure the lease is read back and adopted when it is ours (checked before re-sending).
+
+        A lease expires after ``ttl_s``, and a block may wait far longer (a machine's start and health
+        checks, up to silo:readyTimeoutSeconds): a background thread refreshes it every third of the TTL,
+        as flyctl's StartBackgroundLeaseRefresh does (internal/machine/leasable_machine.go).
         """
         path = f"/apps/{app}/machines/{machine_id}/lease"
         description = f"pulumi silo {uuid.uuid4().hex[:12]}"
@@ -558,26 +868,51 @@ class FlyClient:
         for attempt in Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, FlyConflict) or _is_transient(e)),
             stop=stop_after_delay(wait_s),
-            wait=wait_exponential_jitter(multiplier=0.2, max=3),
+            wait=_WaitRetryAfter(0.5, 3),
             reraise=True,
         ):
             with attempt:
                 body = acquire()
         data = body.get("data", body) if isinstance(body, dict) else {}
         nonce = data.get("nonce")
+        stop = threading.Event()
+        keeper = None
+        if nonce:
+            keeper = threading.Thread(
+                target=self._keep_lease,
+                args=(path, nonce, ttl_s, stop),
+                name=f"fly-lease-{machine_id}",
+                daemon=True,
+            )
+            keeper.start()
         try:
             yield nonce
         finally:
+            stop.set()
+            if keeper is not None:
+                keeper.join(timeout=30)
             if nonce:
                 try:
-                    self.request("DELETE", path, headers=_nonce_header(nonce))
+                    self.request("DELETE", path, headers=_nonce_header(nonce), idempotent=True)
                 except FlyError as exc:  # expired or machine gone: nothing left to release
                     if exc.status not in (404, 409) and "lease not found" not in exc.message:
                         log.warning("could not release lease on %s: %s", machine_id, exc)
 
+    def _keep_lease(self, path: str, nonce: str, ttl_s: int, stop: threading.Event) -> None:
+        """Refresh a held lease (POST with its nonce) every third of its TTL until told to stop. Idempotent
+        by construction: a refresh only moves the expiry."""
+        while not stop.wait(max(ttl_s / 3, 0.2)):
+            try:
+                self._once("POST", path, json={"ttl": ttl_s}, headers={NONCE_HEADER: nonce})
+            except FlyError as exc:
+                if exc.status in (404, 409):  # the machine is gone, or the lease was lost: nothing to keep
+                    log.warning("lease %s on %s could not be refreshed: %s", nonce, path, exc)
+                    return
+                log.info("lease refresh failed, trying again: %s", exc)
+
 
 def _nonce_header(nonce: str | None) -> dict[str, str] | None:
-    return {"fly-machine-lease-nonce": nonce} if nonce else None
+    return {NONCE_HEADER: nonce} if nonce else None
 
 
 def ip_kind(ip: Mapping[str, Any]) -> str:

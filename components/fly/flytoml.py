@@ -85,8 +85,9 @@ SERVICE_SETTINGS = frozenset(
     }
 )
 MAX_KILL_TIMEOUT_S = 300
-# Env names that hold credentials: they belong in Fly secrets, never in fly.toml.
-_SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
+# Env names that hold credentials: they belong in Fly secrets, never in fly.toml (the guardrails in
+# policy/rules.py use the same rule).
+SECRET_ENV_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
 _VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 _VM_PRESET = re.compile(r"^(?:(shared)-cpu|(performance))-(\d+)x$")  # shared-cpu-Nx, performance-Nx
 _SIZE = re.compile(r"^\s*(\d+)\s*(gb|g|mb|m)?\s*$", re.IGNORECASE)
@@ -251,7 +252,7 @@ def _validate_env(env: Any) -> list[str]:
             problems.append(f"{at}: values must be strings (got {type(value).__name__} {value!r})")
         if name.upper().startswith("FLY_"):
             problems.append(f"{at}: names starting with FLY_ are reserved by Fly")
-        if _SECRET_NAME.search(name):
+        if SECRET_ENV_NAME.search(name):
             problems.append(f"{at}: looks like a secret; set it with Fly secrets, never in fly.toml")
     return problems
 
@@ -544,8 +545,15 @@ def _guest(vm: Mapping[str, Any]) -> dict[str, Any]:
     return guest
 
 
-def _file(entry: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"guest_path": entry["guest_path"]}
+# Every file a machine gets is read by the service's own (non-root) user: Kong runs as `kong`, Postgres as
+# `postgres`. fly.toml cannot say a mode (flyctl's appconfig.File has none), but the Machine config can
+# (fly-go machine_types.go File.Mode, chmod(2) bits), so it is set explicitly rather than left to Fly's
+# default: readable by everyone, writable by no one (the files are rewritten from the config on every boot).
+DEFAULT_FILE_MODE = 0o444
+
+
+def _file(entry: Mapping[str, Any], mode: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"guest_path": entry["guest_path"], "mode": mode}
     if "raw_value" in entry:
         # flyctl's toMachineFile base64-encodes raw_value; the Machines API wants base64.
         out["raw_value"] = base64.b64encode(str(entry["raw_value"]).encode()).decode("ascii")
@@ -565,8 +573,10 @@ def to_machine_config(
     image: str | None = None,
     volume_id: str | None = None,
     process_group: str = "app",
+    file_mode: int = DEFAULT_FILE_MODE,
 ) -> dict[str, Any]:
-    """The Machine config flyctl would deploy for ``process_group`` of a parsed fly.toml."""
+    """The Machine config flyctl would deploy for ``process_group`` of a parsed fly.toml, plus an explicit
+    ``mode`` on every file (see ``DEFAULT_FILE_MODE``)."""
     group = process_group
     image = image or (doc.get("build") or {}).get("image")
     if not image:
@@ -641,7 +651,7 @@ def to_machine_config(
             restart["max_retries"] = int(restarts[0]["retries"])
         config["restart"] = restart
 
-    files = [_file(f) for f in _for_group(doc.get("files"), group)]
+    files = [_file(f, file_mode) for f in _for_group(doc.get("files"), group)]
     if files:
         config["files"] = files
 

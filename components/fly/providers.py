@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pulumi
@@ -23,13 +25,12 @@ from pulumi.dynamic import (
     CreateResult,
     DiffResult,
     ReadResult,
-    Resource,
     ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
 
-from components.dynamic import canonical, changed_keys, diff_result, has_unknown, strip_provider
+from components.dynamic import DynamicResource, canonical, changed_keys, diff_result, has_unknown, strip_provider
 from components.fly import flytoml
 from components.fly.client import FlyClient, FlyError, ip_kind
 from components.fly.settings import FlySettings, resolve_fly_settings
@@ -37,10 +38,26 @@ from components.fly.settings import FlySettings, resolve_fly_settings
 log = logging.getLogger(__name__)
 
 DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Fly network names: letters, digits and dashes, starting with a letter (custom-private-networks docs).
+NETWORK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+DEFAULT_NETWORK = "default"  # where an app created without `network` lives (what GET /apps/{app} says)
 VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
+RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as silo:readyTimeoutSeconds' default
+# A machine caught between states (stopping, starting) settles within seconds; waited for before the
+# opposite request, which Fly refuses meanwhile.
+TRANSITION_WAIT_S = 120
+# One waiting thread per machine, up to this many: each mostly sleeps between polls that the client
+# paces within Fly's per-machine rate limits.
+MAX_CONCURRENT_WAITS = 128
+# Added to a volume's checked inputs when they change an immutable input of the deployed volume, i.e.
+# when the engine will replace it. A policy pack sees a resource's checked inputs but neither its old
+# state nor the step the engine plans (Pulumi docs, "Policy as Code": resource validation policies get
+# the resource's inputs), so this is how the silo guardrails (policy/) see a data volume's replacement
+# at preview. It is never part of the outputs, and `diff` does not compare it.
+REPLACEMENT_KEY = "immutable_changes"
 
 
 class FlyProviderBase(ResourceProvider):
@@ -61,7 +78,7 @@ class FlyProviderBase(ResourceProvider):
 
 # -- FlyApp -----------------------------------------------------------------------------------------
 class FlyAppProvider(FlyProviderBase):
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         name = news.get("name")
         if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
@@ -74,15 +91,63 @@ class FlyAppProvider(FlyProviderBase):
             )
         if not news.get("org"):
             failures.append(CheckFailure("org", "the Fly organization slug is required (silo:flyOrg)"))
+        network = news.get("network")
+        if network is not None and not isinstance(network, Unknown) and not NETWORK_NAME.match(str(network)):
+            failures.append(
+                CheckFailure(
+                    "network",
+                    f"Fly network names are letters, digits and dashes, starting with a letter (got {network!r})",
+                )
+            )
+        failures += self._network_change_failures(olds, news)
         return CheckResult(news, failures)
+
+    @staticmethod
+    def _network_change_failures(olds: dict[str, Any], news: dict[str, Any]) -> list[CheckFailure]:
+        """Refuse, at preview, to move an existing app to another network without the explicit override.
+
+        Fly cannot change an app's network (custom-private-networks: "You can't add an existing app to a
+        custom 6PN or change an app's 6PN"), so it is a replacement: the app is deleted, its machines and
+        volumes with it, and created again under the same name on the new network.
+        """
+        if not olds or isinstance(news.get("network"), Unknown):
+            return []
+        old, new = olds.get("network") or DEFAULT_NETWORK, news.get("network") or DEFAULT_NETWORK
+        if old == new:
+            return []
+        move = f"moving Fly app {news.get('name')} from network {old} to {new}"
+        if not news.get("allow_network_change"):
+            reason = (
+                f"{move} replaces it: Fly cannot move an app between networks, so the app is deleted (with its "
+                "machines and volumes) and created again. Set silo:networkMigration=true to do it (README: "
+                "moving an existing silo to its own network)"
+            )
+            return [CheckFailure("network", reason)]
+        if news.get("keep_volumes", True):
+            reason = (
+                f"{move} deletes the app and its volumes, which silo:allowDataDeletion=false forbids: back the "
+                "data up, then set silo:allowDataDeletion=true for the migration"
+            )
+            return [CheckFailure("network", reason)]
+        return []
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         keys = ("name", "org", "network", "keep_volumes")
         return diff_result(olds, news, compare=keys, replace_on=("name", "org", "network"))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
+        wanted = props.get("network") or DEFAULT_NETWORK
         with self.client() as fly:
             app = fly.create_app(props["name"], props["org"], props.get("network"))
+        actual = app.get("network") or DEFAULT_NETWORK
+        if actual != wanted:
+            # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
+            # another network cannot be used: its Flycast names would not resolve for the silo's apps.
+            raise FlyError(
+                f"Fly app {props['name']} already exists on network {actual}, not {wanted}, and Fly cannot move "
+                "an app between networks: delete the app (its volumes with it, back them up first) or keep it "
+                "out of this stack"
+            )
         return CreateResult(props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")})
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -95,8 +160,11 @@ class FlyAppProvider(FlyProviderBase):
         if app is None:
             return ReadResult("", {})
         outs = {**props, "app_id": app.get("id", ""), "status": app.get("status", "")}
+        actual = app.get("network")
+        if actual and actual != (props.get("network") or DEFAULT_NETWORK):
+            outs["network"] = actual  # a refresh records where the app really is; the next diff replaces
         return ReadResult(
-            id_, outs, inputs={k: props[k] for k in ("name", "org", "network", "keep_volumes") if k in props}
+            id_, outs, inputs={k: outs[k] for k in ("name", "org", "network", "keep_volumes") if k in outs}
         )
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -110,10 +178,13 @@ class FlyAppProvider(FlyProviderBase):
                         f"refusing to delete Fly app {id_}: it still holds data volumes {names}. "
                         "Set silo:allowDataDeletion=true to delete the data, or keep the app"
                     )
-            fly.delete_app(id_)
+            # The engine deletes an app after every machine of it that this stack manages; force=true stops
+            # whatever is left (a machine made by hand), as the API wants machines stopped otherwise. The
+            # deletion completes asynchronously; a create of the same name waits for it (FlyClient.create_app).
+            fly.delete_app(id_, force=True)
 
 
-class FlyApp(Resource, module="fly", name="App"):
+class FlyApp(DynamicResource, module="fly", name="App"):
     name: pulumi.Output[str]
     org: pulumi.Output[str]
     app_id: pulumi.Output[str]
@@ -126,6 +197,7 @@ class FlyApp(Resource, module="fly", name="App"):
         org: pulumi.Input[str],
         keep_volumes: bool = True,
         network: str | None = None,
+        allow_network_change: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -133,6 +205,8 @@ class FlyApp(Resource, module="fly", name="App"):
             "org": org,
             "keep_volumes": keep_volumes,
             "network": network,
+            # A local switch (silo:networkMigration), read by check(); not compared by diff.
+            "allow_network_change": allow_network_change,
             "app_id": None,
             "status": None,
         }
@@ -155,9 +229,17 @@ class FlyIpAssignmentProvider(FlyProviderBase):
         return diff_result(olds, news, compare=keys, replace_on=keys, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
+        app, kind = props["app"], props["type"]
         with self.client() as fly:
-            ip = fly.allocate_ip(props["app"], props["type"], props.get("region"))
-        address = ip.get("ip") or ip.get("address")
+            ip = fly.allocate_ip(app, kind, props.get("region"))
+            address = ip.get("ip") or ip.get("address")
+            if not address:
+                # The address is the id, and an empty id fails the whole `up` ("plugin returned empty
+                # resource.ID"): an answer without it is looked up in the app's list.
+                ip = next((i for i in fly.list_ips(app) if ip_kind(i) == kind and i.get("ip")), ip)
+                address = ip.get("ip")
+        if not address:
+            raise FlyError(f"Fly allocated a {kind} IP for app {app} but reported no address; run `up` again")
         return CreateResult(address, {**props, "address": address, "shared": bool(ip.get("shared"))})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -174,7 +256,7 @@ class FlyIpAssignmentProvider(FlyProviderBase):
             fly.release_ip(props["app"], id_)
 
 
-class FlyIpAssignment(Resource, module="fly", name="IpAssignment"):
+class FlyIpAssignment(DynamicResource, module="fly", name="IpAssignment"):
     address: pulumi.Output[str]
 
     def __init__(
@@ -224,7 +306,10 @@ class FlySecretsProvider(FlyProviderBase):
         app = props["app"]
         with self.client() as fly:
             version = fly.set_secrets(app, props["values"])
-            digests = fly.list_secrets(app)
+            # Read back at the version just written: a lagging replica would give the previous digests, and
+            # the next refresh would take the secrets for changed outside Pulumi and set them (and restart
+            # the machines) again.
+            digests = fly.list_secrets(app, min_version=version)
         names = sorted(props["values"])
         return CreateResult(
             app,
@@ -238,8 +323,8 @@ class FlySecretsProvider(FlyProviderBase):
         changes: dict[str, str | None] = {k: v for k, v in new_values.items() if old_values.get(k) != v}
         changes.update({k: None for k in old_values if k not in new_values})
         with self.client() as fly:
-            version = fly.set_secrets(app, changes) if changes else int(olds.get("version") or 0)
-            digests = fly.list_secrets(app)
+            version = fly.set_secrets(app, changes) if changes else int(canonical(olds.get("version")) or 0)
+            digests = fly.list_secrets(app, min_version=version)
         names = sorted(new_values)
         return UpdateResult(
             {**news, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}}
@@ -249,7 +334,12 @@ class FlySecretsProvider(FlyProviderBase):
         with self.client() as fly:
             if fly.get_app(props["app"]) is None:
                 return ReadResult("", {})
-            live = fly.list_secrets(props["app"])
+            try:
+                live = fly.list_secrets(props["app"], min_version=canonical(props.get("version")))
+            except FlyError as exc:
+                if exc.status != 412:
+                    raise
+                live = fly.list_secrets(props["app"])  # the recorded version is ahead: the app was recreated
         recorded: Mapping[str, str] = props.get("digests") or {}
         # A secret changed or removed outside Pulumi: forget its value so the next up sets it again.
         values = {
@@ -271,7 +361,7 @@ class FlySecretsProvider(FlyProviderBase):
                         raise
 
 
-class FlySecrets(Resource, module="fly", name="Secrets"):
+class FlySecrets(DynamicResource, module="fly", name="Secrets"):
     version: pulumi.Output[int]
     digests: pulumi.Output[dict]
 
@@ -333,15 +423,26 @@ class FlyVolumeProvider(FlyProviderBase):
                     "with an empty one; migrate the data first, then set silo:regionMigration=true",
                 )
             )
+        news = {k: v for k, v in news.items() if k != REPLACEMENT_KEY}
+        # The same keys `diff` replaces on, unknown values counting as changed as they do there.
+        replaced_by = changed_keys(olds, news, self.IMMUTABLE) if olds.get("name") is not None else []
+        if replaced_by:
+            news[REPLACEMENT_KEY] = replaced_by
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         keys = (*self.IMMUTABLE, "size_gb", "snapshot_retention", "allow_delete")
-        return diff_result(olds, news, compare=keys, replace_on=self.IMMUTABLE)
+        result = diff_result(olds, news, compare=keys, replace_on=self.IMMUTABLE, delete_before_replace=False)
+        if result.replaces and all(k not in result.replaces for k in ("app", "name", "region")):
+            # Same name in the same region: create would adopt the old volume, so it must go first.
+            # Otherwise (a new region, a new name) the new volume is made first: the machine that
+            # mounts the old one is replaced onto it, and only then is the old volume released.
+            result.delete_before_replace = True
+        return result
 
     def _outs(self, props: Mapping[str, Any], volume: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            **props,
+            **{k: v for k, v in props.items() if k != REPLACEMENT_KEY},
             "volume_id": volume["id"],
             "zone": volume.get("zone", ""),
             "size_gb": max(canonical(props["size_gb"]), int(volume.get("size_gb") or 0)),
@@ -366,15 +467,42 @@ class FlyVolumeProvider(FlyProviderBase):
                     f"not {props['region']}; moving data between regions needs a migration"
                 )
             if int(volume.get("size_gb") or 0) < size:
-                volume = fly.extend_volume(app, volume["id"], size)
+                volume = self._extend(fly, app, volume["id"], size)
         return CreateResult(volume["id"], self._outs(props, volume))
+
+    @staticmethod
+    def _extend(fly: FlyClient, app: str, volume_id: str, size_gb: int) -> dict[str, Any]:
+        """Grow the volume. Under a running machine the API answers ``needs_restart``: its filesystem grows
+        only when the machine restarts (flyctl internal/command/volumes/extend.go says so and leaves it to
+        the user). Honoured here: the machine is restarted under its lease and waited for until it is
+        healthy again, so the size in state is the size the database sees. A stopped machine needs nothing:
+        it gets the grown filesystem on its next start."""
+        volume = fly.extend_volume(app, volume_id, size_gb)
+        machine_id = volume.get("attached_machine_id")
+        if not volume.get("needs_restart") or not machine_id:
+            return volume
+        machine = fly.get_machine(app, machine_id)
+        if machine is None or machine.get("state") not in ("started", "starting"):
+            return volume
+        log.warning(
+            "volume %s of %s grew to %s GB; restarting machine %s so its filesystem grows",
+            volume_id,
+            app,
+            size_gb,
+            machine_id,
+        )
+        with fly.lease(app, machine_id) as nonce:
+            fly.restart_machine(app, machine_id, nonce)
+            fly.wait(app, machine_id, "started", version=machine.get("instance_id"), timeout_s=RESTART_TIMEOUT_S)
+            fly.wait_for_checks(app, machine_id, timeout_s=RESTART_TIMEOUT_S)
+        return fly.get_volume(app, volume_id) or volume
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
         with self.client() as fly:
             volume = fly.get_volume(app, id_) or {"id": id_, "size_gb": olds.get("size_gb")}
             if canonical(news["size_gb"]) > int(volume.get("size_gb") or 0):
-                volume = fly.extend_volume(app, id_, canonical(news["size_gb"]))
+                volume = self._extend(fly, app, id_, canonical(news["size_gb"]))
             retention = canonical(news.get("snapshot_retention"))
             if retention and retention != canonical(olds.get("snapshot_retention")):
                 volume = fly.update_volume(app, id_, {"snapshot_retention": retention})
@@ -404,7 +532,7 @@ class FlyVolumeProvider(FlyProviderBase):
             fly.delete_volume(props["app"], id_)
 
 
-class FlyVolume(Resource, module="fly", name="Volume"):
+class FlyVolume(DynamicResource, module="fly", name="Volume"):
     volume_id: pulumi.Output[str]
     name: pulumi.Output[str]
 
@@ -490,6 +618,14 @@ class FlyMachineProvider(FlyProviderBase):
             "pre_stop_exec",
         )
         result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
+        if "volume_id" in result.replaces and self._same_volume(olds, news):
+            # In a preview the volume's id is unknown whenever the volume itself has any update (a
+            # dynamic provider's outputs are its inputs until it runs). The same volume name in the same
+            # region is the same volume: an update of it, not a new machine. A volume that is really
+            # replaced changes its region or name, which replaces the machine anyway; and the engine
+            # diffs again with the real id before it updates.
+            news = {**news, "volume_id": olds.get("volume_id")}
+            result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
         # The template may be unchanged while the conversion changed (a code upgrade): compare configs.
         if (
             not result.changes
@@ -499,6 +635,22 @@ class FlyMachineProvider(FlyProviderBase):
         ):
             return DiffResult(changes=True, replaces=[])
         return result
+
+    @staticmethod
+    def _same_volume(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+        """An unknown new volume id, with the old machine's mount, region and name unchanged."""
+        if not isinstance(news.get("volume_id"), Unknown) or not olds.get("volume_id"):
+            return False
+        if any(
+            has_unknown(news.get(k)) or canonical(olds.get(k)) != canonical(news.get(k))
+            for k in ("app", "name", "region")
+        ):
+            return False
+        texts = (olds.get("fly_toml"), news.get("fly_toml"))
+        if not all(isinstance(t, str) for t in texts):
+            return False
+        old_mounts, new_mounts = (flytoml.parse(t).get("mounts") for t in texts)
+        return bool(new_mounts) and canonical(old_mounts) == canonical(new_mounts)
 
     def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -511,7 +663,7 @@ class FlyMachineProvider(FlyProviderBase):
             body["min_secrets_version"] = canonical(props["min_secrets_version"])
         return body
 
-    def _settle(
+    def _converge(
         self,
         fly: FlyClient,
         app: str,
@@ -519,28 +671,28 @@ class FlyMachineProvider(FlyProviderBase):
         props: Mapping[str, Any],
         nonce: str | None = None,
     ) -> dict[str, Any]:
-        """Bring the machine to the desired state; a started machine must pass its health checks."""
+        """Ask for the desired state (start or stop) and return without waiting for it.
+
+        Booting and passing health checks is FlyMachinesReady's job, for many machines at once: a
+        provider call that waited here would hold one of the provider host's four slots for a whole
+        boot (bench/run.py). Only a machine caught between states is waited for, briefly, since Fly
+        refuses to start a stopping machine or to stop a starting one.
+        """
         machine_id = machine["id"]
-        version = machine.get("instance_id")
-        timeout = float(canonical(props.get("ready_timeout_s") or 600))
         current = fly.get_machine(app, machine_id) or machine
+        state = current.get("state")
         if props["desired_state"] == "started":
-            if current.get("state") in ("stopped", "created", "suspended", "stopping"):
-                if current.get("state") == "stopping":
-                    fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
+            if state == "stopping":
+                fly.wait(app, machine_id, "stopped", version=current.get("instance_id"), timeout_s=TRANSITION_WAIT_S)
+                state = "stopped"
+            if state in ("stopped", "created", "suspended"):
                 fly.start_machine(app, machine_id, nonce)
-            fly.wait(app, machine_id, "started", timeout_s=timeout)
-            current = fly.wait_for_checks(app, machine_id, timeout_s=timeout)
-        else:
-            if current.get("state") in ("started", "starting", "replacing", "updating"):
-                if current.get("state") != "started":
-                    fly.wait(app, machine_id, "started", timeout_s=timeout)
-                stop = (props.get("config") or {}).get("stop_config") or {}
-                fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
-            if current.get("state") != "created":
-                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout)
-            current = fly.get_machine(app, machine_id) or current
-        return dict(current)
+        elif state in ("started", "starting", "replacing", "updating"):
+            if state != "started":
+                fly.wait(app, machine_id, "started", timeout_s=TRANSITION_WAIT_S)
+            stop = (props.get("config") or {}).get("stop_config") or {}
+            fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
+        return dict(fly.get_machine(app, machine_id) or current)
 
     def _outs(self, props: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -559,20 +711,11 @@ class FlyMachineProvider(FlyProviderBase):
                 # A machine left by an interrupted run (or a lost create response): converge it.
                 with fly.lease(app, existing["id"]) as nonce:
                     machine = fly.update_machine(app, existing["id"], self._body(props), nonce)
-                    machine = self._settle(fly, app, machine, props, nonce)
+                    machine = self._converge(fly, app, machine, props, nonce)
                 return CreateResult(machine["id"], self._outs(props, machine))
+            # Created and launched (or not, when it is to stay stopped); whether it boots and passes its
+            # checks is waited for by FlyMachinesReady, which fails the `up` naming it if it does not.
             machine = fly.create_machine(app, {"name": props["name"], **self._body(props)})
-            try:
-                machine = self._settle(fly, app, machine, props)
-            except Exception:
-                # Roll back: a machine that never became healthy must not outlive the failed create.
-                log.warning("machine %s of %s did not become ready; removing it", machine["id"], app)
-                try:
-                    fly.delete_machine(app, machine["id"], force=True)
-                    fly.wait(app, machine["id"], "destroyed", timeout_s=120)
-                except FlyError as cleanup_error:
-                    log.error("rollback of machine %s failed: %s", machine["id"], cleanup_error)
-                raise
         return CreateResult(machine["id"], self._outs(props, machine))
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -586,7 +729,7 @@ class FlyMachineProvider(FlyProviderBase):
                 raise FlyError(f"machine {id_} of app {app} no longer exists; run `pulumi refresh` then `pulumi up`")
             if reconfigure:
                 machine = fly.update_machine(app, id_, self._body(news), nonce)
-            machine = self._settle(fly, app, machine, news, nonce)
+            machine = self._converge(fly, app, machine, news, nonce)
         return UpdateResult(self._outs(news, machine))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -596,6 +739,11 @@ class FlyMachineProvider(FlyProviderBase):
             return ReadResult("", {})
         outs = self._outs(props, machine)
         inputs = {k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")}
+        actual = _effective_state(machine.get("state"), props.get("config") or {})
+        if actual is not None and actual != props.get("desired_state"):
+            # Started or stopped by hand: record what it is, so the refresh shows it and the next `up`
+            # (whose program still wants `desired_state`) puts it back.
+            inputs["desired_state"] = outs["desired_state"] = actual
         return ReadResult(id_, outs, inputs=inputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
@@ -609,7 +757,7 @@ class FlyMachineProvider(FlyProviderBase):
                 result = fly.exec_machine(
                     app, id_, list(command), timeout_s=int(canonical(props.get("pre_stop_timeout_s") or 300))
                 )
-                if int(result.get("exit_code", 1)) != 0:
+                if int(canonical(result.get("exit_code")) or 0) != 0:  # a missing exit_code means 0
                     raise FlyError(
                         f"{' '.join(command)} failed on machine {id_} of app {app} (exit "
                         f"{result.get('exit_code')}): {result.get('stderr', '').strip()[:500]}; "
@@ -624,7 +772,24 @@ class FlyMachineProvider(FlyProviderBase):
             fly.wait(app, id_, "destroyed", timeout_s=300)
 
 
-class FlyMachine(Resource, module="fly", name="Machine"):
+def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None:
+    """`started`/`stopped` as far as the desired state goes, or None while in transition.
+
+    A machine whose services auto-stop is stopped by Fly's proxy when idle and started again by the
+    next request (fly.toml `auto_stop_machines`/`auto_start_machines`): stopped is its normal resting
+    state, not drift.
+    """
+    if state == "started":
+        return "started"
+    if state in ("stopped", "suspended"):
+        autostops = any(s.get("autostop") in (True, "stop", "suspend") for s in config.get("services") or [])
+        return "started" if autostops else "stopped"
+    return None
+
+
+class FlyMachine(DynamicResource, module="fly", name="Machine"):
+    app: pulumi.Output[str]
+    desired_state: pulumi.Output[str]
     machine_id: pulumi.Output[str]
     instance_id: pulumi.Output[str]
     state: pulumi.Output[str]
@@ -644,7 +809,6 @@ class FlyMachine(Resource, module="fly", name="Machine"):
         min_secrets_version: pulumi.Input[int] | None = None,
         metadata: Mapping[str, str] | None = None,
         pre_stop_exec: list[str] | None = None,
-        ready_timeout_s: int = 600,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -658,7 +822,6 @@ class FlyMachine(Resource, module="fly", name="Machine"):
             "min_secrets_version": min_secrets_version,
             "metadata": dict(metadata or {}),
             "pre_stop_exec": pre_stop_exec,
-            "ready_timeout_s": ready_timeout_s,
             "config": None,
             "machine_id": None,
             "instance_id": None,
@@ -666,6 +829,107 @@ class FlyMachine(Resource, module="fly", name="Machine"):
             "private_ip": None,
         }
         super().__init__(FlyMachineProvider(), resource_name, props, opts)
+
+
+# -- FlyMachinesReady ---------------------------------------------------------------------------------
+class FlyMachinesReadyProvider(FlyProviderBase):
+    """Waits until every listed machine is in its desired state, and a started one passes every health
+    check it has configured, all at once in one provider call.
+
+    The machines themselves return as soon as the API has their create, update, start or stop: a call
+    waiting for a boot would hold one of the provider host's four slots the whole time (pulumi.dynamic
+    serves four calls at once; with 100 towns that is 25 boots in a row, and every Check queued behind
+    them). A silo has two of these (Postgres alone, which GoTrue, Storage and PostgREST wait for; then
+    every machine), and the towns of a silo one together. Nothing remote is created: the resource is
+    the record that the machines, at these versions, were found healthy.
+    """
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures = []
+        machines = news.get("machines")
+        if isinstance(machines, list):
+            # An entry, or its state, is unknown in a preview while the machine is being changed.
+            states = [m.get("desired_state") for m in machines if isinstance(m, Mapping)]
+            if any(not isinstance(st, Unknown) and st not in MACHINE_STATES for st in states):
+                failures.append(CheckFailure("machines", f"desired_state must be one of {', '.join(MACHINE_STATES)}"))
+        elif not isinstance(machines, Unknown):
+            failures.append(CheckFailure("machines", "must be a list of machines"))
+        return CheckResult(news, failures)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # A new machine version, id or desired state is something to wait for again; nothing is replaced.
+        return diff_result(olds, news, compare=("machines",), replace_on=(), delete_before_replace=False)
+
+    def _await(self, machine: Mapping[str, Any], timeout_s: float) -> str:
+        app, machine_id = machine["app"], machine["machine_id"]
+        version = machine.get("instance_id") or None
+        with self.client() as fly:
+            if machine["desired_state"] == "started":
+                fly.wait(app, machine_id, "started", version=version, timeout_s=timeout_s)
+                return str(fly.wait_for_checks(app, machine_id, timeout_s=timeout_s).get("state") or "started")
+            current = fly.get_machine(app, machine_id) or {}
+            if current.get("state") not in ("stopped", "created", "suspended"):
+                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout_s)
+            return "stopped"
+
+    def _await_all(self, props: Mapping[str, Any]) -> dict[str, Any]:
+        machines = [dict(m) for m in props.get("machines") or []]
+        timeout_s = float(canonical(props.get("timeout_s") or 600))
+        states: dict[str, str] = {}
+        failures: list[str] = []
+        if machines:
+            with ThreadPoolExecutor(max_workers=min(len(machines), MAX_CONCURRENT_WAITS)) as pool:
+                futures = {pool.submit(self._await, m, timeout_s): m for m in machines}
+                for future, machine in futures.items():
+                    try:
+                        states[machine["machine_id"]] = future.result()
+                    except FlyError as exc:
+                        failures.append(f"{machine['app']} (machine {machine['machine_id']}): {exc}")
+        if failures:
+            shown = "\n  ".join(failures[:20])
+            more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+            raise FlyError(
+                f"{len(failures)} of {len(machines)} machines did not become ready "
+                f"(started with every health check passing, or stopped):\n  {shown}{more}"
+            )
+        return {**props, "states": states}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(f"ready-{uuid.uuid4().hex[:12]}", self._await_all(props))
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(self._await_all(news))
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        # Health is a moment, not a setting: a refresh does not turn a later failing check into drift
+        # (the machine's own read reports a machine stopped or started by hand).
+        return ReadResult(id_, props)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        return None
+
+
+class FlyMachinesReady(DynamicResource, module="fly", name="MachinesReady"):
+    """Gate: done once the given machines are all ready; see FlyMachinesReadyProvider."""
+
+    states: pulumi.Output[dict]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        machines: Sequence[FlyMachine],
+        timeout_s: int = 600,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        entries = [
+            pulumi.Output.all(m.app, m.machine_id, m.instance_id, m.desired_state).apply(
+                lambda v: {"app": v[0], "machine_id": v[1], "instance_id": v[2], "desired_state": v[3]}
+            )
+            for m in machines
+        ]
+        props = {"machines": entries, "timeout_s": timeout_s, "states": None}
+        super().__init__(FlyMachinesReadyProvider(), resource_name, props, opts)
 
 
 # -- FlyExec ----------------------------------------------------------------------------------------
@@ -705,7 +969,8 @@ class FlyExecProvider(FlyProviderBase):
                 list(props["command"]),
                 timeout_s=int(canonical(props.get("timeout_s") or 120)),
             )
-        exit_code = int(canonical(result.get("exit_code", 1)) or 0)
+        # A successful exec answers without exit_code (fly-go MachineExecResponse: omitempty): missing means 0.
+        exit_code = int(canonical(result.get("exit_code")) or 0)
         if exit_code != 0:
             # stderr of psql may echo statements but never the password (it is read from the env).
             raise FlyError(
@@ -726,7 +991,7 @@ class FlyExecProvider(FlyProviderBase):
         return None
 
 
-class FlyExec(Resource, module="fly", name="Exec"):
+class FlyExec(DynamicResource, module="fly", name="Exec"):
     stdout: pulumi.Output[str]
 
     def __init__(

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from components.urls import is_loopback_url
 
 DEFAULT_API_URL = "https://api.machines.dev"
 # Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator.
@@ -24,7 +27,7 @@ _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
 @dataclass(frozen=True)
 class FlySettings:
     base_url: str  # without the /v1 suffix, which the client adds per request like flyctl
-    token: str
+    token: str = field(repr=False)  # never in a repr: tracebacks and debug logs print settings
     source: str  # "config", "env" or "emulator": shown in errors so users know what was used
 
     @property
@@ -64,7 +67,7 @@ def resolve_fly_settings(
         source = "env"
     url = config.get("fly:apiUrl") or env.get("FLY_API_HOSTNAME") or env.get("FLY_FLAPS_BASE_URL")
     if not token:
-        if url and not _is_loopback(url):
+        if url and not is_loopback_url(url):
             raise ValueError(
                 f"no Fly API token for {url}: set it with `pulumi config set --secret fly:apiToken ...` "
                 "or export FLY_API_TOKEN"
@@ -73,5 +76,10 @@ def resolve_fly_settings(
     return FlySettings(base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source)
 
 
-def _is_loopback(url: str) -> bool:
-    return any(host in url for host in ("://127.0.0.1", "://localhost", "://[::1]"))
+def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
+    """``fly:apiUrl`` / ``fly:apiToken`` of a stack file's raw ``config:`` map, as plain strings.
+
+    An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
+    so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
+    """
+    return {key: raw[key] for key in ("fly:apiUrl", "fly:apiToken") if isinstance(raw.get(key), str) and raw[key]}

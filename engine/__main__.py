@@ -1,0 +1,73 @@
+"""`python -m engine up|preview|destroy|refresh [STACK]`: the real `pulumi <op>` of one stack of this
+project (the README's `make up`, `make preview`, `make destroy`, `make refresh`).
+
+State lives in a file backend under `.silo/` and its secrets are encrypted with a passphrase generated
+into `.silo/passphrase` on first use, unless PULUMI_BACKEND_URL / PULUMI_CONFIG_PASSPHRASE(_FILE) say
+otherwise. The CLI's own output is printed as it comes. `up` and `preview` run the silo guardrails
+(policy/, engine/guardrails.py): their rules are listed first, and a mandatory violation fails the run
+with a last line per violation naming the rule and the resource's URN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pulumi.automation import CommandError, EngineEvent
+
+from engine.guardrails import describe, policy_args
+from engine.runner import violation_line
+from engine.workspace import REPO_ROOT, EngineMissing, select_stack, workspace
+
+STATE_DIR = REPO_ROOT / ".silo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("op", choices=["up", "preview", "destroy", "refresh"])
+    parser.add_argument("stack", nargs="?", default="dev")
+    args = parser.parse_args(argv)
+
+    first_use = not (STATE_DIR / "passphrase").exists()
+    try:
+        stack = select_stack(workspace(REPO_ROOT, STATE_DIR), args.stack)
+    except EngineMissing as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return 1
+    if first_use and "PULUMI_CONFIG_PASSPHRASE_FILE" in stack.workspace.env_vars:
+        print(
+            f"state: {stack.workspace.env_vars['PULUMI_BACKEND_URL']}; its secrets are encrypted with the "
+            f"passphrase generated in {STATE_DIR / 'passphrase'} (keep it: without it the secrets are lost)"
+        )
+    out = {"on_output": print, "on_error": lambda line: print(line, file=sys.stderr)}
+    violations: list[str] = []
+
+    def on_event(event: EngineEvent) -> None:
+        policy = event.policy_event
+        if policy is not None and policy.enforcement_level == "mandatory":
+            violations.append(
+                violation_line(policy.policy_name, "mandatory", policy.resource_urn or "", policy.message)
+            )
+
+    guarded = {**out, **policy_args(args.stack), "on_event": on_event}
+    try:
+        if args.op in ("up", "preview"):
+            print("\n".join(describe(args.stack)))
+        if args.op == "up":
+            stack.up(**guarded)
+        elif args.op == "preview":
+            stack.preview(diff=True, **guarded)
+        elif args.op == "destroy":
+            stack.destroy(**out)
+        else:
+            stack.refresh(**out)
+    except CommandError:
+        # The CLI has already printed why; a policy violation also gets one line naming rule and URN.
+        for line in dict.fromkeys(violations):
+            print(line, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The real Pulumi CLI, driven through the Automation API: one place that says how this project runs it.
+
+The CLI is the one `engine/build.sh` built (`.engine/current/bin/pulumi`), else a `pulumi` on PATH (the
+official CLI behaves the same). The program runs as an Automation API *inline program*: the CLI talks
+to the SDK's own language server in this process (`--client`), which is how Pulumi runs inline
+programs everywhere. That path needs no `pulumi-language-python` host, which the module proxy here does
+not serve (README, "The engine"). Dynamic providers still run in their own process, started by the
+engine through `pulumi-resource-pulumi-python`.
+
+Everything stays local and offline: a file backend, a passphrase kept in a 0600 file, no update check,
+no plugin downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILT_ENGINE = REPO_ROOT / ".engine" / "current"
+PROJECT = "silo"
+# The only organisation a file backend knows; on Pulumi Cloud a stack reference names the real one.
+FILE_BACKEND_ORG = "organization"
+
+
+class EngineMissing(RuntimeError):
+    pass
+
+
+def pulumi_command() -> PulumiCommand:
+    """The built CLI, else the official one on PATH."""
+    if (BUILT_ENGINE / "bin" / "pulumi").exists():
+        return PulumiCommand(root=str(BUILT_ENGINE.resolve()), skip_version_check=True)
+    found = shutil.which("pulumi")
+    if found:
+        return PulumiCommand(root=str(Path(found).resolve().parent.parent), skip_version_check=True)
+    raise EngineMissing("no Pulumi CLI: run `make engine` (builds it from Go modules) or put `pulumi` on PATH")
+
+
+def ensure_passphrase(path: Path) -> Path:
+    """A random passphrase for the stack's secrets, made once and readable only by its owner.
+
+    Secrets in a file-backend state are encrypted with it; losing it loses them (the resources stay).
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The CLI's environment: a file backend and passphrase under `state_dir`, unless the caller's
+    environment already chose a backend or a passphrase; no network attempts."""
+    env: dict[str, str] = {
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+        "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+        # The dynamic-provider host runs on this interpreter (the project's virtualenv).
+        "PULUMI_PYTHON_CMD": sys.executable,
+    }
+    if not os.environ.get("PULUMI_BACKEND_URL"):
+        backend = state_dir / "backend"
+        backend.mkdir(parents=True, exist_ok=True)
+        env["PULUMI_BACKEND_URL"] = backend.resolve().as_uri()
+    if (env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL", "")).startswith("file://"):
+        # A file backend rewrites the whole checkpoint after every step: O(steps x state) — 190 of the
+        # 240 s of a 100-town `up` (bench/run.py). Saving only the final state is safe for this program
+        # because every create adopts what an interrupted run left (by name, or by its registry row),
+        # which the fault tests prove at every step. Pulumi Cloud journals instead and needs none of this.
+        env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")
+    if not (os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
+        env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(ensure_passphrase(state_dir / "passphrase").resolve())
+    env.update(extra or {})
+    return env
+
+
+def inline_program(env: Mapping[str, str] | None = None, main: Path = REPO_ROOT / "__main__.py") -> Callable[[], None]:
+    """A program's `__main__.py` (this project's unless `main` says otherwise) as an inline program, run
+    the way `pulumi up` runs it.
+
+    A language host would give the program the CLI's environment; an inline program runs in this
+    process, so `env` (what the workspace adds for the CLI) is applied around it.
+    """
+
+    def program() -> None:
+        saved = {key: os.environ.get(key) for key in env or {}}
+        os.environ.update(env or {})
+        try:
+            runpy.run_path(str(main), run_name="__main__")
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+    return program
+
+
+def make_project(work_dir: Path, project: Path = REPO_ROOT) -> Path:
+    """A project directory for stacks kept apart from the repository's own stack files (tests, the
+    benchmark): the Pulumi.yaml of `project` (this one by default), and the stack files the caller
+    writes next to it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(project / "Pulumi.yaml", work_dir / "Pulumi.yaml")
+    return work_dir
+
+
+def workspace(
+    work_dir: Path, state_dir: Path, env: Mapping[str, str] | None = None, project: Path = REPO_ROOT
+) -> LocalWorkspace:
+    """A LocalWorkspace on `work_dir` (its Pulumi.yaml and Pulumi.<stack>.yaml) running the program of
+    `project` (this one by default); state, passphrase and PULUMI_HOME under `state_dir`; `env` added
+    for the CLI, its providers and the program."""
+    home = state_dir / "pulumi-home"
+    home.mkdir(parents=True, exist_ok=True)
+    return LocalWorkspace(
+        work_dir=str(work_dir),
+        pulumi_home=str(home.resolve()),
+        program=inline_program(env, project / "__main__.py"),
+        env_vars=engine_env(state_dir, env),
+        pulumi_command=pulumi_command(),
+    )
+
+
+def select_stack(ws: LocalWorkspace, name: str) -> Stack:
+    return Stack.create_or_select(name, ws)

@@ -1,0 +1,620 @@
+"""The silo guardrails: the rules of README "Guardrails", as CrossGuard policies (pulumi_policy).
+
+Each rule is one named policy with one sentence saying why (``RULES``, also what `make preview`
+lists). The providers and the config model already refuse most of these mistakes; the rules make
+them visible in a preview and catch a program change that bypasses those checks.
+
+What a policy sees (Pulumi docs, "Policy as Code" / pulumi_policy's ``ResourceValidationArgs``):
+resource policies get each resource's *checked inputs* (after the provider's ``check``) and some of its
+options when the engine registers it, at preview and at up; stack policies get every resource's
+outputs once all are registered. Neither sees the old state, the planned step, deletions or
+``retain_on_delete``. So:
+
+- a data volume's replacement is visible because the volume provider's ``check`` adds
+  ``immutable_changes`` (components/fly/providers.py) to its checked inputs;
+- a deletion is not visible at all: it is refused by the providers (a volume with ``allow_delete``
+  false, an app with ``keep_volumes`` that still holds volumes) and skipped by the engine
+  (``retain_on_delete`` on data volumes and their apps). What the rule checks is that every registered
+  data volume and app carries those switches, so the state the next delete is decided from has them.
+
+Values a preview cannot know yet (a town's fly.toml before its registry row exists) are skipped at
+preview and checked at `up`, when the engine registers the resource with known inputs.
+
+Stack config (``silo:allowDataDeletion``, ``silo:pgPublic``, ``silo:monthlyBudget``, ``silo:client``,
+``silo:app``) is read with ``pulumi.Config``: see ``use_engine_stack_config``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy import proxy as policy_proxy
+
+from components import costs, naming
+from components.catalog import Catalog, load_catalog
+from components.fly import flytoml
+from components.fly.providers import REPLACEMENT_KEY
+
+PACK_NAME = "silo-guardrails"
+FLY = "pulumi-python:dynamic/fly:"
+APP, VOLUME, MACHINE, IP = (FLY + kind for kind in ("App", "Volume", "Machine", "IpAssignment"))
+TOWN_COMPONENT = "silo:town:TownSandbox"
+PUBLIC_IP_TYPES = ("v4", "v6", "shared_v4")  # everything but private_v6 (Flycast)
+MANDATORY, ADVISORY = EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    level: EnforcementLevel
+    why: str
+
+
+# The README's "Guardrails" table is this list (tests/test_policy.py compares them).
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "data-volumes-kept",
+        MANDATORY,
+        "A data volume (pg, storage, town) is never deleted or replaced unless silo:allowDataDeletion is true, "
+        "because its data exists nowhere else.",
+    ),
+    Rule(
+        "no-secrets-in-env",
+        MANDATORY,
+        "No machine env holds a secret-looking value, because env is plain text in the machine config and in "
+        "previews; secrets go through Fly secrets.",
+    ),
+    Rule(
+        "pg-private-or-tls",
+        MANDATORY,
+        "The pg app has no public IP unless silo:pgPublic is true, and then every port is behind Fly's pg_tls "
+        "handler, so the database is never reachable in clear text.",
+    ),
+    Rule(
+        "images-pinned",
+        MANDATORY,
+        "Every machine image is pinned by digest or by a tag other than latest, and never a tag the catalog "
+        "disables, so a deploy runs the image that was reviewed.",
+    ),
+    Rule(
+        "fly-names-valid",
+        MANDATORY,
+        "Fly app names are DNS labels of at most 63 characters and volume names at most 30 of [a-z0-9_], "
+        "because Fly refuses anything else halfway through an up.",
+    ),
+    Rule(
+        "towns-on-own-network",
+        MANDATORY,
+        "A town app sits on its own network (named after its sandbox id), never a silo's, so a town's "
+        "agents cannot reach another silo's services.",
+    ),
+    Rule(
+        "studio-meta-private",
+        MANDATORY,
+        "Studio and postgres-meta have no public IP, because they administer the database and are reached "
+        "only through Kong, behind basic-auth.",
+    ),
+    Rule(
+        "images-by-digest",
+        ADVISORY,
+        "Images should run by digest rather than by tag, because a registry can move a tag under us.",
+    ),
+    Rule(
+        "monthly-budget",
+        ADVISORY,
+        "The silo's monthly cost estimate should stay within silo:monthlyBudget when it is set.",
+    ),
+    Rule(
+        "autostop-on",
+        ADVISORY,
+        "A dev silo's machines should auto-stop when idle (silo:autoStopMinutes above 0), or they bill all month.",
+    ),
+)
+RULE = {rule.name: rule for rule in RULES}
+
+
+# -- the stack's config ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StackSettings:
+    allow_data_deletion: bool
+    pg_public: bool
+    monthly_budget: float | None
+    client: str | None
+    app: str | None
+
+
+def _flag(value: str | None) -> bool:
+    # Stack files hold strings ("true"); the config model (components/config.py) refuses anything else.
+    return str(value).strip().lower() == "true"
+
+
+def stack_settings() -> StackSettings:
+    silo = pulumi.Config("silo")
+    budget = silo.get("monthlyBudget")
+    try:
+        monthly_budget = float(budget) if budget not in (None, "") else None
+    except ValueError:  # refused by the program's config model already
+        monthly_budget = None
+    return StackSettings(
+        allow_data_deletion=_flag(silo.get("allowDataDeletion")),
+        pg_public=_flag(silo.get("pgPublic")),
+        monthly_budget=monthly_budget,
+        client=silo.get("client"),
+        app=silo.get("app"),
+    )
+
+
+def use_engine_stack_config() -> None:
+    """Make the stack's config readable with ``pulumi.Config`` in this pack, however it was started.
+
+    The engine sends the stack's (decrypted) config in the analyzer's ``ConfigureStack`` call
+    (pulumi v3.274, pkg/resource/plugin/analyzer_plugin.go NewPolicyAnalyzer), but pulumi_policy 1.21
+    only keeps that call's tags and reads config from ``PULUMI_CONFIG`` in its environment, which the
+    engine no longer sets for a policy pack it launches as an executable (the way this repository runs
+    it; see policy/run-policy-pack). So the call's config is also stored where ``pulumi.Config`` reads.
+    A ``PULUMI_CONFIG`` in the environment still wins: pulumi_policy applies it before every analysis.
+    """
+    from pulumi_policy import policy as policy_module
+
+    servicer = policy_module._PolicyAnalyzerServicer
+    original = servicer.ConfigureStack
+
+    def configure_stack(self: Any, request: Any, context: Any) -> Any:
+        for key, value in request.config.items():
+            pulumi.runtime.set_config(key, value)
+        return original(self, request, context)
+
+    servicer.ConfigureStack = configure_stack
+
+
+# -- reading properties ------------------------------------------------------------------------------
+class _Unknown:
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+_SENTINELS = frozenset(
+    getattr(policy_proxy, name) for name in dir(policy_proxy) if name.startswith("UNKNOWN_") and name.endswith("_VALUE")
+)
+
+
+def plain(value: Any) -> Any:
+    """Properties as plain dicts and lists, with values a preview cannot know as ``UNKNOWN``.
+
+    pulumi_policy hands policies a proxy that raises on any unknown value it is asked for, which
+    turns the whole policy into one "can't run during preview" notice; the rules here check what is
+    known and skip the rest. The proxies answer their raw target under ``"__target"``
+    (pulumi_policy/proxy.py).
+    """
+    if isinstance(value, str):
+        return UNKNOWN if value in _SENTINELS else value
+    if isinstance(value, Mapping):
+        with contextlib.suppress(KeyError):
+            value = value["__target"]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        with contextlib.suppress(TypeError):  # a plain list has no "__target"
+            value = value["__target"]  # type: ignore[call-overload]
+        return [plain(v) for v in value]
+    return value
+
+
+def known_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def with_urn(message: str, urn: str) -> str:
+    # The CLI's policy summary names the resource by type and name only; the URN makes the line
+    # unambiguous in a PR comment (two stacks, two components holding the same name).
+    return f"{message}\nresource: {urn}"
+
+
+def machine_config(props: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The machine's Fly config: the provider's ``config`` (computed by its ``check``), else derived from
+    the rendered fly.toml the way the provider derives it; None while the fly.toml is unknown."""
+    config = props.get("config")
+    if isinstance(config, Mapping) and UNKNOWN not in _walk(config):
+        return dict(config)
+    text = props.get("fly_toml")
+    if not isinstance(text, str):
+        return None
+    try:
+        image = props.get("image") if isinstance(props.get("image"), str) else "unknown:preview"
+        return flytoml.to_machine_config(flytoml.parse(text), image=image)
+    except (ValueError, KeyError, TypeError):
+        return None  # an invalid fly.toml fails the provider's own check
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, Mapping):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+
+
+def service_of(app_name: Any, settings: StackSettings) -> str | None:
+    """Which Supabase service an app runs, from its name (``devenv-{client}-{app}-{service}``)."""
+    if not isinstance(app_name, str):
+        return None
+    if settings.client and settings.app:
+        prefix = f"devenv-{settings.client}-{settings.app}-"
+        rest = app_name.removeprefix(prefix)
+        return rest if app_name.startswith(prefix) and rest in naming.SERVICES else None
+    match = re.fullmatch(rf"devenv-[a-z0-9-]+-({'|'.join(naming.SERVICES)})", app_name)
+    return match.group(1) if match else None
+
+
+def machine_service(props: Mapping[str, Any], settings: StackSettings) -> str | None:
+    metadata = props.get("metadata")
+    tagged = metadata.get("silo_service") if isinstance(metadata, Mapping) else None
+    return known_str(tagged) or service_of(props.get("app"), settings)
+
+
+# -- data-volumes-kept ---------------------------------------------------------------------------------
+def _data_volumes_kept(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    settings = stack_settings()
+    if settings.allow_data_deletion:
+        return
+    props = plain(args.props)
+    if args.resource_type == VOLUME:
+        what = f"data volume {props.get('name')} of app {props.get('app')}"
+        if props.get("allow_delete") is True:
+            report(
+                with_urn(
+                    f"{what} allows its deletion (allow_delete) while silo:allowDataDeletion is false: a destroy or "
+                    "replacement would delete its data",
+                    args.urn,
+                )
+            )
+        changed = props.get(REPLACEMENT_KEY)
+        if isinstance(changed, list) and changed:
+            # A region move with silo:regionMigration is the documented migration: the data was restored
+            # in the new region first and the old volume is kept (retained, out of state).
+            migration = set(changed) == {"region"} and props.get("allow_region_change") is True
+            if not migration:
+                report(
+                    with_urn(
+                        f"this change replaces {what} (it changes {', '.join(map(str, changed))}): the new volume "
+                        "starts empty; revert the change, or set silo:allowDataDeletion=true to accept losing "
+                        "the data",
+                        args.urn,
+                    )
+                )
+    elif args.resource_type == APP and props.get("keep_volumes") is False:
+        report(
+            with_urn(
+                f"Fly app {props.get('name')} may be deleted with its volumes (keep_volumes is false) while "
+                "silo:allowDataDeletion is false: deleting a Fly app deletes its volumes",
+                args.urn,
+            )
+        )
+
+
+# -- no-secrets-in-env ---------------------------------------------------------------------------------
+SECRET_VALUES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("a JSON Web Token", re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    ("a URL with a password", re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]+:[^\s/@]+@")),
+    ("a private key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")),
+    ("an AWS access key id", re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")),
+    ("a GitHub token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
+    ("a Fly.io token", re.compile(r"\b(?:fm1[ar]|fm2)_[A-Za-z0-9+/=_-]{20,}")),
+    ("a Stripe secret key", re.compile(r"\b[rs]k_live_[A-Za-z0-9]{16,}")),
+    ("a Slack token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+)
+# Values a secret-named variable (the program's own rule, flytoml.SECRET_ENV_NAME) may hold without being
+# a secret: switches, numbers, and paths to a secret mounted as a file.
+HARMLESS_VALUE = re.compile(r"^(|true|false|yes|no|on|off|\d+|/\S*)$", re.IGNORECASE)
+
+
+def secret_reason(name: str, value: Any) -> str | None:
+    """Why an env variable looks like a secret (never quoting the value), or None."""
+    if not isinstance(value, str):
+        return None
+    for what, pattern in SECRET_VALUES:
+        if pattern.search(value):
+            return f"holds {what}"
+    if flytoml.SECRET_ENV_NAME.search(name) and not HARMLESS_VALUE.match(value.strip()):
+        return "is named like a secret and holds a value"
+    return None
+
+
+def machine_env(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    yield from (config.get("env") or {}).items()
+    for process in config.get("processes") or []:
+        if isinstance(process, Mapping):
+            yield from (process.get("env") or {}).items()
+
+
+def _no_secrets_in_env(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    config = machine_config(props)
+    if config is None:
+        return
+    for name, value in machine_env(config):
+        reason = secret_reason(str(name), value)
+        if reason:
+            report(
+                with_urn(
+                    f"machine {props.get('name')} of app {props.get('app')}: env {name} {reason}; machine env is "
+                    "plain text in the machine config, so set it as a Fly secret (FlySecrets) instead",
+                    args.urn,
+                )
+            )
+
+
+# -- pg-private-or-tls and studio-meta-private ------------------------------------------------------------
+def _public_ip(props: Mapping[str, Any]) -> bool:
+    return props.get("type") in PUBLIC_IP_TYPES
+
+
+def _pg_ip(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    settings = stack_settings()
+    props = plain(args.props)
+    if _public_ip(props) and service_of(props.get("app"), settings) == "pg" and not settings.pg_public:
+        report(
+            with_urn(
+                f"public {props.get('type')} IP on the pg app {props.get('app')} while silo:pgPublic is false: the "
+                "database must stay on the private network",
+                args.urn,
+            )
+        )
+
+
+def _pg_machine(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    settings = stack_settings()
+    props = plain(args.props)
+    if not settings.pg_public or machine_service(props, settings) != "pg":
+        return
+    config = machine_config(props)
+    if config is None:
+        return
+    clear = [
+        str(port.get("port"))
+        for service in config.get("services") or []
+        for port in service.get("ports") or []
+        if list(port.get("handlers") or []) != ["pg_tls"]
+    ]
+    if clear:
+        report(
+            with_urn(
+                f"silo:pgPublic gives the pg app public IPs, but machine {props.get('name')} serves port(s) "
+                f"{', '.join(clear)} without Fly's pg_tls handler alone: the database would be reachable without TLS",
+                args.urn,
+            )
+        )
+
+
+def _studio_meta_ip(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    service = service_of(props.get("app"), stack_settings())
+    if _public_ip(props) and service in ("studio", "meta"):
+        report(
+            with_urn(
+                f"public {props.get('type')} IP on the {service} app {props.get('app')}: it administers the "
+                "database and must be reached only through Kong",
+                args.urn,
+            )
+        )
+
+
+# -- images ----------------------------------------------------------------------------------------------
+_CATALOG: list[Catalog] = []
+REGISTRY_PREFIXES = ("docker.io/", "index.docker.io/", "registry-1.docker.io/")
+
+
+def catalog() -> Catalog:
+    if not _CATALOG:
+        _CATALOG.append(load_catalog())
+    return _CATALOG[0]
+
+
+def _repository(name: str) -> str:
+    for prefix in REGISTRY_PREFIXES:
+        name = name.removeprefix(prefix)
+    return name.removeprefix("library/")
+
+
+def image_problem(ref: str) -> str | None:
+    """Why an image reference is not pinned, or names a disabled catalog entry; None when it is fine."""
+    if "@" in ref:
+        repository, digest = ref.split("@", 1)
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            return f"image {ref} has a malformed digest"
+        entry = next((e for e in catalog().images if e.digest == digest), None)
+        if entry is not None and entry.status == "disabled":
+            return f"image {ref} is {entry.label}, which the catalog disables ({entry.notes or 'not deployable'})"
+        return None
+    last = ref.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return f"image {ref} has no tag, which Docker reads as latest"
+    repository, tag = ref.rsplit(":", 1)
+    if tag == "latest":
+        return f"image {ref} uses the latest tag, which moves with every release"
+    entry = next(
+        (e for e in catalog().images if e.tag == tag and _repository(e.repository) == _repository(repository)), None
+    )
+    if entry is not None and entry.status == "disabled":
+        return f"image {ref} is a tag the catalog disables ({entry.notes or 'not deployable'})"
+    return None
+
+
+def _images(props: Mapping[str, Any]) -> list[str]:
+    config = props.get("config")
+    refs = [props.get("image"), config.get("image") if isinstance(config, Mapping) else None]
+    return list(dict.fromkeys(r for r in refs if isinstance(r, str)))
+
+
+def _images_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    for ref in _images(props):
+        problem = image_problem(ref)
+        if problem:
+            report(with_urn(f"machine {props.get('name')} of app {props.get('app')}: {problem}", args.urn))
+
+
+def _images_by_digest(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    for ref in _images(props):
+        if "@sha256:" not in ref:
+            report(
+                with_urn(
+                    f"machine {props.get('name')} of app {props.get('app')} runs {ref} by tag; add its digest to "
+                    "catalog/images.yaml (`python -m components.catalog resolve`)",
+                    args.urn,
+                )
+            )
+
+
+# -- fly-names-valid and towns-on-own-network ---------------------------------------------------------------
+def _names_valid(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    name = props.get("name")
+    if not isinstance(name, str):
+        return
+    if args.resource_type == APP and not naming.is_dns_label(name):
+        report(
+            with_urn(
+                f"Fly app name {name!r} ({len(name)} characters) is not a DNS label of at most "
+                f"{naming.DNS_LABEL_MAX} lowercase letters, digits and dashes",
+                args.urn,
+            )
+        )
+    if args.resource_type == VOLUME and not naming.is_volume_name(name):
+        report(
+            with_urn(
+                f"Fly volume name {name!r} ({len(name)} characters) is not at most {naming.VOLUME_NAME_MAX} "
+                "lowercase letters, digits and underscores",
+                args.urn,
+            )
+        )
+
+
+SANDBOX_ID = re.compile(rf"{naming.SANDBOX_PREFIX}-(?:[a-z0-9-]+-)?[0-9a-f]{{{naming.SANDBOX_DIGEST_HEX}}}")
+
+
+def is_town_app(name: Any, parent: str | None) -> bool:
+    parent_type = (parent or "").rsplit("::", 2)[-2] if parent and parent.count("::") >= 2 else ""
+    return parent_type.endswith(TOWN_COMPONENT) or (isinstance(name, str) and bool(SANDBOX_ID.fullmatch(name)))
+
+
+def _towns_on_own_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    name, network = props.get("name"), props.get("network")
+    # Apps get a `network` only once Fly networks land (issue 11); until then there is nothing to check.
+    if not isinstance(network, str) or not network or not is_town_app(name, args.opts.parent):
+        return
+    if network != name:
+        report(
+            with_urn(
+                f"town app {name} is on network {network!r}; a town sits on its own network, named after its "
+                f"sandbox id ({name!r}), never a silo's",
+                args.urn,
+            )
+        )
+
+
+# -- advisories -----------------------------------------------------------------------------------------
+def _autostop_on(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    settings = stack_settings()
+    props = plain(args.props)
+    service = machine_service(props, settings)
+    if service is None or props.get("desired_state") != "started":
+        return  # towns work unattended by design; a stopped machine bills nothing
+    if service == "pg" and settings.pg_public:
+        return  # a public pg is reached over 6PN, which cannot wake it (components/config.py pg_host)
+    config = machine_config(props)
+    if config is None:
+        return
+    services = config.get("services") or []
+    if services and not any(s.get("autostop") in (True, "stop", "suspend") for s in services):
+        report(
+            with_urn(
+                f"machine {props.get('name')} of app {props.get('app')} never auto-stops (silo:autoStopMinutes is "
+                "0): an idle dev silo bills all month",
+                args.urn,
+            )
+        )
+
+
+def _machine_guest(props: Mapping[str, Any]) -> dict[str, Any] | None:
+    config = machine_config(props)
+    return dict(config.get("guest") or {}) if config is not None else None
+
+
+def _monthly_budget(args: StackValidationArgs, report: ReportViolation) -> None:
+    budget = stack_settings().monthly_budget
+    if budget is None:
+        return
+    guests: list[dict[str, Any]] = []
+    volumes: list[int] = []
+    unknown = 0
+    for resource in args.resources:
+        props = plain(resource.props)
+        if resource.resource_type == MACHINE and props.get("desired_state") != "stopped":
+            guest = _machine_guest(props)
+            if guest is None:
+                unknown += 1
+            else:
+                guests.append(guest)
+        elif resource.resource_type == VOLUME and isinstance(props.get("size_gb"), int | float):
+            volumes.append(int(props["size_gb"]))
+    estimate = costs.estimate(guests, volumes)
+    total = estimate["total_always_on"]
+    if total > budget:
+        active = estimate[f"total_{costs.SEED_ACTIVE_HOURS}h_active"]
+        note = f"; {unknown} machine(s) not known until up are not counted" if unknown else ""
+        report(
+            f"the silo's monthly cost estimate is ${total:.2f} with every machine always on (${active:.2f} at "
+            f"{costs.SEED_ACTIVE_HOURS} active hours), above silo:monthlyBudget ${budget:.2f}{note} "
+            "(prices in components/costs.py)"
+        )
+
+
+def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
+    def resource(name: str, *validators: Any) -> ResourceValidationPolicy:
+        rule = RULE[name]
+        return ResourceValidationPolicy(
+            name=rule.name, description=rule.why, enforcement_level=rule.level, validate=list(validators)
+        )
+
+    def on(resource_type: str, validate: Any) -> Any:
+        def validator(args: ResourceValidationArgs, report: ReportViolation) -> None:
+            if args.resource_type == resource_type:
+                validate(args, report)
+
+        return validator
+
+    budget = RULE["monthly-budget"]
+    found = [
+        resource("data-volumes-kept", on(VOLUME, _data_volumes_kept), on(APP, _data_volumes_kept)),
+        resource("no-secrets-in-env", on(MACHINE, _no_secrets_in_env)),
+        resource("pg-private-or-tls", on(IP, _pg_ip), on(MACHINE, _pg_machine)),
+        resource("images-pinned", on(MACHINE, _images_pinned)),
+        resource("fly-names-valid", on(APP, _names_valid), on(VOLUME, _names_valid)),
+        resource("towns-on-own-network", on(APP, _towns_on_own_network)),
+        resource("studio-meta-private", on(IP, _studio_meta_ip)),
+        resource("images-by-digest", on(MACHINE, _images_by_digest)),
+        StackValidationPolicy(
+            name=budget.name, description=budget.why, enforcement_level=budget.level, validate=_monthly_budget
+        ),
+        resource("autostop-on", on(MACHINE, _autostop_on)),
+    ]
+    assert [p.name for p in found] == [r.name for r in RULES], "every rule has exactly one policy"
+    return found
