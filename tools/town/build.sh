@@ -126,6 +126,10 @@ build_one() {
 main() {
   local total_start names
   total_start=$(date +%s)
+  # One build at a time: every pytest-xdist worker runs this script when its first town test starts.
+  mkdir -p "$OUT_ROOT"
+  exec 9>"$OUT_ROOT/.lock"
+  flock 9
   if [[ $# -eq 0 ]]; then names=(gt bd dolt); else names=("$@"); fi
   for name in "${names[@]}"; do
     build_one "$name"
