@@ -531,8 +531,17 @@ def test_the_sync_loop_keeps_its_schedule(sandbox: Sandbox) -> None:
     ]
     waits = [int(x) for x in record.read_text().split()]
     assert len(sandbox.snapshots()) == 2
-    # Each snapshot took at least a second, and that second came off the wait.
-    assert all(w < 3600 for w in waits), waits
+
+    # Each wait runs to its slot (the stand-in returns at once, so the second snapshot starts early):
+    # the time the snapshots took (at least a second each) came off the wait to slot n, never on top.
+    def parse(at: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(at.replace("Z", "+00:00"))
+
+    logged = re.findall(r"^(\S+) r2-sync: next snapshot at (\S+) ", result.stderr, re.M)
+    assert len(waits) == len(logged) == 2, (waits, result.stderr)
+    for n, (wait, (logged_at, slot_at)) in enumerate(zip(waits, logged, strict=True), start=1):
+        assert wait < n * 3600, waits
+        assert wait >= (parse(slot_at) - parse(logged_at)).total_seconds(), (waits, logged)
 
 
 # ---- concurrency and retention -----------------------------------------------------------------------
@@ -636,12 +645,17 @@ def test_credentials_a_town_writes_into_its_remotes_never_reach_r2(sandbox: Sand
         "config", "remote.origin.pushurl", "https://bot:ghp_leaked-token@example.com/acme/docs.git", cwd=repo
     )
     sandbox.town.git("remote", "add", "mirror", "https://ghp_other-token@example.com/acme/docs.git", cwd=repo)
+    sandbox.town.git("remote", "add", "backup", "ssh://git:ghp_ssh-password@example.com/acme/docs.git", cwd=repo)
+    sandbox.town.git("remote", "add", "legacy", "git://ghp_git-token@example.com/acme/docs.git", cwd=repo)
     sandbox.sync()
     [ts] = sandbox.snapshots()
     for key in sandbox.bucket.keys(""):
         body = sandbox.bucket.get(key)
-        assert b"ghp_leaked-token" not in body and b"ghp_other-token" not in body, key
+        for token in (b"ghp_leaked-token", b"ghp_other-token", b"ghp_ssh-password", b"ghp_git-token"):
+            assert token not in body, key
     docs = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "docs")
     config = dict(map(tuple, next(r for r in docs["repos"] if r["bare"])["config"]))
     assert config["remote.origin.pushurl"] == "https://example.com/acme/docs.git"
     assert config["remote.mirror.url"] == "https://example.com/acme/docs.git"
+    assert config["remote.backup.url"] == "ssh://git@example.com/acme/docs.git"  # ssh keeps its login name
+    assert config["remote.legacy.url"] == "git://example.com/acme/docs.git"
