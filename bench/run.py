@@ -21,7 +21,7 @@ Latency model (full scale, `--scale 1`; every duration is multiplied by --scale)
   app_hidden_requests  2  a new app answers 404, then 401, before it is visible (fly-go WaitForApp): two
                        more round trips before anything can be done with it.
   Rate limits: 1 request/s with bursts of 3 per action and object, Get Machine 5/s (Fly's documented
-  limits, emulators/fly.py). The Cloudflare emulator and the registry add no latency.
+  limits, emulators/fly/server.py). The Cloudflare emulator and the registry add no latency.
 
 The lower bounds come from the model alone, never from the program's dependency graph:
   necessary_chain_s  the app (create, then its two hidden answers), then its IPs, secrets and volume (one
@@ -62,7 +62,7 @@ from emulators.cloudflare import CloudflareEmulator  # noqa: E402
 from emulators.fly import FlyEmulator, LatencyModel  # noqa: E402
 from engine.runner import RunResult  # noqa: E402
 from engine.runner import run as run_op  # noqa: E402
-from engine.workspace import FILE_BACKEND_ORG, PROJECT, make_project, select_stack, workspace  # noqa: E402
+from engine.workspace import FILE_BACKEND_ORG, PARALLEL, PROJECT, make_project, select_stack, workspace  # noqa: E402
 from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir  # noqa: E402
 
 DEFAULT_SCALE = 0.5
@@ -105,8 +105,10 @@ def town_chain_s(model: LatencyModel) -> float:
     return _app_s(model) + model.call_s + model.call_s + _machine_s(model)
 
 
-def towns(n: int) -> list[dict[str, Any]]:
-    return [{"name": f"town-{i:03d}", "user": f"user-{i:03d}", "rigs": []} for i in range(n)]
+def towns(n: int, user: str = "user") -> list[dict[str, Any]]:
+    """N towns of distinct users: a town's identity (its sandbox id, hence its Fly app) is its user and
+    name, so two stacks must not share them."""
+    return [{"name": f"town-{i:03d}", "user": f"{user}-{i:03d}", "rigs": []} for i in range(n)]
 
 
 def _serve(factory: Any, urls: Any) -> None:
@@ -145,7 +147,7 @@ class EmulatorProcess:
 class Bench:
     """The emulators, the registry and the project; stacks share one file backend."""
 
-    def __init__(self, root: Path, model: LatencyModel, parallel: int | None) -> None:
+    def __init__(self, root: Path, model: LatencyModel, parallel: int) -> None:
         self.root = root
         self.parallel = parallel
         self.fly = EmulatorProcess(functools.partial(FlyEmulator, latency=model))  # rate limits on by default
@@ -185,8 +187,7 @@ class Bench:
         (self.work_dir / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump({"config": dict(config)}))
         target = select_stack(workspace(self.work_dir, self.root / "state", self.env()), stack)
         self.fly.clear_calls()
-        kwargs: dict[str, Any] = {"parallel": self.parallel} if self.parallel else {}
-        result = run_op(target, op, **kwargs)
+        result = run_op(target, op, parallel=self.parallel)
         if not result.ok:
             raise RuntimeError(f"pulumi {op} {stack} failed: {result.error}\n{result.text[-3000:]}")
         return result, self.fly.calls()
@@ -200,6 +201,18 @@ def _mutating(calls: Sequence[Mapping[str, Any]]) -> int:
     return sum(1 for c in calls if c["mutating"])
 
 
+def _failed_on_429(calls: Sequence[Mapping[str, Any]]) -> int:
+    """429 answers never followed by the same request again: calls that gave up on the rate limit (a
+    retried one is sent again, to the same path, and its later answer decides)."""
+    failed = 0
+    for i, call in enumerate(calls):
+        if call["status"] == 429 and not any(
+            (c["method"], c["path"]) == (call["method"], call["path"]) for c in calls[i + 1 :]
+        ):
+            failed += 1
+    return failed
+
+
 def _by_route(calls: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(f"{c['method']} {c['route']}" for c in calls).items()))
 
@@ -210,15 +223,15 @@ def _quiet() -> None:
     logging.getLogger("emulators").setLevel(logging.WARNING)
 
 
-def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, parallel: int | None = None) -> dict:
+def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, parallel: int = PARALLEL) -> dict:
     _quiet()
     model = latency_model(scale)
     root = Path(tempfile.mkdtemp(prefix="silo-bench-"))
     try:
         with Bench(root, model, parallel) as bench:
             bench.run("up", "control", {"silo:kind": "control", "silo:backupBucket": "bench-backups"})
-            bench.run("up", "one", _silo("one", towns(1)))
-            preview_1, _ = bench.run("preview", "one", _silo("one", towns(1)))
+            bench.run("up", "one", _silo("one", towns(1, user="solo")))
+            preview_1, _ = bench.run("preview", "one", _silo("one", towns(1, user="solo")))
 
             silo_up, silo_calls = bench.run("up", "bench", _silo("erp", []))
             _, noop_silo_calls = bench.run("up", "bench", _silo("erp", []))
@@ -241,7 +254,7 @@ def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, pa
         "noop_preview_1_s": round(preview_1.seconds, 3),
         "noop_preview_100_s": round(preview_n.seconds, 3),
         "mutating_calls_noop_up": _mutating(noop_silo_calls) + _mutating(noop_towns_calls),
-        "failed_calls_429": 0,  # every run above succeeded: no call failed for good on a 429
+        "failed_calls_429": _failed_on_429(every_call),
         "calls_429_retried": sum(1 for c in every_call if c["status"] == 429),
         "api_calls_silo_up": len(silo_calls),
         "api_calls_towns_up": len(towns_calls),
@@ -293,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--scale", type=float, default=DEFAULT_SCALE, help=f"latency scale (default {DEFAULT_SCALE})")
     parser.add_argument("--towns", type=int, default=DEFAULT_TOWNS, help=f"towns added (default {DEFAULT_TOWNS})")
-    parser.add_argument("--parallel", type=int, default=None, help="the CLI's --parallel (default: the engine's)")
+    parser.add_argument(
+        "--parallel", type=int, default=PARALLEL, help=f"the CLI's --parallel (default {PARALLEL}, as `make up`)"
+    )
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0 (got {args.scale})")

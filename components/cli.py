@@ -109,8 +109,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from emulators.fly import serve
-
+    # The emulators are dev tools, outside the installed package (pyproject.toml), and werkzeug is a dev
+    # requirement: imported here only, so every other command runs without them.
+    try:
+        from emulators.fly import serve
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in ("emulators", "werkzeug"):
+            raise
+        print(
+            f"error: silo emulator is a dev tool: run it from the repository root with requirements-dev.txt "
+            f"installed (missing module: {error.name})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     serve(args.host, args.port, args.state, args.token)
     return EXIT_OK
 

@@ -116,18 +116,17 @@ class DevEnvStack(pulumi.ComponentResource):
         )
 
         pg = self.services["pg"]
-        self.rls = (
-            FlyExec(
-                f"{cfg.app_name('pg')}-rls-{cfg.rls_mode}",
-                app=pg.app.name,
-                machine_id=pg.machine.machine_id,
-                command=psql_command(rls_sql(cfg.rls_mode)),
-                description=f"RLS mode {cfg.rls_mode}",
-                # SQL needs Postgres up and answering: after its gate, not just its machine.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[self._boot_gate(cfg, "pg", desired)]),
-            )
-            if cfg.state == "running"
-            else None
+        # One resource whatever the mode (a new mode is an update, run once), kept through stops and starts:
+        # the policies live in the database on the volume.
+        self.rls = FlyExec(
+            f"{cfg.app_name('pg')}-rls",
+            app=pg.app.name,
+            machine_id=pg.machine.machine_id,
+            command=psql_command(rls_sql(cfg.rls_mode)),
+            description=f"RLS mode {cfg.rls_mode}",
+            run=cfg.state == "running",
+            # SQL needs Postgres up and answering: after its gate, not just its machine.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self._boot_gate(cfg, "pg", desired)]),
         )
 
         self.cost = estimate(

@@ -1,10 +1,10 @@
 """Keeps a town's rows in the control database (`gastown_towns`, `gastown_rigs`) in step with Fly.
 
-Two resources per town, so the row exists before anything is created on Fly and records the outcome
-after: TownRegistration inserts the row as `provisioning` (its id is the town id the sandbox and its
-R2 prefix use) and soft-deletes it on destroy; TownRecord writes the Fly ids, `running`/`stopped`
-and the rigs once the machine is there. The DSN is read in ``configure()`` from `silo:registryDsn`
-(secret) or the environment (`SILO_REGISTRY_DSN`), never passed as a resource input.
+The row exists before anything is created on Fly and records the outcome after: each town's
+TownRegistration inserts its row as `provisioning` (its id is the town id the sandbox and its R2 prefix
+use) and soft-deletes it on destroy; one TownRecords per silo writes every town's Fly ids,
+`running`/`stopped` and rigs once the machines are found ready. The DSN is read in ``configure()``
+from `silo:registryDsn` (secret) or the environment (`SILO_REGISTRY_DSN`), never passed as a resource input.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from components.dynamic import (
     CONTROL_DSN_ENV,
     ControlDbProvider,
     DynamicResource,
+    canonical,
     diff_result,
     strip_provider,
 )
@@ -138,125 +139,156 @@ class TownRegistration(DynamicResource, module="registry", name="TownRegistratio
         super().__init__(TownRegistrationProvider(), resource_name, props, opts)
 
 
-class TownRecordProvider(RegistryProviderBase):
+class TownRecordsProvider(RegistryProviderBase):
+    """Every town's row of one silo, written once its machines are found ready: `towns` maps each
+    sandbox id to the row's fields. One resource and one connection per silo, not one per town: with 100
+    towns, per-town records were 100 more steps in every preview and 100 registry connections per up
+    (bench/run.py)."""
+
     FIELDS = ("town_id", "status", "fly_machine_id", "fly_volume_id", "rigs")
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
-        status = news.get("status")
-        if not isinstance(status, Unknown) and status not in ("running", "stopped"):
-            failures.append(CheckFailure("status", f"must be running or stopped (got {status!r})"))
-        rigs = news.get("rigs")
-        if isinstance(rigs, list):
-            names = [r.get("name") for r in rigs if isinstance(r, Mapping)]
-            if len(names) != len(set(names)) or len(names) != len(rigs):
-                failures.append(CheckFailure("rigs", "each rig needs a unique name"))
+        towns = news.get("towns")
+        if not isinstance(towns, Unknown | Mapping):
+            failures.append(CheckFailure("towns", "must map each sandbox id to its row"))
+            return CheckResult(news, failures)
+        for sid, row in towns.items() if isinstance(towns, Mapping) else ():
+            if not isinstance(row, Mapping):
+                continue
+            status = row.get("status")
+            if not isinstance(status, Unknown) and status not in ("running", "stopped"):
+                failures.append(CheckFailure("towns", f"{sid}: status must be running or stopped (got {status!r})"))
+            rigs = row.get("rigs")
+            if isinstance(rigs, list):
+                names = [r.get("name") for r in rigs if isinstance(r, Mapping)]
+                if len(names) != len(set(names)) or len(names) != len(rigs):
+                    failures.append(CheckFailure("towns", f"{sid}: each rig needs a unique name"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return diff_result(olds, news, compare=self.FIELDS, replace_on=("town_id",), delete_before_replace=False)
+        return diff_result(olds, news, compare=("towns",), replace_on=())
 
-    def _write(self, props: Mapping[str, Any]) -> None:
-        rigs: Sequence[Mapping[str, Any]] = props.get("rigs") or []
+    def _write(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
+        if not rows:
+            return
         with self.connect() as conn, conn.transaction():
-            town = conn.execute(
-                "SELECT id FROM gastown_towns WHERE id = %s AND destroyed_at IS NULL FOR UPDATE",
+            for row in rows.values():
+                self._write_row(conn, row)
+
+    @staticmethod
+    def _write_row(conn: psycopg.Connection, props: Mapping[str, Any]) -> None:
+        rigs: Sequence[Mapping[str, Any]] = props.get("rigs") or []
+        town = conn.execute(
+            "SELECT id FROM gastown_towns WHERE id = %s AND destroyed_at IS NULL FOR UPDATE",
+            (props["town_id"],),
+        ).fetchone()
+        if town is None:
+            raise RuntimeError(f"town {props['town_id']} is not registered (or was destroyed)")
+        conn.execute(
+            """UPDATE gastown_towns SET status = %s, fly_machine_id = %s, fly_volume_id = %s,
+                      config = config || %s WHERE id = %s""",
+            (
+                props["status"],
+                props.get("fly_machine_id"),
+                props.get("fly_volume_id"),
+                Jsonb({"rigs": [dict(r) for r in rigs]}),
+                props["town_id"],
+            ),
+        )
+        active = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active'",
                 (props["town_id"],),
-            ).fetchone()
-            if town is None:
-                raise RuntimeError(f"town {props['town_id']} is not registered (or was destroyed)")
-            conn.execute(
-                """UPDATE gastown_towns SET status = %s, fly_machine_id = %s, fly_volume_id = %s,
-                          config = config || %s WHERE id = %s""",
-                (
-                    props["status"],
-                    props.get("fly_machine_id"),
-                    props.get("fly_volume_id"),
-                    Jsonb({"rigs": [dict(r) for r in rigs]}),
-                    props["town_id"],
-                ),
             )
-            active = {
-                row[0]: row[1:]
-                for row in conn.execute(
-                    "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active'",
-                    (props["town_id"],),
-                )
-            }
-            wanted = {r["name"]: r for r in rigs}
-            for name in active.keys() - wanted.keys():
+        }
+        wanted = {r["name"]: r for r in rigs}
+        for name in active.keys() - wanted.keys():
+            conn.execute(
+                "UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s AND rig_name = %s AND status = 'active'",
+                (props["town_id"], name),
+            )
+        for name, rig in wanted.items():
+            branch = rig.get("branch") or "main"
+            if name not in active:
                 conn.execute(
-                    "UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s AND rig_name = %s "
-                    "AND status = 'active'",
-                    (props["town_id"], name),
+                    "INSERT INTO gastown_rigs (town_id, rig_name, repo_url, branch) VALUES (%s, %s, %s, %s)",
+                    (props["town_id"], name, rig["url"], branch),
                 )
-            for name, rig in wanted.items():
-                branch = rig.get("branch") or "main"
-                if name not in active:
-                    conn.execute(
-                        "INSERT INTO gastown_rigs (town_id, rig_name, repo_url, branch) VALUES (%s, %s, %s, %s)",
-                        (props["town_id"], name, rig["url"], branch),
-                    )
-                elif active[name] != (rig["url"], branch):
-                    conn.execute(
-                        "UPDATE gastown_rigs SET repo_url = %s, branch = %s WHERE town_id = %s "
-                        "AND rig_name = %s AND status = 'active'",
-                        (rig["url"], branch, props["town_id"], name),
-                    )
+            elif active[name] != (rig["url"], branch):
+                conn.execute(
+                    "UPDATE gastown_rigs SET repo_url = %s, branch = %s WHERE town_id = %s "
+                    "AND rig_name = %s AND status = 'active'",
+                    (rig["url"], branch, props["town_id"], name),
+                )
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        self._write(props)
-        return CreateResult(f"{props['town_id']}/record", dict(props))
+        self._write(props.get("towns") or {})
+        return CreateResult(f"{props['silo_id']}/town-records", dict(props))
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        self._write(news)
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Only the rows that changed; a town that left the map is soft-deleted by its TownRegistration.
+        old_rows = olds.get("towns") or {}
+        changed = {
+            sid: row for sid, row in (news.get("towns") or {}).items() if canonical(old_rows.get(sid)) != canonical(row)
+        }
+        self._write(changed)
         return UpdateResult(strip_provider(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        """The row as the registry holds it now, so a refresh shows an edit made outside Pulumi (a
-        status, a Fly id, a rig) and the next `up` writes the row back."""
-        with self.connect() as conn:
-            town = conn.execute(
-                "SELECT status, fly_machine_id, fly_volume_id FROM gastown_towns "
-                "WHERE id = %s AND destroyed_at IS NULL",
-                (props["town_id"],),
-            ).fetchone()
-            if town is None:
-                return ReadResult("", {})
-            rigs = conn.execute(
-                "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active' "
-                "ORDER BY rig_name",
-                (props["town_id"],),
-            ).fetchall()
+        """The rows as the registry holds them now, so a refresh shows an edit made outside Pulumi (a
+        status, a Fly id, a rig) and the next `up` writes the row back. A town whose row is gone
+        (destroyed outside Pulumi) leaves the map."""
+        recorded: Mapping[str, Mapping[str, Any]] = props.get("towns") or {}
+        live: dict[str, dict[str, Any]] = {}
+        if recorded:
+            with self.connect() as conn:
+                for sid, row in recorded.items():
+                    current = self._read_row(conn, row)
+                    if current is not None:
+                        live[sid] = current
+        outs = {**props, "towns": live}
+        return ReadResult(id_, outs, inputs={k: outs[k] for k in ("silo_id", "towns") if k in outs})
+
+    @classmethod
+    def _read_row(cls, conn: psycopg.Connection, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        town = conn.execute(
+            "SELECT status, fly_machine_id, fly_volume_id FROM gastown_towns WHERE id = %s AND destroyed_at IS NULL",
+            (row["town_id"],),
+        ).fetchone()
+        if town is None:
+            return None
+        rigs = conn.execute(
+            "SELECT rig_name, repo_url, branch FROM gastown_rigs WHERE town_id = %s AND status = 'active' "
+            "ORDER BY rig_name",
+            (row["town_id"],),
+        ).fetchall()
         live_rigs = [{"name": name, "url": url, "branch": branch} for name, url, branch in rigs]
-        order = [r.get("name") for r in props.get("rigs") or []]
+        order = [r.get("name") for r in row.get("rigs") or []]
         live_rigs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
         status, machine_id, volume_id = town
-        outs = {**props, "status": status, "fly_machine_id": machine_id, "fly_volume_id": volume_id, "rigs": live_rigs}
-        return ReadResult(id_, outs, inputs={k: outs[k] for k in self.FIELDS if k in outs})
+        return {
+            **row,
+            "status": status,
+            "fly_machine_id": machine_id,
+            "fly_volume_id": volume_id,
+            "rigs": live_rigs,
+        }
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        # The machine is being removed next; TownRegistration (deleted last) soft-deletes the row.
+        # The machines are being removed next; each TownRegistration (deleted last) soft-deletes its row.
         return None
 
 
-class TownRecord(DynamicResource, module="registry", name="TownRecord"):
+class TownRecords(DynamicResource, module="registry", name="TownRecords"):
     def __init__(
         self,
         resource_name: str,
         *,
-        town_id: pulumi.Input[str],
-        status: str,
-        fly_machine_id: pulumi.Input[str],
-        fly_volume_id: pulumi.Input[str],
-        rigs: list[dict[str, str]],
+        silo_id: str,
+        towns: pulumi.Input[Mapping[str, pulumi.Input[Mapping[str, Any]]]],
         opts: pulumi.ResourceOptions | None = None,
     ):
-        props = {
-            "town_id": town_id,
-            "status": status,
-            "fly_machine_id": fly_machine_id,
-            "fly_volume_id": fly_volume_id,
-            "rigs": rigs,
-        }
-        super().__init__(TownRecordProvider(), resource_name, props, opts)
+        super().__init__(TownRecordsProvider(), resource_name, {"silo_id": silo_id, "towns": towns}, opts)
+        self.towns: pulumi.Output[dict[str, dict[str, Any]]]

@@ -2,10 +2,11 @@
 
 Order, each step its own resource so state records how far a run got and a re-run adopts what exists:
 registry row (`provisioning`, its id is the town id) → Fly app → private IP → R2 credentials scoped to
-`gastown/{town_id}/` → secrets → volume → machine (scripts and rig config delivered as files) →
-registry row `running`/`stopped` with the Fly ids and rigs. Destroy runs in reverse: the town is stopped
-and flushed to R2 once through `exec` (`startup.sh --stop`; the SIGTERM that follows finds it done), the
-machine, the volume only when data deletion is allowed, then the row is soft-deleted.
+`gastown/{town_id}/` → secrets → volume → machine (scripts and rig config delivered as files); then,
+for all the silo's towns at once, the boot gate and the registry rows (`running`/`stopped`, the Fly ids
+and rigs: `town_sandboxes`). Destroy runs in reverse: the town is stopped and flushed to R2 once through
+`exec` (`startup.sh --stop`; the SIGTERM that follows finds it done), the machine, the volume only when
+data deletion is allowed, then the row is soft-deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from components.config import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloC
 from components.fly.providers import FlyApp, FlyIpAssignment, FlyMachine, FlyMachinesReady, FlySecrets, FlyVolume
 from components.generated import GeneratedSecret
 from components.r2 import R2TownCredentials
-from components.registry import TownRecord, TownRegistration
+from components.registry import TownRecords, TownRegistration
 from components.render import render_file
 from components.town_scripts import TownScriptContext, render_town_scripts
 
@@ -179,21 +180,21 @@ class TownSandbox(pulumi.ComponentResource):
             opts=child(self.ip, self.secrets, self.volume),
         )
         self.town_id = town_id
-        self.record: TownRecord | None = None
         self.outputs: dict[str, Any] = {}
 
-    def record_when_ready(self, ready: FlyMachinesReady) -> None:
-        """The registry row gets the Fly ids and `running`/`stopped` once the machine is found so."""
+    def registry_row(self) -> dict[str, Any]:
+        """The town's row once its machine is found ready: the Fly ids, `running`/`stopped`, the rigs."""
         town = self.town
-        self.record = TownRecord(
-            f"{town.sandbox_id}-record",
-            town_id=self.town_id,
-            status=town.state,
-            fly_machine_id=self.machine.machine_id,
-            fly_volume_id=self.volume.volume_id,
-            rigs=[{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.machine, ready]),
-        )
+        return {
+            "town_id": self.town_id,
+            "status": town.state,
+            "fly_machine_id": self.machine.machine_id,
+            "fly_volume_id": self.volume.volume_id,
+            "rigs": [{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs],
+        }
+
+    def finish(self, ready: FlyMachinesReady) -> None:
+        town = self.town
         self.outputs = {
             "sandbox_id": town.sandbox_id,
             "town_id": self.town_id,
@@ -212,9 +213,12 @@ class TownSandbox(pulumi.ComponentResource):
 def town_sandboxes(
     cfg: SiloConfig, image: ResolvedImage, control: ControlPlaneRef, after: Sequence[pulumi.Resource] = ()
 ) -> list[TownSandbox]:
-    """Every town of the silo, with one gate that waits for all their machines at once (a gate per town
-    would hold a provider slot per booting town: bench/run.py), and then each town's registry row."""
+    """Every town of the silo, then one gate that waits for all their machines at once and one registry
+    write for all their rows (bench/run.py: a gate or a record per town is a step, and a provider slot
+    or a registry connection, per town)."""
     sandboxes = [TownSandbox(cfg, town, image, control) for town in cfg.towns]
+    if not sandboxes:
+        return []
     machines = [s.machine for s in sandboxes]
     ready = FlyMachinesReady(
         f"{cfg.silo_id}-towns-ready",
@@ -222,8 +226,14 @@ def town_sandboxes(
         timeout_s=cfg.ready_timeout_seconds,
         opts=pulumi.ResourceOptions(depends_on=[*machines, *after]),
     )
+    TownRecords(
+        f"{cfg.silo_id}-town-records",
+        silo_id=cfg.silo_id,
+        towns={s.town.sandbox_id: s.registry_row() for s in sandboxes},
+        opts=pulumi.ResourceOptions(depends_on=[ready, *(s.registration for s in sandboxes)]),
+    )
     for sandbox in sandboxes:
-        sandbox.record_when_ready(ready)
+        sandbox.finish(ready)
     return sandboxes
 
 

@@ -10,6 +10,7 @@ file stands alone.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import shlex
@@ -80,6 +81,7 @@ class TownScriptContext(BaseModel):
         return value
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -94,8 +96,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+# Every town of a silo gets the same scripts: rendered once per program run, not once per town (with
+# 100 towns, compiling and rendering them per town was the largest share of a no-op preview's CPU).
+@functools.lru_cache(maxsize=8)
 def render_town_scripts(ctx: TownScriptContext) -> dict[str, str]:
-    """Guest path → text for ``r2-sync.sh``, ``r2-restore.sh``, ``startup.sh`` and ``town-status.js``."""
+    """Guest path → text for ``r2-sync.sh``, ``r2-restore.sh``, ``startup.sh`` and ``town-status.js``
+    (shared between callers: copy before changing)."""
     env = _environment()
     values = ctx.model_dump()
     return {

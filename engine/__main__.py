@@ -17,7 +17,7 @@ from pulumi.automation import CommandError, EngineEvent
 
 from engine.guardrails import describe, policy_args
 from engine.runner import violation_line
-from engine.workspace import REPO_ROOT, EngineMissing, select_stack, workspace
+from engine.workspace import PARALLEL, REPO_ROOT, EngineMissing, select_stack, workspace
 
 STATE_DIR = REPO_ROOT / ".silo"
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             f"state: {stack.workspace.env_vars['PULUMI_BACKEND_URL']}; its secrets are encrypted with the "
             f"passphrase generated in {STATE_DIR / 'passphrase'} (keep it: without it the secrets are lost)"
         )
-    out = {"on_output": print, "on_error": lambda line: print(line, file=sys.stderr)}
+    out = {"on_output": print, "on_error": lambda line: print(line, file=sys.stderr), "parallel": PARALLEL}
     violations: list[str] = []
 
     def on_event(event: EngineEvent) -> None:

@@ -2,8 +2,9 @@
 # Build the Pulumi engine this project runs on, from Go modules through the module proxy only:
 #   .engine/pulumi-<version>-<key>/bin/pulumi                         the CLI (engine/cli/go.mod pins it)
 #   .engine/pulumi-<version>-<key>/bin/pulumi-resource-pulumi-python  the dynamic-provider launcher
-# and points .engine/current at it. <key> hashes every input of the build, so a second run with the
-# same inputs is a no-op, and a changed pin builds beside the old one. Each step prints its duration.
+# and points .engine/current at it. <key> hashes every input of the CLI build, so a second run with the
+# same inputs is a no-op, and a changed pin builds beside the old one. The launchers (engine/bin) are
+# copied in on every run: a few bytes of shell that must never go stale. Each step prints its duration.
 #
 # Not built (the module proxy here refuses every version of them; see README "The engine"): the
 # Python language host (the program runs through the Automation API's inline-program server instead),
@@ -14,12 +15,13 @@ root=$(dirname "$here")
 cli="$here/cli"
 
 version=$(awk '$1 == "github.com/pulumi/pulumi/pkg/v3" { print $2 }' "$cli/go.mod")
-key=$(cat "$cli/go.mod" "$cli/go.sum" "$here"/bin/* "$0" | sha256sum | cut -c1-12)
+key=$(cat "$cli/go.mod" "$cli/go.sum" "$0" | sha256sum | cut -c1-12)
 out="$root/.engine/pulumi-$version-$key"
 
 link_current() { ln -sfn "$(basename "$out")" "$root/.engine/current"; }
 
 if [ -x "$out/bin/pulumi" ]; then
+  install -m 0755 "$here"/bin/* "$out/bin/"
   link_current
   echo "engine: pulumi $version is built ($out)"
   exit 0

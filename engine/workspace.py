@@ -23,9 +23,15 @@ from pathlib import Path
 
 from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
 
+from engine.provider_host import DEFAULT_THREADS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILT_ENGINE = REPO_ROOT / ".engine" / "current"
 PROJECT = "silo"
+# `--parallel` for every run here: the engine's default (4 x CPUs) runs 8 steps at once on two cores,
+# and each step is mostly an HTTP round trip that waits; 100 towns are ~900 steps (bench/run.py). The
+# provider host serves as many calls at once (engine/provider_host.py).
+PARALLEL = DEFAULT_THREADS
 # The only organisation a file backend knows; on Pulumi Cloud a stack reference names the real one.
 FILE_BACKEND_ORG = "organization"
 

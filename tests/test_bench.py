@@ -1,5 +1,6 @@
-"""Smoke test of `python bench/run.py`: it runs end to end with a tiny latency model and reports what
-the issue asks for. No timing assertions: only counts, structure and the model's own arithmetic."""
+"""Smoke test of `python bench/run.py --json`: it runs end to end on the real CLI with a tiny latency
+model and a few towns, and reports what the performance issue asks for. No timing assertions: only
+the keys, counts, the model's own arithmetic and the no-change guarantees."""
 
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ from typing import Any
 
 import pytest
 
-from bench.run import latency_model, op_cost, render_human
+from bench.run import GOALS, _failed_on_429, latency_model, necessary_chain_s, render_human, town_chain_s
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_SCALE = 0.01  # boots of 80 ms, checks passing 100 ms later: the whole script takes a few seconds
+TINY_SCALE = 0.01  # boots of 80 ms, checks passing 100 ms later
+TOWNS = 3
 REQUIRED = (
-    "up_wall_s",
-    "critical_path_s",
-    "sequential_baseline_s",
-    "api_calls_up",
+    "engine",
+    "silo_up_wall_s",
+    "necessary_chain_s",
+    "towns100_up_wall_s",
+    "town_chain_s",
+    "noop_preview_1_s",
+    "noop_preview_100_s",
     "mutating_calls_noop_up",
-    "api_calls_noop_preview",
-    "ratio",
-    "goal_met",
+    "failed_calls_429",
+    "ratios",
+    "goals_met",
     "model",
 )
 
@@ -33,11 +38,11 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--json", "--scale", str(TINY_SCALE)],
+        [sys.executable, "bench/run.py", "--json", "--scale", str(TINY_SCALE), "--towns", str(TOWNS)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
@@ -45,70 +50,57 @@ def report() -> dict[str, Any]:
     return json.loads(lines[0])
 
 
-def test_json_has_the_required_keys_and_the_model_it_used(report: dict[str, Any]) -> None:
+def test_json_has_the_required_keys_from_the_real_cli(report: dict[str, Any]) -> None:
     assert set(REQUIRED) <= set(report)
-    model = report["model"]
-    assert model["scale"] == TINY_SCALE
-    assert model["boot_s"] == pytest.approx(model["full_scale"]["boot_s"] * TINY_SCALE)
-    assert set(report["goal_met"]) == {
-        "up_within_1_2x_critical_path",
-        "zero_mutating_calls_noop_up",
-        "zero_api_calls_noop_preview",
-    }
-    assert report["ratio"] == pytest.approx(report["up_wall_s"] / report["critical_path_s"], rel=1e-2)
+    assert report["engine"] == "pulumi"
+    assert report["towns"] == TOWNS
+    assert report["model"]["scale"] == TINY_SCALE
 
 
-def test_up_creates_the_silo_and_every_call_is_attributed(report: dict[str, Any]) -> None:
-    by_kind = report["api_calls_up_by_kind"]
-    assert report["unattributed_calls_up"] == 0
-    assert sum(by_kind.values()) == report["api_calls_up"]
-    assert {"App", "IpAssignment", "Secrets", "Volume", "Machine", "Exec"} == set(by_kind)
-    assert report["steps_up"].get("create", 0) > 0 and "update" not in report["steps_up"]
+def test_lower_bounds_come_from_the_latency_model_alone(report: dict[str, Any]) -> None:
+    model = latency_model(TINY_SCALE)
+    assert report["necessary_chain_s"] == pytest.approx(necessary_chain_s(model), abs=1e-3)
+    assert report["town_chain_s"] == pytest.approx(town_chain_s(model), abs=1e-3)
+    # app + its two hidden answers, one call for IPs/secrets/volume, then two machines each booting
+    # and passing their checks: pg, then the longest of the services that need it at boot.
+    machine = model.call_s + model.boot_s + model.check_pass_s
+    assert necessary_chain_s(model) == pytest.approx(3 * model.call_s + model.call_s + 2 * machine)
 
 
-def test_no_change_up_and_preview_touch_nothing(report: dict[str, Any]) -> None:
+def test_ratios_and_goals_follow_the_measured_numbers(report: dict[str, Any]) -> None:
+    ratios, goals = report["ratios"], report["goals_met"]
+    assert ratios["silo_up"] == pytest.approx(report["silo_up_wall_s"] / report["necessary_chain_s"], rel=1e-2)
+    assert ratios["towns_up"] == pytest.approx(report["towns100_up_wall_s"] / report["town_chain_s"], rel=1e-2)
+    assert ratios["noop_preview"] == pytest.approx(report["noop_preview_100_s"] / report["noop_preview_1_s"], rel=1e-2)
+    assert goals["silo_up_within_1_3x_necessary_chain"] == (ratios["silo_up"] <= GOALS["silo_up"])
+    assert goals["towns_up_within_3x_town_chain"] == (ratios["towns_up"] <= GOALS["towns_up"])
+    assert goals["noop_preview_100_within_5x_of_1"] == (ratios["noop_preview"] <= GOALS["noop_preview"])
+
+
+def test_the_towns_up_creates_every_town_and_the_no_change_runs_touch_nothing(report: dict[str, Any]) -> None:
+    by_route = report["api_calls_towns_up_by_route"]
+    assert by_route["POST /v1/apps"] == TOWNS
+    assert by_route["POST /v1/apps/{app}/machines"] == TOWNS
+    assert by_route["POST /v1/apps/{app}/volumes"] == TOWNS
     assert report["mutating_calls_noop_up"] == 0
-    assert report["api_calls_noop_preview"] == 0
-    assert report["goal_met"]["zero_mutating_calls_noop_up"] is True
-    assert report["goal_met"]["zero_api_calls_noop_preview"] is True
-    assert set(report["steps_noop_up"]) == {"same"} == set(report["steps_noop_preview"])
-
-
-def test_critical_path_is_the_machine_chain_and_bounds_the_baseline(report: dict[str, Any]) -> None:
-    cp = report["critical_path"]
-    assert report["critical_path_s"] == pytest.approx(max(cp["longest_chain_s"], cp["busy_bound_s"]), abs=1e-3)
-    # The seed's one-at-a-time order pays for every operation; the graph only for its longest chain.
-    assert report["sequential_baseline_s"] == pytest.approx(cp["provider_busy_s"], abs=1e-2)
-    assert report["sequential_baseline_s"] > report["critical_path_s"]
-    assert list(report["sequential_by_service_s"]) == ["pg", "rest", "auth", "kong", "storage", "meta", "studio"]
-    machines = [s["resource"] for s in cp["chain"] if s["resource"].endswith("-machine")]
-    # pg -> meta -> studio -> kong: each machine waits for its upstreams to be healthy.
-    assert machines == [f"devenv-acme-erp-{s}-machine" for s in ("pg", "meta", "studio", "kong")]
+    assert report["goals_met"]["zero_mutating_calls_noop_up"] is True
+    assert set(report["steps_noop_up_100"]) == {"same"}
+    assert report["failed_calls_429"] == 0
 
 
 def test_human_output_names_the_headline_numbers(report: dict[str, Any]) -> None:
     text = render_human(report)
-    assert f"{report['api_calls_up']} API calls" in text
-    assert "critical path:" in text and "sequential baseline:" in text
-    assert "devenv-acme-erp-kong-machine" in text
+    assert f"{report['towns']} towns up:" in text
+    assert "necessary chain" in text and "no-op preview" in text and "429s:" in text
 
 
-def _call(method: str, route: str, path: str) -> dict[str, Any]:
-    return {"method": method, "route": route, "path": path, "t": 0.0}
+def _call(method: str, path: str, status: int) -> dict[str, Any]:
+    return {"method": method, "path": path, "status": status}
 
 
-def test_op_cost_overlaps_boot_with_calls_and_counts_a_repeated_poll_once() -> None:
-    model = latency_model(1.0)  # call 0.15, boot 8, checks pass 10 s after start
-    m = "/v1/apps/a/machines/m1"
-    route = "/v1/apps/{app}/machines/{machine_id}"
-    calls = [
-        _call("GET", "/v1/apps/{app}/machines", "/v1/apps/a/machines"),
-        _call("POST", "/v1/apps/{app}/machines", "/v1/apps/a/machines"),
-        _call("GET", route, m),
-        _call("GET", route + "/wait", m + "/wait"),
-        *[_call("GET", route, m) for _ in range(5)],  # health-check polls: one counts
-    ]
-    # list + create reach the server at 0.30 s; started at 8.30; checks pass at 18.30.
-    assert op_cost(calls, model) == pytest.approx(0.30 + 8.0 + 10.0)
-    # Without the machine: plain calls cost call_s each.
-    assert op_cost(calls[:1] * 3, model) == pytest.approx(0.45)
+def test_a_429_counts_as_failed_only_when_the_request_was_never_sent_again() -> None:
+    retried = [_call("POST", "/v1/apps/a/machines", 429), _call("POST", "/v1/apps/a/machines", 201)]
+    gave_up = [_call("POST", "/v1/apps/b/machines", 429), _call("GET", "/v1/apps/b/machines", 200)]
+    assert _failed_on_429(retried) == 0
+    assert _failed_on_429(gave_up) == 1
+    assert _failed_on_429([*retried, *gave_up]) == 1

@@ -81,8 +81,7 @@ ROUTES = [
     ("stop", "POST", LEASE, (1, 4)),
     ("stop", "POST", STOP, (1, 4)),
     ("stop", "DELETE", LEASE, (1, 4)),
-    ("start", "POST", START, (1, 4)),
-    ("start", "POST", EXEC, (1,)),
+    ("start", "POST", START, (1, 4)),  # no exec: the RLS mode applied before the stop is still in force
     ("update", "POST", MACHINE, (1,)),
     ("destroy", "DELETE", IPS + "/{ip}", (1, 5)),
     ("destroy", "POST", STOP, (1,)),

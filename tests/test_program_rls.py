@@ -50,12 +50,26 @@ def test_rls_mode_switches_through_exec(tmp_path: Path, pg_database: str, postgr
 
     preview = deploy("preview", "production")
     assert preview.ok, preview.error
-    assert preview.changed() == {
-        "devenv-acme-erp-pg-rls-permissive": "delete",
-        "devenv-acme-erp-pg-rls-production": "create",
-    }
+    # One resource whatever the mode: a new mode is an update of it, run once.
+    assert preview.changed() == {"devenv-acme-erp-pg-rls": "update"}
 
     assert deploy("up", "production").ok
+    assert len(commands) == 2
     with psycopg.connect(pg_database) as conn:
         assert visible(conn, "anon") == []
         assert visible(conn, "service_role") == ["alice project", "bob project"]
+
+    # Stopping and starting again runs nothing: the policies live in the database.
+    assert program.run("up", rlsMode="production", state="stopped").ok
+    assert program.run("up", rlsMode="production", state="running").ok
+    assert len(commands) == 2
+
+    # A new mode while stopped is recorded (the machine cannot run it) and runs at the next start.
+    stopped = program.run("up", rlsMode="permissive", state="stopped")
+    assert stopped.ok, stopped.error
+    assert stopped.changed().get("devenv-acme-erp-pg-rls") == "update" and len(commands) == 2
+    started = program.run("up", rlsMode="permissive", state="running")
+    assert started.ok, started.error
+    assert started.changed().get("devenv-acme-erp-pg-rls") == "update" and len(commands) == 3
+    with psycopg.connect(pg_database) as conn:
+        assert visible(conn, "anon") == ["alice project", "bob project"]

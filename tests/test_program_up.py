@@ -34,7 +34,7 @@ pytestmark = pytest.mark.engine
 KONG_URL = "https://devenv-acme-erp-kong.fly.dev"
 APPS = {f"devenv-acme-erp-{s}" for s in ("pg", "rest", "auth", "storage", "meta", "studio", "kong")}
 SECRET_OUTPUTS = {"service_role_key", "db_password", "db_connection_string", "connection_info", "roles_devops"}
-RLS_PRODUCTION = "devenv-acme-erp-pg-rls-production"
+RLS = "devenv-acme-erp-pg-rls"  # one resource whatever the mode
 SILO_READY, PG_READY = "devenv-acme-erp-ready", "devenv-acme-erp-pg-ready"  # the health gates
 
 
@@ -174,7 +174,7 @@ def test_preview_of_an_image_tag_change_updates_only_that_machine(
     assert [c for c in program.emulator.calls() if c["mutating"]] == []
 
 
-def test_preview_of_stopping_updates_machines_and_drops_the_rls_exec_only(
+def test_preview_of_stopping_updates_machines_and_gates_only(
     deployed: tuple[SiloProgram, RunResult],
 ) -> None:
     program, _ = deployed
@@ -182,14 +182,14 @@ def test_preview_of_stopping_updates_machines_and_drops_the_rls_exec_only(
     assert result.ok, result.error
     machines = {f"{app}-machine": "update" for app in APPS}
     gates = {SILO_READY: "update", PG_READY: "update"}  # now waiting for stopped machines
-    assert result.changed() == {**machines, **gates, RLS_PRODUCTION: "delete"}
+    assert result.changed() == {**machines, **gates}  # the RLS policies stay in the database: nothing to run
 
 
 def test_preview_of_an_rls_mode_change_touches_only_the_rls_exec(deployed: tuple[SiloProgram, RunResult]) -> None:
     program, _ = deployed
     result = program.run("preview", rlsMode="permissive")
     assert result.ok, result.error
-    assert result.changed() == {"devenv-acme-erp-pg-rls-permissive": "create", RLS_PRODUCTION: "delete"}
+    assert result.changed() == {RLS: "update"}
 
 
 def test_preview_of_allowing_data_deletion_updates_the_safety_switches_and_replaces_nothing(
@@ -301,7 +301,7 @@ def test_stop_start_destroy_keeps_names_keys_and_data(silo_program: SiloProgram,
     snap = program.emulator.snapshot()
     assert set(machine_states(program).values()) == {"stopped"}
     assert world(snap) == world(before)
-    assert "replace" not in stopped.changes and stopped.ops("delete") == [RLS_PRODUCTION]
+    assert "replace" not in stopped.changes and "delete" not in stopped.changes
     assert stopped.outputs["status"] == "stopped"
     withdrawn = {"supabase_url", "anon_key", "connection_info", "service_role_key", "db_password",
                  "db_connection_string", "roles", "roles_devops", "netlify"}  # fmt: skip
@@ -309,11 +309,11 @@ def test_stop_start_destroy_keeps_names_keys_and_data(silo_program: SiloProgram,
     assert withdrawn.isdisjoint(program.state().outputs)
     assert_state_matches_emulator(program)
 
-    # Start: same apps, URL and key; nothing replaced; RLS applied again.
+    # Start: same apps, URL and key; nothing replaced or created; the RLS policies are not run again.
     started = program.up(state="running")
     assert set(machine_states(program).values()) == {"started"}
     assert "replace" not in started.changes and "delete" not in started.changes
-    assert started.ops("create") == [RLS_PRODUCTION]
+    assert "create" not in started.changes and RLS not in started.changed()
     assert started.outputs["supabase_url"] == KONG_URL and started.outputs["anon_key"] == anon
     assert {kind: {r.name: r.id for r in program.fly_resources(kind)} for kind in ids} == ids
     assert program.emulator.snapshot()["apps"].keys() == before["apps"].keys()

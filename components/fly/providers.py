@@ -934,9 +934,12 @@ class FlyMachinesReady(DynamicResource, module="fly", name="MachinesReady"):
 
 # -- FlyExec ----------------------------------------------------------------------------------------
 class FlyExecProvider(FlyProviderBase):
-    """Runs a command on a machine through the Machines API `exec` endpoint whenever it changes.
+    """Runs a command on a machine through the Machines API `exec` endpoint once per new command.
 
-    Used for SQL on the private database (RLS modes): `pulumi up` needs no network path into it.
+    Used for SQL on the private database (RLS modes): `pulumi up` needs no network path into it. Its
+    effect lives in the database on the volume, so the resource stays through stops and starts and a new
+    command is an update: `applied_command` records what last ran, and while `run` is false (the machine
+    is meant to be stopped) a new command is recorded and runs at the next up that starts the machine.
     """
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
@@ -948,10 +951,17 @@ class FlyExecProvider(FlyProviderBase):
             failures.append(CheckFailure("command", "must be a non-empty list of strings"))
         return CheckResult(news, failures)
 
+    @staticmethod
+    def _pending(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+        return has_unknown(news.get("command")) or canonical(olds.get("applied_command")) != canonical(news["command"])
+
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        # The command's effect lives in the database on the volume, not in the machine: a new machine id
-        # (unknown during a preview whenever the machine changes) is no reason to run it again.
-        return diff_result(olds, news, compare=("app", "command"), replace_on=(), delete_before_replace=False)
+        # A new machine id (unknown during a preview whenever the machine changes) is no reason to run the
+        # command again, nor is a stop or a start: only a command not yet applied, or a new one to record.
+        changed = bool(changed_keys(olds, news, ("app", "command"))) or (
+            news.get("run", True) is not False and self._pending(olds, news)
+        )
+        return DiffResult(changes=changed, replaces=[], delete_before_replace=None)
 
     def _run(self, props: Mapping[str, Any]) -> dict[str, Any]:
         app, machine_id = props["app"], props["machine_id"]
@@ -977,14 +987,22 @@ class FlyExecProvider(FlyProviderBase):
                 f"{props.get('description') or 'command'} failed on {app} (exit {exit_code}): "
                 f"{str(result.get('stderr', '')).strip()[:1000]}"
             )
-        return {**props, "exit_code": exit_code, "stdout": str(result.get("stdout", ""))[:4000]}
+        return {
+            **props,
+            "applied_command": list(props["command"]),
+            "exit_code": exit_code,
+            "stdout": str(result.get("stdout", ""))[:4000],
+        }
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = self._run(props)
+        outs = self._run(props) if props.get("run", True) is not False else {**props, "applied_command": None}
         return CreateResult(f"{props['app']}/{props['machine_id']}/exec", outs)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(self._run(news))
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        if news.get("run", True) is not False and self._pending(olds, news):
+            return UpdateResult(self._run(news))
+        last = {k: olds.get(k) for k in ("applied_command", "exit_code", "stdout")}
+        return UpdateResult({**strip_provider(news), **last})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # Nothing remote to remove: the effect lives in the database, which outlives this resource.
@@ -1002,6 +1020,7 @@ class FlyExec(DynamicResource, module="fly", name="Exec"):
         machine_id: pulumi.Input[str],
         command: pulumi.Input[list[str]],
         description: str = "",
+        run: bool = True,
         timeout_s: int = 120,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -1010,7 +1029,9 @@ class FlyExec(DynamicResource, module="fly", name="Exec"):
             "machine_id": machine_id,
             "command": command,
             "description": description,
+            "run": run,
             "timeout_s": timeout_s,
+            "applied_command": None,
             "exit_code": None,
             "stdout": None,
         }

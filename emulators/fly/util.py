@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -10,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from werkzeug.wrappers import Request, Response
 
 # Crockford base32, the alphabet of ULIDs (Fly machine versions are 26-char ULIDs).
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -150,3 +153,22 @@ class TokenBuckets:
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
+
+
+def json_body(request: Request) -> dict:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid JSON body: an object is expected")
+    return body
+
+
+def json_response(status: int, payload: Any) -> Response:
+    if payload is None:
+        return Response(status=status)
+    return Response(json.dumps(payload), status=status, mimetype="application/json")
