@@ -7,7 +7,7 @@ STACK ?= dev
 # cores keep more than two runs busy.
 TEST_WORKERS ?= 4
 
-.PHONY: up preview destroy refresh engine test lint
+.PHONY: up preview destroy refresh engine town-tools test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,9 +35,14 @@ refresh: $(VENV)/.installed engine
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
+# The real gt, bd and dolt the town backup tests run (tools/town/build.sh: pinned in tools/town/*/go.mod,
+# output in .tools/town; a no-op once built for the pinned versions).
+town-tools:
+	tools/town/build.sh
+
 tools/node_modules/.installed: tools/package.json tools/package-lock.json
 	npm ci --prefix tools --no-audit --no-fund --silent
 	touch $@
 
-test: lint engine tools/node_modules/.installed
+test: lint engine town-tools tools/node_modules/.installed
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup

@@ -1,17 +1,30 @@
 """Cloudflare R2 control-plane emulator: real HTTP on 127.0.0.1, the API under ``/client/v4``.
 
 Covers what ``components/providers/cloudflare/r2.py`` calls (gastown-r2-postgres.md §4.1-4.2): buckets (create, list,
-get, delete; names 3-64 chars ``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and
+get, delete; names 3-63 chars ``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and
 jurisdiction), bucket lifecycle rules (PUT replaces the whole set; new buckets start with R2's
 default abort-multipart rule), temporary access credentials (bucket + prefixes/objects are
 recorded so tests can see the scope that was asked for) and account API tokens (the ``value`` is
 returned only on create). Every answer uses Cloudflare's envelope
 ``{"success", "errors": [{"code", "message"}], "messages", "result"}``.
 
+Where R2 differs from a naive model, the emulator does what R2 does:
+- a bucket that holds objects cannot be deleted (409, code 10008 BucketNotEmpty; R2 docs "Error
+  codes" and "Delete buckets": empty it first). The emulator keeps no object data, only the keys
+  tests place with ``put_object`` (an S3 server such as moto holds real data elsewhere);
+- "already exists" is code 10004 ("...already exists, and you own it", pulumi-cloudflare#465);
+  the HTTP status that comes with it is not documented, so ``bucket_exists_status`` sets it;
+- a location hint only applies inside the default jurisdiction (the two are exclusive), and a name
+  that is deleted and created again keeps the location it was first given;
+- a whole-bucket lifecycle rule comes back with ``conditions: {}`` rather than ``{"prefix": ""}``;
+- temporary credentials live at most 604800 s (API reference, R2 > Temporary Credentials) and the
+  call takes no ``cf-r2-jurisdiction`` header (Cloudflare's SDKs send none): the bucket is looked up
+  in the default jurisdiction.
+
 Test controls: ``calls()``, ``fail(method, route, nth, status, after_effect)`` (``after_effect``
 applies the change and then answers with the error: the ambiguous failure idempotent creates must
-survive), ``snapshot()``, ``reset()``; the same under ``/__emulator/*`` for out-of-process users.
-The emulator does not store objects, so deleting a bucket always succeeds.
+survive), ``put_object``/``delete_object``, ``snapshot()``, ``reset()``; the same under
+``/__emulator/*`` for out-of-process users.
 """
 
 from __future__ import annotations
@@ -38,11 +51,13 @@ STORAGE_CLASSES = ("Standard", "InfrequentAccess")
 JURISDICTIONS = ("default", "eu", "fedramp")
 TEMP_PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
 MAX_LIFECYCLE_RULES = 1000
-# R2 gives every new bucket this rule (7 days, in seconds): r2/buckets/object-lifecycles.
+MAX_TEMP_CREDENTIAL_TTL_S = 604800
+# R2 gives every new bucket this rule (7 days, in seconds): r2/buckets/object-lifecycles. It
+# applies to the whole bucket, which R2 writes as empty conditions.
 DEFAULT_LIFECYCLE_RULE: dict[str, Any] = {
     "id": "Default Multipart Abort Rule",
     "enabled": True,
-    "conditions": {"prefix": ""},
+    "conditions": {},
     "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 604800}},
 }
 # Permission groups as seen in public code (gastown-r2-postgres.md §4.2).
@@ -71,6 +86,7 @@ CODE_BAD_REQUEST = 10001
 CODE_ALREADY_EXISTS = 10004
 CODE_INVALID_NAME = 10005
 CODE_NO_SUCH_BUCKET = 10006
+CODE_BUCKET_NOT_EMPTY = 10008
 CODE_NOT_FOUND = 7003
 CODE_INTERNAL = 10002
 
@@ -97,9 +113,10 @@ def _route_template(rule: str) -> str:
 
 
 class CloudflareEmulator:
-    def __init__(self, token: str | None = None, state_file: Path | None = None):
+    def __init__(self, token: str | None = None, state_file: Path | None = None, bucket_exists_status: int = 409):
         # token=None accepts any bearer token (but still requires one, like the real API).
         self.token = token
+        self.bucket_exists_status = bucket_exists_status
         self.state_file = Path(state_file) if state_file else None
         self._lock = threading.RLock()
         self._server: BaseWSGIServer | None = None
@@ -111,6 +128,10 @@ class CloudflareEmulator:
         self.reset()
         if self.state_file and self.state_file.exists():
             self._state = json.loads(self.state_file.read_text())
+            # State files written before objects and first placements were modelled.
+            self._state.setdefault("first_locations", {})
+            for bucket in self._state["buckets"].values():
+                bucket.setdefault("objects", [])
         self._map, self._handlers = self._routes()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -137,7 +158,8 @@ class CloudflareEmulator:
     # -- test controls ----------------------------------------------------------------------------
     def reset(self) -> None:
         with self._lock:
-            self._state = {"buckets": {}, "tokens": {}, "temp_credentials": []}
+            # first_locations: where each bucket name was first placed; R2 keeps it across re-creation.
+            self._state = {"buckets": {}, "tokens": {}, "temp_credentials": [], "first_locations": {}}
             self._calls = []
             self._failures = []
 
@@ -167,6 +189,38 @@ class CloudflareEmulator:
                     "after_effect": after_effect,
                 }
             )
+
+    def put_object(
+        self, bucket: str, key: str, *, account_id: str | None = None, jurisdiction: str = "default"
+    ) -> None:
+        """Record that ``bucket`` holds an object ``key`` (only its name: the emulator keeps no data)."""
+        with self._lock:
+            found = self._bucket_by_name(bucket, account_id, jurisdiction)
+            if key not in found["objects"]:
+                found["objects"].append(key)
+                found["objects"].sort()
+            self._save()
+
+    def delete_object(
+        self, bucket: str, key: str, *, account_id: str | None = None, jurisdiction: str = "default"
+    ) -> None:
+        with self._lock:
+            found = self._bucket_by_name(bucket, account_id, jurisdiction)
+            if key in found["objects"]:
+                found["objects"].remove(key)
+            self._save()
+
+    def _bucket_by_name(self, bucket: str, account_id: str | None, jurisdiction: str) -> dict[str, Any]:
+        matches = [
+            b
+            for b in self._state["buckets"].values()
+            if b["name"] == bucket
+            and b["jurisdiction"] == jurisdiction
+            and (account_id is None or b["account_id"] == account_id)
+        ]
+        if len(matches) != 1:
+            raise KeyError(f"no single bucket {bucket!r} in jurisdiction {jurisdiction} (found {len(matches)})")
+        return matches[0]
 
     def snapshot(self) -> dict[str, Any]:
         """Buckets (with their lifecycle rules), tokens (without values) and issued temp credentials."""
@@ -299,6 +353,19 @@ class CloudflareEmulator:
         if action == "reset" and request.method == "POST":
             self.reset()
             return self._json(200, {"ok": True})
+        if action == "objects" and request.method in ("POST", "DELETE"):
+            body = request.get_json(silent=True) or {}
+            place = self.put_object if request.method == "POST" else self.delete_object
+            try:
+                place(
+                    body["bucket"],
+                    body["key"],
+                    account_id=body.get("account_id"),
+                    jurisdiction=body.get("jurisdiction", "default"),
+                )
+            except KeyError as exc:
+                return self._json(400, {"error": f"objects needs an existing bucket and a key: {exc}"})
+            return self._json(200, {"ok": True})
         if action == "fail" and request.method == "POST":
             body = request.get_json(silent=True) or {}
             try:
@@ -348,31 +415,41 @@ class CloudflareEmulator:
         body = self._body(request)
         jurisdiction = self._jurisdiction(request)
         name = body.get("name")
-        if not isinstance(name, str) or not 3 <= len(name) <= 64 or not BUCKET_NAME.match(name):
+        if not isinstance(name, str) or not 3 <= len(name) <= 63 or not BUCKET_NAME.match(name):
             raise ApiError(
                 400,
                 CODE_INVALID_NAME,
-                "The bucket name is not valid: 3-64 characters, lowercase letters, digits and "
+                "The bucket name is not valid: 3-63 characters, lowercase letters, digits and "
                 f"hyphens, starting and ending with a letter or digit (got {name!r})",
             )
         hint = body.get("locationHint")
         if hint is not None and (not isinstance(hint, str) or hint.lower() not in LOCATION_HINTS):
             raise ApiError(400, CODE_BAD_REQUEST, f"locationHint must be one of {LOCATION_HINTS}")
+        if hint is not None and jurisdiction != "default":
+            raise ApiError(
+                400, CODE_BAD_REQUEST, "a location hint cannot be combined with a jurisdiction (cf-r2-jurisdiction)"
+            )
         storage_class = body.get("storageClass", "Standard")
         if storage_class not in STORAGE_CLASSES:
             raise ApiError(400, CODE_BAD_REQUEST, f"storageClass must be one of {STORAGE_CLASSES}")
         key = self._bucket_key(account_id, jurisdiction, name)
         if key in self._state["buckets"]:
-            raise ApiError(409, CODE_ALREADY_EXISTS, "The bucket you tried to create already exists.")
+            raise ApiError(
+                self.bucket_exists_status,
+                CODE_ALREADY_EXISTS,
+                "The bucket you tried to create already exists, and you own it.",
+            )
+        # Best effort placement, decided once per name: the API answers with the region in upper case.
+        location = self._state["first_locations"].setdefault(key, (hint or "enam").upper())
         bucket = {
             "name": name,
             "account_id": account_id,
             "creation_date": _now(),
-            # Best effort placement: the API answers with the region in upper case.
-            "location": (hint or "enam").upper(),
+            "location": location,
             "jurisdiction": jurisdiction,
             "storage_class": storage_class,
             "lifecycle": {"rules": [copy.deepcopy(DEFAULT_LIFECYCLE_RULE)]},
+            "objects": [],
         }
         self._state["buckets"][key] = bucket
         return 200, self._public(bucket), {}
@@ -403,6 +480,8 @@ class CloudflareEmulator:
 
     def _delete_bucket(self, request: Request, account_id: str, bucket: str) -> tuple[int, Any, dict]:
         found = self._find_bucket(request, account_id, bucket)
+        if found.get("objects"):
+            raise ApiError(409, CODE_BUCKET_NOT_EMPTY, "The bucket you tried to delete is not empty.")
         del self._state["buckets"][self._bucket_key(account_id, found["jurisdiction"], bucket)]
         return 200, {}, {}
 
@@ -423,7 +502,11 @@ class CloudflareEmulator:
             if rule["id"] in ids:
                 raise ApiError(400, CODE_BAD_REQUEST, f"rules[{index}].id {rule['id']!r} is not unique")
             ids.add(rule["id"])
-        found["lifecycle"] = {"rules": copy.deepcopy(rules)}
+        stored = copy.deepcopy(rules)
+        for rule in stored:
+            if not rule["conditions"].get("prefix"):
+                rule["conditions"] = {}  # whole bucket: R2 gives the rule back without a prefix
+        found["lifecycle"] = {"rules": stored}
         return 200, {}, {}
 
     # -- temporary credentials --------------------------------------------------------------------
@@ -432,7 +515,8 @@ class CloudflareEmulator:
         bucket = body.get("bucket")
         if not isinstance(bucket, str) or not bucket:
             raise ApiError(400, CODE_BAD_REQUEST, "bucket is required")
-        self._find_bucket(request, account_id, bucket)
+        if self._state["buckets"].get(self._bucket_key(account_id, "default", bucket)) is None:
+            raise ApiError(404, CODE_NO_SUCH_BUCKET, "The specified bucket does not exist.")
         parent = body.get("parentAccessKeyId")
         if not isinstance(parent, str) or not parent:
             raise ApiError(400, CODE_BAD_REQUEST, "parentAccessKeyId is required")
@@ -440,8 +524,10 @@ class CloudflareEmulator:
         if permission not in TEMP_PERMISSIONS:
             raise ApiError(400, CODE_BAD_REQUEST, f"permission must be one of {TEMP_PERMISSIONS}")
         ttl = body.get("ttlSeconds")
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-            raise ApiError(400, CODE_BAD_REQUEST, "ttlSeconds must be a positive integer")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TEMP_CREDENTIAL_TTL_S:
+            raise ApiError(
+                400, CODE_BAD_REQUEST, f"ttlSeconds must be a whole number from 1 to {MAX_TEMP_CREDENTIAL_TTL_S}"
+            )
         scope: dict[str, list[str]] = {}
         for field in ("prefixes", "objects"):
             value = body.get(field)
@@ -461,7 +547,7 @@ class CloudflareEmulator:
                 **credentials,
                 "account_id": account_id,
                 "bucket": bucket,
-                "jurisdiction": self._jurisdiction(request),
+                "jurisdiction": "default",
                 "parentAccessKeyId": parent,
                 "permission": permission,
                 "ttlSeconds": ttl,
@@ -539,7 +625,8 @@ def _validate_rule(index: int, rule: Any) -> None:
     if not isinstance(rule.get("enabled"), bool):
         raise ApiError(400, CODE_BAD_REQUEST, f"{where}.enabled must be a boolean")
     conditions = rule.get("conditions")
-    if not isinstance(conditions, dict) or not isinstance(conditions.get("prefix"), str):
+    # No prefix (or an empty one) means the whole bucket.
+    if not isinstance(conditions, dict) or not isinstance(conditions.get("prefix", ""), str):
         raise ApiError(400, CODE_BAD_REQUEST, f"{where}.conditions.prefix must be a string")
     transitions = [
         t

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from components.domain.naming import sandbox_id, town_volume_name
+from components.stacks.town import FLUSH_COMMAND
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID
 from tests.fixtures.program import (
     GENERATED_SECRET,
@@ -184,7 +185,8 @@ def test_control_stack_then_two_towns_lifecycle(
     assert not [v for v in fly_emulator.snapshot()["volumes"].values() if v["app"] == beta_id]
     destroyed = [t for t in towns_in_db(pg_database).values() if t["name"] == "Beta Town"]
     assert destroyed and all(t["destroyed"] and t["status"] == "destroyed" for t in destroyed)
-    # The final flush ran through exec before the machine went away.
-    assert any(e["app"] == beta_id and "--immediate" in e["cmd"] for e in fly_emulator.exec_log())
+    # The town was stopped and flushed through exec (startup.sh --stop) before each of its machines went away.
+    flushes = [e["cmd"] for e in fly_emulator.exec_log() if e["app"] == beta_id]
+    assert flushes and all(cmd == FLUSH_COMMAND for cmd in flushes), flushes
     assert set(active(pg_database)) == {"alpha"}
     assert gone.ok

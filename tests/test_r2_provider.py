@@ -145,6 +145,16 @@ def test_client_unreachable_api_is_a_clear_error() -> None:
 
 
 # -- R2 bucket --------------------------------------------------------------------------------------
+def test_bucket_check_refuses_64_character_names_and_hint_with_jurisdiction() -> None:
+    provider = R2BucketProvider()
+    assert set(failures(provider.check({}, {"name": "b" * 64}))) == {"name"}
+    assert provider.check({}, {"name": "b" * 63}).failures == []
+    # A location hint places a bucket inside the default jurisdiction: R2 takes one or the other.
+    both = provider.check({}, {"name": "gastown-backups", "jurisdiction": "eu", "location_hint": "weur"})
+    assert set(failures(both)) == {"location_hint"}
+    assert "jurisdiction" in failures(both)["location_hint"]
+
+
 def test_bucket_check_names_the_bad_property() -> None:
     provider = R2BucketProvider()
     result = provider.check({}, {"name": "Town_Backups", "jurisdiction": "mars", "location_hint": "moon"})
@@ -184,6 +194,31 @@ def test_bucket_create_is_idempotent_after_a_lost_response(
         ("POST", 409),  # the retry finds it
         ("GET", 200),  # ... in this account: adopted
     ]
+
+
+def test_bucket_create_adopts_on_code_10004_whatever_the_status(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    cloudflare_emulator.bucket_exists_status = 400
+    cloudflare_emulator.fail("POST", BUCKETS_ROUTE, status=502, after_effect=True)
+    provider = configured(R2BucketProvider(), cloudflare_config)
+    created = provider.create(provider.check({}, {"name": "gastown-backups"}).inputs)
+    assert created.id == "gastown-backups"
+    assert [(c["method"], c["status"]) for c in cloudflare_emulator.calls()] == [
+        ("POST", 502),  # created, answer lost
+        ("POST", 400),  # 10004: it exists, and we own it
+        ("GET", 200),  # adopted
+    ]
+
+
+def test_recreated_bucket_reports_the_location_r2_kept(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    provider = configured(R2BucketProvider(), cloudflare_config)
+    first = provider.create(provider.check({}, {"name": "gastown-backups", "location_hint": "weur"}).inputs).outs
+    provider.delete("gastown-backups", {**first, "allow_delete": True})
+    again = provider.create(provider.check({}, {"name": "gastown-backups", "location_hint": "apac"}).inputs)
+    assert again.outs["location"] == "weur"
 
 
 def test_bucket_adopts_an_existing_bucket_with_its_real_location(
@@ -233,6 +268,24 @@ def test_bucket_delete_refused_without_allow_delete(
     assert cloudflare_emulator.snapshot()["buckets"] == {}
     provider.delete("gastown-backups", unlocked)  # already gone: done
     assert provider.read("gastown-backups", unlocked).id == ""
+
+
+def test_deleting_a_bucket_that_holds_backups_fails_clearly_and_never_empties_it(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    provider = configured(R2BucketProvider(), cloudflare_config)
+    outs = provider.create(provider.check({}, {"name": "gastown-backups", "allow_delete": True}).inputs).outs
+    cloudflare_emulator.put_object("gastown-backups", "gastown/t1/latest.json")
+
+    with pytest.raises(CloudflareError) as err:
+        provider.delete("gastown-backups", outs)
+
+    message = str(err.value)
+    assert "gastown-backups" in message and "10008" in message and "holds objects" in message
+    assert "never empties" in message
+    [bucket] = cloudflare_emulator.snapshot()["buckets"].values()
+    assert bucket["objects"] == ["gastown/t1/latest.json"]
+    assert [c["method"] for c in cloudflare_emulator.calls() if c["mutating"]] == ["POST", "DELETE"]
 
 
 def test_bucket_read_returns_inputs(cloudflare_config: dict[str, str]) -> None:
@@ -288,6 +341,24 @@ def test_lifecycle_rules_replace_the_default_and_diff_is_stable_over_floats(
     )
     read = provider.read("gastown-backups", olds)
     assert provider.diff("gastown-backups", read.outs, {**news, "rules": longer}).changes is False
+
+
+def test_lifecycle_refresh_of_r2s_empty_conditions_is_no_change(
+    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
+) -> None:
+    configured(R2BucketProvider(), cloudflare_config).create({"name": "gastown-backups"})
+    provider = configured(R2LifecycleProvider(), cloudflare_config)
+    rules = backup_lifecycle_rules()
+    inputs = provider.check({}, {"bucket": "gastown-backups", "rules": rules}).inputs
+    created = provider.create(inputs)
+
+    read = provider.read("gastown-backups", over_the_wire(created.outs))
+
+    # The emulator answers the whole-bucket abort rule with `conditions: {}`, as R2 does.
+    [bucket] = cloudflare_emulator.snapshot()["buckets"].values()
+    assert {r["id"]: r["conditions"] for r in bucket["lifecycle"]["rules"]}[ABORT_MULTIPART_RULE_ID] == {}
+    assert provider.diff("gastown-backups", read.outs, over_the_wire(inputs)).changes is False
+    assert read.inputs["rules"] == created.outs["rules"]
 
 
 def test_lifecycle_check_names_rules_and_bucket() -> None:
@@ -367,6 +438,13 @@ def test_town_credentials_check_and_missing_parent_key(cloudflare_config: dict[s
     provider = R2TownCredentialsProvider()
     bad = provider.check({}, {"town_id": "../other", "bucket": "gastown-backups", "ttl_seconds": -5})
     assert set(failures(bad)) == {"town_id", "ttl_seconds"}
+    # R2 issues temporary credentials for at most a week (ttlSeconds maximum 604800).
+    week = provider.check({}, {"town_id": "t1", "bucket": "gastown-backups", "ttl_seconds": 604801})
+    assert set(failures(week)) == {"ttl_seconds"} and "604800" in failures(week)["ttl_seconds"]
+    assert provider.check({}, {"town_id": "t1", "bucket": "gastown-backups", "ttl_seconds": 604800}).failures == []
+    # The temp-credentials call has no jurisdiction: a town could not be handed credentials for an EU bucket.
+    eu = provider.check({}, {"town_id": "t1", "bucket": "gastown-backups", "jurisdiction": "eu"})
+    assert set(failures(eu)) == {"jurisdiction"}
     margin = provider.check(
         {}, {"town_id": "t1", "bucket": "gastown-backups", "ttl_seconds": 3600, "refresh_margin_seconds": 7200}
     )
@@ -424,6 +502,9 @@ def test_component_wires_bucket_lifecycle_and_secret_town_credentials(recording_
         creds = storage.town_credentials("t1")
         with pytest.raises(ValueError, match="town_id"):
             storage.town_credentials("../escape")
+        eu_storage = R2Bucket("eu-backups", bucket_name="eu-backups", jurisdiction="eu")
+        with pytest.raises(ValueError, match="jurisdiction"):
+            eu_storage.town_credentials("t1")
 
         def check(values: list[Any]) -> None:
             name, endpoint, prefix_town = values
@@ -432,15 +513,19 @@ def test_component_wires_bucket_lifecycle_and_secret_town_credentials(recording_
             assert prefix_town == "t1"
             reqs = recording_monitor.requests
             assert sorted(reqs) == [
+                ("pulumi-python:dynamic/cloudflare:R2Bucket", "eu-backups"),
                 ("pulumi-python:dynamic/cloudflare:R2Bucket", "gastown-backups"),
+                ("pulumi-python:dynamic/cloudflare:R2BucketLifecycle", "eu-backups-lifecycle"),
                 ("pulumi-python:dynamic/cloudflare:R2BucketLifecycle", "gastown-backups-lifecycle"),
                 ("pulumi-python:dynamic/cloudflare:R2TownCredentials", "gastown-backups-town-t1"),
+                ("silo:storage:R2Bucket", "eu-backups"),
                 ("silo:storage:R2Bucket", "gastown-backups"),
             ]
             creds_req = reqs[("pulumi-python:dynamic/cloudflare:R2TownCredentials", "gastown-backups-town-t1")]
             assert set(creds_req.additionalSecretOutputs) == {"access_key_id", "secret_access_key", "session_token"}
             for child in [k for k in reqs if k[0] != "silo:storage:R2Bucket"]:
-                assert reqs[child].parent.endswith("silo:storage:R2Bucket::gastown-backups"), child
+                owner = "eu-backups" if child[1].startswith("eu-") else "gastown-backups"
+                assert reqs[child].parent.endswith(f"silo:storage:R2Bucket::{owner}"), child
 
         return pulumi.Output.all(storage.name, storage.s3_endpoint, creds.town_id).apply(check)
 

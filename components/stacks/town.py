@@ -4,9 +4,9 @@ Order, each step its own resource so state records how far a run got and a re-ru
 registry row (`provisioning`, its id is the town id) → Fly app → private IP → R2 credentials scoped to
 `gastown/{town_id}/` → secrets → volume → machine (scripts and rig config delivered as files); then,
 for all the silo's towns at once, the boot gate and the registry rows (`running`/`stopped`, the Fly ids
-and rigs: `town_sandboxes`). Destroy runs in reverse: a final R2 flush
-through `exec`, the machine, the volume only when data deletion is allowed, then the row is
-soft-deleted.
+and rigs: `town_sandboxes`). Destroy runs in reverse: the town is stopped and flushed to R2 once through
+`exec` (`startup.sh --stop`; the SIGTERM that follows finds it done), the machine, the volume only when
+data deletion is allowed, then the row is soft-deleted.
 """
 
 from __future__ import annotations
@@ -42,11 +42,18 @@ from components.render.town_scripts import TownScriptContext, render_town_script
 
 DATA_PATH = "/home/gt/data"  # where the sandbox image keeps its state (its Dockerfile's VOLUME)
 TOWN_ROOT = f"{DATA_PATH}/gt"
+WORK_DIR = f"{DATA_PATH}/.r2-work"  # snapshot scratch space: on the volume, outside the town
 RIGS_FILE = "/etc/gastown/rigs.json"
+BIN_DIR = "/usr/local/bin"  # where the town's scripts are installed (fly.toml [[files]])
 INTERNAL_PORT = 8080
+STATUS_PORT = 8081  # town-status.js: the machine check, answering from the boot phase
 VOLUME_SIZE_GB = 50
-KILL_TIMEOUT_S = 300  # fly.toml's maximum: the SIGTERM flush uploads a snapshot before `gt down`
-FLUSH_COMMAND = ["bash", "/usr/local/bin/r2-sync.sh", "--immediate"]
+# fly.toml's maximum. At a stop, startup.sh runs `gt down` and the final snapshot inside this budget
+# (SHUTDOWN_TIMEOUT_SECONDS) and says in its log when the snapshot did not fit.
+KILL_TIMEOUT_S = 300
+# The destroy's pre-stop exec: stop the town and publish its one final snapshot (startup.sh --stop),
+# through bash because files delivered through the Machines API carry no mode.
+FLUSH_COMMAND = ["bash", f"{BIN_DIR}/startup.sh", "--stop"]
 
 
 class ControlPlaneRef:
@@ -58,8 +65,20 @@ class ControlPlaneRef:
         self.s3_endpoint: pulumi.Output[str] = self.ref.require_output("backup_s3_endpoint")
 
 
+def town_script_context() -> TownScriptContext:
+    """How the scripts are laid out in the town machine; the pre-stop FLUSH_COMMAND runs one of them."""
+    return TownScriptContext(
+        bin_dir=BIN_DIR,
+        town_root=TOWN_ROOT,
+        work_dir=WORK_DIR,
+        rigs_file=RIGS_FILE,
+        status_port=STATUS_PORT,
+        shutdown_timeout_seconds=KILL_TIMEOUT_S,
+    )
+
+
 def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str, bucket: str, endpoint: str) -> str:
-    scripts = render_town_scripts(TownScriptContext(town_root=TOWN_ROOT))
+    scripts = render_town_scripts(town_script_context())
     rigs = [{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs]
     files = {**scripts, RIGS_FILE: json.dumps({"rigs": rigs}, indent=2) + "\n"}
     env = {
@@ -70,6 +89,8 @@ def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str
         "R2_ENDPOINT": endpoint,
         "R2_BUCKET": bucket,
         "GT_RIGS_FILE": RIGS_FILE,
+        "TOWN_NAME": town.name,
+        "SHUTDOWN_TIMEOUT_SECONDS": str(KILL_TIMEOUT_S),
     }
     return render_file(
         "town/fly.toml.j2",
@@ -79,8 +100,9 @@ def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str
         image=image,
         env=env,
         files=files,
-        bin_dir="/usr/local/bin",
+        bin_dir=BIN_DIR,
         internal_port=INTERNAL_PORT,
+        status_port=STATUS_PORT,
         volume_name=town.volume_name,
         data_path=DATA_PATH,
         vm_size="shared-cpu-4x",

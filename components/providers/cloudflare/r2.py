@@ -17,13 +17,28 @@ reference and imported by the provider host).
 Per-town credentials: R2 account API tokens can be narrowed to a bucket but not to a key prefix
 (§4.2), while temporary access credentials take ``prefixes`` (§4.1). Each town therefore gets
 temporary credentials limited to ``gastown/{town_id}/``, derived from a parent R2 access key
-(the id of an account API token with R2 object read/write). Temp credentials expire (``ttl_seconds``)
-and cannot be revoked early: the provider's ``diff`` reports a change once the stored expiry is
-within ``refresh_margin_seconds`` of now, so any ``pulumi up`` in that window mints fresh ones and
-the town's machine gets them through its secrets. A town left alone for longer than the TTL loses R2
-access until the next ``pulumi up`` (its sync daemon then reports failed syncs): run ``pulumi up``
-at least every ``ttl - margin`` (default 5 days). That gap is the price of prefix isolation; a
-scoped account token would not expire but would open the whole bucket to every town.
+(the id of an account API token with R2 object read/write). Temp credentials expire (``ttl_seconds``,
+at most 604800 s: "maximum 604800" in Cloudflare's API reference, R2 > Temporary Credentials): the
+provider's ``diff`` reports a change once the stored expiry is within ``refresh_margin_seconds`` of
+now, so any ``pulumi up`` in that window mints fresh ones and the town's machine gets them through
+its secrets. A town left alone for longer than the TTL loses R2 access until the next ``pulumi up``
+(its sync daemon then reports failed syncs): run ``pulumi up`` at least every ``ttl - margin``
+(default 5 days). That gap is the price of prefix isolation; a scoped account token would not
+expire but would open the whole bucket to every town.
+
+One set of temp credentials cannot be revoked on its own, but they are all signed with the parent
+token (R2 docs, "Temporary credentials": short-lived credentials derived from an existing R2 API
+token): revoking or rolling the parent token kills every town's credentials at once. Rotate in this
+order, so no town is ever left without working credentials:
+1. create the new parent token (R2 object read/write on the bucket) next to the old one;
+2. point ``cloudflare:r2ParentAccessKeyId`` (and ``cloudflare:apiToken`` if it changes) at it;
+3. ``pulumi up``: ``diff`` sees the new parent and re-mints every town's credentials, which reach
+   the machines as Fly secrets;
+4. check that each town's next sync succeeded (``last_r2_sync_at`` in the registry), then revoke the
+   old token. Revoking first would stop every town's backups until step 3 had run.
+
+The temp-credentials call takes no jurisdiction (Cloudflare's SDKs send no ``cf-r2-jurisdiction``
+header for it), so towns are only given credentials for default-jurisdiction buckets.
 """
 
 from __future__ import annotations
@@ -81,6 +96,11 @@ TOWN_PREFIX_ROOT = "gastown/"
 DEFAULT_TTL_S = 7 * DAY_S
 DEFAULT_REFRESH_MARGIN_S = 2 * DAY_S
 DEFAULT_SNAPSHOT_MAX_AGE_DAYS = 90
+MAX_TEMP_CREDENTIAL_TTL_S = 604800  # R2 API reference, Temporary Credentials: ttlSeconds "maximum 604800"
+# "Already exists": 10004 ("...already exists, and you own it", pulumi-cloudflare#465) and 10073
+# BucketConflict (R2 docs, "Error codes"). Recognised by code: the status that comes with it varies.
+CODES_BUCKET_EXISTS = frozenset({10004, 10073})
+CODE_BUCKET_NOT_EMPTY = 10008  # R2 docs, "Error codes": BucketNotEmpty, 409
 # Rule ids of the backup bucket's lifecycle (stable ids keep the diff quiet).
 ABORT_MULTIPART_RULE_ID = "abort-incomplete-multipart-uploads"
 SNAPSHOT_BACKSTOP_RULE_ID = "gastown-snapshot-age-backstop"
@@ -88,7 +108,7 @@ R2_DEFAULT_LIFECYCLE: list[dict[str, Any]] = [
     {
         "id": "Default Multipart Abort Rule",
         "enabled": True,
-        "conditions": {"prefix": ""},
+        "conditions": {},  # the whole bucket, written the way R2 returns it
         "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 7 * DAY_S}},
     }
 ]
@@ -345,9 +365,10 @@ class CloudflareClient:
         ttl_seconds: int,
         prefixes: Iterable[str] | None = None,
         objects: Iterable[str] | None = None,
-        jurisdiction: str = "default",
     ) -> dict[str, str]:
-        """``{accessKeyId, secretAccessKey, sessionToken}`` scoped to the bucket (and prefixes)."""
+        """``{accessKeyId, secretAccessKey, sessionToken}`` scoped to the bucket (and prefixes).
+
+        Sent without a jurisdiction header, as Cloudflare's SDKs do: the call defines none."""
         body: dict[str, Any] = {
             "bucket": bucket,
             "parentAccessKeyId": parent_access_key_id,
@@ -358,7 +379,7 @@ class CloudflareClient:
             body["prefixes"] = list(prefixes)
         if objects is not None:
             body["objects"] = list(objects)
-        return self._result(self.request("POST", "/r2/temp-access-credentials", json=body, jurisdiction=jurisdiction))
+        return self._result(self.request("POST", "/r2/temp-access-credentials", json=body))
 
     # -- account API tokens -----------------------------------------------------------------------
     def permission_groups(self) -> list[dict[str, Any]]:
@@ -398,10 +419,10 @@ class CloudflareClient:
 def _bucket_name_failure(prop: str, name: Any) -> CheckFailure | None:
     if isinstance(name, Unknown):
         return None
-    if not isinstance(name, str) or not 3 <= len(name) <= 64 or not BUCKET_NAME.match(name):
+    if not isinstance(name, str) or not 3 <= len(name) <= 63 or not BUCKET_NAME.match(name):
         return CheckFailure(
             prop,
-            "R2 bucket names are 3-64 characters of lowercase letters, digits and hyphens, starting "
+            "R2 bucket names are 3-63 characters of lowercase letters, digits and hyphens, starting "
             f"and ending with a letter or digit (got {name!r})",
         )
     return None
@@ -452,6 +473,18 @@ class R2BucketProvider(_CloudflareProvider):
                 )
         elif hint is not None and not isinstance(hint, Unknown):
             failures.append(CheckFailure("location_hint", f"must be a string (got {hint!r})"))
+        if (
+            isinstance(hint, str)
+            and inputs["jurisdiction"] not in ("default",)
+            and not isinstance(inputs["jurisdiction"], Unknown)
+        ):
+            # A jurisdiction fixes where the data lives; a hint only places default-jurisdiction buckets.
+            failures.append(
+                CheckFailure(
+                    "location_hint",
+                    f"a location hint and a jurisdiction ({inputs['jurisdiction']}) are exclusive; drop one",
+                )
+            )
         if not isinstance(inputs["allow_delete"], bool | Unknown):
             failures.append(CheckFailure("allow_delete", f"must be a boolean (got {inputs['allow_delete']!r})"))
         return CheckResult(inputs, failures)
@@ -485,7 +518,9 @@ class R2BucketProvider(_CloudflareProvider):
         with self.client() as cf:
             try:
                 bucket = cf.create_bucket(name, location_hint=props.get("location_hint"), jurisdiction=jurisdiction)
-            except CloudflareConflict as exc:
+            except CloudflareError as exc:
+                if not CODES_BUCKET_EXISTS.intersection(exc.codes):
+                    raise
                 # Our own earlier attempt (lost response, crash before state was written) or a bucket
                 # created by hand: if this account owns it, adopt it rather than fail forever.
                 bucket = cf.get_bucket(name, jurisdiction)
@@ -495,7 +530,17 @@ class R2BucketProvider(_CloudflareProvider):
                         f"{cf.settings.account_id} (jurisdiction {jurisdiction}); pick another name"
                     ) from exc
                 log.info("adopting existing R2 bucket %s", name)
-            return CreateResult(name, self._outs(props, bucket, cf.settings.account_id))
+            outs = self._outs(props, bucket, cf.settings.account_id)
+            hint = props.get("location_hint")
+            if hint and outs["location"] and outs["location"] != hint:
+                # R2 places a name once: a bucket created again keeps its first location.
+                log.warning(
+                    "R2 bucket %s is in %s, not %s: a location hint only applies the first time",
+                    name,
+                    outs["location"],
+                    hint,
+                )
+            return CreateResult(name, outs)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Only allow_delete (a local safety switch) changes in place; keep the computed outputs.
@@ -517,7 +562,22 @@ class R2BucketProvider(_CloudflareProvider):
                 "false. Set allow_delete=True and run `pulumi up` first if you really mean to delete it"
             )
         with self.client() as cf:
-            cf.delete_bucket(id_, props.get("jurisdiction") or "default")
+            try:
+                cf.delete_bucket(id_, props.get("jurisdiction") or "default")
+            except CloudflareError as exc:
+                if CODE_BUCKET_NOT_EMPTY not in exc.codes:
+                    raise
+                # This also stops a replace (rename or jurisdiction change): its delete comes first.
+                raise CloudflareError(
+                    f"R2 bucket {id_!r} still holds objects (town backups), so R2 refuses to delete it "
+                    f"(code {CODE_BUCKET_NOT_EMPTY}, BucketNotEmpty). This provider never empties a backup "
+                    'bucket: copy what you need, empty it yourself (dashboard "Empty bucket", or a '
+                    "lifecycle rule), then run the delete or replace again",
+                    status=exc.status,
+                    codes=exc.codes,
+                    method=exc.method,
+                    path=exc.path,
+                ) from exc
 
 
 class R2BucketResource(DynamicResource, module="cloudflare", name="R2Bucket"):
@@ -589,8 +649,17 @@ def backup_lifecycle_rules(
 
 
 def normalise_rules(rules: Any) -> list[dict[str, Any]]:
-    """Ints for floats, no None keys, ordered by id: what two equal rule sets compare as."""
-    return sorted((canonical(r) for r in rules or []), key=lambda r: str(r.get("id", "")))
+    """Ints for floats, no None keys, ordered by id, and a whole-bucket rule's conditions as
+    ``{"prefix": ""}`` (R2 returns ``{}`` for it): what two equal rule sets compare as."""
+    out = []
+    for rule in rules or []:
+        rule = canonical(rule)
+        if isinstance(rule, dict):
+            conditions = rule.get("conditions")
+            if conditions is None or (isinstance(conditions, dict) and conditions.get("prefix") is None):
+                rule = {**rule, "conditions": {**(conditions or {}), "prefix": ""}}
+        out.append(rule)
+    return sorted(out, key=lambda r: str(r.get("id", "")) if isinstance(r, dict) else "")
 
 
 def _rule_errors(rules: Any) -> list[str]:
@@ -610,8 +679,8 @@ def _rule_errors(rules: Any) -> list[str]:
             errors.append(f"{where}.id {rule_id!r} is used twice")
         else:
             seen.add(rule_id)
-        if not isinstance((rule.get("conditions") or {}).get("prefix"), str):
-            errors.append(f"{where}.conditions.prefix must be a string ('' for the whole bucket)")
+        if not isinstance((rule.get("conditions") or {}).get("prefix", ""), str):
+            errors.append(f"{where}.conditions.prefix must be a string ('' or absent for the whole bucket)")
         transitions = [
             t for t in ("deleteObjectsTransition", "abortMultipartUploadsTransition") if rule.get(t) is not None
         ]
@@ -743,12 +812,28 @@ class R2TownCredentialsProvider(_CloudflareProvider):
                 failures.append(CheckFailure("town_id", str(exc)))
         if inputs["permission"] not in TEMP_PERMISSIONS:
             failures.append(CheckFailure("permission", f"must be one of {', '.join(TEMP_PERMISSIONS)}"))
+        if inputs["jurisdiction"] != "default" and not isinstance(inputs["jurisdiction"], Unknown):
+            failures.append(
+                CheckFailure(
+                    "jurisdiction",
+                    "temporary R2 credentials can only be minted for default-jurisdiction buckets: the "
+                    "temp-credentials call takes no jurisdiction, so towns need a backup bucket without one",
+                )
+            )
         for key in ("ttl_seconds", "refresh_margin_seconds"):
             value = canonical(inputs[key])
             if isinstance(value, Unknown):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 failures.append(CheckFailure(key, f"must be a positive whole number of seconds (got {inputs[key]!r})"))
+            elif key == "ttl_seconds" and value > MAX_TEMP_CREDENTIAL_TTL_S:
+                failures.append(
+                    CheckFailure(
+                        key,
+                        f"R2 issues temporary credentials for at most {MAX_TEMP_CREDENTIAL_TTL_S} s "
+                        f"(a week; got {value})",
+                    )
+                )
             else:
                 inputs[key] = value
         ttl, margin = inputs["ttl_seconds"], inputs["refresh_margin_seconds"]
@@ -807,7 +892,6 @@ class R2TownCredentialsProvider(_CloudflareProvider):
                 permission=props.get("permission") or "object-read-write",
                 ttl_seconds=ttl,
                 prefixes=[prefix],
-                jurisdiction=jurisdiction,
             )
         return {
             **{k: v for k, v in props.items() if k != PROVIDER_KEY},
@@ -927,6 +1011,11 @@ class R2Bucket(pulumi.ComponentResource):
     def town_credentials(self, town_id: str, opts: pulumi.ResourceOptions | None = None) -> R2TownCredentials:
         """Credentials for ``gastown/{town_id}/`` only (secrets in state)."""
         town_prefix(town_id)  # fail at program time with the town named, not in the provider
+        if self._jurisdiction != "default":
+            raise ValueError(
+                f"town {town_id}: the backup bucket is in jurisdiction {self._jurisdiction!r}, but temporary "
+                "R2 credentials can only be minted for default-jurisdiction buckets"
+            )
         return R2TownCredentials(
             f"{self._resource_name}-town-{town_id}",
             town_id=town_id,
