@@ -107,7 +107,7 @@ def test_rendered_settings_and_defaults() -> None:
 
 
 def test_town_machine_keeps_snapshot_work_on_its_volume_and_checks_its_boot_phase() -> None:
-    from components.fly import flytoml
+    from components.providers.fly import flytoml
 
     from components.config.model import SiloConfig, TownConfig
     from components.stacks.town import town_fly_toml
