@@ -18,8 +18,8 @@ from typing import Any
 import pulumi
 
 from components.config.model import GIT_CREDENTIALS_KEY, GIT_CREDENTIALS_SECRET, SiloConfig, TownConfig
+from components.domain.catalog import ResolvedImage
 from components.providers.cloudflare.r2 import R2TownCredentials
-from components.providers.controldb.catalog import ResolvedImage
 from components.providers.controldb.registry import TownRecords, TownRegistration
 from components.providers.fly.resources import (
     FlyApp,
