@@ -44,7 +44,7 @@ from pulumi_policy import (
 from pulumi_policy import proxy as policy_proxy
 
 from components.domain import costs, naming
-from components.providers.controldb.catalog import Catalog, load_catalog
+from components.domain.catalog import DIGEST, Catalog, load_catalog
 from components.providers.fly import flytoml
 from components.providers.fly.resources import REPLACEMENT_KEY
 
@@ -254,10 +254,10 @@ def service_of(app_name: Any, settings: StackSettings) -> str | None:
     if not isinstance(app_name, str):
         return None
     if settings.client and settings.app:
-        prefix = f"devenv-{settings.client}-{settings.app}-"
+        prefix = naming.format_app_name(settings.client, settings.app, "")
         rest = app_name.removeprefix(prefix)
         return rest if app_name.startswith(prefix) and rest in naming.SERVICES else None
-    match = re.fullmatch(rf"devenv-[a-z0-9-]+-({'|'.join(naming.SERVICES)})", app_name)
+    match = re.fullmatch(rf"{naming.APP_PREFIX}-[a-z0-9-]+-({'|'.join(naming.SERVICES)})", app_name)
     return match.group(1) if match else None
 
 
@@ -435,7 +435,7 @@ def image_problem(ref: str) -> str | None:
     """Why an image reference is not pinned, or names a disabled catalog entry; None when it is fine."""
     if "@" in ref:
         repository, digest = ref.split("@", 1)
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        if not DIGEST.fullmatch(digest):
             return f"image {ref} has a malformed digest"
         entry = next((e for e in catalog().images if e.digest == digest), None)
         if entry is not None and entry.status == "disabled":
@@ -476,7 +476,7 @@ def _images_by_digest(args: ResourceValidationArgs, report: ReportViolation) -> 
             report(
                 with_urn(
                     f"machine {props.get('name')} of app {props.get('app')} runs {ref} by tag; add its digest to "
-                    "catalog/images.yaml (`python -m components.providers.controldb.catalog resolve`)",
+                    "catalog/images.yaml (`python -m components.cli.digests resolve`)",
                     args.urn,
                 )
             )

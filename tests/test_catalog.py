@@ -13,9 +13,11 @@ import yaml
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
+from components.cli import digests
+from components.domain.catalog import Catalog, CatalogError, ImageEntry, load_catalog
 from components.providers.controldb import catalog as cat
 from components.providers.controldb import schema
-from components.providers.controldb.catalog import Catalog, CatalogConflict, CatalogError, ImageEntry, load_catalog
+from components.providers.controldb.catalog import CatalogConflict
 
 ROOT = Path(__file__).resolve().parent.parent
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
@@ -301,25 +303,25 @@ def registry() -> Iterator[FakeRegistry]:
 
 
 def test_resolve_digest_follows_the_token_challenge(registry: FakeRegistry) -> None:
-    assert cat.resolve_digest("supabase/postgres", "15.8.1.085", registry=registry.url) == D2
+    assert digests.resolve_digest("supabase/postgres", "15.8.1.085", registry=registry.url) == D2
     assert registry.token_requests == [{"service": "fake.registry", "scope": "repository:supabase/postgres:pull"}]
 
 
 def test_resolve_digest_official_images_live_under_library(registry: FakeRegistry) -> None:
-    assert cat.resolve_digest("kong", "2.8.1", registry=registry.url) == D1
+    assert digests.resolve_digest("kong", "2.8.1", registry=registry.url) == D1
 
 
 def test_resolve_digest_errors(registry: FakeRegistry) -> None:
     with pytest.raises(CatalogError, match=re.escape("kong:9.9.9: no such tag")):
-        cat.resolve_digest("kong", "9.9.9", registry=registry.url)
+        digests.resolve_digest("kong", "9.9.9", registry=registry.url)
     with pytest.raises(CatalogError, match="no usable Docker-Content-Digest"):
-        cat.resolve_digest("broken/image", "v1", registry=registry.url)
+        digests.resolve_digest("broken/image", "v1", registry=registry.url)
 
 
 def test_resolve_cli(registry: FakeRegistry, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cat.main(["resolve", "kong", "2.8.1", "--registry", registry.url]) == 0
+    assert digests.main(["resolve", "kong", "2.8.1", "--registry", registry.url]) == 0
     assert capsys.readouterr().out.strip() == D1
-    assert cat.main(["resolve", "kong", "0.0.1", "--registry", registry.url]) == 1
+    assert digests.main(["resolve", "kong", "0.0.1", "--registry", registry.url]) == 1
     assert "no such tag" in capsys.readouterr().err
 
 

@@ -321,6 +321,7 @@ def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emu
     (flyctl's appconfig.File), so the Machine config sets one (fly-go File.Mode) instead of Fly's default."""
     from components.config.model import SiloConfig
     from components.domain import services as svc
+    from components.domain.catalog import silo_image
     from components.render.files import render_fly_toml
 
     cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
@@ -336,7 +337,7 @@ def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emu
         app,
         name=service,
         fly_toml=render_fly_toml(cfg, service),
-        image=svc.image_ref(cfg, service),
+        image=silo_image(cfg, service).ref,
         volume_id=volume_id,
     )
     created = configured(FlyMachineProvider(), fly_emulator).create(props)

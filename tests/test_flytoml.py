@@ -11,7 +11,9 @@ import shlex
 import pytest
 
 from components.config.model import SiloConfig
+from components.domain import naming
 from components.domain import services as svc
+from components.domain.catalog import load_catalog
 from components.providers.fly import flytoml
 from components.render.files import pg_files, render_fly_toml
 
@@ -484,11 +486,12 @@ def test_unknown_process_group_is_an_error() -> None:
 @pytest.mark.parametrize("studio", [True, False])
 def test_every_rendered_service_converts_to_the_expected_machine(studio: bool) -> None:
     cfg = _cfg(studio=studio)
+    catalog = load_catalog()
     for name in cfg.services:
         spec = svc.SERVICES[name]
         doc = flytoml.parse(render_fly_toml(cfg, name))
         config = flytoml.to_machine_config(doc, volume_id="vol_abc")
-        assert config["image"] == f"{spec.image}:{spec.tag}"
+        assert config["image"] == catalog.resolve(name).ref
         assert config["metadata"] == {"fly_platform_version": "v2", "fly_process_group": "app"}
         assert config["env"]["PRIMARY_REGION"] == "yul" and config["env"]["FLY_PROCESS_GROUP"] == "app"
         [service] = config["services"]
@@ -572,7 +575,7 @@ def _api_echo(desired: dict) -> dict:
     return echo
 
 
-@pytest.mark.parametrize("name", svc.SERVICE_NAMES)
+@pytest.mark.parametrize("name", naming.SERVICES)
 def test_normalize_makes_an_api_echo_equal_to_the_desired_config(name: str) -> None:
     desired = flytoml.to_machine_config(flytoml.parse(render_fly_toml(_cfg(), name)), volume_id="vol_1")
     echo = _api_echo(desired)

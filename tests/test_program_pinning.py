@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components.providers.controldb.catalog import ImageEntry, load_catalog
+from components.domain.catalog import ImageEntry, load_catalog
 from emulators.fly import FlyEmulator
 from engine.runner import RunResult
 from tests.fixtures.program import Baseline, SiloProgram, assert_state_matches_emulator

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from components.config.model import SiloConfig
 from components.domain import services as svc
+from components.domain.catalog import CatalogError, load_catalog
 from components.providers.fly import flytoml
 from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack, toml_value
 
@@ -97,11 +98,17 @@ def test_volumes_and_files() -> None:
 
 
 def test_image_defaults_overrides_and_explicit_reference() -> None:
-    assert tomllib.loads(render_fly_toml(_cfg(), "auth"))["build"]["image"] == "supabase/gotrue:v2.186.0"
-    cfg = _cfg(images={"auth": "v2.185.0"})
-    assert tomllib.loads(render_fly_toml(cfg, "auth"))["build"]["image"] == "supabase/gotrue:v2.185.0"
+    # Without an explicit reference the fly.toml names what `up` deploys: the catalog's resolution.
+    catalog = load_catalog()
+    assert tomllib.loads(render_fly_toml(_cfg(), "auth"))["build"]["image"] == catalog.resolve("auth").ref
+    pg = catalog.resolve("pg")  # the catalog knows its digest: deployed, and so rendered, by digest
+    assert tomllib.loads(render_fly_toml(_cfg(), "pg"))["build"]["image"] == f"supabase/postgres@{pg.digest}"
+    cfg = _cfg(images={"storage": "v1.33.5"})  # a deprecated tag: still deployed, so still rendered
+    assert tomllib.loads(render_fly_toml(cfg, "storage"))["build"]["image"] == catalog.resolve("storage", "v1.33.5").ref
     pinned = "supabase/gotrue@sha256:" + "a" * 64
     assert tomllib.loads(render_fly_toml(cfg, "auth", pinned))["build"]["image"] == pinned
+    with pytest.raises(CatalogError, match=r"silo:images\.auth: tag 'v2\.185\.0' is not in the image catalog"):
+        render_fly_toml(_cfg(images={"auth": "v2.185.0"}), "auth")
 
 
 def test_disabled_studio_has_no_fly_toml() -> None:

@@ -57,9 +57,20 @@ def cmd_render(args: argparse.Namespace) -> int:
         cfg, _ = _load(args.stack_file)
     except ConfigError as error:
         return _print_errors(error)
+    from components.domain.catalog import CatalogError, silo_images
     from components.render.files import render_stack
 
-    for path in render_stack(cfg, args.out):
+    # The catalog's resolution, as `up` does it: the files show the images that get deployed, and a tag
+    # `up` would refuse fails here too (catalog/images.yaml is a local file: no registry is called).
+    try:
+        images = silo_images(cfg, towns=False)
+    except CatalogError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+    for image in images.values():
+        for warning in image.warnings:
+            print(f"warning: silo:images.{image.service}: {warning}", file=sys.stderr)
+    for path in render_stack(cfg, args.out, images):
         print(path)
     return EXIT_OK
 

@@ -87,14 +87,11 @@ FLY_API_TOKEN_KEY = "fly:apiToken"
 
 _SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _ORG_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
-# Docker's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
-_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # git's "<transport>::<address>" syntax (remote helpers: ext::, fd::, and any git-remote-<name>).
 _REMOTE_HELPER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.-]*::")
 _SCP_LIKE_GIT = re.compile(r"^(?P<user>[A-Za-z0-9._-]+)@(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/\s][^\s]*)$")
 _EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-z]{2,}$")
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
-_LONGEST_SERVICE = max(naming.SERVICES, key=len)
 
 
 class ConfigError(Exception):
@@ -274,7 +271,7 @@ def _town_name(value: str) -> str:
 def _image_tag(value: str) -> str:
     if value == "latest":
         raise ValueError('must be a pinned tag, not "latest" (images are pinned so previews are stable)')
-    if not _IMAGE_TAG.fullmatch(value):
+    if not naming.is_image_tag(value):
         raise ValueError(f"must be an image tag such as 15.1.1.78, not an image reference (got {_shown(value)})")
     return value
 
@@ -295,7 +292,8 @@ def _org(value: str) -> str:
 
 Slug = Annotated[str, AfterValidator(_slug)]
 StrictBool = Annotated[bool, BeforeValidator(_bool_from_string)]
-ServiceName = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong"]
+# Literal of a tuple is the Literal of its items: the service list stays written once, in naming.
+ServiceName = Literal[naming.SERVICES]  # type: ignore[valid-type]
 ImageTag = Annotated[str, AfterValidator(_image_tag)]
 
 
@@ -430,7 +428,7 @@ class SiloConfig(_Model):
         client = info.data.get("client")
         if client is None:  # already reported under silo:client
             return app
-        longest = f"devenv-{client}-{app}-{_LONGEST_SERVICE}"
+        longest = naming.longest_app_name(client, app)
         if len(longest) > naming.DNS_LABEL_MAX:
             raise ValueError(
                 f"Fly app name {longest} would be {len(longest)} characters; the limit is "

@@ -7,6 +7,10 @@ Every name that reaches Fly is built here so the rules live in one place:
   at most 63 characters with no leading or trailing dash (fly-machines-api.md §5).
 - Fly volume names are lowercase ``[a-z0-9_]`` of at most 30 characters (gastown-r2-postgres.md §1.7,
   from KiloClaw's volume-name helper).
+- Image tags follow Docker's tag grammar (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``, distribution/reference).
+
+The config model, the image catalog, the Fly providers, the fly.toml checks and the policy pack all
+import these rules from here, so a name one layer accepts is never refused by another.
 
 Sandbox ids (``sandbox_id``) have the format ``gt-<slug>-<digest>``:
 
@@ -31,7 +35,11 @@ import json
 import re
 import unicodedata
 
+# The Supabase services of a silo, one Fly app each: the only place the list is written (the service
+# specs, the config's silo:images keys, the catalog and the policy pack derive theirs from it). Order
+# matters: upstreams come first (the order services are created and started in).
 SERVICES: tuple[str, ...] = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
+APP_PREFIX = "devenv"
 
 DNS_LABEL_MAX = 63
 VOLUME_NAME_MAX = 30
@@ -40,25 +48,41 @@ SANDBOX_DIGEST_HEX = 32
 # "gt-" + slug + "-" + digest must fit in one DNS label.
 SANDBOX_SLUG_MAX = DNS_LABEL_MAX - len(SANDBOX_PREFIX) - 2 - SANDBOX_DIGEST_HEX
 
-_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
+DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
+IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 def is_dns_label(s: str) -> bool:
     """A lowercase RFC 1035-style label: letters, digits and dashes, 1-63 chars, no edge dashes."""
-    return bool(_DNS_LABEL.fullmatch(s))
+    return bool(DNS_LABEL.fullmatch(s))
 
 
 def is_volume_name(s: str) -> bool:
     """Fly's volume-name rule: lowercase letters, digits and underscores, 1-30 characters."""
-    return bool(_VOLUME_NAME.fullmatch(s))
+    return bool(VOLUME_NAME.fullmatch(s))
+
+
+def is_image_tag(s: str) -> bool:
+    """Docker's tag grammar; ``latest`` passes it, so callers that need a pinned tag refuse it too."""
+    return bool(IMAGE_TAG.fullmatch(s))
+
+
+def format_app_name(client: str, app: str, service: str) -> str:
+    """The app-name format alone, unchecked: the config validates a silo's longest name with it."""
+    return f"{APP_PREFIX}-{client}-{app}-{service}"
+
+
+def longest_app_name(client: str, app: str) -> str:
+    """The longest of a silo's app names: if it is a DNS label short enough, they all are."""
+    return format_app_name(client, app, max(SERVICES, key=len))
 
 
 def app_name(client: str, app: str, service: str) -> str:
     """``devenv-{client}-{app}-{service}``, the Fly app of one Supabase service of a silo."""
     if service not in SERVICES:
         raise ValueError(f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
-    name = f"devenv-{client}-{app}-{service}"
+    name = format_app_name(client, app, service)
     if not is_dns_label(name):
         raise ValueError(
             f"Fly app name {name!r} ({len(name)} characters) is not a DNS label of at most "
@@ -73,7 +97,7 @@ def silo_network(client: str, app: str) -> str:
     Fly network names are unique within an org and have letters, digits and dashes, starting with a
     letter (fly.io/docs/networking/custom-private-networks); a silo's app names without the service.
     """
-    return f"devenv-{client}-{app}"
+    return f"{APP_PREFIX}-{client}-{app}"
 
 
 def town_network(sandbox_id: str) -> str:

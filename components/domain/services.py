@@ -1,13 +1,16 @@
 """The Supabase service catalogue: one table of the seven Fly apps of a silo, and their environment.
 
-Each service is one Fly app (``devenv-{client}-{app}-{service}``). This module says what each one
-runs (image and pinned tag from S-2026-02 of ``supabase/supabase:docker/docker-compose.yml``), where it
-listens, how Fly checks it, what it needs before it starts, and which environment it gets:
+Each service is one Fly app (``devenv-{client}-{app}-{service}``; the names and their order are
+``naming.SERVICES``). This module says where each one listens, how Fly checks it, what it needs before
+it starts, and which environment it gets:
 
 - ``public_env(cfg, service)``: non-secret settings, rendered into the fly.toml ``[env]``;
 - ``secret_env(cfg, service, secrets)``: the Fly secrets of that app, exactly the set in
   supabase-self-hosting.md §7.2 (DB URLs carry the password, so they are secrets too), except that
   Kong gets its fully rendered ``kong.yml`` as one base64 secret mounted as a file instead of the keys.
+
+Which image a service runs is not here: ``catalog/images.yaml`` (``components.domain.catalog``) holds the
+repositories and default tags, so what ``silo render`` shows and what ``up`` deploys come from one file.
 
 Networking rules (supabase-self-hosting.md §6.4): services reach each other through Flycast
 (``http://<app>.flycast:<port>``) so Fly Proxy can wake a stopped machine; everything the browser sees
@@ -25,11 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
+from components.domain import naming
+
 if TYPE_CHECKING:
     from components.config.model import SiloConfig
-
-# Order matters: upstreams come first (the order services are created and started in).
-SERVICE_NAMES: tuple[str, ...] = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
 
 POSTGRES_DB = "postgres"
 JWT_EXPIRY_SECONDS = 3600
@@ -88,8 +90,6 @@ class VmSpec:
 class Service:
     name: str
     title: str  # the Service Desk key (seed 004): postgres, postgrest, gotrue, ...
-    image: str  # image repository
-    tag: str  # pinned default tag; silo:images overrides it per service
     port: int
     check: HealthCheck
     vm: VmSpec
@@ -105,50 +105,51 @@ class Service:
     kill_signal: str = "SIGTERM"
     kill_timeout: int = 10  # seconds (fly.toml integer; at most 300)
 
-    def image_ref(self, tag: str | None = None) -> str:
-        return f"{self.image}:{tag or self.tag}"
 
-
-SERVICES: dict[str, Service] = {
-    "pg": Service(
-        name="pg", title="postgres", image="supabase/postgres", tag="15.8.1.085", port=5432,
+_SPECS: tuple[Service, ...] = (
+    Service(
+        name="pg", title="postgres", port=5432,
         check=HealthCheck("tcp"), vm=VmSpec(memory_mb=1024),
         volume=VolumeSpec("pg_data", 10, PG_MOUNT),
         # SIGINT is Postgres's "fast" shutdown (SIGTERM waits for every client to leave).
         kill_signal="SIGINT", kill_timeout=60,
     ),
-    "rest": Service(
-        name="rest", title="postgrest", image="postgrest/postgrest", tag="v14.5", port=3000,
+    Service(
+        name="rest", title="postgrest", port=3000,
         check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",), boot_after=("pg",),
         # /ready is 503 until the pool and schema cache are ready (PostgREST admin server docs).
         extra_checks=(("ready", HealthCheck("http", path="/ready", port=PGRST_ADMIN_PORT)),),
     ),
-    "auth": Service(
-        name="auth", title="gotrue", image="supabase/gotrue", tag="v2.186.0", port=9999,
+    Service(
+        name="auth", title="gotrue", port=9999,
         check=HealthCheck("http", path="/health"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
         boot_after=("pg",),
     ),
-    "storage": Service(
-        name="storage", title="storage", image="supabase/storage-api", tag="v1.44.2", port=5000,
+    Service(
+        name="storage", title="storage", port=5000,
         check=HealthCheck("http", path="/status"), vm=VmSpec(memory_mb=512), upstreams=("pg",),
         boot_after=("pg",), volume=VolumeSpec("storage_data", 5, STORAGE_PATH),
     ),
-    "meta": Service(
-        name="meta", title="postgres-meta", image="supabase/postgres-meta", tag="v0.95.2", port=8080,
+    Service(
+        name="meta", title="postgres-meta", port=8080,
         check=HealthCheck("tcp"), vm=VmSpec(memory_mb=256), upstreams=("pg",),
     ),
-    "studio": Service(
-        name="studio", title="studio", image="supabase/studio", tag="2026.02.16-sha-26c615c", port=3000,
+    Service(
+        name="studio", title="studio", port=3000,
         check=HealthCheck("http", path="/api/platform/profile", grace_period="60s"),
         vm=VmSpec(memory_mb=1024), upstreams=("meta",),
     ),
-    "kong": Service(
-        name="kong", title="kong", image="kong", tag="2.8.1", port=8000,
+    Service(
+        name="kong", title="kong", port=8000,
         check=HealthCheck("http", path="/status", port=KONG_STATUS_PORT), vm=VmSpec(memory_mb=512),
         upstreams=("rest", "auth", "storage", "meta", "studio"), public=True,
         kill_signal="SIGQUIT",  # nginx's graceful shutdown (the Kong image's STOPSIGNAL)
     ),
-}  # fmt: skip
+)  # fmt: skip
+SERVICES: dict[str, Service] = {spec.name: spec for spec in _SPECS}
+# The specs must cover naming.SERVICES, in its order (callers iterate SERVICES as the start order).
+if tuple(SERVICES) != naming.SERVICES:
+    raise RuntimeError(f"service specs {tuple(SERVICES)} do not match naming.SERVICES {naming.SERVICES}")
 
 
 @dataclass(frozen=True)
@@ -181,18 +182,13 @@ def service(name: str) -> Service:
     try:
         return SERVICES[name]
     except KeyError:
-        raise ValueError(f"unknown service {name!r} (expected one of {', '.join(SERVICE_NAMES)})") from None
+        raise ValueError(f"unknown service {name!r} (expected one of {', '.join(naming.SERVICES)})") from None
 
 
 def enabled_upstreams(cfg: SiloConfig, name: str) -> tuple[str, ...]:
     """The upstreams of ``name`` that exist in this silo (Studio is optional)."""
     enabled = set(cfg.services)
     return tuple(u for u in service(name).upstreams if u in enabled)
-
-
-def image_ref(cfg: SiloConfig, name: str) -> str:
-    """``repository:tag`` with the silo's ``silo:images`` override, else the pinned default."""
-    return service(name).image_ref(cfg.images.get(name))
 
 
 def _url(cfg: SiloConfig, name: str) -> str:

@@ -19,6 +19,7 @@ import jinja2
 
 from components.config.model import SiloConfig
 from components.domain import services as svc
+from components.domain.catalog import ResolvedImage, silo_image, silo_images
 from components.paths import TEMPLATES_DIR
 
 # Placeholders written instead of secrets (render_kong_yml(cfg, None)): the copy on disk holds none.
@@ -149,10 +150,12 @@ def pg_files(cfg: SiloConfig) -> dict[str, str]:
 
 
 def render_fly_toml(cfg: SiloConfig, service: str, image: str | None = None) -> str:
-    """The fly.toml of one service's app. ``image`` (a full reference) defaults to the pinned tag."""
+    """The fly.toml of one service's app. ``image`` (a full reference) defaults to what ``up`` deploys:
+    the silo's tag resolved through the image catalog (by digest when the catalog knows it)."""
     if service not in cfg.services:
         raise ValueError(f"service {service!r} is not enabled in this silo (enabled: {', '.join(cfg.services)})")
-    return render_file(f"fly/{service}.toml.j2", **_fly_context(cfg, service, image or svc.image_ref(cfg, service)))
+    ref = image or silo_image(cfg, service).ref
+    return render_file(f"fly/{service}.toml.j2", **_fly_context(cfg, service, ref))
 
 
 def render_kong_yml(cfg: SiloConfig, secrets: svc.SiloSecrets | None) -> str:
@@ -171,14 +174,20 @@ def render_kong_yml(cfg: SiloConfig, secrets: svc.SiloSecrets | None) -> str:
     return render_file("kong/kong.yml.j2", app=cfg.app_name("kong"), studio=cfg.studio, upstream=upstream, **values)
 
 
-def render_stack(cfg: SiloConfig, out_dir: Path) -> list[Path]:
-    """Write ``<out>/<fly app>/fly.toml`` per enabled service and Kong's kong.yml (placeholders only)."""
+def render_stack(cfg: SiloConfig, out_dir: Path, images: Mapping[str, ResolvedImage] | None = None) -> list[Path]:
+    """Write ``<out>/<fly app>/fly.toml`` per enabled service and Kong's kong.yml (placeholders only).
+
+    ``images`` defaults to the catalog's resolution for this silo (``silo_images``), the one ``up``
+    deploys, so the files reviewed name the images that run. Resolved before anything is written: a tag
+    the catalog refuses leaves no partial output.
+    """
+    images = images if images is not None else silo_images(cfg, towns=False)
     written: list[Path] = []
     for name in cfg.services:
         folder = Path(out_dir) / cfg.app_name(name)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "fly.toml"
-        path.write_text(render_fly_toml(cfg, name))
+        path.write_text(render_fly_toml(cfg, name, images[name].ref))
         written.append(path)
     kong_yml = Path(out_dir) / cfg.app_name("kong") / "kong.yml"
     kong_yml.write_text(render_kong_yml(cfg, None))

@@ -13,8 +13,9 @@ import pulumi
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from components.config.model import ControlConfig
+from components.domain.catalog import load_catalog
 from components.providers.cloudflare.r2 import R2Bucket
-from components.providers.controldb.catalog import CatalogSync, load_catalog
+from components.providers.controldb.catalog import CatalogSync
 from components.providers.controldb.dblogin import DatabaseLogin
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 from components.providers.controldb.schema import PostgresSchema

@@ -15,10 +15,10 @@ import pulumi
 
 from components.config.model import APP_CONFIG_KEYS, EXEC_CONFIG_KEYS, VOLUME_CONFIG_KEYS, SiloConfig
 from components.domain import services as svc
+from components.domain.catalog import ResolvedImage as Image
 from components.domain.costs import estimate
 from components.domain.keys import supabase_keys
 from components.domain.rls import rls_sql
-from components.providers.controldb.catalog import ResolvedImage as Image
 from components.providers.fly import flytoml
 from components.providers.fly.resources import (
     FlyApp,

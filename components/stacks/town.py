@@ -25,8 +25,8 @@ from components.config.model import (
     SiloConfig,
     TownConfig,
 )
+from components.domain.catalog import ResolvedImage
 from components.providers.cloudflare.r2 import R2TownCredentials
-from components.providers.controldb.catalog import ResolvedImage
 from components.providers.controldb.registry import TownRecords, TownRegistration
 from components.providers.fly.resources import (
     FlyApp,

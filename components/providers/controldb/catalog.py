@@ -1,28 +1,18 @@
-"""Image version catalog: which image each service may run, pinned by digest where known.
+"""The image catalog in the control database: ``sync_catalog`` and the ``CatalogSync`` resource.
 
-``catalog/images.yaml`` is loaded into a validated ``Catalog``; ``Catalog.resolve`` turns a
-(service, tag) into the reference a Fly machine runs. Rules (fixing seed 003's review findings):
-unknown or ``disabled`` tags are errors (so preview fails), ``deprecated`` tags are honoured with a
-warning (the seed silently ignored such pins), and a tag without a digest deploys by tag with a
-warning. ``sync_catalog`` writes the catalog into ``kiloclaw_available_versions`` in one locked
-transaction, so a digest owned by another tag aborts with ``CatalogConflict`` instead of a raw
-unique violation, even with concurrent syncs.
+``sync_catalog`` writes the catalog (``components.domain.catalog``) into ``kiloclaw_available_versions``
+in one locked transaction, so a digest owned by another tag aborts with ``CatalogConflict`` instead of a
+raw unique violation, even with concurrent syncs.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import httpx
 import psycopg
 import pulumi
-import yaml
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from pulumi.dynamic import (
@@ -34,180 +24,18 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 from pulumi.output import Unknown
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from components.paths import CATALOG_FILE
+from components.domain.catalog import Catalog, CatalogError, ImageEntry, load_catalog
 from components.providers.base import DynamicResource
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
 
-Service = Literal["pg", "rest", "auth", "storage", "meta", "studio", "kong", "town"]
-Status = Literal["active", "deprecated", "disabled"]
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-DEFAULT_CATALOG = CATALOG_FILE
 # Serialises catalog syncs and pins on one database (pg_advisory_xact_lock key).
 SYNC_LOCK_KEY = 0x51_10_CA_7A  # "silo catalog"
-DOCKER_HUB = "https://registry-1.docker.io"
-MANIFEST_TYPES = ", ".join(
-    (
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    )
-)
-
-
-class CatalogError(ValueError):
-    """Bad catalog content or a tag that cannot be deployed/pinned; the message names the entry."""
 
 
 class CatalogConflict(CatalogError):
     """The database already holds something that contradicts the catalog (nothing was written)."""
-
-
-class ImageEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    service: Service
-    repository: str = Field(min_length=1)
-    tag: str = Field(min_length=1)
-    digest: str | None = None
-    status: Status = "active"
-    default: bool = False
-    source: str | None = None
-    notes: str | None = None
-
-    @field_validator("tag")
-    @classmethod
-    def _tag(cls, value: str) -> str:
-        if value == "latest" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", value):
-            raise ValueError(f"must be a pinned image tag (got {value!r})")
-        return value
-
-    @field_validator("digest")
-    @classmethod
-    def _digest(cls, value: str | None) -> str | None:
-        if value is not None and not DIGEST.match(value):
-            raise ValueError(f'must be "sha256:" followed by 64 lowercase hex digits, or null (got {value!r})')
-        return value
-
-    @property
-    def label(self) -> str:
-        return f"{self.service} {self.repository}:{self.tag}"
-
-
-@dataclass(frozen=True)
-class ResolvedImage:
-    service: str
-    repository: str
-    ref: str  # what to run: repository@digest when the digest is known, else repository:tag
-    tag: str
-    digest: str | None
-    status: str
-    warnings: tuple[str, ...] = ()
-
-
-def _resolved(
-    service: str, repository: str, tag: str, digest: str | None, status: str, warnings: Iterable[str] = ()
-) -> ResolvedImage:
-    notes = list(warnings)
-    if status == "deprecated":
-        notes.append(f"{service} image tag {tag} is deprecated: still deployed, but move to a current tag")
-    if digest:
-        ref = f"{repository}@{digest}"
-    else:
-        ref = f"{repository}:{tag}"
-        notes.append(
-            f"{service} image {repository}:{tag} has no digest in the catalog: deploying by tag, "
-            "which the registry can change under us"
-        )
-    return ResolvedImage(service, repository, ref, tag, digest, status, tuple(notes))
-
-
-class Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    images: list[ImageEntry]
-
-    @model_validator(mode="after")
-    def _unique(self) -> Catalog:
-        tags: dict[str, ImageEntry] = {}
-        digests: dict[str, ImageEntry] = {}
-        defaults: dict[str, ImageEntry] = {}
-        for entry in self.images:
-            # image_tag is the deployable identity (unique in kiloclaw_available_versions).
-            if entry.tag in tags:
-                raise ValueError(f"duplicate tag {entry.tag!r}: entries {tags[entry.tag].label} and {entry.label}")
-            tags[entry.tag] = entry
-            if entry.digest:
-                if entry.digest in digests:
-                    raise ValueError(
-                        f"digest {entry.digest} appears twice: entries {digests[entry.digest].label} "
-                        f"and {entry.label} (one image cannot be two tags)"
-                    )
-                digests[entry.digest] = entry
-            if entry.default:
-                if entry.status != "active":
-                    raise ValueError(f"entry {entry.label}: a default tag must be active (it is {entry.status})")
-                if entry.service in defaults:
-                    raise ValueError(
-                        f"service {entry.service} has two default tags: {defaults[entry.service].tag} and {entry.tag}"
-                    )
-                defaults[entry.service] = entry
-        return self
-
-    def entry(self, service: str, tag: str) -> ImageEntry | None:
-        return next((e for e in self.images if e.service == service and e.tag == tag), None)
-
-    def default_tag(self, service: str) -> str:
-        entry = next((e for e in self.images if e.service == service and e.default), None)
-        if entry is None:
-            raise CatalogError(f"silo:images.{service}: the catalog has no default tag for service {service}")
-        return entry.tag
-
-    def resolve(self, service: str, tag: str | None = None) -> ResolvedImage:
-        """The image to run for ``service`` at ``tag`` (the catalog default when None)."""
-        tag = tag or self.default_tag(service)
-        entry = self.entry(service, tag)
-        if entry is None:
-            known = ", ".join(e.tag for e in self.images if e.service == service and e.status != "disabled")
-            raise CatalogError(
-                f"silo:images.{service}: tag {tag!r} is not in the image catalog (deployable tags: {known or 'none'})"
-            )
-        if entry.status == "disabled":
-            raise CatalogError(
-                f"silo:images.{service}: tag {tag!r} is disabled in the image catalog "
-                f"({entry.notes or 'not deployable'}); pick another tag"
-            )
-        return _resolved(service, entry.repository, entry.tag, entry.digest, entry.status)
-
-
-def load_catalog(path: str | Path = DEFAULT_CATALOG) -> Catalog:
-    """Parse and validate a catalog file; errors name the entry (``images[3].digest: ...``)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"{path}: cannot read the image catalog: {exc}") from exc
-    try:
-        return Catalog.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "catalog"
-            entry = _entry_label(raw, err["loc"])
-            problems.append(f"{where}{entry}: {err['msg'].removeprefix('Value error, ')}")
-        raise CatalogError(f"{path}: " + "; ".join(problems)) from None
-
-
-def _entry_label(raw: Any, loc: Sequence[Any]) -> str:
-    if len(loc) >= 2 and loc[0] == "images" and isinstance(loc[1], int) and isinstance(raw, dict):
-        try:
-            item = raw["images"][loc[1]]
-            return f" ({item.get('service')} {item.get('repository')}:{item.get('tag')})"
-        except (IndexError, KeyError, TypeError, AttributeError):
-            return ""
-    return ""
 
 
 # -- database sync ------------------------------------------------------------------------------------
@@ -396,78 +224,3 @@ class CatalogSync(DynamicResource, module="catalog", name="Sync"):
             "dsn": pulumi.Output.secret(dsn) if dsn is not None else None,
         }
         super().__init__(CatalogSyncProvider(), name, props, opts)
-
-
-# -- registry digests -------------------------------------------------------------------------------
-def _challenge(header: str) -> dict[str, str]:
-    scheme, _, params = header.partition(" ")
-    if scheme.lower() != "bearer":
-        return {}
-    return dict(re.findall(r'(\w+)="([^"]*)"', params))
-
-
-def resolve_digest(repository: str, tag: str, *, registry: str = DOCKER_HUB, timeout: float = 20.0) -> str:
-    """The registry's content digest for repository:tag (HEAD on the manifest, ``Docker-Content-Digest``).
-
-    Follows the registry's Bearer challenge (Docker Hub: anonymous token from auth.docker.io) and
-    asks for the multi-arch index first, so the digest is the one ``docker pull`` and Fly resolve.
-    """
-    name = repository if "/" in repository else f"library/{repository}"
-    url = f"{registry.rstrip('/')}/v2/{name}/manifests/{tag}"
-    headers = {"Accept": MANIFEST_TYPES}
-    with httpx.Client(timeout=timeout, follow_redirects=True) as client:
-        response = client.head(url, headers=headers)
-        if response.status_code == 401:
-            params = _challenge(response.headers.get("WWW-Authenticate", ""))
-            if "realm" not in params:
-                raise CatalogError(f"{repository}:{tag}: the registry wants credentials we do not have")
-            query = {k: v for k, v in params.items() if k in ("service", "scope")}
-            query.setdefault("scope", f"repository:{name}:pull")
-            token_response = client.get(params["realm"], params=query)
-            token_response.raise_for_status()
-            body = token_response.json()
-            token = body.get("token") or body.get("access_token")
-            if not token:
-                raise CatalogError(f"{repository}:{tag}: the registry's token endpoint returned no token")
-            response = client.head(url, headers={**headers, "Authorization": f"Bearer {token}"})
-        if response.status_code == 404:
-            raise CatalogError(f"{repository}:{tag}: no such tag in the registry")
-        if response.status_code != 200:
-            raise CatalogError(f"{repository}:{tag}: the registry answered HTTP {response.status_code}")
-        digest = response.headers.get("Docker-Content-Digest", "")
-    if not DIGEST.match(digest):
-        raise CatalogError(
-            f"{repository}:{tag}: the registry returned no usable Docker-Content-Digest (got {digest!r})"
-        )
-    return digest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m components.providers.controldb.catalog {resolve REPO TAG | check [FILE]}``."""
-    parser = argparse.ArgumentParser(prog="python -m components.providers.controldb.catalog")
-    sub = parser.add_subparsers(dest="command", required=True)
-    resolve = sub.add_parser("resolve", help="print the registry digest of REPOSITORY:TAG")
-    resolve.add_argument("repository")
-    resolve.add_argument("tag")
-    resolve.add_argument("--registry", default=DOCKER_HUB)
-    check = sub.add_parser("check", help="validate a catalog and print what each default resolves to")
-    check.add_argument("file", nargs="?", default=str(DEFAULT_CATALOG))
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "resolve":
-            print(resolve_digest(args.repository, args.tag, registry=args.registry))
-        else:
-            catalog = load_catalog(args.file)
-            for service in dict.fromkeys(e.service for e in catalog.images):
-                image = catalog.resolve(service)
-                print(f"{service}: {image.ref}")
-                for warning in image.warnings:
-                    print(f"  warning: {warning}")
-    except (CatalogError, httpx.HTTPError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

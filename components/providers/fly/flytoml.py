@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
+from components.domain import naming
+
 TOP_LEVEL_KEYS = frozenset({
     "app", "primary_region", "kill_signal", "kill_timeout", "swap_size_mb", "console_command",
     "host_dedication_id", "build", "deploy", "env", "processes", "http_service", "services", "checks",
@@ -88,7 +90,6 @@ MAX_KILL_TIMEOUT_S = 300
 # Env names that hold credentials: they belong in Fly secrets, never in fly.toml (the guardrails in
 # policy/rules.py use the same rule).
 SECRET_ENV_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
-_VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 _VM_PRESET = re.compile(r"^(?:(shared)-cpu|(performance))-(\d+)x$")  # shared-cpu-Nx, performance-Nx
 _SIZE = re.compile(r"^\s*(\d+)\s*(gb|g|mb|m)?\s*$", re.IGNORECASE)
 
@@ -356,7 +357,7 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{at}: must be a table")
                 continue
             problems += _unknown(at, mount, MOUNT_KEYS)
-            if not isinstance(mount.get("source"), str) or not _VOLUME_NAME.match(mount["source"]):
+            if not isinstance(mount.get("source"), str) or not naming.is_volume_name(mount["source"]):
                 problems.append(f"{at}.source: required, a volume name of [a-z0-9_] (at most 30 characters)")
             if not isinstance(mount.get("destination"), str) or not mount["destination"].startswith("/"):
                 problems.append(f"{at}.destination: required, an absolute path")

@@ -30,6 +30,7 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
+from components.domain import naming
 from components.providers.base import (
     CONFIG_KEYS,
     DynamicResource,
@@ -47,11 +48,9 @@ from components.providers.fly.settings import FlySettings, resolve_fly_settings
 
 log = logging.getLogger(__name__)
 
-DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 # Fly network names: letters, digits and dashes, starting with a letter (custom-private-networks docs).
 NETWORK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 DEFAULT_NETWORK = "default"  # where an app created without `network` lives (what GET /apps/{app} says)
-VOLUME_NAME = re.compile(r"^[a-z0-9_]{1,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 IP_TYPES = ("v6", "shared_v4", "private_v6", "v4")
 MACHINE_STATES = ("started", "stopped")
@@ -91,7 +90,7 @@ class FlyAppProvider(FlyProviderBase):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         name = news.get("name")
-        if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and naming.is_dns_label(name)):
             failures.append(
                 CheckFailure(
                     "name",
@@ -409,7 +408,7 @@ class FlyVolumeProvider(FlyProviderBase):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         name = news.get("name")
-        if not isinstance(name, Unknown) and not (isinstance(name, str) and VOLUME_NAME.match(name)):
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and naming.is_volume_name(name)):
             failures.append(
                 CheckFailure(
                     "name",
@@ -603,7 +602,7 @@ class FlyMachineProvider(FlyProviderBase):
                 )
             )
         name = news.get("name")
-        if not isinstance(name, Unknown) and not (isinstance(name, str) and DNS_LABEL.match(name)):
+        if not isinstance(name, Unknown) and not (isinstance(name, str) and naming.is_dns_label(name)):
             failures.append(CheckFailure("name", f"machine names are DNS labels (got {name!r})"))
         image = news.get("image")
         if not isinstance(image, Unknown) and (not image or str(image).endswith(":latest")):
