@@ -420,7 +420,12 @@ def test_role_sync_that_never_succeeds_says_why_in_the_machine_log(
     with psycopg.connect(local, autocommit=True) as conn:
         conn.execute("ALTER ROLE supabase_admin NOSUPERUSER")
     password = "NeverShownPassw0rd"
-    result = _run_role_sync(supabase_like_server, tmp_path, password, tries=2)
+    try:
+        result = _run_role_sync(supabase_like_server, tmp_path, password, tries=2)
+    finally:
+        # The server is shared by the module: later tests (the RLS SQL runs as supabase_admin) need it back.
+        with psycopg.connect(local, autocommit=True) as conn:
+            conn.execute("ALTER ROLE supabase_admin SUPERUSER")
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "could not re-apply the role passwords" in line]
     assert len(lines) == 1, result.stderr
