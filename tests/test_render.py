@@ -17,7 +17,8 @@ from components.config.model import SiloConfig
 from components.domain import services as svc
 from components.domain.catalog import CatalogError, load_catalog
 from components.providers.fly import flytoml
-from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack, toml_value
+from components.render.environment import toml_value
+from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack
 
 SECRETS = svc.SiloSecrets(
     jwt_secret="jwt-secret-value-0123456789abcdefghijkl",

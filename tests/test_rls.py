@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from components.domain.rls import POLICY_PREFIX, rls_sql
+from components.domain.rls import POLICY_PREFIX
+from components.render.files import rls_sql
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = pytest.mark.db

@@ -1,26 +1,17 @@
-"""Jinja rendering of ``templates/``: each service's fly.toml, Kong's kong.yml, SQL and scripts.
-
-One Environment for the whole repo: ``StrictUndefined`` (a missing value is an error, never an empty
-string), ``keep_trailing_newline``, no autoescape (the outputs are TOML, YAML, SQL and shell, not
-HTML). Values are escaped for their format by filters: ``toml`` (TOML 1.0 literal values) and
-``yaml`` (a JSON string, which YAML reads as a double-quoted scalar).
-"""
+"""Each service's fly.toml, Kong's kong.yml, the pg app's init files and the RLS SQL, rendered from
+``templates/`` through the one Jinja environment (components/render/environment.py)."""
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import jinja2
 
 from components.config.model import SiloConfig
 from components.domain import services as svc
 from components.domain.catalog import ResolvedImage, silo_image, silo_images
-from components.paths import TEMPLATES_DIR
+from components.domain.rls import LOCK_KEY, POLICY_PREFIX, RLS_MODES
+from components.render.environment import environment
 
 # Placeholders written instead of secrets (render_kong_yml(cfg, None)): the copy on disk holds none.
 KONG_PLACEHOLDERS: dict[str, str] = {
@@ -37,73 +28,6 @@ PG_FILES: dict[str, str] = {
     svc.PG_HBA_PATH: "pg/pg_hba.conf",
     svc.ROLE_SYNC_PATH: "pg/role-sync.sh",
 }
-
-
-# TOML 1.0 basic strings: `"` and `\` escaped, and every control character (U+0000-U+001F, U+007F) as
-# an escape. JSON's string syntax escapes the same set except DEL, with escapes TOML also accepts
-# (\n, \t, \uXXXX, ...), and json.dumps does it in C: a town's fly.toml carries its scripts (tens of KB),
-# so a character-by-character loop here took most of a 100-town preview (bench/run.py).
-_DEL = "\x7f"
-
-
-def _toml_string(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False).replace(_DEL, "\\u007F")
-
-
-def _defined(value: Any) -> None:
-    if isinstance(value, jinja2.Undefined):
-        str(value)  # StrictUndefined raises UndefinedError naming the missing variable
-
-
-def toml_value(value: Any) -> str:
-    """A Python value as a TOML 1.0 value (strings, bools, ints, finite floats and lists of those)."""
-    _defined(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {type(value).__name__} as a TOML value")
-
-
-def yaml_string(value: Any) -> str:
-    """A YAML double-quoted scalar: printable ASCII as is, everything else escaped (\\uXXXX or
-    \\UXXXXXXXX, never a surrogate pair, which YAML parsers do not recombine)."""
-    _defined(value)
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string for YAML, got {type(value).__name__}")
-    out = ['"']
-    for ch in value:
-        code = ord(ch)
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif 0x20 <= code < 0x7F:
-            out.append(ch)
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-@functools.cache
-def environment() -> jinja2.Environment:
-    """The shared Environment (built on first use: no work at import time)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["toml"] = toml_value
-    env.filters["yaml"] = yaml_string
-    return env
 
 
 def render_file(template: str, **ctx: Any) -> str:
@@ -193,3 +117,12 @@ def render_stack(cfg: SiloConfig, out_dir: Path, images: Mapping[str, ResolvedIm
     kong_yml.write_text(render_kong_yml(cfg, None))
     written.append(kong_yml)
     return written
+
+
+def rls_sql(mode: str) -> str:
+    """The idempotent SQL (one DO block) that puts every table in schema ``public`` into ``mode``; an
+    unknown mode is an error naming the key. Run on the pg machine (FlyExec + psql); see the template for
+    what each mode means (supabase-self-hosting.md §5)."""
+    if mode not in RLS_MODES:
+        raise ValueError(f"silo:rlsMode: must be one of {', '.join(RLS_MODES)} (got {mode!r})")
+    return render_file("pg/rls.sql.j2", mode=mode, prefix=POLICY_PREFIX, lock_key=LOCK_KEY)

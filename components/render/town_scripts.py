@@ -13,14 +13,11 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import shlex
 
-import jinja2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from components.paths import TEMPLATES_DIR
+from components.render.environment import environment
 
-TEMPLATE_DIR = TEMPLATES_DIR / "town"
 TOWN_SCRIPT_MODE = 0o755
 
 # template name → script file name under ``bin_dir``
@@ -82,30 +79,15 @@ class TownScriptContext(BaseModel):
         return value
 
 
-@functools.cache
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,  # shell, not HTML; values are quoted with the `sh` filter instead
-        # bash's ${#array[@]} would open a Jinja comment with the default "{#" delimiter.
-        comment_start_string="{##",
-        comment_end_string="##}",
-    )
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
-    return env
-
-
 # Every town of a silo gets the same scripts: rendered once per program run, not once per town (with
 # 100 towns, compiling and rendering them per town was the largest share of a no-op preview's CPU).
 @functools.lru_cache(maxsize=8)
 def render_town_scripts(ctx: TownScriptContext) -> dict[str, str]:
     """Guest path → text for ``r2-sync.sh``, ``r2-restore.sh``, ``startup.sh`` and ``town-status.js``
     (shared between callers: copy before changing)."""
-    env = _environment()
+    env = environment()
     values = ctx.model_dump()
     return {
-        posixpath.join(ctx.bin_dir, name): env.get_template(template).render(**values)
+        posixpath.join(ctx.bin_dir, name): env.get_template(f"town/{template}").render(**values)
         for template, name in _SCRIPTS.items()
     }

@@ -18,7 +18,6 @@ from components.domain import services as svc
 from components.domain.catalog import ResolvedImage as Image
 from components.domain.costs import estimate
 from components.domain.keys import supabase_keys
-from components.domain.rls import rls_sql
 from components.providers.fly import flytoml
 from components.providers.fly.resources import (
     FlyApp,
@@ -30,7 +29,7 @@ from components.providers.fly.resources import (
     FlyVolume,
 )
 from components.providers.generated import GeneratedSecret
-from components.render.files import render_fly_toml
+from components.render.files import render_fly_toml, rls_sql
 
 # The anon/service keys are signed with this fixed `iat` so they are identical on every run (a new
 # `iat` would mean a diff on every preview). Rotating keys is a config change: silo:keyGeneration.
