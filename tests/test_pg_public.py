@@ -9,7 +9,7 @@ import pytest
 from components.config.model import SiloConfig
 from components.domain import services as svc
 from components.providers.fly import flytoml
-from components.render.files import render_fly_toml
+from components.render.files import render_fly_toml, secret_env
 from tests.fixtures.program import SiloProgram
 
 SECRETS = svc.SiloSecrets(
@@ -36,7 +36,7 @@ def test_private_by_default_through_flycast() -> None:
     cfg = silo()
     [(autostop, port)] = pg_ports(cfg)
     assert port["port"] == 5432 and not port.get("handlers") and autostop in (True, "stop")
-    assert "devenv-acme-erp-pg.flycast" in svc.secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"]
+    assert "devenv-acme-erp-pg.flycast" in secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"]
 
 
 def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
@@ -46,7 +46,7 @@ def test_public_postgres_is_tls_only_and_services_use_6pn() -> None:
     assert port["port"] == 5432 and port.get("handlers") == ["pg_tls"]
     assert autostop in (False, "off")  # .internal only resolves started machines
     for name, key in (("rest", "PGRST_DB_URI"), ("auth", "GOTRUE_DB_DATABASE_URL"), ("storage", "DATABASE_URL")):
-        assert "@devenv-acme-erp-pg.internal:5432/" in svc.secret_env(cfg, name, SECRETS)[key]
+        assert "@devenv-acme-erp-pg.internal:5432/" in secret_env(cfg, name, SECRETS)[key]
     assert svc.public_env(cfg, "meta")["PG_META_DB_HOST"] == "devenv-acme-erp-pg.internal"
 
 

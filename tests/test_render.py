@@ -18,7 +18,7 @@ from components.domain import services as svc
 from components.domain.catalog import CatalogError, load_catalog
 from components.providers.fly import flytoml
 from components.render.environment import toml_value
-from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack
+from components.render.files import render_file, render_fly_toml, render_kong_yml, render_stack, secret_env
 
 SECRETS = svc.SiloSecrets(
     jwt_secret="jwt-secret-value-0123456789abcdefghijkl",
@@ -43,7 +43,7 @@ def test_every_fly_toml_is_strictly_valid_and_secret_free(studio: bool, minutes:
     cfg = _cfg(studio=studio, auto_stop_minutes=minutes)
     secret_values = [*SECRETS.values()]
     for name in cfg.services:
-        secret_values += svc.secret_env(cfg, name, SECRETS).values()
+        secret_values += secret_env(cfg, name, SECRETS).values()
     for name in cfg.services:
         text = render_fly_toml(cfg, name)
         doc = tomllib.loads(text)

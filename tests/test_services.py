@@ -24,7 +24,7 @@ from psycopg import sql
 from components.config.model import SiloConfig
 from components.domain import naming
 from components.domain import services as svc
-from components.render.files import pg_files, render_fly_toml
+from components.render.files import pg_files, render_fly_toml, secret_env
 from components.stacks.devenv import psql_command
 from tests.fixtures.postgres import PostgresServer, _free_port, _os_user, find_bindir
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo
@@ -116,7 +116,7 @@ def test_unknown_service() -> None:
 @pytest.mark.parametrize("name", naming.SERVICES)
 def test_each_app_gets_exactly_its_secrets(name: str) -> None:
     cfg = _cfg()
-    secret = svc.secret_env(cfg, name, SECRETS)
+    secret = secret_env(cfg, name, SECRETS)
     public = svc.public_env(cfg, name)
     assert set(secret) == EXPECTED_SECRET_NAMES[name]
     assert not set(secret) & set(public)
@@ -138,7 +138,7 @@ def test_auth_without_smtp_confirms_sign_ups_itself_and_gets_no_smtp_settings() 
     env = svc.public_env(_cfg(), "auth")
     assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "true"
     assert not [k for k in env if k.startswith("GOTRUE_SMTP_")]
-    assert "GOTRUE_SMTP_PASS" not in svc.secret_env(_cfg(), "auth", SECRETS)
+    assert "GOTRUE_SMTP_PASS" not in secret_env(_cfg(), "auth", SECRETS)
 
 
 def test_auth_with_smtp_sends_mail_and_its_password_is_a_fly_secret_only() -> None:
@@ -152,7 +152,7 @@ def test_auth_with_smtp_sends_mail_and_its_password_is_a_fly_secret_only() -> No
     )
     assert (env["GOTRUE_SMTP_ADMIN_EMAIL"], env["GOTRUE_SMTP_SENDER_NAME"]) == ("dev@acme.dev", "Acme dev")
     assert env["GOTRUE_MAILER_AUTOCONFIRM"] == "false"  # sign-ups confirm their address by mail
-    assert svc.secret_env(cfg, "auth", secrets)["GOTRUE_SMTP_PASS"] == "SmtpPassw0rdValue"
+    assert secret_env(cfg, "auth", secrets)["GOTRUE_SMTP_PASS"] == "SmtpPassw0rdValue"
     assert "SmtpPassw0rdValue" not in render_fly_toml(cfg, "auth")
     assert "SmtpPassw0rdValue" in secrets.values() and "SmtpPassw0rdValue" not in repr(secrets)
 
@@ -167,9 +167,9 @@ def test_studio_has_a_writable_snippets_folder_off_the_volume() -> None:
 def test_database_urls_are_secrets_on_flycast_with_the_right_roles() -> None:
     cfg = _cfg()
     urls = {
-        "authenticator": svc.secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"],
-        "supabase_auth_admin": svc.secret_env(cfg, "auth", SECRETS)["GOTRUE_DB_DATABASE_URL"],
-        "supabase_storage_admin": svc.secret_env(cfg, "storage", SECRETS)["DATABASE_URL"],
+        "authenticator": secret_env(cfg, "rest", SECRETS)["PGRST_DB_URI"],
+        "supabase_auth_admin": secret_env(cfg, "auth", SECRETS)["GOTRUE_DB_DATABASE_URL"],
+        "supabase_storage_admin": secret_env(cfg, "storage", SECRETS)["DATABASE_URL"],
     }
     for user, url in urls.items():
         parts = urlsplit(url)
@@ -212,7 +212,7 @@ def test_every_server_binds_ipv4_and_ipv6() -> None:
 
 
 def test_kong_secret_is_the_full_kong_yml_base64() -> None:
-    encoded = svc.secret_env(_cfg(), "kong", SECRETS)[svc.KONG_YML_SECRET]
+    encoded = secret_env(_cfg(), "kong", SECRETS)[svc.KONG_YML_SECRET]
     doc = yaml.safe_load(base64.b64decode(encoded))
     keys = {c["username"]: c.get("keyauth_credentials") for c in doc["consumers"]}
     assert keys["anon"] == [{"key": SECRETS.anon_key}]
@@ -303,7 +303,7 @@ def _psql(server: PostgresServer, sql_file: Path, env: dict[str, str]) -> subpro
 def test_init_sql_and_pg_hba_on_a_real_postgres(supabase_like_server: PostgresServer, tmp_path: Path) -> None:
     server = supabase_like_server
     password = SECRETS.postgres_password
-    env = {**svc.secret_env(_cfg(), "pg", SECRETS), **svc.public_env(_cfg(), "pg")}
+    env = {**secret_env(_cfg(), "pg", SECRETS), **svc.public_env(_cfg(), "pg")}
     for name in ("roles.sql", "jwt.sql"):
         text = pg_files(_cfg())[f"{svc.PG_INITDB_DIR}/99-jwt.sql" if name == "jwt.sql" else svc.ROLES_SQL_PATH]
         assert password not in text and SECRETS.jwt_secret not in text
@@ -435,7 +435,7 @@ def test_role_sync_that_never_succeeds_says_why_in_the_machine_log(
 
 def test_password_with_url_characters_stays_one_password() -> None:
     odd = svc.SiloSecrets(**{**SECRETS.__dict__, "postgres_password": "p@ss:w/rd#1"})
-    url = svc.secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
+    url = secret_env(_cfg(), "rest", odd)["PGRST_DB_URI"]
     params = psycopg.conninfo.conninfo_to_dict(url)
     assert params["password"] == "p@ss:w/rd#1" and params["host"] == "devenv-acme-erp-pg.flycast"
 
@@ -485,7 +485,7 @@ def _machine_run(
     stands in for the machine's PGPORT, and its psql for the image's."""
     env = {
         **svc.public_env(cfg, "pg"),
-        **svc.secret_env(cfg, "pg", secrets),
+        **secret_env(cfg, "pg", secrets),
         "PGPORT": str(server.port),
         "PATH": f"{server.bindir}:{os.environ['PATH']}",
     }
@@ -503,7 +503,7 @@ def test_the_rls_command_flyexec_runs_works_on_the_pg_machine(
     command = rls.inputs["command"]  # exactly what FlyExec sends to the machine's exec endpoint
     assert SECRETS.postgres_password not in repr(command)
 
-    _boot_roles(server, svc.secret_env(cfg, "pg", SECRETS), tmp_path)
+    _boot_roles(server, secret_env(cfg, "pg", SECRETS), tmp_path)
     _restart_with_our_hba(server, cfg)  # TCP logins need the password, as on Fly
     local = f"host={server.root} port={server.port} dbname=postgres user=postgres"
     with psycopg.connect(local, autocommit=True) as conn:
@@ -551,7 +551,7 @@ def test_public_postgres_admits_only_its_own_login_from_outside(
     server = supabase_like_server
     cfg = _cfg(pg_public=True)
     secrets = svc.SiloSecrets(**{**SECRETS.__dict__, "public_db_password": "PublicPassw0rdValue"})
-    env = svc.secret_env(cfg, "pg", secrets)
+    env = secret_env(cfg, "pg", secrets)
     assert env[svc.PUBLIC_DB_PASSWORD_SECRET] == "PublicPassw0rdValue"
     _boot_roles(server, env, tmp_path)
     _restart_with_our_hba(server, cfg, also_listen=address)
@@ -571,7 +571,7 @@ def test_public_postgres_admits_only_its_own_login_from_outside(
     assert login("127.0.0.1", "supabase_admin", SECRETS.postgres_password) == "supabase_admin"
 
     # A private silo has no public path: its boundary is the silo's own Fly network.
-    _boot_roles(server, svc.secret_env(_cfg(), "pg", SECRETS), tmp_path)
+    _boot_roles(server, secret_env(_cfg(), "pg", SECRETS), tmp_path)
     _restart_with_our_hba(server, _cfg(), also_listen=address)
     assert login(address, "postgres", SECRETS.postgres_password) == "postgres"
     with pytest.raises(psycopg.OperationalError):

@@ -5,7 +5,7 @@ Each service is one Fly app (``devenv-{client}-{app}-{service}``; the names and 
 it starts, and which environment it gets:
 
 - ``public_env(cfg, service)``: non-secret settings, rendered into the fly.toml ``[env]``;
-- ``secret_env(cfg, service, secrets)``: the Fly secrets of that app, exactly the set in
+- ``secret_env(cfg, service, secrets)`` (components/render/files.py): the Fly secrets of that app, exactly the set in
   supabase-self-hosting.md §7.2 (DB URLs carry the password, so they are secrets too), except that
   Kong gets its fully rendered ``kong.yml`` as one base64 secret mounted as a file instead of the keys.
 
@@ -22,7 +22,6 @@ alone would lose one of the two.
 
 from __future__ import annotations
 
-import base64
 import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -195,7 +194,7 @@ def _url(cfg: SiloConfig, name: str) -> str:
     return cfg.flycast_url(name, SERVICES[name].port)
 
 
-def _db_url(cfg: SiloConfig, user: str, password: str) -> str:
+def db_url(cfg: SiloConfig, user: str, password: str) -> str:
     # Passwords are letters and digits (supabase docs); quote anyway so no character can break the URL.
     return f"postgres://{user}:{quote(password, safe='')}@{cfg.pg_host}:{SERVICES['pg'].port}/{POSTGRES_DB}"
 
@@ -383,57 +382,3 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         "KONG_PROXY_ACCESS_LOG": "/dev/stdout",
         "KONG_PROXY_ERROR_LOG": "/dev/stderr",
     }
-
-
-def secret_env(cfg: SiloConfig, name: str, secrets: SiloSecrets) -> dict[str, str]:
-    """The Fly secrets of one app, and nothing more (supabase-self-hosting.md §7.2).
-
-    ``cfg`` is needed for the DB hosts and, for Kong, to render ``kong.yml`` (its routes depend on the
-    silo's names and on whether Studio is enabled).
-    """
-    service(name)
-    s = secrets
-    if name == "pg":
-        env = {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
-        if cfg.pg_public:
-            if not s.public_db_password:
-                raise ValueError("silo:pgPublic needs the public login's own password (SiloSecrets.public_db_password)")
-            env[PUBLIC_DB_PASSWORD_SECRET] = s.public_db_password  # read by roles.sql at boot
-        return env
-    if name == "rest":
-        return {
-            "PGRST_DB_URI": _db_url(cfg, "authenticator", s.postgres_password),
-            "PGRST_JWT_SECRET": s.jwt_secret,
-            "PGRST_APP_SETTINGS_JWT_SECRET": s.jwt_secret,
-        }
-    if name == "auth":
-        auth = {
-            "GOTRUE_DB_DATABASE_URL": _db_url(cfg, "supabase_auth_admin", s.postgres_password),
-            "GOTRUE_JWT_SECRET": s.jwt_secret,
-        }
-        if cfg.smtp is not None and s.smtp_password:
-            auth["GOTRUE_SMTP_PASS"] = s.smtp_password
-        return auth
-    if name == "storage":
-        return {
-            "DATABASE_URL": _db_url(cfg, "supabase_storage_admin", s.postgres_password),
-            "PGRST_JWT_SECRET": s.jwt_secret,
-            "ANON_KEY": s.anon_key,
-            "SERVICE_KEY": s.service_role_key,
-        }
-    if name == "meta":
-        return {"PG_META_DB_PASSWORD": s.postgres_password, "CRYPTO_KEY": s.pg_meta_crypto_key}
-    if name == "studio":
-        return {
-            "POSTGRES_PASSWORD": s.postgres_password,
-            "AUTH_JWT_SECRET": s.jwt_secret,
-            "SUPABASE_ANON_KEY": s.anon_key,
-            "SUPABASE_SERVICE_KEY": s.service_role_key,
-            "PG_META_CRYPTO_KEY": s.pg_meta_crypto_key,
-        }
-    # kong: the complete kong.yml (keys and dashboard credentials inside), delivered as a file through
-    # [[files]] secret_name, so Kong needs no entrypoint substitution (supabase/supabase#12416, #12661).
-    from components.render.files import render_kong_yml  # render imports this module
-
-    kong_yml = render_kong_yml(cfg, secrets)
-    return {KONG_YML_SECRET: base64.b64encode(kong_yml.encode()).decode("ascii")}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,57 @@ def rls_sql(mode: str) -> str:
     if mode not in RLS_MODES:
         raise ValueError(f"silo:rlsMode: must be one of {', '.join(RLS_MODES)} (got {mode!r})")
     return render_file("pg/rls.sql.j2", mode=mode, prefix=POLICY_PREFIX, lock_key=LOCK_KEY)
+
+
+def secret_env(cfg: SiloConfig, name: str, secrets: svc.SiloSecrets) -> dict[str, str]:
+    """The Fly secrets of one app, and nothing more (supabase-self-hosting.md §7.2).
+
+    ``cfg`` is needed for the DB hosts and, for Kong, to render ``kong.yml`` (its routes depend on the
+    silo's names and on whether Studio is enabled).
+    """
+    svc.service(name)
+    s = secrets
+    if name == "pg":
+        env = {"POSTGRES_PASSWORD": s.postgres_password, "JWT_SECRET": s.jwt_secret}
+        if cfg.pg_public:
+            if not s.public_db_password:
+                raise ValueError(
+                    "silo:pgPublic needs the public login's own password (svc.SiloSecrets.public_db_password)"
+                )
+            env[svc.PUBLIC_DB_PASSWORD_SECRET] = s.public_db_password  # read by roles.sql at boot
+        return env
+    if name == "rest":
+        return {
+            "PGRST_DB_URI": svc.db_url(cfg, "authenticator", s.postgres_password),
+            "PGRST_JWT_SECRET": s.jwt_secret,
+            "PGRST_APP_SETTINGS_JWT_SECRET": s.jwt_secret,
+        }
+    if name == "auth":
+        auth = {
+            "GOTRUE_DB_DATABASE_URL": svc.db_url(cfg, "supabase_auth_admin", s.postgres_password),
+            "GOTRUE_JWT_SECRET": s.jwt_secret,
+        }
+        if cfg.smtp is not None and s.smtp_password:
+            auth["GOTRUE_SMTP_PASS"] = s.smtp_password
+        return auth
+    if name == "storage":
+        return {
+            "DATABASE_URL": svc.db_url(cfg, "supabase_storage_admin", s.postgres_password),
+            "PGRST_JWT_SECRET": s.jwt_secret,
+            "ANON_KEY": s.anon_key,
+            "SERVICE_KEY": s.service_role_key,
+        }
+    if name == "meta":
+        return {"PG_META_DB_PASSWORD": s.postgres_password, "CRYPTO_KEY": s.pg_meta_crypto_key}
+    if name == "studio":
+        return {
+            "POSTGRES_PASSWORD": s.postgres_password,
+            "AUTH_JWT_SECRET": s.jwt_secret,
+            "SUPABASE_ANON_KEY": s.anon_key,
+            "SUPABASE_SERVICE_KEY": s.service_role_key,
+            "PG_META_CRYPTO_KEY": s.pg_meta_crypto_key,
+        }
+    # kong: the complete kong.yml (keys and dashboard credentials inside), delivered as a file through
+    # [[files]] secret_name, so Kong needs no entrypoint substitution (supabase/supabase#12416, #12661).
+    kong_yml = render_kong_yml(cfg, secrets)
+    return {svc.KONG_YML_SECRET: base64.b64encode(kong_yml.encode()).decode("ascii")}

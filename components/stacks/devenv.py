@@ -29,7 +29,7 @@ from components.providers.fly.resources import (
     FlyVolume,
 )
 from components.providers.generated import GeneratedSecret
-from components.render.files import render_fly_toml, rls_sql
+from components.render.files import render_fly_toml, rls_sql, secret_env
 
 # The anon/service keys are signed with this fixed `iat` so they are identical on every run (a new
 # `iat` would mean a diff on every preview). Rotating keys is a config change: silo:keyGeneration.
@@ -191,7 +191,7 @@ class DevEnvStack(pulumi.ComponentResource):
         fly_secrets = FlySecrets(
             f"{app_name}-secrets",
             app=app.name,
-            values=secrets.apply(lambda s, n=name: svc.secret_env(cfg, n, s)),
+            values=secrets.apply(lambda s, n=name: secret_env(cfg, n, s)),
             opts=on_app,
         )
         volume = None
