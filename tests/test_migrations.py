@@ -16,6 +16,7 @@ from pulumi.dynamic.config import Config
 from components.providers.controldb import schema
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY
 from components.providers.controldb.schema import MigrationDrift, MigrationError, PostgresSchemaProvider
+from components.stacks.control import PostgresSchema
 
 pytestmark = pytest.mark.db
 
@@ -289,7 +290,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
 def test_component_declares_secret_dsn_and_migration_checksums(folder: Path) -> None:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
-    component = schema.PostgresSchema(
+    component = PostgresSchema(
         "control", folder=str(folder), dsn="host=db password=s3cret", users_table="public.kilocode_users"
     )
     seen: dict[str, list[str]] = {}
