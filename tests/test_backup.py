@@ -107,9 +107,8 @@ def test_rendered_settings_and_defaults() -> None:
 
 
 def test_town_machine_keeps_snapshot_work_on_its_volume_and_checks_its_boot_phase() -> None:
-    from components.providers.fly import flytoml
-
     from components.config.model import SiloConfig, TownConfig
+    from components.providers.fly import flytoml
     from components.stacks.town import town_fly_toml
 
     cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
