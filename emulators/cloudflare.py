@@ -1,6 +1,7 @@
 """Cloudflare R2 control-plane emulator: real HTTP on 127.0.0.1, the API under ``/client/v4``.
 
-Covers what ``components/providers/cloudflare/r2.py`` calls (gastown-r2-postgres.md §4.1-4.2): buckets (create, list,
+Covers what ``components/providers/cloudflare/client.py`` calls, and the real API's bucket listing and
+account API tokens beside it (gastown-r2-postgres.md §4.1-4.2): buckets (create, list,
 get, delete; names 3-63 chars ``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and
 jurisdiction), bucket lifecycle rules (PUT replaces the whole set; new buckets start with R2's
 default abort-multipart rule), temporary access credentials (bucket + prefixes/objects are

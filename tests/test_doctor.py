@@ -15,7 +15,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from components.cli.main import main
 from components.domain.naming import sandbox_id
-from components.providers.cloudflare.r2 import CloudflareClient, resolve_cloudflare_settings
+from components.providers.cloudflare.client import CloudflareClient
+from components.providers.cloudflare.settings import resolve_cloudflare_settings
 from components.providers.controldb import schema
 from components.providers.controldb.dblogin import DatabaseLoginProvider
 from components.providers.fly.client import FlyClient

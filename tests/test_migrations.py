@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -16,6 +18,7 @@ from pulumi.dynamic.config import Config
 from components.providers.controldb import schema
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY
 from components.providers.controldb.schema import MigrationDrift, MigrationError, PostgresSchemaProvider
+from components.stacks.control import PostgresSchema
 
 pytestmark = pytest.mark.db
 
@@ -286,10 +289,23 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
-def test_component_declares_secret_dsn_and_migration_checksums(folder: Path) -> None:
+@pytest.fixture
+def event_loop_for_mocks() -> Iterator[None]:
+    # The mocked runtime needs a current loop, and an asyncio.run() earlier in this worker (another
+    # test module's) leaves none.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_component_declares_secret_dsn_and_migration_checksums(folder: Path, event_loop_for_mocks: None) -> None:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
-    component = schema.PostgresSchema(
+    component = PostgresSchema(
         "control", folder=str(folder), dsn="host=db password=s3cret", users_table="public.kilocode_users"
     )
     seen: dict[str, list[str]] = {}

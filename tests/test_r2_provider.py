@@ -7,7 +7,6 @@ import asyncio
 import base64
 import datetime as dt
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pulumi
 import pytest
 from google.protobuf import struct_pb2
@@ -25,21 +25,21 @@ from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from components.providers.cloudflare.client import CloudflareClient
+from components.providers.cloudflare.errors import CloudflareError, CloudflareNotFound
 from components.providers.cloudflare.r2 import (
     ABORT_MULTIPART_RULE_ID,
     DAY_S,
     R2_DEFAULT_LIFECYCLE,
     SNAPSHOT_BACKSTOP_RULE_ID,
-    CloudflareClient,
-    CloudflareError,
-    R2Bucket,
     R2BucketProvider,
     R2LifecycleProvider,
+    R2TownCredentials,
     R2TownCredentialsProvider,
     backup_lifecycle_rules,
-    resolve_cloudflare_settings,
-    s3_secret_from_token_value,
 )
+from components.providers.cloudflare.settings import resolve_cloudflare_settings
+from components.stacks.control import R2Bucket
 from emulators.cloudflare import CloudflareEmulator
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF_TOKEN
 
@@ -89,52 +89,32 @@ def _client(config: dict[str, str], **kwargs: Any) -> CloudflareClient:
     return CloudflareClient(resolve_cloudflare_settings(config, env={}), **kwargs)
 
 
-def test_client_lists_all_buckets_and_mints_token_s3_keys(
-    cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
-) -> None:
-    with _client(cloudflare_config) as cf:
-        for name in ("c-bucket", "a-bucket", "b-bucket"):
-            cf.create_bucket(name)
-        assert [b["name"] for b in cf.list_buckets()] == ["a-bucket", "b-bucket", "c-bucket"]
-        assert cf.list_buckets("eu") == []
-
-        write = cf.permission_group_id("Workers R2 Storage Bucket Item Write")
-        resource = f"com.cloudflare.edge.r2.bucket.{CF_ACCOUNT_ID}_default_a-bucket"
-        token = cf.create_account_token(
-            "town-sync", [{"effect": "allow", "permission_groups": [{"id": write}], "resources": {resource: "*"}}]
-        )
-        # R2's S3 keys for a token: its id, and the SHA-256 hex of its value.
-        secret = s3_secret_from_token_value(token["value"])
-        assert re.fullmatch(r"[0-9a-f]{64}", secret) and secret != token["value"]
-        assert "value" not in (cf.get_account_token(token["id"]) or {})
-        assert cf.delete_account_token(token["id"]) is True
-        assert cf.delete_account_token(token["id"]) is False
-        assert cf.get_account_token(token["id"]) is None
-        with pytest.raises(CloudflareError, match="no Cloudflare permission group named 'Root'"):
-            cf.permission_group_id("Root")
-
-
 def test_client_retries_what_is_safe_to_retry(
     cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
 ) -> None:
-    tokens_route = "/client/v4/accounts/{account_id}/tokens"
-    groups = "/client/v4/accounts/{account_id}/tokens/permission_groups"
+    bucket_route = BUCKETS_ROUTE + "/{bucket}"
     with _client(cloudflare_config, backoff_initial=0.01) as cf:
-        cloudflare_emulator.fail("GET", groups, status=503)
-        cloudflare_emulator.fail("GET", groups, status=429)
-        write = cf.permission_group_id("Workers R2 Storage Bucket Item Write")  # 503 and 429 retried
-        policy = {"effect": "allow", "permission_groups": [{"id": write}], "resources": {"x": "*"}}
-        # A token create whose response is lost is not repeated: that would mint a second token.
-        cloudflare_emulator.fail("POST", tokens_route, status=502, after_effect=True)
-        with pytest.raises(CloudflareError) as err:
-            cf.create_account_token("once", [policy])
-        assert err.value.status == 502
-        assert len(cloudflare_emulator.snapshot()["tokens"]) == 1
-        cloudflare_emulator.fail("POST", tokens_route, status=429)  # refused outright: safe to repeat
-        cf.create_account_token("twice", [policy])
-    assert len(cloudflare_emulator.snapshot()["tokens"]) == 2
+        cf.create_bucket("gastown-backups")
+        cloudflare_emulator.fail("GET", bucket_route, status=503)
+        cloudflare_emulator.fail("GET", bucket_route, status=429)
+        assert (cf.get_bucket("gastown-backups") or {})["name"] == "gastown-backups"  # 503 and 429 retried
+        assert cf.get_bucket("no-such-bucket") is None  # a 404 is an answer, not retried
     statuses = [c["status"] for c in cloudflare_emulator.calls()]
-    assert statuses == [503, 429, 200, 502, 429, 200]
+    assert statuses == [200, 503, 429, 200, 404]
+
+
+def test_client_errors_carry_codes_and_the_cf_ray() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"success": False, "errors": [{"code": 10006, "message": "bucket not found"}], "result": None}
+        return httpx.Response(404, json=body, headers={"cf-ray": "8f1e2d3c4b5a6978-AMS"})
+
+    config = {"cloudflare:apiToken": "t", "cloudflare:accountId": CF_ACCOUNT_ID}
+    with _client(config, transport=httpx.MockTransport(answer)) as cf, pytest.raises(CloudflareNotFound) as err:
+        cf.request("GET", "/r2/buckets/gone")
+    assert (err.value.status, err.value.codes, err.value.request_id) == (404, (10006,), "8f1e2d3c4b5a6978-AMS")
+    assert (
+        str(err.value) == "bucket not found (code 10006) (GET /r2/buckets/gone, HTTP 404, cf-ray 8f1e2d3c4b5a6978-AMS)"
+    )
 
 
 def test_client_unreachable_api_is_a_clear_error() -> None:
@@ -495,19 +475,18 @@ def recording_monitor() -> Iterator[_RecordingMonitor]:
         loop.close()
 
 
-def test_component_wires_bucket_lifecycle_and_secret_town_credentials(recording_monitor: _RecordingMonitor) -> None:
+def test_component_wires_bucket_and_lifecycle_town_credentials_secret(
+    recording_monitor: _RecordingMonitor,
+) -> None:
     @pulumi.runtime.test
     def program() -> pulumi.Output:
         storage = R2Bucket("gastown-backups", bucket_name="gastown-backups", location_hint="enam")
-        creds = storage.town_credentials("t1")
-        with pytest.raises(ValueError, match="town_id"):
-            storage.town_credentials("../escape")
+        # What a TownSandbox declares for its town (components/stacks/town.py).
+        creds = R2TownCredentials("gastown-backups-town-t1", town_id="t1", bucket=storage.name)
         eu_storage = R2Bucket("eu-backups", bucket_name="eu-backups", jurisdiction="eu")
-        with pytest.raises(ValueError, match="jurisdiction"):
-            eu_storage.town_credentials("t1")
 
         def check(values: list[Any]) -> None:
-            name, endpoint, prefix_town = values
+            name, endpoint, prefix_town = values[:3]
             assert name == "gastown-backups"
             assert endpoint == f"https://{CF_ACCOUNT_ID}.r2.cloudflarestorage.com"
             assert prefix_town == "t1"
@@ -523,11 +502,13 @@ def test_component_wires_bucket_lifecycle_and_secret_town_credentials(recording_
             ]
             creds_req = reqs[("pulumi-python:dynamic/cloudflare:R2TownCredentials", "gastown-backups-town-t1")]
             assert set(creds_req.additionalSecretOutputs) == {"access_key_id", "secret_access_key", "session_token"}
-            for child in [k for k in reqs if k[0] != "silo:storage:R2Bucket"]:
+            for child in [k for k in reqs if k[0] != "silo:storage:R2Bucket" and "-town-" not in k[1]]:
                 owner = "eu-backups" if child[1].startswith("eu-") else "gastown-backups"
                 assert reqs[child].parent.endswith(f"silo:storage:R2Bucket::{owner}"), child
 
-        return pulumi.Output.all(storage.name, storage.s3_endpoint, creds.town_id).apply(check)
+        # Every resource is registered once its URN resolves.
+        urns = [r.urn for r in (storage, storage.lifecycle, eu_storage, eu_storage.lifecycle, creds)]
+        return pulumi.Output.all(storage.name, storage.s3_endpoint, creds.town_id, *urns).apply(check)
 
     program()
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.providers.cloudflare.r2 import resolve_cloudflare_settings
+from components.providers.cloudflare.settings import resolve_cloudflare_settings
 from components.providers.fly.client import FlyClient
 from components.providers.fly.settings import EMULATOR_TOKEN, resolve_fly_settings
 from emulators.fly import FlyEmulator

@@ -31,8 +31,10 @@ import psycopg
 
 from components.config.model import ConfigError, ControlConfig, SiloConfig, from_mapping, read_stack_file
 from components.domain.catalog import CatalogError, load_catalog
-from components.providers.cloudflare.r2 import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
-from components.providers.cloudflare.r2 import CloudflareClient, CloudflareError, resolve_cloudflare_settings
+from components.providers.cloudflare.client import CloudflareClient
+from components.providers.cloudflare.errors import CloudflareError
+from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
+from components.providers.cloudflare.settings import resolve_cloudflare_settings
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import pulumi
-from pulumi.dynamic import DiffResult, ResourceProvider
+from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 
 PROVIDER_KEY = "__provider"
@@ -105,3 +105,34 @@ class DynamicResource(pulumi.dynamic.Resource):
             super().__init__(provider, name, dict(props), opts)
         finally:
             pickle._Pickler._batch_setitems = saved
+
+
+class ApiProvider(ResourceProvider):
+    """A dynamic provider that talks to one HTTP API (Fly Machines, Cloudflare).
+
+    It holds only plain data: the instance is pickled into every resource's state and unpickled by the
+    provider host, so a client or a resolved token must never live on it. ``configure()`` keeps the
+    stack config values named in ``STACK_CONFIG_KEYS`` (pulumi-python.md §1.5); ``settings()`` and
+    ``client()`` are built from them on each call, falling back to the environment, so a token
+    rotated since the resource was created still works for ``refresh`` and ``destroy``.
+    """
+
+    STACK_CONFIG_KEYS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self._config: dict[str, str | None] = {}
+
+    def configure(self, req: ConfigureRequest) -> None:
+        self._config = {key: req.config.get(key) for key in self.STACK_CONFIG_KEYS}
+
+    def stack_config(self) -> dict[str, str | None]:
+        """The values configure() kept; empty before it ran (or in an instance pickled without them)."""
+        return getattr(self, "_config", {}) or {}
+
+    def settings(self) -> Any:
+        """The API's settings (URL, token) for this call."""
+        raise NotImplementedError
+
+    def client(self) -> Any:
+        """A client for this call, built from settings(); the caller closes it (a context manager)."""
+        raise NotImplementedError

@@ -1,5 +1,8 @@
 """ControlPlane: the shared `control` stack — registry schema, image catalog sync, backup bucket.
 
+PostgresSchema and R2Bucket are the components it is made of; the dynamic resources they wrap are the
+providers' (components/providers/controldb/schema.py, components/providers/cloudflare/r2.py).
+
 Silo stacks read `backup_bucket` and `backup_s3_endpoint` from it through a StackReference
 (`silo:controlStack`); the registry database DSN is each stack's secret `silo:registryDsn`.
 """
@@ -14,11 +17,16 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from components.config.model import ControlConfig
 from components.domain.catalog import load_catalog
-from components.providers.cloudflare.r2 import R2Bucket
+from components.providers.cloudflare.r2 import (
+    DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
+    R2BucketLifecycle,
+    R2BucketResource,
+    backup_lifecycle_rules,
+)
 from components.providers.controldb.catalog import CatalogSync
 from components.providers.controldb.dblogin import DatabaseLogin
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
-from components.providers.controldb.schema import PostgresSchema
+from components.providers.controldb.schema import PostgresSchemaResource
 from components.providers.generated import GeneratedSecret
 
 # The Kilo backend's login (and the towns' registry login): reads the catalog, writes towns, rigs and pins.
@@ -28,6 +36,71 @@ BACKEND_GRANTS: dict[str, list[str]] = {
     "kiloclaw_version_pins": ["SELECT", "INSERT", "UPDATE", "DELETE"],
     "kiloclaw_available_versions": ["SELECT"],
 }
+
+
+class PostgresSchema(pulumi.ComponentResource):
+    """Control-plane schema: applies ``migrations/`` to the database at ``dsn`` (secret)."""
+
+    applied: pulumi.Output[list[str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        folder: str = "migrations",
+        dsn: pulumi.Input[str] | None = None,
+        users_table: str | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("silo:control:PostgresSchema", name, None, opts)
+        settings = {"silo.users_table": users_table} if users_table else {}
+        self.schema = PostgresSchemaResource(
+            f"{name}-migrations", folder=folder, dsn=dsn, settings=settings, opts=pulumi.ResourceOptions(parent=self)
+        )
+        self.applied = self.schema.applied
+        self.register_outputs({"applied": self.applied})
+
+
+class R2Bucket(pulumi.ComponentResource):
+    """The backup bucket plus its lifecycle rules (each town's credentials are its own TownSandbox's)."""
+
+    name: pulumi.Output[str]
+    s3_endpoint: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        bucket_name: str,
+        location_hint: str | None = None,
+        jurisdiction: str = "default",
+        allow_delete: bool = False,
+        abort_multipart_days: int = 1,
+        snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("silo:storage:R2Bucket", resource_name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.bucket = R2BucketResource(
+            resource_name,
+            name=bucket_name,
+            location_hint=location_hint,
+            jurisdiction=jurisdiction,
+            allow_delete=allow_delete,
+            opts=child,
+        )
+        self.lifecycle = R2BucketLifecycle(
+            f"{resource_name}-lifecycle",
+            bucket=self.bucket.name,
+            jurisdiction=jurisdiction,
+            rules=backup_lifecycle_rules(
+                abort_multipart_days=abort_multipart_days, snapshot_max_age_days=snapshot_max_age_days
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bucket]),
+        )
+        self.name = self.bucket.name
+        self.s3_endpoint = self.bucket.s3_endpoint
+        self.register_outputs({"name": self.name, "s3_endpoint": self.s3_endpoint})
 
 
 class ControlPlane(pulumi.ComponentResource):

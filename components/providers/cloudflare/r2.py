@@ -6,13 +6,12 @@ replacement that then fails with "bucket already exists (10004)" (pulumi-cloudfl
 gastown-r2-postgres.md §4.4). Here the location hint is honoured on first creation only and never
 diffs.
 
-Credentials (pulumi-python.md §1.5): ``configure()`` keeps the stack config values
-``cloudflare:apiToken``, ``cloudflare:accountId``, ``cloudflare:apiUrl`` and
-``cloudflare:r2ParentAccessKeyId``; each method falls back to the environment
-(``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_ACCOUNT_ID``, ``CLOUDFLARE_API_URL``,
-``CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID``), so a rotated token works for ``pulumi destroy`` too. The
-httpx client is built inside each method and nothing runs at import time (the classes are pickled by
-reference and imported by the provider host).
+Credentials (pulumi-python.md §1.5): ``configure()`` keeps the ``cloudflare:*`` stack config values
+and each method falls back to the environment (settings.py), so a rotated token works for ``pulumi
+destroy`` too. The httpx client is built inside each method and nothing runs at import time (the
+classes are pickled by reference and imported by the provider host; the contract is
+``components.providers.base.ApiProvider``). The ``R2Bucket`` component that wires these resources
+together is a stack's (components/stacks/control.py).
 
 Per-town credentials: R2 account API tokens can be narrowed to a bucket but not to a key prefix
 (§4.2), while temporary access credentials take ``prefixes`` (§4.1). Each town therefore gets
@@ -44,52 +43,50 @@ header for it), so towns are only given credentials for default-jurisdiction buc
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import pulumi
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
-from components.providers.base import DynamicResource, canonical, changed_keys, has_unknown, pick
-from components.providers.http import is_loopback_url, tls_context
+from components.providers.base import (
+    ApiProvider,
+    DynamicResource,
+    canonical,
+    changed_keys,
+    has_unknown,
+    pick,
+    strip_provider,
+)
+from components.providers.cloudflare.client import CloudflareClient
+from components.providers.cloudflare.errors import CloudflareError, CloudflareNotFound
+from components.providers.cloudflare.settings import (
+    CONFIG_KEYS,
+    PARENT_ACCESS_KEY_CONFIG,
+    PARENT_ACCESS_KEY_ENV,
+    CloudflareSettings,
+    resolve_cloudflare_settings,
+    s3_endpoint,
+)
 
 log = logging.getLogger(__name__)
 
-PROVIDER_KEY = "__provider"
-DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
-API_PATH = "/client/v4"
-EMULATOR_TOKEN = "local-emulator"
-CONFIG_KEYS = (
-    "cloudflare:apiToken",
-    "cloudflare:accountId",
-    "cloudflare:apiUrl",
-    "cloudflare:r2ParentAccessKeyId",
-)
-ACCOUNT_ID = re.compile(r"^[0-9a-f]{32}$")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 TOWN_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$")
 JURISDICTIONS = ("default", "eu", "fedramp")
 LOCATION_HINTS = ("apac", "eeur", "enam", "weur", "wnam", "oc")
 TEMP_PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 DAY_S = 86400
 TOWN_PREFIX_ROOT = "gastown/"
 # Defaults for the per-town credentials: a week, refreshed by any `pulumi up` in the last 2 days.
@@ -114,61 +111,7 @@ R2_DEFAULT_LIFECYCLE: list[dict[str, Any]] = [
 ]
 
 
-# -- settings -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CloudflareSettings:
-    api_url: str  # ends with /client/v4
-    account_id: str
-    token: str = field(repr=False)
-    parent_access_key_id: str | None = None
-    source: str = "config"  # "config", "env" or "emulator": named in errors
-
-
-def resolve_cloudflare_settings(
-    config: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
-) -> CloudflareSettings:
-    """Stack config first, then the environment; errors name the config key to set."""
-    config = config or {}
-    env = os.environ if env is None else env
-    token = config.get("cloudflare:apiToken")
-    source = "config"
-    if not token:
-        token, source = env.get("CLOUDFLARE_API_TOKEN"), "env"
-    url = config.get("cloudflare:apiUrl") or env.get("CLOUDFLARE_API_URL") or DEFAULT_API_URL
-    url = url.rstrip("/")
-    if not url.endswith(API_PATH):
-        url += API_PATH
-    if not token:
-        if not is_loopback_url(url):
-            raise ValueError(
-                f"cloudflare:apiToken: no Cloudflare API token for {url}: set it with "
-                "`pulumi config set --secret cloudflare:apiToken ...` or export CLOUDFLARE_API_TOKEN"
-            )
-        token, source = EMULATOR_TOKEN, "emulator"
-    account_id = config.get("cloudflare:accountId") or env.get("CLOUDFLARE_ACCOUNT_ID") or ""
-    if not ACCOUNT_ID.match(account_id):
-        raise ValueError(
-            "cloudflare:accountId: the Cloudflare account id (32 lowercase hex characters) is "
-            f"required; set cloudflare:accountId or CLOUDFLARE_ACCOUNT_ID (got {account_id!r})"
-        )
-    parent = config.get("cloudflare:r2ParentAccessKeyId") or env.get("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID")
-    return CloudflareSettings(
-        api_url=url, account_id=account_id, token=token, parent_access_key_id=parent or None, source=source
-    )
-
-
-def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:
-    """The S3 endpoint of an account's buckets in a jurisdiction (gastown-r2-postgres.md §4.2)."""
-    if jurisdiction == "default":
-        return f"https://{account_id}.r2.cloudflarestorage.com"
-    return f"https://{account_id}.{jurisdiction}.r2.cloudflarestorage.com"
-
-
-def s3_secret_from_token_value(value: str) -> str:
-    """An API token's S3 secret access key: the SHA-256 hex of its value (the key id is its id)."""
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
+# -- town prefixes --------------------------------------------------------------------------------
 def town_prefix(town_id: str) -> str:
     """The one key prefix a town may touch (seed 002's layout ``gastown/{town_id}/...``)."""
     if not isinstance(town_id, str) or not TOWN_ID.match(town_id) or ".." in town_id:
@@ -176,246 +119,7 @@ def town_prefix(town_id: str) -> str:
     return f"{TOWN_PREFIX_ROOT}{town_id}/"
 
 
-# -- HTTP client --------------------------------------------------------------------------------
-class CloudflareError(Exception):
-    """An API error; the message carries Cloudflare's codes and never the token."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        codes: tuple[int, ...] = (),
-        method: str = "",
-        path: str = "",
-    ):
-        self.status = status
-        self.codes = codes
-        self.method = method
-        self.path = path
-        where = f" ({method} {path}" + (f", HTTP {status}" if status else "") + ")" if method else ""
-        super().__init__(message + where)
-
-    @property
-    def transient(self) -> bool:
-        return self.status is None or self.status in TRANSIENT_STATUSES
-
-
-class CloudflareNotFound(CloudflareError):
-    pass
-
-
-class CloudflareAuthError(CloudflareError):
-    pass
-
-
-class CloudflareConflict(CloudflareError):
-    pass
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, CloudflareError) and exc.transient
-
-
-def _rate_limited(exc: BaseException) -> bool:
-    # 429 means the request was refused before it did anything: safe to repeat even a non-idempotent call.
-    return isinstance(exc, CloudflareError) and exc.status == 429
-
-
-class CloudflareClient:
-    """The R2 control plane and account tokens, account-scoped; use as a context manager."""
-
-    def __init__(
-        self,
-        settings: CloudflareSettings,
-        *,
-        timeout: float = 30.0,
-        attempts: int = 6,
-        backoff_initial: float = 0.2,
-        backoff_max: float = 5.0,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        self.settings = settings
-        self._attempts = attempts
-        self._wait = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max, jitter=backoff_initial)
-        self._http = httpx.Client(
-            base_url=f"{settings.api_url}/accounts/{settings.account_id}",
-            headers={"Authorization": f"Bearer {settings.token}", "User-Agent": "silo-infra/pulumi"},
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=transport,
-            verify=tls_context(),
-        )
-
-    def __enter__(self) -> CloudflareClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: Mapping[str, Any] | None = None,
-        jurisdiction: str | None = None,
-        idempotent: bool = True,
-    ) -> httpx.Response:
-        """One API call, retried on 429, 5xx and connection errors (only 429 if not idempotent)."""
-        headers = {"cf-r2-jurisdiction": jurisdiction} if jurisdiction and jurisdiction != "default" else {}
-        retrying = Retrying(
-            retry=retry_if_exception(_transient if idempotent else _rate_limited),
-            stop=stop_after_attempt(self._attempts),
-            wait=self._wait,
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                return self._once(method, path, json=json, params=params, headers=headers)
-        raise AssertionError("unreachable: tenacity reraises")
-
-    def _once(
-        self, method: str, path: str, *, json: Any, params: Mapping[str, Any] | None, headers: dict
-    ) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, json=json, params=params, headers=headers)
-        except httpx.TransportError as exc:
-            raise CloudflareError(
-                f"cannot reach the Cloudflare API at {self.settings.api_url}: {exc}", method=method, path=path
-            ) from exc
-        if response.status_code < 400:
-            return response
-        try:
-            errors = response.json().get("errors") or []
-        except ValueError:
-            errors = []
-        codes = tuple(int(e.get("code", 0)) for e in errors if isinstance(e, dict))
-        detail = "; ".join(f"{e.get('message')} (code {e.get('code')})" for e in errors if isinstance(e, dict))
-        message = detail or response.text[:200] or response.reason_phrase
-        status = response.status_code
-        kind: type[CloudflareError] = CloudflareError
-        if status == 404:
-            kind = CloudflareNotFound
-        elif status in (401, 403):
-            kind = CloudflareAuthError
-            message += f" — check cloudflare:apiToken (token from {self.settings.source})"
-        elif status == 409:
-            kind = CloudflareConflict
-        raise kind(message, status=status, codes=codes, method=method, path=path)
-
-    @staticmethod
-    def _result(response: httpx.Response) -> Any:
-        return response.json().get("result")
-
-    # -- buckets ----------------------------------------------------------------------------------
-    def create_bucket(
-        self, name: str, *, location_hint: str | None = None, jurisdiction: str = "default"
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name}
-        if location_hint:
-            body["locationHint"] = location_hint.lower()
-        return self._result(self.request("POST", "/r2/buckets", json=body, jurisdiction=jurisdiction))
-
-    def get_bucket(self, name: str, jurisdiction: str = "default") -> dict[str, Any] | None:
-        try:
-            return self._result(self.request("GET", f"/r2/buckets/{name}", jurisdiction=jurisdiction))
-        except CloudflareNotFound:
-            return None
-
-    def list_buckets(self, jurisdiction: str = "default") -> list[dict[str, Any]]:
-        buckets: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"per_page": 1000}
-        while True:
-            body = self.request("GET", "/r2/buckets", params=params, jurisdiction=jurisdiction).json()
-            buckets.extend((body.get("result") or {}).get("buckets") or [])
-            cursor = (body.get("result_info") or {}).get("cursor")
-            if not cursor:
-                return buckets
-            params = {**params, "cursor": cursor}
-
-    def delete_bucket(self, name: str, jurisdiction: str = "default") -> bool:
-        """False when the bucket was already gone."""
-        try:
-            self.request("DELETE", f"/r2/buckets/{name}", jurisdiction=jurisdiction)
-        except CloudflareNotFound:
-            return False
-        return True
-
-    def get_lifecycle(self, bucket: str, jurisdiction: str = "default") -> list[dict[str, Any]] | None:
-        try:
-            result = self._result(self.request("GET", f"/r2/buckets/{bucket}/lifecycle", jurisdiction=jurisdiction))
-        except CloudflareNotFound:
-            return None
-        return list((result or {}).get("rules") or [])
-
-    def put_lifecycle(self, bucket: str, rules: list[dict[str, Any]], jurisdiction: str = "default") -> None:
-        """Replaces the bucket's whole rule set (R2's PUT semantics)."""
-        self.request("PUT", f"/r2/buckets/{bucket}/lifecycle", json={"rules": rules}, jurisdiction=jurisdiction)
-
-    def temp_credentials(
-        self,
-        bucket: str,
-        *,
-        parent_access_key_id: str,
-        permission: str,
-        ttl_seconds: int,
-        prefixes: Iterable[str] | None = None,
-        objects: Iterable[str] | None = None,
-    ) -> dict[str, str]:
-        """``{accessKeyId, secretAccessKey, sessionToken}`` scoped to the bucket (and prefixes).
-
-        Sent without a jurisdiction header, as Cloudflare's SDKs do: the call defines none."""
-        body: dict[str, Any] = {
-            "bucket": bucket,
-            "parentAccessKeyId": parent_access_key_id,
-            "permission": permission,
-            "ttlSeconds": int(ttl_seconds),
-        }
-        if prefixes is not None:
-            body["prefixes"] = list(prefixes)
-        if objects is not None:
-            body["objects"] = list(objects)
-        return self._result(self.request("POST", "/r2/temp-access-credentials", json=body))
-
-    # -- account API tokens -----------------------------------------------------------------------
-    def permission_groups(self) -> list[dict[str, Any]]:
-        return list(self._result(self.request("GET", "/tokens/permission_groups")) or [])
-
-    def permission_group_id(self, name: str) -> str:
-        """Look permission group ids up by name rather than hard-coding them (§4.2)."""
-        for group in self.permission_groups():
-            if group.get("name") == name:
-                return str(group["id"])
-        raise CloudflareError(f"no Cloudflare permission group named {name!r}")
-
-    def create_account_token(
-        self, name: str, policies: list[dict[str, Any]], *, expires_on: str | None = None
-    ) -> dict[str, Any]:
-        """Returns ``{id, value, ...}``; the value is shown only here, once."""
-        body: dict[str, Any] = {"name": name, "policies": policies}
-        if expires_on:
-            body["expires_on"] = expires_on
-        # Not retried on 5xx: a lost response would mint a second token.
-        return self._result(self.request("POST", "/tokens", json=body, idempotent=False))
-
-    def get_account_token(self, token_id: str) -> dict[str, Any] | None:
-        try:
-            return self._result(self.request("GET", f"/tokens/{token_id}"))
-        except CloudflareNotFound:
-            return None
-
-    def delete_account_token(self, token_id: str) -> bool:
-        try:
-            self.request("DELETE", f"/tokens/{token_id}")
-        except CloudflareNotFound:
-            return False
-        return True
-
-
+# -- checks shared by the providers --------------------------------------------------------------
 def _bucket_name_failure(prop: str, name: Any) -> CheckFailure | None:
     if isinstance(name, Unknown):
         return None
@@ -434,17 +138,13 @@ def _jurisdiction_failure(value: Any) -> CheckFailure | None:
     return CheckFailure("jurisdiction", f"must be one of {', '.join(JURISDICTIONS)} (got {value!r})")
 
 
-class _CloudflareProvider(ResourceProvider):
-    """Holds only plain data (it is pickled); credentials are resolved per call."""
+class _CloudflareProvider(ApiProvider):
+    """The Cloudflare providers: the ``cloudflare:*`` keys of ``CONFIG_KEYS`` from the stack, else the environment."""
 
-    def __init__(self) -> None:
-        self._config: dict[str, str | None] = {}
-
-    def configure(self, req: ConfigureRequest) -> None:
-        self._config = {key: req.config.get(key) for key in CONFIG_KEYS}
+    STACK_CONFIG_KEYS = CONFIG_KEYS
 
     def settings(self) -> CloudflareSettings:
-        return resolve_cloudflare_settings(getattr(self, "_config", {}))
+        return resolve_cloudflare_settings(self.stack_config())
 
     def client(self) -> CloudflareClient:
         return CloudflareClient(self.settings())
@@ -504,7 +204,7 @@ class R2BucketProvider(_CloudflareProvider):
     def _outs(self, props: Mapping[str, Any], bucket: Mapping[str, Any], account_id: str) -> dict[str, Any]:
         jurisdiction = props.get("jurisdiction") or "default"
         return {
-            **{k: v for k, v in props.items() if k != PROVIDER_KEY},
+            **strip_provider(props),
             "jurisdiction": jurisdiction,
             "account_id": account_id,
             "location": str(bucket.get("location") or "").lower(),
@@ -544,7 +244,7 @@ class R2BucketProvider(_CloudflareProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Only allow_delete (a local safety switch) changes in place; keep the computed outputs.
-        return UpdateResult({**{k: v for k, v in olds.items() if k != PROVIDER_KEY}, **news})
+        return UpdateResult({**strip_provider(olds), **news})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         jurisdiction = props.get("jurisdiction") or "default"
@@ -577,6 +277,7 @@ class R2BucketProvider(_CloudflareProvider):
                     codes=exc.codes,
                     method=exc.method,
                     path=exc.path,
+                    request_id=exc.request_id,
                 ) from exc
 
 
@@ -728,7 +429,7 @@ class R2LifecycleProvider(_CloudflareProvider):
         rules = normalise_rules(props.get("rules"))
         with self.client() as cf:
             cf.put_lifecycle(props["bucket"], rules, props.get("jurisdiction") or "default")
-        return {**{k: v for k, v in props.items() if k != PROVIDER_KEY}, "rules": rules}
+        return {**strip_provider(props), "rules": rules}
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         # PUT is idempotent: a retry after a lost response writes the same rules again.
@@ -870,8 +571,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
         return DiffResult(changes=bool(changes), replaces=replaces)
 
     def _config_parent(self) -> str | None:
-        config = getattr(self, "_config", {}) or {}
-        return config.get("cloudflare:r2ParentAccessKeyId") or os.environ.get("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID")
+        return self.stack_config().get(PARENT_ACCESS_KEY_CONFIG) or os.environ.get(PARENT_ACCESS_KEY_ENV)
 
     def _mint(self, props: Mapping[str, Any]) -> dict[str, Any]:
         jurisdiction = props.get("jurisdiction") or "default"
@@ -894,7 +594,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
                 prefixes=[prefix],
             )
         return {
-            **{k: v for k, v in props.items() if k != PROVIDER_KEY},
+            **strip_provider(props),
             "jurisdiction": jurisdiction,
             "prefix": prefix,
             "endpoint": s3_endpoint(settings.account_id, jurisdiction),
@@ -961,65 +661,4 @@ class R2TownCredentials(DynamicResource, module="cloudflare", name="R2TownCreden
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=list(CREDENTIAL_SECRETS))
         super().__init__(
             R2TownCredentialsProvider(), resource_name, props, pulumi.ResourceOptions.merge(secret_opts, opts)
-        )
-
-
-# -- component ----------------------------------------------------------------------------------
-class R2Bucket(pulumi.ComponentResource):
-    """The backup bucket plus its lifecycle rules; hands out per-town credentials."""
-
-    name: pulumi.Output[str]
-    s3_endpoint: pulumi.Output[str]
-
-    def __init__(
-        self,
-        resource_name: str,
-        *,
-        bucket_name: str,
-        location_hint: str | None = None,
-        jurisdiction: str = "default",
-        allow_delete: bool = False,
-        abort_multipart_days: int = 1,
-        snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("silo:storage:R2Bucket", resource_name, None, opts)
-        self._resource_name = resource_name
-        self._jurisdiction = jurisdiction
-        child = pulumi.ResourceOptions(parent=self)
-        self.bucket = R2BucketResource(
-            resource_name,
-            name=bucket_name,
-            location_hint=location_hint,
-            jurisdiction=jurisdiction,
-            allow_delete=allow_delete,
-            opts=child,
-        )
-        self.lifecycle = R2BucketLifecycle(
-            f"{resource_name}-lifecycle",
-            bucket=self.bucket.name,
-            jurisdiction=jurisdiction,
-            rules=backup_lifecycle_rules(
-                abort_multipart_days=abort_multipart_days, snapshot_max_age_days=snapshot_max_age_days
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bucket]),
-        )
-        self.name = self.bucket.name
-        self.s3_endpoint = self.bucket.s3_endpoint
-        self.register_outputs({"name": self.name, "s3_endpoint": self.s3_endpoint})
-
-    def town_credentials(self, town_id: str, opts: pulumi.ResourceOptions | None = None) -> R2TownCredentials:
-        """Credentials for ``gastown/{town_id}/`` only (secrets in state)."""
-        town_prefix(town_id)  # fail at program time with the town named, not in the provider
-        if self._jurisdiction != "default":
-            raise ValueError(
-                f"town {town_id}: the backup bucket is in jurisdiction {self._jurisdiction!r}, but temporary "
-                "R2 credentials can only be minted for default-jurisdiction buckets"
-            )
-        return R2TownCredentials(
-            f"{self._resource_name}-town-{town_id}",
-            town_id=town_id,
-            bucket=self.bucket.name,
-            jurisdiction=self._jurisdiction,
-            opts=pulumi.ResourceOptions.merge(pulumi.ResourceOptions(parent=self, depends_on=[self.lifecycle]), opts),
         )

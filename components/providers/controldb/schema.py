@@ -138,7 +138,7 @@ def load_migrations(folder: str | Path) -> list[Migration]:
 
 
 def migration_checksums(folder: str | Path) -> dict[str, str]:
-    """``{file name: sha256}``: what the PostgresSchema component passes as its ``migrations`` input."""
+    """``{file name: sha256}``: what the PostgresSchema resource stores as its ``migrations`` input."""
     return {m.name: m.checksum for m in load_migrations(folder)}
 
 
@@ -380,26 +380,3 @@ class PostgresSchemaResource(DynamicResource, module="postgres", name="Schema"):
             "settings": dict(settings or {}),
         }
         super().__init__(PostgresSchemaProvider(), name, props, opts)
-
-
-class PostgresSchema(pulumi.ComponentResource):
-    """Control-plane schema: applies ``migrations/`` to the database at ``dsn`` (secret)."""
-
-    applied: pulumi.Output[list[str]]
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        folder: str = "migrations",
-        dsn: pulumi.Input[str] | None = None,
-        users_table: str | None = None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
-        super().__init__("silo:control:PostgresSchema", name, None, opts)
-        settings = {"silo.users_table": users_table} if users_table else {}
-        self.schema = PostgresSchemaResource(
-            f"{name}-migrations", folder=folder, dsn=dsn, settings=settings, opts=pulumi.ResourceOptions(parent=self)
-        )
-        self.applied = self.schema.applied
-        self.register_outputs({"applied": self.applied})

@@ -21,11 +21,9 @@ import pulumi
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
 from pulumi.output import Unknown
@@ -33,6 +31,7 @@ from pulumi.output import Unknown
 from components.domain import naming
 from components.providers.base import (
     CONFIG_KEYS,
+    ApiProvider,
     DynamicResource,
     canonical,
     changed_keys,
@@ -44,6 +43,7 @@ from components.providers.base import (
 from components.providers.fly import flytoml
 from components.providers.fly.client import FlyClient, ip_kind
 from components.providers.fly.errors import FlyError, FlyNameTaken
+from components.providers.fly.settings import CONFIG_KEYS as FLY_CONFIG_KEYS
 from components.providers.fly.settings import FlySettings, resolve_fly_settings
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,13 @@ MAX_CONCURRENT_WAITS = 128
 REPLACEMENT_KEY = "immutable_changes"
 
 
-class FlyProviderBase(ResourceProvider):
-    """Holds only plain data (it is pickled); credentials are resolved in configure()."""
+class FlyProviderBase(ApiProvider):
+    """The Fly Machines API's providers: `fly:apiToken` and `fly:apiUrl` from the stack, else the environment."""
 
-    def __init__(self) -> None:
-        self._config: dict[str, str | None] = {}
-
-    def configure(self, req: ConfigureRequest) -> None:
-        self._config = {key: req.config.get(key) for key in ("fly:apiToken", "fly:apiUrl")}
+    STACK_CONFIG_KEYS = FLY_CONFIG_KEYS
 
     def settings(self) -> FlySettings:
-        return resolve_fly_settings(getattr(self, "_config", {}))
+        return resolve_fly_settings(self.stack_config())
 
     def client(self) -> FlyClient:
         return FlyClient(self.settings())

@@ -18,6 +18,8 @@ DEFAULT_API_URL = "https://api.machines.dev"
 LOCAL_EMULATOR_URL = "http://127.0.0.1:4280"
 # Any bearer token is accepted by the emulator; this one says where it came from in its logs.
 EMULATOR_TOKEN = "local-emulator"
+# The stack config the Fly providers keep in configure() (the rest comes from the environment).
+CONFIG_KEYS = ("fly:apiToken", "fly:apiUrl")
 
 # fly-go sends macaroon tokens with the FlyV1 scheme and everything else as Bearer
 # (fly-machines-api.md §0, FLYGO tokens/tokens.go).
@@ -82,4 +84,4 @@ def fly_config_map(raw: Mapping[str, Any]) -> dict[str, str]:
     An encrypted ``fly:apiToken`` (``{secure: ...}``) cannot be decrypted without the Pulumi engine,
     so it is left out and the token comes from ``FLY_API_TOKEN`` instead.
     """
-    return {key: raw[key] for key in ("fly:apiUrl", "fly:apiToken") if isinstance(raw.get(key), str) and raw[key]}
+    return {key: raw[key] for key in CONFIG_KEYS if isinstance(raw.get(key), str) and raw[key]}
