@@ -63,7 +63,7 @@ class Rule:
     why: str
 
 
-# The README's "Guardrails" table is this list (tests/test_policy.py compares them).
+# The README's "Guardrails" table is this list (tests/program/test_policy.py compares them).
 RULES: tuple[Rule, ...] = (
     Rule(
         "data-volumes-kept",

@@ -14,7 +14,7 @@ import pytest
 
 from bench.run import GOALS, _failed_on_429, latency_model, necessary_chain_s, render_human, town_chain_s
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_SCALE = 0.01  # boots of 80 ms, checks passing 100 ms later
 TOWNS = 3
 REQUIRED = (

@@ -10,7 +10,7 @@ from pathlib import Path
 from components.providers.fly.client import FlyClient
 from components.providers.fly.settings import FlySettings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_status_lists_each_app_with_machine_state_checks_volume_and_ips(fly_emulator, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from components.stacks.control import PostgresSchema
 
 pytestmark = pytest.mark.db
 
-REPO_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+REPO_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 @pytest.fixture

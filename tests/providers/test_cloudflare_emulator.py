@@ -13,7 +13,7 @@ import pytest
 from emulators.cloudflare import CloudflareEmulator
 from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_TOKEN
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUCKETS_ROUTE = "/client/v4/accounts/{account_id}/r2/buckets"
 
 

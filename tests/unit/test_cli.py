@@ -16,7 +16,7 @@ import yaml
 
 from components.cli.main import fly_config_map, format_table, main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / "venv" / "bin" / "python"
 GOOD: dict[str, Any] = {
     "silo:client": "acme",

@@ -4,7 +4,7 @@ warning; the real stacks (Pulumi.dev.yaml, the control stack, a silo with towns)
 mandatory violation; enforcement levels are set per stack with a `--policy-pack-config` file.
 
 Most mandatory rules cannot be broken through valid config, because the config model and the providers
-refuse first. Those are broken by tests/guardrails_program, a Pulumi program that registers the
+refuse first. Those are broken by tests/program/guardrails_program, a Pulumi program that registers the
 offending Fly resources itself (through the real resource classes where their providers accept them, or
 under the same type token with an accepting provider where they do not), run by the real CLI like the
 real program; that is what a program change bypassing the program's own checks would look like.
@@ -29,7 +29,7 @@ from tests.fixtures.program import TOWNS_SILO, SiloProgram, StackProgram, contro
 
 pytestmark = pytest.mark.engine
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_PROJECT = Path(__file__).resolve().parent / "guardrails_program"
 FIXTURE_NAME = "guardrails-fixture"
 STACK = "guardrails"

@@ -64,7 +64,7 @@ def _cfg(**overrides: object) -> SiloConfig:
 
 
 def test_catalogue_covers_the_service_list_in_order() -> None:
-    # The images are the catalog's (tests/test_catalog.py pins the S-2026-02 defaults).
+    # The images are the catalog's (tests/db/test_catalog.py pins the S-2026-02 defaults).
     assert tuple(svc.SERVICES) == naming.SERVICES
     assert {n: s.title for n, s in svc.SERVICES.items()} == {
         "pg": "postgres",

@@ -31,7 +31,7 @@ from tests.fixtures.program import (
     expected_world,
     world,
 )
-from tests.test_program_up import other_tag
+from tests.program.test_program_up import other_tag
 
 pytestmark = pytest.mark.engine
 

@@ -22,7 +22,7 @@ from components.providers.controldb.registry import TownRecordsProvider, TownReg
 from tests.fixtures.postgres import PostgresServer
 
 PASSWORD = "Sup3rSecretPw"
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 # Connection strings psycopg cannot parse; its message quotes the text around the problem.
 MALFORMED = [
     f"host=127.0.0.1 user=silo password=Sup3r {PASSWORD[5:]} dbname=registry",

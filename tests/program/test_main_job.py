@@ -26,7 +26,7 @@ from policy.rules import RULES
 
 pytestmark = pytest.mark.engine
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
 
 

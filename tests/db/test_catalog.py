@@ -19,7 +19,7 @@ from components.providers.controldb import catalog as cat
 from components.providers.controldb import schema
 from components.providers.controldb.catalog import CatalogConflict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 PINNED_TAGS = {
     "pg": ("supabase/postgres", "15.8.1.085"),

@@ -21,7 +21,7 @@ from components.config.model import (
 )
 from components.domain.naming import is_dns_label, is_volume_name
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE: dict[str, Any] = {
     "silo:client": "acme",
     "silo:app": "erp",

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.db.test_rls import SUPABASE_SETUP, visible
 from tests.fixtures.program import SiloProgram
-from tests.test_rls import SUPABASE_SETUP, visible
 
 pytestmark = [pytest.mark.db, pytest.mark.engine]
 

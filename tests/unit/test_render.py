@@ -75,7 +75,7 @@ def test_volumes_and_files() -> None:
     assert pg["mounts"] == [{"source": "pg_data", "destination": "/data", "initial_size": "10gb"}]
     # PGDATA and the pgsodium key dir on the one volume, and the server told to open PGDATA: the image's
     # postgresql.conf pins another data_directory, which only a command-line -c outranks (proven on a real
-    # server in test_services.py).
+    # server in tests/db/test_services.py).
     assert pg["env"]["PGDATA"].startswith(pg["mounts"][0]["destination"] + "/")
     assert f"-c data_directory={pg['env']['PGDATA']}" in pg["processes"]["app"]
     assert (

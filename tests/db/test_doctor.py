@@ -28,7 +28,7 @@ from tests.fixtures.cloudflare import CF_ACCOUNT_ID, CF_PARENT_ACCESS_KEY_ID, CF
 
 pytestmark = pytest.mark.db
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FLY_TOKEN = "fly-doctor-token"
 ORG = "acme-erp"
 BUCKET = "acme-gastown-backups"
