@@ -14,7 +14,7 @@ the registry (started here, like the tests' server). One project, one file backe
 
 Latency model (full scale, `--scale 1`; every duration is multiplied by --scale):
   call_s       0.15 s  one Machines API round trip. Assumption: 100-200 ms from a developer machine or CI
-                       to api.machines.dev; the reference sheets give no latency figure.
+                       to api.machines.dev; Fly's docs give no latency figure.
   boot_s       8 s     create/start -> `started`: a new machine pulls its image and boots. Assumption.
   check_pass_s 10 s    `started` -> every health check passing (checks every 15 s; services need a few
                        seconds to listen).

@@ -1,7 +1,7 @@
 """Cloudflare R2 control-plane emulator: real HTTP on 127.0.0.1, the API under ``/client/v4``.
 
 Covers what ``components/providers/cloudflare/client.py`` calls, and the real API's bucket listing and
-account API tokens beside it (gastown-r2-postgres.md §4.1-4.2): buckets (create, list,
+account API tokens beside it (Cloudflare's API reference, R2 and Account API Tokens): buckets (create, list,
 get, delete; names 3-63 chars ``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and
 jurisdiction), bucket lifecycle rules (PUT replaces the whole set; new buckets start with R2's
 default abort-multipart rule), temporary access credentials (bucket + prefixes/objects are
@@ -61,7 +61,7 @@ DEFAULT_LIFECYCLE_RULE: dict[str, Any] = {
     "conditions": {},
     "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 604800}},
 }
-# Permission groups as seen in public code (gastown-r2-postgres.md §4.2).
+# Permission groups as seen in public code (the real API lists them: GET /accounts/{id}/tokens/permission_groups).
 PERMISSION_GROUPS: list[dict[str, Any]] = [
     {
         "id": "6a018a9f2fc74eb6b293b0c548f38b39",

@@ -1,6 +1,6 @@
 """Supabase anon / service_role API keys: HS256 JWTs signed with the silo's JWT secret.
 
-Same format as Supabase's ``docker/utils/generate-keys.sh`` (supabase-self-hosting.md §3): header
+Same format as Supabase's ``docker/utils/generate-keys.sh`` (supabase/supabase repository): header
 ``{"alg":"HS256","typ":"JWT"}``, claims ``role``, ``iss: "supabase"``, ``iat`` and ``exp`` five years
 later. The secret is used as a raw UTF-8 string (PostgREST's ``jwt-secret-is-base64`` is false).
 
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import jwt
 
-MIN_SECRET_LENGTH = 32  # PostgREST refuses shorter HS256 secrets (supabase-self-hosting.md §3)
+MIN_SECRET_LENGTH = 32  # PostgREST refuses shorter HS256 secrets (PostgREST docs, Configuration > jwt-secret)
 ISSUER = "supabase"
 
 

@@ -4,9 +4,9 @@ Every name that reaches Fly is built here so the rules live in one place:
 
 - Fly app names are global across Fly.io, may hold only lowercase letters, digits and dashes (flyctl's
   ``validateAppName``), and become a DNS label in ``<app>.fly.dev`` / ``<app>.flycast``, so they must be
-  at most 63 characters with no leading or trailing dash (fly-machines-api.md §5).
-- Fly volume names are lowercase ``[a-z0-9_]`` of at most 30 characters (gastown-r2-postgres.md §1.7,
-  from KiloClaw's volume-name helper).
+  at most 63 characters with no leading or trailing dash (RFC 1035 §2.3.1, §2.3.4; Fly documents no maximum).
+- Fly volume names are lowercase ``[a-z0-9_]`` of at most 30 characters (Kilo-Org/cloud, KiloClaw's
+  volume-name helper).
 - Image tags follow Docker's tag grammar (``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``, distribution/reference).
 
 The config model, the image catalog, the Fly providers, the fly.toml checks and the policy pack all
@@ -22,7 +22,7 @@ Sandbox ids (``sandbox_id``) have the format ``gt-<slug>-<digest>``:
   in clear (it may be an email address, and the app name is public in ``<app>.fly.dev``).
 - The longest result is 3 + 27 + 1 + 32 = 63 characters, whatever the input.
 
-Why not the earlier designs (gastown-r2-postgres.md §1.7): PR #294 base64url-encoded
+Why not the earlier designs (Kilo-Org/cloud): PR #294 (``src/lib/gastown/sandbox-id.ts``) base64url-encoded
 ``gastown:{userId}:{townName}``, which overflows 63 characters past ~47 input bytes (town names may be
 100 characters), and a full SHA-256 hex digest (64 characters) does not fit either. A truncated
 digest behind a short prefix is Kilo's own ``cloud-agent-next`` pattern.

@@ -5,14 +5,15 @@ Each service is one Fly app (``devenv-{client}-{app}-{service}``; the names and 
 it starts, and which environment it gets:
 
 - ``public_env(cfg, service)``: non-secret settings, rendered into the fly.toml ``[env]``;
-- ``secret_env(cfg, service, secrets)`` (components/render/files.py): the Fly secrets of that app, exactly the set in
-  supabase-self-hosting.md §7.2 (DB URLs carry the password, so they are secrets too), except that
-  Kong gets its fully rendered ``kong.yml`` as one base64 secret mounted as a file instead of the keys.
+- ``secret_env(cfg, service, secrets)`` (components/render/files.py): the Fly secrets of that app, exactly the
+  secret values that service reads in supabase/supabase docker/docker-compose.yml (DB URLs carry the
+  password, so they are secrets too), except that Kong gets its fully rendered ``kong.yml`` as one base64
+  secret mounted as a file instead of the keys.
 
 Which image a service runs is not here: ``catalog/images.yaml`` (``components.domain.catalog``) holds the
 repositories and default tags, so what ``silo render`` shows and what ``up`` deploys come from one file.
 
-Networking rules (supabase-self-hosting.md §6.4): services reach each other through Flycast
+Networking rules (Fly docs, Networking > Flycast and Private networking): services reach each other through Flycast
 (``http://<app>.flycast:<port>``) so Fly Proxy can wake a stopped machine; everything the browser sees
 (``API_EXTERNAL_URL``, ``SUPABASE_PUBLIC_URL``, storage's public URL, GoTrue redirects) is Kong's https
 URL. Every server binds a dual-stack address: Fly Proxy (and so Flycast) reaches a machine over its
@@ -288,7 +289,7 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
         return {
             "GOTRUE_API_HOST": DUAL_STACK_HOST,
             "GOTRUE_API_PORT": "9999",
-            # The Kong base URL: GoTrue builds OAuth callbacks and email links from it (§6.4 item 5).
+            # The Kong base URL: GoTrue builds OAuth callbacks and email links from it (supabase/auth#1228).
             "API_EXTERNAL_URL": kong,
             "GOTRUE_DB_DRIVER": "postgres",
             "GOTRUE_SITE_URL": cfg.site_url,
@@ -321,7 +322,8 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             # Kong strips /storage/v1; storage rebuilds its public URLs from X-Forwarded-Path.
             "REQUEST_ALLOW_X_FORWARDED_PATH": "true",
             "FILE_SIZE_LIMIT": "52428800",
-            # The storage app owns a dedicated volume and image transformation is off (§7.6).
+            # The storage app owns a dedicated volume (Fly docs, Volumes overview: one machine per volume) and
+            # image transformation is off, so the file backend needs no shared filesystem.
             "STORAGE_BACKEND": "file",
             "FILE_STORAGE_BACKEND_PATH": STORAGE_PATH,
             "GLOBAL_S3_BUCKET": "stub",
@@ -366,7 +368,7 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
     return {
         "KONG_DATABASE": "off",
         "KONG_DECLARATIVE_CONFIG": KONG_DECLARATIVE_CONFIG,
-        # Flycast names resolve to IPv6 only (supabase-self-hosting.md §6.4 item 2; cepro on Fly).
+        # Flycast names resolve to IPv6 only (Fly docs, Networking > Flycast; cepro/supabase-host on Fly).
         "KONG_DNS_ORDER": "LAST,AAAA,A,CNAME",
         "KONG_PLUGINS": "request-transformer,cors,key-auth,acl,basic-auth,request-termination,ip-restriction",
         "KONG_NGINX_PROXY_PROXY_BUFFER_SIZE": "160k",

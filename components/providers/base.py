@@ -1,4 +1,4 @@
-"""What every dynamic provider here needs to honour the engine's contract (pulumi-python.md §1-2).
+"""What every dynamic provider here needs to honour the engine's contract (Pulumi docs, Dynamic providers).
 
 - Numbers cross the gRPC boundary as doubles (3 → 3.0) and None-valued keys are dropped: compare
   canonical forms, or every preview shows a change.
@@ -112,7 +112,8 @@ class ApiProvider(ResourceProvider):
 
     It holds only plain data: the instance is pickled into every resource's state and unpickled by the
     provider host, so a client or a resolved token must never live on it. ``configure()`` keeps the
-    stack config values named in ``STACK_CONFIG_KEYS`` (pulumi-python.md §1.5); ``settings()`` and
+    stack config values named in ``STACK_CONFIG_KEYS`` (the engine sends a dynamic provider the whole
+    stack config: pulumi/pulumi pkg/resource/deploy/target.go); ``settings()`` and
     ``client()`` are built from them on each call, falling back to the environment, so a token
     rotated since the resource was created still works for ``refresh`` and ``destroy``.
     """

@@ -123,14 +123,14 @@ def render_stack(cfg: SiloConfig, out_dir: Path, images: Mapping[str, ResolvedIm
 def rls_sql(mode: str) -> str:
     """The idempotent SQL (one DO block) that puts every table in schema ``public`` into ``mode``; an
     unknown mode is an error naming the key. Run on the pg machine (FlyExec + psql); see the template for
-    what each mode means (supabase-self-hosting.md §5)."""
+    what each mode means (Supabase docs, Row Level Security)."""
     if mode not in RLS_MODES:
         raise ValueError(f"silo:rlsMode: must be one of {', '.join(RLS_MODES)} (got {mode!r})")
     return render_file("pg/rls.sql.j2", mode=mode, prefix=POLICY_PREFIX, lock_key=LOCK_KEY)
 
 
 def secret_env(cfg: SiloConfig, name: str, secrets: svc.SiloSecrets) -> dict[str, str]:
-    """The Fly secrets of one app, and nothing more (supabase-self-hosting.md §7.2).
+    """The Fly secrets of one app, and nothing more (its secrets in supabase/supabase docker/docker-compose.yml).
 
     ``cfg`` is needed for the DB hosts and, for Kong, to render ``kong.yml`` (its routes depend on the
     silo's names and on whether Studio is enabled).

@@ -1,8 +1,9 @@
 """A local Fly Machines API emulator: real HTTP on 127.0.0.1, faithful to the documented behaviour.
 
-Reference: shared/reference/fly-machines-api.md (§0-§3, §5) and the 2024 OpenAPI spec, plus the newer
-REST secrets and ip_assignments endpoints. The base URL has no ``/v1``; every API path is under
-``/v1`` as flyctl builds them. What it models, because the providers depend on it:
+Reference: Fly docs (Machines API, Networking), fly-go, flyctl and the Machines OpenAPI spec ("OpenAPI" below,
+docs.machines.dev/spec/openapi3.json) as of 2024, plus the newer REST secrets and ip_assignments endpoints.
+The base URL has no ``/v1``; every API path is under ``/v1`` as flyctl builds them. What it models, because
+the providers depend on it:
 
 - Fly's error body ``{"error": ..., "status": ...}`` and a ``fly-request-id`` header on every answer.
 - Globally unique app names (422 ``name_taken``), 403 for an app owned by another org.
@@ -31,21 +32,21 @@ Strict by default, wherever the real API behaves so (each is documented again wh
   retries exactly those two for up to a minute).
 - A deleted volume passes through ``scheduling_destroy``/``waiting_for_detach``/``pending_destroy``
   before it disappears (fly-go flaps/flaps_volumes.go ``destroyedVolumeStates``).
-- App deletion answers 202 and completes later; it wants stopped machines or ``force=true`` (DOCS
-  machines/api/apps-resource "Delete an app"; SPEC ``Apps_delete`` 202 Accepted).
-- Secrets are versioned: reads without ``min_version`` come from a replica behind the last write (SPEC
+- App deletion answers 202 and completes later; it wants stopped machines or ``force=true`` (Fly docs
+  machines/api/apps-resource "Delete an app"; OpenAPI ``Apps_delete`` 202 Accepted).
+- Secrets are versioned: reads without ``min_version`` come from a replica behind the last write (OpenAPI
   ``Secrets_list`` ``min_version``: "Minimum secrets version to return. Returned when setting a new secret").
 - Leases expire; a mutation carrying the nonce of an expired lease is refused (flyctl PR #4313: a stale
   nonce gave "lease not found").
 - Rate limits: 1 req/s with bursts of 3 per action and per object, Get Machine 5 req/s with bursts of 10,
-  app deletions 100/min (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+  app deletions 100/min (Fly docs machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
   #1630, #1966), answered with 429 and Retry-After.
 - An update of a running machine replaces it a moment later: until then the old version still runs, so
-  only a ``wait`` for the new ``version`` tells when the new one is up (SPEC ``Machines_wait`` version).
+  only a ``wait`` for the new ``version`` tells when the new one is up (OpenAPI ``Machines_wait`` version).
 - Flycast (``private_v6``) allocation names the org, and the network when the app has its own (flyctl
   internal/command/deploy/deploy_first.go sends ``org_slug`` and ``network`` in every ``AssignIP``).
 - Growing a volume under a running machine answers ``needs_restart``: the filesystem grows at the next
-  (re)start (SPEC ``ExtendVolumeResponse``; flyctl internal/command/volumes/extend.go).
+  (re)start (OpenAPI ``ExtendVolumeResponse``; flyctl internal/command/volumes/extend.go).
 
 The timing of these is in ``LatencyModel`` (set a field to 0 to switch one off where a test needs it);
 ``FlyEmulator(rate_limits=False)`` turns the rate limits off.

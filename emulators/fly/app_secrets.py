@@ -44,7 +44,7 @@ class SecretsMixin:
         return version
 
     def _readable_secrets(self, request: Request, app: str, now: float) -> dict:
-        """The secrets table a read sees. Secrets are versioned: a read with ``min_version`` (SPEC
+        """The secrets table a read sees. Secrets are versioned: a read with ``min_version`` (OpenAPI
         Secrets_list/Secret_get; fly-go ListAppSecrets sends it as ``version``) sees at least that version,
         one without it is served by a replica that is ``secrets_lag_s`` behind the last write."""
         current = self._state["secrets_version"].get(app, 0)

@@ -126,7 +126,7 @@ class AppsMixin:
                 return 200, view
             st = self._state
             # "force=true stops all Machines and deletes immediately"; without it Machines should be stopped
-            # first (DOCS machines/api/apps-resource, Delete an app).
+            # first (Fly docs machines/api/apps-resource, Delete an app).
             self._settle_all(now)
             running = [m["id"] for m in st["machines"].values() if m["app"] == app and m["state"] in RUNNING_STATES]
             if running and not parse_bool(request.args.get("force")):
@@ -144,7 +144,7 @@ class AppsMixin:
             for key in ("ips", "secrets", "secrets_version", "secrets_history"):
                 st[key].pop(app, None)
             del st["apps"][app]
-            # 202 Accepted (SPEC Apps_delete): the deletion completes later, and the name is taken until then.
+            # 202 Accepted (OpenAPI Apps_delete): the deletion completes later, and the name is taken until then.
             if self._latency.app_delete_s > 0:
                 st["deleting_apps"][app] = now + self._latency.app_delete_s
             return 202, None

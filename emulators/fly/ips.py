@@ -40,7 +40,7 @@ class IpsMixin:
             # flyctl names the org (and the network) in every assignment (internal/command/deploy/
             # deploy_first.go; fly-go flaps_ip_assignments.go AssignIPRequest): a Flycast address belongs to an
             # org's private network, so one without org_slug is refused here, and one with `network` lands on
-            # that network (DOCS networking/flycast: an app is reachable only from the network it was given).
+            # that network (Fly docs networking/flycast: an app is reachable only from the network it was given).
             org = body.get("org_slug")
             if org is not None and org != record["org_slug"]:
                 raise ApiError(400, f"invalid org_slug {org!r}: app {app} belongs to organization {record['org_slug']}")

@@ -412,7 +412,7 @@ class MachinesMixin:
         was_running = m["state"] in RUNNING_STATES
         if m["state"] == "started" and self._latency.replace_lag_s > 0:
             # The update is queued: the old version keeps running for a moment, then the machine is replaced
-            # (see _settle). Only a wait for the new version (SPEC Machines_wait `version`) tells when it runs.
+            # (see _settle). Only a wait for the new version (OpenAPI Machines_wait `version`) tells when it runs.
             m["replace_at"] = now + self._latency.replace_lag_s
         elif was_running or not skip_launch:
             # A running machine reboots onto the new config; a stopped one starts unless skip_launch.
@@ -708,7 +708,7 @@ def _integer(value: Any, path: str) -> None:
 
 
 def _check_integer_fields(config: dict) -> None:
-    """The integer fields of a machine config a renderer is likely to set (fly-machines-api.md §2)."""
+    """The integer fields of a machine config a renderer is likely to set (OpenAPI fly.MachineConfig)."""
     for section, keys in (("guest", ("cpus", "memory_mb")), ("init", ("swap_size_mb",)), ("restart", ("max_retries",))):
         part = config.get(section)
         if isinstance(part, dict):
@@ -746,7 +746,7 @@ def _check_integer_fields(config: dict) -> None:
 
 
 def _normalize_autostop(value: Any, key: str) -> bool | str:
-    """The API's form: booleans for off/stop, the string "suspend" (fly-machines-api.md §2)."""
+    """The API's form: booleans for off/stop, the string "suspend" (OpenAPI fly.MachineService.autostop)."""
     mapping: dict[Any, bool | str] = {"off": False, "stop": True, "suspend": "suspend"}
     if isinstance(value, bool):
         return value

@@ -230,7 +230,7 @@ class FlyEmulator(ControlMixin, AppsMixin, RegionsMixin, MachinesMixin, VolumesM
         return None
 
     def _rate_limit(self, request: Request, method: str, route: str, args: dict) -> Response | None:
-        """Fly's documented limits (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+        """Fly's documented limits (Fly docs machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
         #1630 and #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action, GETs
         by id included; Get Machine 5 req/s with bursts of 10; app deletions 100/min."""
         method = "GET" if method == "HEAD" else method

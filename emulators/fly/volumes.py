@@ -140,7 +140,7 @@ class VolumesMixin:
                 else:
                     v["state"], v["destroy_at"] = "scheduling_destroy", now
                     self._settle_volume(v, now)
-                # The answer is the volume with state "destroyed" (DOCS machines/api/volumes-resource); listing
+                # The answer is the volume with state "destroyed" (Fly docs machines/api/volumes-resource); listing
                 # it still shows the destroy state it is in.
                 return 200, {**self._volume_view(v), "state": "destroyed"}
             # Only these two fields are mutable; other (unknown to this request) fields are ignored.
@@ -166,7 +166,7 @@ class VolumesMixin:
                     "volumes can only grow",
                 )
             v["size_gb"] = size
-            # Under a running machine the filesystem can only grow at its next (re)start: `needs_restart` (SPEC
+            # Under a running machine the filesystem can only grow at its next (re)start: `needs_restart` (OpenAPI
             # ExtendVolumeResponse; flyctl internal/command/volumes/extend.go tells the user to restart).
             holder = self._volume_holder(v, now)
             needs_restart = holder is not None and holder["state"] in RUNNING_STATES

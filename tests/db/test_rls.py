@@ -1,7 +1,8 @@
 """RLS modes on a real PostgreSQL with Supabase-like roles, as PostgREST would run requests.
 
 PostgREST connects, runs ``SET ROLE`` to the JWT's role and exposes the claims as
-``request.jwt.claims`` (supabase-self-hosting.md §5); the tests do the same on one connection.
+``request.jwt.claims`` (Supabase docs, Row Level Security; PostgREST docs, Authentication); the tests do the
+same on one connection.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BOB = str(uuid.UUID(int=2))
 SUPABASE_SETUP = """
 DO $$
 BEGIN
-    -- Roles are cluster-wide: create them once per server (supabase-self-hosting.md §1.9).
+    -- Roles are cluster-wide: create them once per server (supabase/postgres migrations/db/init-scripts).
     IF to_regrole('anon') IS NULL THEN CREATE ROLE anon NOLOGIN NOINHERIT; END IF;
     IF to_regrole('authenticated') IS NULL THEN CREATE ROLE authenticated NOLOGIN NOINHERIT; END IF;
     IF to_regrole('service_role') IS NULL THEN CREATE ROLE service_role NOLOGIN NOINHERIT BYPASSRLS; END IF;

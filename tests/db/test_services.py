@@ -39,7 +39,8 @@ SECRETS = svc.SiloSecrets(
     service_role_key="service.role.key.value",
 )
 
-# supabase-self-hosting.md §7.2, except Kong, which gets its rendered kong.yml as one file secret.
+# What each service reads in supabase/supabase docker/docker-compose.yml, except Kong, which gets its
+# rendered kong.yml as one file secret.
 EXPECTED_SECRET_NAMES = {
     "pg": {"POSTGRES_PASSWORD", "JWT_SECRET"},
     "rest": {"PGRST_DB_URI", "PGRST_JWT_SECRET", "PGRST_APP_SETTINGS_JWT_SECRET"},

@@ -18,7 +18,7 @@ from components.providers.fly import flytoml
 from components.render.files import pg_files, render_fly_toml
 
 # The fly.toml examples of seed 004 (docs "Fly.io Dev-Environment Architecture"), copied verbatim.
-# fly-machines-api.md §4.4 lists what is wrong with them.
+# test_seed_* below shows what is wrong with them (flyctl internal/appconfig, TOML 1.0).
 SEED_KONG = """\
 app = "devenv-acme-erp-kong"
 primary_region = "yul"

@@ -2,11 +2,11 @@
 
 Why dynamic providers and not ``pulumi_cloudflare``: provider plugin binaries cannot be fetched on
 the build machines, and the bridged ``R2Bucket`` replaces a bucket when its location hint drifts, a
-replacement that then fails with "bucket already exists (10004)" (pulumi-cloudflare#465, TF #6458;
-gastown-r2-postgres.md §4.4). Here the location hint is honoured on first creation only and never
+replacement that then fails with "bucket already exists (10004)" (pulumi-cloudflare#465,
+terraform-provider-cloudflare#6458). Here the location hint is honoured on first creation only and never
 diffs.
 
-Credentials (pulumi-python.md §1.5): ``configure()`` keeps the ``cloudflare:*`` stack config values
+Credentials (Pulumi docs, Dynamic providers): ``configure()`` keeps the ``cloudflare:*`` stack config values
 and each method falls back to the environment (settings.py), so a rotated token works for ``pulumi
 destroy`` too. The httpx client is built inside each method and nothing runs at import time (the
 classes are pickled by reference and imported by the provider host; the contract is
@@ -14,7 +14,8 @@ classes are pickled by reference and imported by the provider host; the contract
 together is a stack's (components/stacks/control.py).
 
 Per-town credentials: R2 account API tokens can be narrowed to a bucket but not to a key prefix
-(§4.2), while temporary access credentials take ``prefixes`` (§4.1). Each town therefore gets
+(Cloudflare docs, developers.cloudflare.com/r2/api/tokens), while temporary access credentials take ``prefixes``
+(Cloudflare's API reference, R2 > Temporary Credentials). Each town therefore gets
 temporary credentials limited to ``gastown/{town_id}/``, derived from a parent R2 access key
 (the id of an account API token with R2 object read/write). Temp credentials expire (``ttl_seconds``,
 at most 604800 s: "maximum 604800" in Cloudflare's API reference, R2 > Temporary Credentials): the
@@ -165,7 +166,8 @@ class R2BucketProvider(_CloudflareProvider):
         ]
         hint = news.get("location_hint")
         if isinstance(hint, str):
-            # The API takes lowercase enums; uppercase values drift in pulumi-cloudflare v6 (§4.4).
+            # The API takes lowercase enums (Cloudflare's API reference, R2 > Create Bucket, locationHint);
+            # uppercase values drift in pulumi-cloudflare v6.
             inputs["location_hint"] = hint.lower()
             if hint.lower() not in LOCATION_HINTS:
                 failures.append(
@@ -657,7 +659,7 @@ class R2TownCredentials(DynamicResource, module="cloudflare", name="R2TownCreden
             "secret_access_key": None,
             "session_token": None,
         }
-        # New output keys are stored in plaintext unless named here (pulumi-python.md §1.4).
+        # New output keys are stored in plaintext unless named here (Pulumi docs, additionalSecretOutputs).
         secret_opts = pulumi.ResourceOptions(additional_secret_outputs=list(CREDENTIAL_SECRETS))
         super().__init__(
             R2TownCredentialsProvider(), resource_name, props, pulumi.ResourceOptions.merge(secret_opts, opts)

@@ -1,6 +1,6 @@
 """Where the Cloudflare providers find their API: stack config first, then the environment.
 
-``configure()`` keeps the stack config values named in ``CONFIG_KEYS`` (pulumi-python.md §1.5); each
+``configure()`` keeps the stack config values named in ``CONFIG_KEYS`` (Pulumi docs, Dynamic providers); each
 call falls back to the environment (``CLOUDFLARE_API_TOKEN``, ``CLOUDFLARE_ACCOUNT_ID``,
 ``CLOUDFLARE_API_URL``, ``CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID``), so a rotated token works for
 ``pulumi destroy`` too.
@@ -72,7 +72,7 @@ def resolve_cloudflare_settings(
 
 
 def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:
-    """The S3 endpoint of an account's buckets in a jurisdiction (gastown-r2-postgres.md §4.2)."""
+    """The S3 endpoint of an account's buckets in a jurisdiction (Cloudflare docs, r2/api/tokens)."""
     if jurisdiction == "default":
         return f"https://{account_id}.r2.cloudflarestorage.com"
     return f"https://{account_id}.{jurisdiction}.r2.cloudflarestorage.com"

@@ -1,6 +1,6 @@
 """FlyClient: the Fly Machines REST API over httpx, with the behaviour flyctl and fly-go rely on.
 
-Retries (fly-machines-api.md §3.2):
+Retries (Fly docs, Working with the Machines API > Rate limits; flyctl internal/flapsutil/retry.go):
 - GETs are retried on 408, 429, 5xx and connection errors, with exponential backoff and jitter (tenacity),
   never sooner than a 429's Retry-After.
 - Everything else is sent again only when that is safe, and each method says which case it is in:
@@ -51,12 +51,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-WAIT_CALL_MAX_S = 60  # the API refuses longer waits with 400 (fly-machines-api.md §2.4)
+WAIT_CALL_MAX_S = 60  # the API refuses longer waits with 400 (Machines OpenAPI spec, Machines_wait)
 COMPAT_CHECK_PREFIX = "bg_deployments_compat"
 # Health-check polling backs off from 0.1 s to this. The client's waits sit on the critical path of
 # an up (every machine waits for its checks before its dependents start), and the overshoot past the
 # moment checks pass averages half this interval; 0.5 s keeps one poller at <= 2 GET/s per machine,
-# well inside Get Machine's documented 5 req/s (burst 10) limit (fly-machines-api.md §3.2).
+# well inside Get Machine's documented 5 req/s (burst 10) limit (Fly docs, Machines API > Rate limits).
 CHECK_POLL_MAX_S = 0.5
 # fly-go flaps/flaps_volumes.go destroyedVolumeStates, plus the final state: such a volume is gone for
 # every purpose here (adopting one by name, or counting it as data an app still holds).
@@ -95,7 +95,7 @@ class _WaitRetryAfter:
 
 
 # -- pacing ----------------------------------------------------------------------------------------------
-# Fly's documented limits (DOCS machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
+# Fly's documented limits (Fly docs machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
 # #1630, #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action; Get
 # Machine 5 req/s with bursts of 10; app deletions 100 a minute. (rate per second, burst)
 DEFAULT_LIMIT = (1.0, 3)
@@ -332,7 +332,7 @@ class FlyClient:
 
     def _create_checked(self, send: Callable[[], T], lookup: Callable[[], T | None]) -> T:
         """POST a create; after an ambiguous failure adopt what the lost answer created (checked before
-        re-sending: the API has no idempotency key, fly-machines-api.md §3.4)."""
+        re-sending: the API has no idempotency key; flyctl deploy/strategy_bluegreen.go does the same)."""
         found: list[T] = []
 
         def took_effect() -> bool:
@@ -448,14 +448,14 @@ class FlyClient:
     def delete_app(self, name: str, *, force: bool = True) -> None:
         """Delete an app (asynchronous: 202, the name stays taken for a while; ``create_app`` copes).
 
-        ``force=true`` stops machines left in the app first, as the API wants them stopped otherwise (DOCS
+        ``force=true`` stops machines left in the app first, as the API wants them stopped otherwise (Fly docs
         machines/api/apps-resource). Idempotent by construction: 404 means it is gone already.
         """
         with contextlib.suppress(FlyNotFound):
             self.request("DELETE", f"/apps/{name}", params={"force": "true"} if force else None, idempotent=True)
 
     def list_apps(self, org: str) -> list[dict]:
-        """The apps of organization `org` (fly-machines-api.md §1.1, `GET /apps?org_slug=`)."""
+        """The apps of organization `org` (Fly docs, Machines API > Apps resource, `GET /apps?org_slug=`)."""
         return list((self._json("GET", "/apps", params={"org_slug": org}) or {}).get("apps") or [])
 
     # -- platform ---------------------------------------------------------------------------------
@@ -508,7 +508,7 @@ class FlyClient:
     # -- secrets ----------------------------------------------------------------------------------
     def list_secrets(self, app: str, min_version: int | None = None) -> dict[str, str]:
         """name → digest (values are never returned). Secrets are versioned: pass the version a write
-        returned, or a replica that has not seen it yet may answer (SPEC Secrets_list ``min_version``)."""
+        returned, or a replica that has not seen it yet may answer (OpenAPI Secrets_list ``min_version``)."""
         # The spec names the parameter min_version; fly-go's ListAppSecrets sends the same number as `version`
         # (flyctl internal/appsecrets/secrets.go passes its min version there). Both are sent.
         params = {"min_version": str(int(min_version)), "version": str(int(min_version))} if min_version else None
@@ -697,7 +697,7 @@ class FlyClient:
         self, app: str, machine_id: str, state: str, *, version: str | None = None, timeout_s: float = 300
     ) -> None:
         """Block until the machine reaches `state` (for `version`, when given: after an update only the new
-        version counts, SPEC Machines_wait); 60 s per call, looping on 408 (flyctl WaitForState)."""
+        version counts, OpenAPI Machines_wait); 60 s per call, looping on 408 (flyctl WaitForState)."""
         deadline = time.monotonic() + timeout_s
         params: dict[str, Any] = {"state": state}
         if version:
@@ -739,7 +739,7 @@ class FlyClient:
 
     def wait_for_checks(self, app: str, machine_id: str, *, timeout_s: float = 300) -> dict:
         """Poll until every configured health check has reported and passes (``wait`` does not cover
-        checks; fly-machines-api.md §2.4).
+        checks; fly-go polls ``checks[].status`` after it).
 
         A freshly started machine answers an empty ``checks`` list until its checks have run, so "nothing
         failing" would count it healthy at once: the configured checks (top-level and per service) are

@@ -1,7 +1,7 @@
 """fly.toml: parse, validate like ``fly config validate --strict``, and convert to a Machine config.
 
-The conversion follows flyctl's ``internal/appconfig/machines.go`` / ``service.go`` (fly-machines-api.md
-§4.3), so a machine created through the API looks to flyctl like one it deployed itself:
+The conversion follows flyctl's ``internal/appconfig/machines.go`` / ``service.go``
+(``updateMachineConfig``), so a machine created through the API looks to flyctl like one it deployed itself:
 
 - metadata ``fly_platform_version=v2`` and ``fly_process_group``; env gets ``FLY_PROCESS_GROUP`` and
   ``PRIMARY_REGION``;

@@ -2,7 +2,7 @@
 
 Provider classes live in this importable module (pickled by reference, no import-time side effects).
 Each method builds its own FlyClient; credentials come from ``configure()`` (stack config) or env.
-Contract (pulumi-python.md §1-2): explicit ``diff`` that ignores ``__provider`` and normalises what
+Contract (Pulumi docs, Dynamic providers): explicit ``diff`` that ignores ``__provider`` and normalises what
 the API echoes back, ``replaces`` for immutable fields with ``delete_before_replace`` for named
 objects, ``outs = {**inputs, **computed}``, idempotent create (adopt by name) or rollback, 404 on
 delete means done.
@@ -429,7 +429,7 @@ class FlyVolumeProvider(FlyProviderBase):
         if not news.get("region"):
             failures.append(CheckFailure("region", "the Fly region is required"))
         elif olds.get("region") and olds["region"] != news["region"] and not news.get("allow_region_change"):
-            # A volume cannot move: a new region means a new, empty volume (fly-machines-api.md §1.3).
+            # A volume cannot move: a new region means a new, empty volume (Fly docs, Volumes overview).
             failures.append(
                 CheckFailure(
                     "region",

@@ -1,7 +1,7 @@
 """Where the Fly Machines API is and which token to use.
 
 Resolved once per provider process in ``configure()`` (stack config) with the environment as the
-fallback, so ``pulumi destroy`` keeps working after a token rotation (pulumi-python.md §1.5).
+fallback, so ``pulumi destroy`` keeps working after a token rotation (Pulumi docs, Dynamic providers).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ EMULATOR_TOKEN = "local-emulator"
 CONFIG_KEYS = ("fly:apiToken", "fly:apiUrl")
 
 # fly-go sends macaroon tokens with the FlyV1 scheme and everything else as Bearer
-# (fly-machines-api.md §0, FLYGO tokens/tokens.go).
+# (fly-go tokens/tokens.go ``Parse``).
 _MACAROON_PREFIXES = ("fm1r_", "fm1a_", "fm2_")
 
 
