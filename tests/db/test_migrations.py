@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -289,20 +287,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}
 
 
-@pytest.fixture
-def event_loop_for_mocks() -> Iterator[None]:
-    # The mocked runtime needs a current loop, and an asyncio.run() earlier in this worker (another
-    # test module's) leaves none.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
-
-
-def test_component_declares_secret_dsn_and_migration_checksums(folder: Path, event_loop_for_mocks: None) -> None:
+def test_component_declares_secret_dsn_and_migration_checksums(folder: Path, mock_event_loop: object) -> None:
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
     component = PostgresSchema(

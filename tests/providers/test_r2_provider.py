@@ -462,17 +462,10 @@ class _RecordingMonitor(MockMonitor):
 
 
 @pytest.fixture
-def recording_monitor() -> Iterator[_RecordingMonitor]:
-    # asyncio.run() elsewhere leaves no current loop; the mocked runtime needs one.
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+def recording_monitor(mock_event_loop: object) -> Iterator[_RecordingMonitor]:
     monitor = _RecordingMonitor()
     pulumi.runtime.set_mocks(_Mocks(), monitor=monitor, project="silo-infra", stack="control")
-    try:
-        yield monitor
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    yield monitor
 
 
 def test_component_wires_bucket_and_lifecycle_town_credentials_secret(

@@ -38,7 +38,7 @@ def test_every_dynamic_resource_class_uses_the_shared_base() -> None:
     assert {c.__qualname__ for c in classes if not issubclass(c, DynamicResource)} == set()
 
 
-def test_a_program_can_declare_thousands_of_dynamic_resources() -> None:
+def test_a_program_can_declare_thousands_of_dynamic_resources(mock_event_loop: object) -> None:
     pulumi.runtime.set_mocks(_Mocks(), project="silo", stack="scale", preview=False)
     try:
         # Providers with instance state (FlyApp's keeps its resolved config) are the ones whose
