@@ -54,6 +54,11 @@ class ApiError(Exception):
         return self.status == 429 or (self.status is None and not self.sent)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """The retry predicate of every client here: an API error worth sending again (see ApiError.transient)."""
+    return isinstance(exc, ApiError) and exc.transient
+
+
 @functools.cache
 def tls_context() -> ssl.SSLContext:
     """One TLS context per process, verifying against certifi's CA bundle (httpx's default).

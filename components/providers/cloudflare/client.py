@@ -23,14 +23,10 @@ from components.providers.cloudflare.errors import (
     CloudflareNotFound,
 )
 from components.providers.cloudflare.settings import CloudflareSettings
-from components.providers.http import tls_context
+from components.providers.http import is_transient, tls_context
 
 # The header Cloudflare puts on every answer, naming the request for its support.
 REQUEST_ID_HEADER = "cf-ray"
-
-
-def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, CloudflareError) and exc.transient
 
 
 class CloudflareClient:
@@ -78,7 +74,7 @@ class CloudflareClient:
         """One API call, retried on 429, 5xx and connection errors."""
         headers = {"cf-r2-jurisdiction": jurisdiction} if jurisdiction and jurisdiction != "default" else {}
         retrying = Retrying(
-            retry=retry_if_exception(_transient),
+            retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
             reraise=True,

@@ -45,7 +45,7 @@ from components.providers.fly.errors import (
     FlyWaitTimeout,
 )
 from components.providers.fly.settings import FlySettings
-from components.providers.http import tls_context
+from components.providers.http import is_transient, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,6 @@ APP_VISIBLE_WAIT_S = 60.0
 NAME_RECHECK_S = 3.0
 LEASE_TTL_S = 120  # flyctl's default lease TTL (internal/machine/lease.go)
 NONCE_HEADER = "fly-machine-lease-nonce"
-
-
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, FlyError) and exc.transient
 
 
 def _not_executed(exc: BaseException) -> bool:
@@ -202,7 +198,7 @@ class FlyClient:
     def close(self) -> None:
         self._http.close()
 
-    def _retrying(self, retry_on: Callable[[BaseException], bool] = _is_transient) -> Retrying:
+    def _retrying(self, retry_on: Callable[[BaseException], bool] = is_transient) -> Retrying:
         return Retrying(
             retry=retry_if_exception(retry_on),
             stop=stop_after_attempt(self._attempts),
@@ -275,7 +271,7 @@ class FlyClient:
         call returns None (the caller reads the result itself).
         """
         safe = method in ("GET", "HEAD") or idempotent
-        for attempt in self._retrying(_is_transient if safe or took_effect else _not_executed):
+        for attempt in self._retrying(is_transient if safe or took_effect else _not_executed):
             with attempt:
                 try:
                     return self._once(method, path, json=json, params=params, headers=headers, timeout=timeout)
@@ -814,7 +810,7 @@ class FlyClient:
                 raise
 
         for attempt in Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, FlyConflict) or _is_transient(e)),
+            retry=retry_if_exception(lambda e: isinstance(e, FlyConflict) or is_transient(e)),
             stop=stop_after_delay(wait_s),
             wait=_WaitRetryAfter(0.5, 3),
             reraise=True,

@@ -149,7 +149,16 @@ class FlyAppProvider(FlyProviderBase):
                 app = fly.create_app(props["name"], props["org"], props.get("network"))
             except FlyNameTaken as exc:
                 where = setting(props, "name", "")
-                raise FlyNameTaken(f"{exc} (the name comes from {where})" if where else str(exc)) from None
+                if not where:
+                    raise
+                # The same error (status, request id, call), its message saying where the name is set.
+                raise FlyNameTaken(
+                    f"{exc.message} (the name comes from {where})",
+                    status=exc.status,
+                    request_id=exc.request_id,
+                    method=exc.method,
+                    path=exc.path,
+                ) from None
         actual = app.get("network") or DEFAULT_NETWORK
         if actual != wanted:
             # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
