@@ -57,10 +57,27 @@ def _commit_file(town: GasTown, repo: Path, name: str, content: str, message: st
     town.git("commit", "-q", "-m", message, cwd=repo)
 
 
+# The one check gastown v1.0.1's `gt doctor` fails on a town it has just built itself, before any
+# backup: its claude-settings check wants every settings file's Stop hook to run `gt costs record`, while
+# its own hooks installer gives polecats `gt tap polecat-stop-check` (internal/hooks/config.go), so
+# `--fix` deletes the file and the next sync re-creates it. v1.1.0 makes the check role-aware
+# (internal/doctor/claude_settings_check.go: "polecat → gt tap polecat-stop-check").
+GT_101_POLECAT_STOP_HOOK = "claude-settings"
+
+
+def doctor_report(town: GasTown, root: Path) -> tuple[dict[str, str], str]:
+    """`gt doctor -v` for the whole town: check name → ✓ / ⚠ / ✖, and the report's text."""
+    out = run(["gt", "doctor", "-v"], cwd=root, env=town.env, check=False, timeout=300)
+    return doctor_results(out), out
+
+
 def doctor(town: GasTown, root: Path, rig: str | None = None) -> dict[str, str]:
     """check name → ✓ / ⚠ / ✖, as `gt doctor [--rig R]` prints them."""
     args = ["gt", "doctor"] + (["--rig", rig] if rig else [])
-    out = run(args, cwd=root, env=town.env, check=False, timeout=300)
+    return doctor_results(run(args, cwd=root, env=town.env, check=False, timeout=300))
+
+
+def doctor_results(out: str) -> dict[str, str]:
     results = {}
     # Each check prints "○  name..." then, after a carriage return, "✓|⚠|✖  name message".
     for line in out.splitlines():
@@ -137,6 +154,7 @@ def test_backup_then_restore_brings_the_town_back_working(sandbox: Sandbox, hear
     town = sandbox.town
     town.start_dolt()
     before_doctor = {rig: doctor(town, town.root, rig) for rig in RIGS}
+    before_town_doctor, _ = doctor_report(town, town.root)
     origin_main = run(
         ["git", "rev-parse", "refs/remotes/origin/main"], cwd=town.root / "backend" / ".repo.git", env=town.env
     ).strip()
@@ -214,9 +232,17 @@ def test_backup_then_restore_brings_the_town_back_working(sandbox: Sandbox, hear
     for repository in repositories(root):
         town.git("fsck", "--no-progress", "--connectivity-only", cwd=repository)
 
-    # The restored town works: gt doctor's rig checks pass as they did, and a new polecat starts
-    # from origin/<default>.
+    # The restored town works: `gt doctor` passes (but for gt v1.0.1's own polecat Stop-hook conflict,
+    # which the town had before the backup too), and a new polecat starts from origin/<default>.
     town.start_dolt()
+    after_town_doctor, report = doctor_report(town, root)
+    assert after_town_doctor == before_town_doctor
+    assert [check for check, status in after_town_doctor.items() if status == "✖"] == [GT_101_POLECAT_STOP_HOOK]
+    stale = re.findall(r"└─ (\S+/\.claude/settings\.json): (.+)", report)
+    assert stale and all(
+        path.endswith("/polecats/.claude/settings.json") and reason.strip() == "missing Stop hook"
+        for path, reason in stale
+    ), report
     for rig in RIGS:
         after = doctor(town, root, rig)
         assert after == before_doctor[rig], rig
