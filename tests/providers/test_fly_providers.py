@@ -228,6 +228,40 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     assert created.id not in fly_emulator.snapshot()["machines"]
 
 
+def test_machine_state_keeps_a_digest_of_its_config_and_a_conversion_change_updates_it(
+    fly_emulator, meta_app, monkeypatch
+) -> None:
+    from components.providers.fly import flytoml
+    from components.providers.fly import resources as fly_resources
+
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    props = machine_props(meta_app)
+    created = provider.create(props)
+    # The config the API got is derived from the fly.toml; the state keeps its digest, not a second copy.
+    assert "config" not in created.outs and len(created.outs["config_sha256"]) == 64
+    assert provider.diff(created.id, created.outs, machine_props(meta_app)).changes is False
+
+    # The same fly.toml converted differently (a code upgrade): an update that sends the new config.
+    convert = flytoml.to_machine_config
+
+    def upgraded(doc, **kwargs):
+        return {**convert(doc, **kwargs), "env": {**convert(doc, **kwargs)["env"], "UPGRADED": "1"}}
+
+    monkeypatch.setattr(fly_resources.flytoml, "to_machine_config", upgraded)
+    news = machine_props(meta_app)
+    assert news["fly_toml"] == created.outs["fly_toml"]
+    diff = provider.diff(created.id, created.outs, news)
+    assert diff.changes and not diff.replaces
+    provider.update(created.id, created.outs, news)
+    assert fly_emulator.snapshot()["machines"][created.id]["config"]["env"]["UPGRADED"] == "1"
+
+    # State written before the digest kept the whole config: compared through its digest.
+    legacy = {k: v for k, v in created.outs.items() if k != "config_sha256"}
+    legacy["config"] = upgraded(flytoml.parse(FLY_TOML), image=props["image"], volume_id=None)
+    assert provider.diff(created.id, legacy, news).changes is False
+    assert provider.diff(created.id, {**legacy, "config": {**legacy["config"], "env": {}}}, news).changes
+
+
 def gate_props(*machines, timeout_s: int = 5) -> dict:
     """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs)."""
     entries = [

@@ -10,6 +10,8 @@ delete means done.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import uuid
@@ -621,7 +623,7 @@ class FlyMachineProvider(FlyProviderBase):
             else:
                 failures += [CheckFailure("fly_toml", problem) for problem in flytoml.validate(doc)]
                 if not failures and not has_unknown([image, news.get("volume_id"), news.get("metadata")]):
-                    news = {**news, "config": self._config_for(doc, news)}
+                    news = {**news, CONFIG_DIGEST: _config_digest(self._config_for(doc, news))}
         elif not isinstance(text, Unknown):
             failures.append(CheckFailure("fly_toml", "the rendered fly.toml text is required"))
         return CheckResult(news, failures)
@@ -632,6 +634,16 @@ class FlyMachineProvider(FlyProviderBase):
         if props.get("metadata"):
             config["metadata"] = {**config.get("metadata", {}), **props["metadata"]}
         return config
+
+    @classmethod
+    def _machine_config(cls, props: Mapping[str, Any]) -> dict[str, Any]:
+        """The machine config the API gets, converted from the fly.toml each time it is needed.
+
+        State keeps only its digest: the config repeats the fly.toml (a town's embeds ~115 KB of
+        scripts), and a copy in the inputs and the outputs of every machine doubled the state
+        (49 MB for 100 towns), which the engine reads, diffs and sends on every preview (bench/run.py).
+        """
+        return cls._config_for(flytoml.parse(props["fly_toml"]), props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         compare = (
@@ -653,12 +665,7 @@ class FlyMachineProvider(FlyProviderBase):
             news = {**news, "volume_id": olds.get("volume_id")}
             result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
         # The template may be unchanged while the conversion changed (a code upgrade): compare configs.
-        if (
-            not result.changes
-            and "config" in news
-            and not has_unknown(news["config"])
-            and flytoml.normalize(canonical(olds.get("config") or {})) != flytoml.normalize(canonical(news["config"]))
-        ):
+        if not result.changes and _config_changed(olds, news):
             return DiffResult(changes=True, replaces=[])
         return result
 
@@ -681,7 +688,7 @@ class FlyMachineProvider(FlyProviderBase):
     def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
             # Numbers arrive from the engine as doubles; the API wants Go ints.
-            "config": canonical(props["config"]),
+            "config": canonical(self._machine_config(props)),
             "region": props["region"],
             "skip_launch": props["desired_state"] == "stopped",
         }
@@ -716,7 +723,7 @@ class FlyMachineProvider(FlyProviderBase):
         elif state in ("started", "starting", "replacing", "updating"):
             if state != "started":
                 fly.wait(app, machine_id, "started", timeout_s=TRANSITION_WAIT_S)
-            stop = (props.get("config") or {}).get("stop_config") or {}
+            stop = self._machine_config(props).get("stop_config") or {}
             fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
         return dict(fly.get_machine(app, machine_id) or current)
 
@@ -747,7 +754,7 @@ class FlyMachineProvider(FlyProviderBase):
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
         reconfigure = bool(changed_keys(olds, news, ("fly_toml", "image", "metadata", "min_secrets_version"))) or (
-            flytoml.normalize(canonical(olds.get("config") or {})) != flytoml.normalize(canonical(news["config"]))
+            _config_changed(olds, news)
         )
         with self.client() as fly, fly.lease(app, id_) as nonce:
             machine = fly.get_machine(app, id_)
@@ -765,7 +772,7 @@ class FlyMachineProvider(FlyProviderBase):
             return ReadResult("", {})
         outs = self._outs(props, machine)
         inputs = {k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")}
-        actual = _effective_state(machine.get("state"), props.get("config") or {})
+        actual = _effective_state(machine.get("state"), self._machine_config(props))
         if actual is not None and actual != props.get("desired_state"):
             # Started or stopped by hand: record what it is, so the refresh shows it and the next `up`
             # (whose program still wants `desired_state`) puts it back.
@@ -790,12 +797,33 @@ class FlyMachineProvider(FlyProviderBase):
                         "the machine was not deleted"
                     )
             if machine.get("state") in ("started", "starting"):
-                stop = (props.get("config") or {}).get("stop_config") or {}
+                stop = self._machine_config(props).get("stop_config") or {}
                 fly.stop_machine(app, id_, signal=stop.get("signal"), timeout=stop.get("timeout"))
                 fly.wait(app, id_, "stopped", version=machine.get("instance_id"), timeout_s=600)
             fly.delete_machine(app, id_, force=True)
             # The volume stays attached until the machine is really gone.
             fly.wait(app, id_, "destroyed", timeout_s=300)
+
+
+# Check's digest of the machine config converted from the fly.toml (the config itself is not kept).
+CONFIG_DIGEST = "config_sha256"
+
+
+def _config_digest(config: Mapping[str, Any]) -> str:
+    normalized = flytoml.normalize(canonical(config))
+    return hashlib.sha256(json.dumps(normalized, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _config_changed(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+    """Whether the converted config differs, by digest (state written before the digest kept the whole
+    config under ``config``: its digest is computed here)."""
+    new = news.get(CONFIG_DIGEST)
+    if not isinstance(new, str):
+        return False  # unknown until the machine's volume or image is known: the engine diffs again
+    old = olds.get(CONFIG_DIGEST)
+    if not isinstance(old, str) and isinstance(olds.get("config"), Mapping):
+        old = _config_digest(olds["config"])
+    return isinstance(old, str) and old != new
 
 
 def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None:
@@ -848,7 +876,7 @@ class FlyMachine(DynamicResource, module="fly", name="Machine"):
             "min_secrets_version": min_secrets_version,
             "metadata": dict(metadata or {}),
             "pre_stop_exec": pre_stop_exec,
-            "config": None,
+            CONFIG_DIGEST: None,
             "machine_id": None,
             "instance_id": None,
             "state": None,
