@@ -26,12 +26,24 @@ MIN_LENGTH, MAX_LENGTH = 16, 256
 IDENTITY = ("length", "keepers")
 
 
+def generate_value(length: int | float) -> str:
+    """A random value of `length` characters from ALPHABET (the system's CSPRNG)."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(int(length)))
+
+
+def length_problem(length: Any) -> str | None:
+    """Why `length` is not a valid generated value length, or None."""
+    if not isinstance(length, int | float) or isinstance(length, bool) or not MIN_LENGTH <= length <= MAX_LENGTH:
+        return f"must be a number from {MIN_LENGTH} to {MAX_LENGTH}"
+    return None
+
+
 class GeneratedSecretProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
-        length = news.get("length")
-        if not isinstance(length, int | float) or not MIN_LENGTH <= length <= MAX_LENGTH:
-            failures.append(CheckFailure("length", f"must be a number from {MIN_LENGTH} to {MAX_LENGTH}"))
+        problem = length_problem(news.get("length"))
+        if problem:
+            failures.append(CheckFailure("length", problem))
         keepers = news.get("keepers") or {}
         if not isinstance(keepers, Mapping) or not all(isinstance(v, str) for v in keepers.values()):
             failures.append(CheckFailure("keepers", "must be a map of strings"))
@@ -42,8 +54,7 @@ class GeneratedSecretProvider(ResourceProvider):
         return diff_result(olds, news, compare=IDENTITY, replace_on=IDENTITY, delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        value = "".join(secrets.choice(ALPHABET) for _ in range(int(props["length"])))
-        return CreateResult(f"generated-{secrets.token_hex(8)}", {**props, "result": value})
+        return CreateResult(f"generated-{secrets.token_hex(8)}", {**props, "result": generate_value(props["length"])})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         return ReadResult(id_, props)  # nothing outside the state to compare with

@@ -53,6 +53,8 @@ def town_secrets(stacks: dict[str, StackProgram]) -> dict[str, str]:
         for res in st.resources.values():
             if res.type == GENERATED_SECRET:
                 found[f"{name} {res.name}"] = res.outputs["result"]
+            for key, value in (res.outputs.get("generated") or {}).items():  # FlySecrets' own (INTERNAL_API_KEY)
+                found[f"{name} {res.name}.{key}"] = value
             if res.type.endswith("cloudflare:R2TownCredentials"):
                 for key in ("secret_access_key", "session_token"):
                     found[f"{name} {res.name}.{key}"] = res.outputs[key]

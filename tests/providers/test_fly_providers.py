@@ -112,6 +112,47 @@ def test_secrets_set_update_unset_and_values_never_leave_the_state(fly_emulator,
     assert not fly_emulator.snapshot()["secrets"].get(app)
 
 
+def test_generated_secrets_are_made_once_kept_and_made_again_only_when_lost(fly_emulator, app) -> None:
+    provider = configured(FlySecretsProvider(), fly_emulator)
+    bad = provider.check({}, {"app": app, "values": {"KEY": "x"}, "generate": {"KEY": 48, "SHORT": 4}}).failures
+    assert sorted(f.reason for f in bad) == [
+        "secret KEY is both given and generated",
+        "secret SHORT: length must be a number from 16 to 256",
+    ]
+    props = {"app": app, "values": {"KILO_JWT": "jwt"}, "generate": {"INTERNAL_API_KEY": 48}}
+    created = provider.create(props)
+    key = created.outs["generated"]["INTERNAL_API_KEY"]
+    assert len(key) == 48 and key.isalnum()
+    assert set(fly_emulator.snapshot()["secrets"][app]) == {"INTERNAL_API_KEY", "KILO_JWT"}
+    assert set(created.outs["digests"]) == {"INTERNAL_API_KEY", "KILO_JWT"}
+    # Kept across runs and across updates of the other values: no new value, no restart.
+    assert provider.diff(app, created.outs, props).changes is False
+    updated = provider.update(app, created.outs, {**props, "values": {"KILO_JWT": "jwt2"}})
+    assert updated.outs["generated"] == {"INTERNAL_API_KEY": key}
+    # Changed outside Pulumi: the refresh forgets it, the next up makes a new one and sets it.
+    with provider.client() as fly:
+        fly.set_secrets(app, {"INTERNAL_API_KEY": "tampered-outside-pulumi"})
+    refreshed = provider.read(app, updated.outs)
+    assert refreshed.outs["generated"] == {} and refreshed.inputs["generate"] == {"INTERNAL_API_KEY": 48}
+    wanted = {**props, "values": {"KILO_JWT": "jwt2"}}
+    assert provider.diff(app, refreshed.outs, wanted).changes is True
+    repaired = provider.update(app, refreshed.outs, wanted)
+    new_key = repaired.outs["generated"]["INTERNAL_API_KEY"]
+    assert len(new_key) == 48 and new_key != key
+    with provider.client() as fly:
+        live = fly.list_secrets(app, min_version=repaired.outs["version"])
+        assert live["INTERNAL_API_KEY"] == repaired.outs["digests"]["INTERNAL_API_KEY"]
+    # A value an older program set as a plain secret (a GeneratedSecret of its own) is adopted, not rotated.
+    legacy = {**created.outs, "values": {"KILO_JWT": "jwt", "INTERNAL_API_KEY": key}, "generated": None}
+    legacy.pop("generate")
+    assert provider.diff(app, legacy, props).changes is True  # the inputs moved, the value does not
+    adopted = provider.update(app, legacy, props)
+    assert adopted.outs["generated"] == {"INTERNAL_API_KEY": key} and adopted.outs["version"] == legacy["version"]
+    # A longer key asked for: a new value.
+    longer = provider.update(app, adopted.outs, {**props, "generate": {"INTERNAL_API_KEY": 64}})
+    assert len(longer.outs["generated"]["INTERNAL_API_KEY"]) == 64 and longer.outs["version"] > legacy["version"]
+
+
 def test_ip_assignment_is_idempotent(fly_emulator, app) -> None:
     provider = configured(FlyIpAssignmentProvider(), fly_emulator)
     assert [f.property for f in provider.check({}, {"app": app, "type": "v5"}).failures] == ["type"]

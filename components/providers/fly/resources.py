@@ -47,6 +47,7 @@ from components.providers.fly.client import FlyClient, ip_kind
 from components.providers.fly.errors import FlyError, FlyNameTaken
 from components.providers.fly.settings import CONFIG_KEYS as FLY_CONFIG_KEYS
 from components.providers.fly.settings import FlySettings, resolve_fly_settings
+from components.providers.generated import generate_value, length_problem
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +305,25 @@ class FlyIpAssignment(DynamicResource, module="fly", name="IpAssignment"):
 # -- FlySecrets -------------------------------------------------------------------------------------
 class FlySecretsProvider(FlyProviderBase):
     """The app's secrets that this stack manages. Values live only in (encrypted) state; the API never
-    returns them, so drift is detected by comparing digests on refresh."""
+    returns them, so drift is detected by comparing digests on refresh.
+
+    ``generate`` names secrets whose value is made here at first (random, ``length`` characters, as
+    GeneratedSecret makes them) and kept in the ``generated`` output from then on. A town's internal API
+    key was a GeneratedSecret resource of its own: one resource per town more in every preview and up
+    (bench/run.py). A value already set under that name (by such a resource, before) is kept.
+    """
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
+        generate = news.get("generate") or {}
+        if isinstance(generate, Mapping):
+            for key, length in generate.items():
+                problem = length_problem(length)
+                if problem:
+                    failures.append(CheckFailure("generate", f"secret {key}: length {problem}"))
+        else:
+            failures.append(CheckFailure("generate", "must be a map of secret name to length"))
+            generate = {}
         values = news.get("values")
         if isinstance(values, Mapping):
             for key, value in values.items():
@@ -320,31 +336,51 @@ class FlySecretsProvider(FlyProviderBase):
                     )
                 if not isinstance(value, str | Unknown):
                     failures.append(CheckFailure("values", f"secret {key} must be a string"))
+                if key in generate:
+                    failures.append(CheckFailure("values", f"secret {key} is both given and generated"))
         elif not isinstance(values, Unknown):
             failures.append(CheckFailure("values", "must be a map of secret name to value"))
+        for key in generate:
+            if not ENV_NAME.match(key) or key.upper().startswith("FLY_"):
+                failures.append(
+                    CheckFailure("generate", f"secret name {key!r} is not a valid environment variable name")
+                )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        return diff_result(olds, news, compare=("app", "values"), replace_on=("app",), delete_before_replace=False)
+        result = diff_result(olds, news, compare=("app", "values"), replace_on=("app",), delete_before_replace=False)
+        if not result.changes and _generated(olds, news) != (olds.get("generated") or {}):
+            # A name to generate is new or its length changed, or its value changed outside (refresh forgot it).
+            return DiffResult(changes=True, replaces=[], delete_before_replace=False)
+        return result
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         app = props["app"]
+        generated = _generated({}, props)
+        values = {**props["values"], **generated}
         with self.client() as fly:
-            version = fly.set_secrets(app, props["values"])
+            version = fly.set_secrets(app, values)
             # Read back at the version just written: a lagging replica would give the previous digests, and
             # the next refresh would take the secrets for changed outside Pulumi and set them (and restart
             # the machines) again.
             digests = fly.list_secrets(app, min_version=version)
-        names = sorted(props["values"])
+        names = sorted(values)
         return CreateResult(
             app,
-            {**props, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}},
+            {
+                **props,
+                "generated": generated,
+                "names": names,
+                "version": version,
+                "digests": {k: digests.get(k, "") for k in names},
+            },
         )
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
-        old_values: Mapping[str, str] = olds.get("values") or {}
-        new_values: Mapping[str, str] = news["values"]
+        old_values: Mapping[str, str] = {**(olds.get("values") or {}), **(olds.get("generated") or {})}
+        generated = _generated(olds, news)
+        new_values: Mapping[str, str] = {**news["values"], **generated}
         changes: dict[str, str | None] = {k: v for k, v in new_values.items() if old_values.get(k) != v}
         changes.update({k: None for k in old_values if k not in new_values})
         with self.client() as fly:
@@ -352,7 +388,13 @@ class FlySecretsProvider(FlyProviderBase):
             digests = fly.list_secrets(app, min_version=version)
         names = sorted(new_values)
         return UpdateResult(
-            {**news, "names": names, "version": version, "digests": {k: digests.get(k, "") for k in names}}
+            {
+                **news,
+                "generated": generated,
+                "names": names,
+                "version": version,
+                "digests": {k: digests.get(k, "") for k in names},
+            }
         )
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -366,12 +408,23 @@ class FlySecretsProvider(FlyProviderBase):
                     raise
                 live = fly.list_secrets(props["app"])  # the recorded version is ahead: the app was recreated
         recorded: Mapping[str, str] = props.get("digests") or {}
-        # A secret changed or removed outside Pulumi: forget its value so the next up sets it again.
-        values = {
-            k: v for k, v in (props.get("values") or {}).items() if live.get(k) and live.get(k) == recorded.get(k)
+
+        def unchanged(given: Mapping[str, str] | None) -> dict[str, str]:
+            return {k: v for k, v in (given or {}).items() if live.get(k) and live.get(k) == recorded.get(k)}
+
+        # A secret changed or removed outside Pulumi: forget its value so the next up sets it again (a
+        # generated one is then generated anew: its old value is gone from the state too).
+        values, generated = unchanged(props.get("values")), unchanged(props.get("generated"))
+        outs = {
+            **props,
+            "values": values,
+            "generated": generated,
+            "digests": {k: live.get(k, "") for k in (*values, *generated)},
         }
-        outs = {**props, "values": values, "digests": {k: live.get(k, "") for k in values}}
-        return ReadResult(id_, outs, inputs={"app": props["app"], "values": values})
+        inputs = {"app": props["app"], "values": values}
+        if props.get("generate"):
+            inputs["generate"] = props["generate"]
+        return ReadResult(id_, outs, inputs=inputs)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.client() as fly:
@@ -386,9 +439,21 @@ class FlySecretsProvider(FlyProviderBase):
                         raise
 
 
+def _generated(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dict[str, str]:
+    """The values of the secrets ``news`` generates: kept from ``olds`` (its ``generated``, or a value it
+    set under that name) when their length still matches, else made now."""
+    kept = {**(olds.get("values") or {}), **(olds.get("generated") or {})}
+    out = {}
+    for key, length in sorted((news.get("generate") or {}).items()):
+        old = kept.get(key)
+        out[key] = old if isinstance(old, str) and len(old) == int(length) else generate_value(length)
+    return out
+
+
 class FlySecrets(DynamicResource, module="fly", name="Secrets"):
     version: pulumi.Output[int]
     digests: pulumi.Output[dict]
+    generated: pulumi.Output[dict]
 
     def __init__(
         self,
@@ -396,16 +461,20 @@ class FlySecrets(DynamicResource, module="fly", name="Secrets"):
         *,
         app: pulumi.Input[str],
         values: pulumi.Input[Mapping[str, str]],
+        generate: Mapping[str, int] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
             "app": app,
             "values": pulumi.Output.secret(values),
+            "generate": dict(generate or {}),
+            "generated": None,
             "version": None,
             "digests": None,
             "names": None,
         }
-        super().__init__(FlySecretsProvider(), resource_name, props, opts)
+        secret = pulumi.ResourceOptions(additional_secret_outputs=["generated"])
+        super().__init__(FlySecretsProvider(), resource_name, props, pulumi.ResourceOptions.merge(opts, secret))
 
 
 # -- FlyVolume --------------------------------------------------------------------------------------
