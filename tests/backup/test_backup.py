@@ -259,6 +259,113 @@ def test_backup_then_restore_brings_the_town_back_working(sandbox: Sandbox, hear
         assert KILO_JWT not in output and sandbox.bucket.secret_key not in output
 
 
+def _restore_after_losing_the_volume(sandbox: Sandbox) -> Path:
+    """One snapshot of the live town, the volume lost, the restore with the upstreams unreachable;
+    returns where the lost volume went. Asserts nothing about the snapshot's layout, so that a test
+    built on it fails for what the restored town lacks, not for how the snapshot was written."""
+    town = sandbox.town
+    town.start_dolt()
+    sandbox.sync()
+    town.stop()
+    lost = lose_volume(sandbox)
+    for upstream in town.upstreams.values():
+        upstream.rename(upstream.with_name(upstream.name + ".gone"))
+    try:
+        restore = sandbox.restore(town.root)
+    finally:
+        for upstream in town.upstreams.values():
+            upstream.with_name(upstream.name + ".gone").rename(upstream)
+    assert restore.returncode == 0, restore.stderr
+    return lost
+
+
+def _shared_repo_settings(town: GasTown, root: Path) -> dict[str, str]:
+    """What gastown sets on each rig's .repo.git at clone time, and what `gt doctor --rig` checks."""
+    out = {}
+    for rig in RIGS:
+        repo = root / rig / ".repo.git"
+        for key in ("remote.origin.url", "remote.origin.fetch", "remote.origin.pushurl", "core.hooksPath"):
+            out[f"{rig} {key}"] = run(["git", "config", "--get", key], cwd=repo, env=town.env, check=False).strip()
+        out[f"{rig} refs/remotes/origin/main"] = run(
+            ["git", "rev-parse", "-q", "--verify", "refs/remotes/origin/main"], cwd=repo, env=town.env, check=False
+        ).strip()
+    return out
+
+
+def test_restored_shared_repos_keep_what_gastown_set_at_clone_time(sandbox: Sandbox) -> None:
+    town = sandbox.town
+    before = _shared_repo_settings(town, town.root)
+    assert before["backend remote.origin.fetch"] == "+refs/heads/*:refs/remotes/origin/*"
+    assert before["backend core.hooksPath"] == ".githooks"
+    assert before["docs remote.origin.pushurl"] == f"file://{town.fork}"
+    assert before["backend refs/remotes/origin/main"]
+
+    _restore_after_losing_the_volume(sandbox)
+
+    assert _shared_repo_settings(town, town.root) == before
+
+
+def _clone_state(town: GasTown, root: Path) -> dict[str, object]:
+    """Each mayor and crew clone: HEAD, its last commit's subject, and its working tree's changes."""
+    out: dict[str, object] = {}
+    for rel in ("webapp/mayor/rig", "backend/mayor/rig", "docs/mayor/rig", "backend/crew/alice"):
+        clone = root / rel
+        if not (clone / ".git").exists():
+            out[rel] = None
+            continue
+        status = run(["git", "status", "--porcelain"], cwd=clone, env=town.env)
+        out[rel] = (
+            run(["git", "log", "-1", "--format=%H %s"], cwd=clone, env=town.env).strip(),
+            sorted(status.splitlines()),
+        )
+    return out
+
+
+def test_restored_town_has_the_mayor_and_crew_clones(sandbox: Sandbox) -> None:
+    town = sandbox.town
+    before = _clone_state(town, town.root)
+    assert before["webapp/mayor/rig"][0].endswith(" mayor: plan not pushed yet")
+    assert before["backend/crew/alice"][0].endswith(" alice: unpushed crew work")
+
+    _restore_after_losing_the_volume(sandbox)
+
+    assert _clone_state(town, town.root) == before
+    assert (town.root / "webapp" / "mayor" / "rig" / "notes.md").read_text() == "draft\n"
+    assert (town.root / "backend" / "crew" / "alice" / ".env").read_text() == "ALICE=1\n"
+
+
+# Town state outside any repository's history (gap 4): ignored files in worktrees, rig overlays, setup
+# hooks and name pool, rig beads settings, town formulas, town and rig plugins, dogs.
+STATE_OUTSIDE_REPOS = (
+    "backend/polecats/nux/backend/.env",
+    "backend/.runtime/overlay/.env",
+    "backend/.runtime/setup-hooks/10-hello.sh",
+    "backend/.runtime/namepool-state.json",
+    "backend/.beads/config.yaml",
+    ".beads/formulas/acme-release.formula.toml",
+    "plugins/hello/plugin.md",
+    "backend/plugins/lint/plugin.md",
+    "deacon/dogs/alpha/.dog.json",
+)
+
+
+def test_restored_town_keeps_its_state_outside_the_repositories(sandbox: Sandbox) -> None:
+    root = sandbox.town.root
+
+    def state() -> dict[str, tuple[int, bytes] | None]:
+        return {
+            rel: ((root / rel).stat().st_mode & 0o777, (root / rel).read_bytes()) if (root / rel).is_file() else None
+            for rel in STATE_OUTSIDE_REPOS
+        }
+
+    before = state()
+    assert None not in before.values(), before
+
+    _restore_after_losing_the_volume(sandbox)
+
+    assert state() == before
+
+
 def test_restore_skips_when_the_volume_has_a_town(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
     marker = sandbox.town.root / "settings" / "marker.txt"
     marker.write_text("mine")
@@ -364,13 +471,32 @@ def test_snapshots_tolerate_files_changing_while_they_are_read(sandbox: Sandbox)
             (queue / f"{n - 5}.json").unlink(missing_ok=True)
             (town.root / "settings" / "heartbeat.json").write_text(str(n))
 
-    thread = threading.Thread(target=churn, daemon=True)
-    thread.start()
+    # An agent's log that grows all the time: tar finds it longer after reading it ("file changed as
+    # we read it") on nearly every read, where the rewrites above only race tar's reads now and then.
+    agent_log = nux / "notes" / "agent.log"
+    agent_log.write_bytes(b"boot\n" * (2 << 20))
+
+    def append() -> None:
+        fd = os.open(agent_log, os.O_WRONLY | os.O_APPEND)
+        try:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                os.write(fd, b"tick %d\n" % n)
+                if n % 20 == 0:
+                    stop.wait(0.001)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (churn, append)]
+    for thread in threads:
+        thread.start()
     try:
         results = [sandbox.run("r2-sync.sh", "--immediate") for _ in range(3)]
     finally:
         stop.set()
-        thread.join()
+        for thread in threads:
+            thread.join()
     assert [r.returncode for r in results] == [0, 0, 0], [r.stderr[-2000:] for r in results]
     snaps = sandbox.snapshots()
     assert len(snaps) == 3 and sandbox.latest()["timestamp"] == snaps[-1]
@@ -435,17 +561,14 @@ def test_old_style_rig_without_shared_repo_is_backed_up(sandbox: Sandbox) -> Non
 
     sandbox.sync()
     [ts] = sandbox.snapshots()
-    legacy = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "legacy")
-    assert sorted((r["path"], r["bundle"] is not None) for r in legacy["repos"]) == [
-        ("legacy/polecats/slit/legacy", True),
-        ("legacy/refinery/rig", True),
-    ]
 
     town.stop()
     lose_volume(sandbox)
     restore = sandbox.restore(town.root)
     assert restore.returncode == 0, restore.stderr
     restored = town.root / "legacy"
+    for clone in ("refinery/rig", "polecats/slit/legacy"):
+        assert (restored / clone / ".git").exists(), (clone, restore.stderr)
     assert town.git("log", "-1", "--format=%s", cwd=restored / "refinery" / "rig").strip() == (
         "refinery: merge not pushed"
     )
@@ -454,6 +577,11 @@ def test_old_style_rig_without_shared_repo_is_backed_up(sandbox: Sandbox) -> Non
         == "slit: unpushed"
     )
     assert (restored / "polecats" / "slit" / "legacy" / "WIP.md").read_text() == "dirty\n"
+    legacy = next(r for r in sandbox.manifest(ts)["rigs"] if r["name"] == "legacy")
+    assert sorted((r["path"], r["bundle"] is not None) for r in legacy["repos"]) == [
+        ("legacy/polecats/slit/legacy", True),
+        ("legacy/refinery/rig", True),
+    ]
 
 
 def test_restored_databases_are_checked_whole(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
@@ -547,6 +675,9 @@ def test_the_sync_loop_keeps_its_schedule(sandbox: Sandbox) -> None:
         ["bash", str(sandbox.bin_dir / "r2-sync.sh")], env=env, capture_output=True, text=True, timeout=900
     )
 
+    waits = [int(x) for x in record.read_text().split()] if record.exists() else []
+    # The first wait is what is left of the interval once the first snapshot is done: never all of it.
+    assert len(waits) == 2 and waits[0] < 3600, (waits, result.stderr[-2000:])
     assert result.returncode == 0, result.stderr
     start = re.search(r"syncing every 3600s from (\S+)", result.stderr).group(1)
     slots = re.findall(r"next snapshot at (\S+) \(slot (\d+)\)", result.stderr)
@@ -555,7 +686,6 @@ def test_the_sync_loop_keeps_its_schedule(sandbox: Sandbox) -> None:
         3600.0,
         7200.0,
     ]
-    waits = [int(x) for x in record.read_text().split()]
     assert len(sandbox.snapshots()) == 2
 
     # Each wait runs to its slot (the stand-in returns at once, so the second snapshot starts early):
