@@ -34,6 +34,7 @@ refresh: $(VENV)/.installed engine
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The real gt, bd and dolt the town backup tests run (tools/town/build.sh: pinned in tools/town/*/go.mod,
 # output in .tools/town; a no-op once built for the pinned versions).
