@@ -173,7 +173,7 @@ class TownSandbox(pulumi.ComponentResource):
             generate={"INTERNAL_API_KEY": INTERNAL_API_KEY_LENGTH},
             opts=child(self.app),
         )
-        self.internal_api_key = self.secrets.generated.apply(lambda generated: (generated or {})["INTERNAL_API_KEY"])
+        self.internal_api_key = self.secrets.generated.apply(lambda made: (made or {}).get("INTERNAL_API_KEY"))
         self.volume = FlyVolume(
             f"{sid}-volume",
             app=self.app.name,

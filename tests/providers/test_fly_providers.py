@@ -252,7 +252,13 @@ def test_machine_lifecycle_update_stop_start_delete(fly_emulator, meta_app) -> N
     new_image = machine_props(meta_app, image="supabase/postgres-meta:v0.91.0")
     diff = provider.diff(created.id, created.outs, new_image)
     assert diff.changes and not diff.replaces
+    fly_emulator.clear_calls()
     updated = provider.update(created.id, created.outs, new_image)
+    # Reconfigured under a lease; the machine already runs, so nothing is started and nothing read again.
+    routes = [f"{c['method']} {c['route']}" for c in fly_emulator.calls()]
+    assert routes.count("POST /v1/apps/{app}/machines/{machine_id}") == 1
+    assert not any(r.endswith("/start") for r in routes)
+    assert routes.count("GET /v1/apps/{app}/machines/{machine_id}") == 2, routes  # before the update, then its state
     assert updated.outs["instance_id"] != created.outs["instance_id"]
     assert fly_emulator.snapshot()["machines"][created.id]["config"]["image"] == "supabase/postgres-meta:v0.91.0"
 

@@ -787,13 +787,16 @@ class FlyMachineProvider(FlyProviderBase):
             if state == "stopping":
                 fly.wait(app, machine_id, "stopped", version=current.get("instance_id"), timeout_s=TRANSITION_WAIT_S)
                 state = "stopped"
-            if state in ("stopped", "created", "suspended"):
-                fly.start_machine(app, machine_id, nonce)
+            if state not in ("stopped", "created", "suspended"):
+                return dict(current)  # already started or on its way: nothing asked, nothing to read again
+            fly.start_machine(app, machine_id, nonce)
         elif state in ("started", "starting", "replacing", "updating"):
             if state != "started":
                 fly.wait(app, machine_id, "started", timeout_s=TRANSITION_WAIT_S)
             stop = self._machine_config(props).get("stop_config") or {}
             fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
+        else:
+            return dict(current)  # stopped already
         return dict(fly.get_machine(app, machine_id) or current)
 
     def _outs(self, props: Mapping[str, Any], machine: Mapping[str, Any]) -> dict[str, Any]:
