@@ -177,14 +177,7 @@ def test_backup_then_restore_brings_the_town_back_working(sandbox: Sandbox, hear
     town.stop()
     original = town_state(town.root, town.env)
     lost = lose_volume(sandbox)
-    # The restore needs nothing but the snapshot: the upstreams are unreachable meanwhile.
-    for upstream in town.upstreams.values():
-        upstream.rename(upstream.with_name(upstream.name + ".gone"))
-    try:
-        restore = sandbox.restore(town.root)
-    finally:
-        for upstream in town.upstreams.values():
-            upstream.with_name(upstream.name + ".gone").rename(upstream)
+    restore = _restore_with_upstreams_gone(sandbox)
     assert restore.returncode == 0, restore.stderr
 
     restored = town_state(town.root, town.env)
@@ -268,15 +261,22 @@ def _restore_after_losing_the_volume(sandbox: Sandbox) -> Path:
     sandbox.sync()
     town.stop()
     lost = lose_volume(sandbox)
+    restore = _restore_with_upstreams_gone(sandbox)
+    assert restore.returncode == 0, restore.stderr
+    return lost
+
+
+def _restore_with_upstreams_gone(sandbox: Sandbox) -> subprocess.CompletedProcess:
+    """The restore onto the town's (lost) volume while every upstream is unreachable: it must need
+    nothing but the snapshot."""
+    town = sandbox.town
     for upstream in town.upstreams.values():
         upstream.rename(upstream.with_name(upstream.name + ".gone"))
     try:
-        restore = sandbox.restore(town.root)
+        return sandbox.restore(town.root)
     finally:
         for upstream in town.upstreams.values():
             upstream.with_name(upstream.name + ".gone").rename(upstream)
-    assert restore.returncode == 0, restore.stderr
-    return lost
 
 
 def _shared_repo_settings(town: GasTown, root: Path) -> dict[str, str]:

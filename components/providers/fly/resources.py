@@ -318,6 +318,7 @@ class FlySecretsProvider(FlyProviderBase):
         generate = news.get("generate") or {}
         if isinstance(generate, Mapping):
             for key, length in generate.items():
+                failures += _secret_name_failures("generate", key)
                 problem = length_problem(length)
                 if problem:
                     failures.append(CheckFailure("generate", f"secret {key}: length {problem}"))
@@ -327,24 +328,13 @@ class FlySecretsProvider(FlyProviderBase):
         values = news.get("values")
         if isinstance(values, Mapping):
             for key, value in values.items():
-                if not ENV_NAME.match(key) or key.upper().startswith("FLY_"):
-                    failures.append(
-                        CheckFailure(
-                            "values",
-                            f"secret name {key!r} is not a valid environment variable name (or starts with FLY_)",
-                        )
-                    )
+                failures += _secret_name_failures("values", key)
                 if not isinstance(value, str | Unknown):
                     failures.append(CheckFailure("values", f"secret {key} must be a string"))
                 if key in generate:
                     failures.append(CheckFailure("values", f"secret {key} is both given and generated"))
         elif not isinstance(values, Unknown):
             failures.append(CheckFailure("values", "must be a map of secret name to value"))
-        for key in generate:
-            if not ENV_NAME.match(key) or key.upper().startswith("FLY_"):
-                failures.append(
-                    CheckFailure("generate", f"secret name {key!r} is not a valid environment variable name")
-                )
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -437,6 +427,12 @@ class FlySecretsProvider(FlyProviderBase):
                 except FlyError as exc:
                     if exc.status != 404:
                         raise
+
+
+def _secret_name_failures(prop: str, key: str) -> list[CheckFailure]:
+    if ENV_NAME.match(key) and not key.upper().startswith("FLY_"):
+        return []
+    return [CheckFailure(prop, f"secret name {key!r} is not a valid environment variable name (or starts with FLY_)")]
 
 
 def _generated(olds: Mapping[str, Any], news: Mapping[str, Any]) -> dict[str, str]:
