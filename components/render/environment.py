@@ -26,9 +26,21 @@ from components.paths import TEMPLATES_DIR
 # (\n, \t, \uXXXX, ...), and json.dumps does it in C: a town's fly.toml carries its scripts (tens of KB),
 # so a character-by-character loop here took most of a 100-town preview (bench/run.py).
 _DEL = "\x7f"
+# What a TOML 1.0 multi-line literal string cannot hold: its closing delimiter, and control characters
+# other than tab and newline (a lone CR is one; toml.io/en/v1.0.0#string).
+_LITERAL_DELIMITER = "'''"
+_NOT_IN_MULTILINE_LITERAL = frozenset(chr(c) for c in range(0x20) if chr(c) not in "\t\n") | {_DEL}
 
 
 def _toml_string(value: str) -> str:
+    if "\n" in value and _LITERAL_DELIMITER not in value and _NOT_IN_MULTILINE_LITERAL.isdisjoint(value):
+        # Multi-line text (the scripts a town's fly.toml carries) as a multi-line literal string, verbatim.
+        # Parsers find its end with one search, where a basic string is read character by character:
+        # tomllib took 15 ms per town fly.toml that way, and the engine runs each machine's Check
+        # (which parses it) one after another, so it was 1.5 s of a 100-town preview (bench/run.py).
+        # The newline after the opening delimiter is dropped by the parser, so a leading one survives;
+        # one or two quotes may end the value right before the closing delimiter.
+        return _LITERAL_DELIMITER + "\n" + value + _LITERAL_DELIMITER
     return json.dumps(value, ensure_ascii=False).replace(_DEL, "\\u007F")
 
 

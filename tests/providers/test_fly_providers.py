@@ -309,6 +309,23 @@ def test_machine_state_keeps_a_digest_of_its_config_and_a_conversion_change_upda
     assert provider.diff(created.id, {**legacy, "config": {**legacy["config"], "env": {}}}, news).changes
 
 
+def test_a_fly_toml_written_another_way_but_meaning_the_same_updates_no_machine(fly_emulator, meta_app) -> None:
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    created = provider.create(machine_props(meta_app))
+    # What a template or renderer change can do without changing the machine: another quoting, a comment.
+    rewritten = FLY_TOML.replace('PG_META_PORT = "8080"', "# the port meta listens on\nPG_META_PORT = '8080'")
+    assert rewritten != FLY_TOML
+    # On Fly an update restarts the machine: none for the same config.
+    assert provider.diff(created.id, created.outs, machine_props(meta_app, fly_toml=rewritten)).changes is False
+    # A change in what it means is an update.
+    moved = FLY_TOML.replace('PG_META_PORT = "8080"', 'PG_META_PORT = "8081"')
+    diff = provider.diff(created.id, created.outs, machine_props(meta_app, fly_toml=moved))
+    assert diff.changes and not diff.replaces
+    # Without a digest on either side (an input still unknown in a preview), the text decides.
+    text_only = {k: v for k, v in machine_props(meta_app, fly_toml=rewritten).items() if k != "config_sha256"}
+    assert provider.diff(created.id, created.outs, text_only).changes
+
+
 def gate_props(*machines, timeout_s: int = 5) -> dict:
     """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs)."""
     entries = [

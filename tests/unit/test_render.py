@@ -123,6 +123,35 @@ def test_toml_strings_round_trip(value: str) -> None:
     assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a\nb",
+        "\nstarts with a newline",
+        "ends in a quote\n'",
+        "ends in two\n''",
+        "holds '''\n",
+        "crlf\r\n",
+        "del\x7f\n",
+    ],
+)
+def test_multiline_strings_round_trip_whatever_they_hold(value: str) -> None:
+    assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
+
+
+def test_a_town_fly_toml_carries_its_scripts_verbatim() -> None:
+    from components.config.model import TownConfig
+    from components.stacks.town import town_fly_toml
+
+    text = town_fly_toml(_cfg(), TownConfig(name="acme", user="u_1"), "img:1", town_id="t1", bucket="b", endpoint="e")
+    files = {f["guest_path"]: f["raw_value"] for f in tomllib.loads(text)["files"]}
+    scripts = [content for content in files.values() if "\n" in content]
+    assert scripts
+    # Line for line as the template wrote them (readable in the fly.toml and in `pulumi preview --diff`),
+    # and read back unchanged.
+    assert all(content in text for content in scripts)
+
+
 def test_strict_undefined() -> None:
     with pytest.raises(jinja2.UndefinedError):
         render_file("kong/kong.yml.j2", app="x", studio=True)

@@ -711,15 +711,8 @@ class FlyMachineProvider(FlyProviderBase):
         return cls._config_for(flytoml.parse(props["fly_toml"]), props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        compare = (
-            *self.IMMUTABLE,
-            "fly_toml",
-            "image",
-            "metadata",
-            "desired_state",
-            "min_secrets_version",
-            "pre_stop_exec",
-        )
+        # The fly.toml is compared by what it converts to (`_config_differs`), not as text.
+        compare = (*self.IMMUTABLE, "image", "metadata", "desired_state", "min_secrets_version", "pre_stop_exec")
         result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
         if "volume_id" in result.replaces and self._same_volume(olds, news):
             # In a preview the volume's id is unknown whenever the volume itself has any update (a
@@ -729,8 +722,7 @@ class FlyMachineProvider(FlyProviderBase):
             # diffs again with the real id before it updates.
             news = {**news, "volume_id": olds.get("volume_id")}
             result = diff_result(olds, news, compare=compare, replace_on=self.IMMUTABLE)
-        # The template may be unchanged while the conversion changed (a code upgrade): compare configs.
-        if not result.changes and _config_changed(olds, news):
+        if not result.changes and _config_differs(olds, news):
             return DiffResult(changes=True, replaces=[])
         return result
 
@@ -821,8 +813,8 @@ class FlyMachineProvider(FlyProviderBase):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         app = news["app"]
-        reconfigure = bool(changed_keys(olds, news, ("fly_toml", "image", "metadata", "min_secrets_version"))) or (
-            _config_changed(olds, news)
+        reconfigure = bool(changed_keys(olds, news, ("image", "metadata", "min_secrets_version"))) or (
+            _config_differs(olds, news)
         )
         with self.client() as fly, fly.lease(app, id_) as nonce:
             machine = fly.get_machine(app, id_)
@@ -882,16 +874,23 @@ def _config_digest(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(normalized, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _config_changed(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
-    """Whether the converted config differs, by digest (state written before the digest kept the whole
-    config under ``config``: its digest is computed here)."""
+def _config_differs(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
+    """Whether the machine's config changes: by the digest of the config converted from the fly.toml when
+    both sides have one, else by the fly.toml's text.
+
+    The digest covers what Fly gets, so a template edit that changes nothing there (a string written
+    another way, a comment) updates no machine, which on Fly means a restart; and a changed conversion
+    of the same text (a code upgrade) is an update. The new digest is unknown in a preview until the
+    machine's volume or image is; the engine diffs again with them. State written before the digest
+    kept the whole config under ``config``: its digest is computed here.
+    """
     new = news.get(CONFIG_DIGEST)
-    if not isinstance(new, str):
-        return False  # unknown until the machine's volume or image is known: the engine diffs again
     old = olds.get(CONFIG_DIGEST)
     if not isinstance(old, str) and isinstance(olds.get("config"), Mapping):
         old = _config_digest(olds["config"])
-    return isinstance(old, str) and old != new
+    if isinstance(new, str) and isinstance(old, str):
+        return old != new
+    return bool(changed_keys(olds, news, ["fly_toml"]))
 
 
 def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None:
