@@ -86,11 +86,6 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
         # because every create adopts what an interrupted run left (by name, or by its registry row),
         # which the fault tests prove at every step. Pulumi Cloud journals instead and needs none of this.
         env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")
-    # The engine's step generator handles registrations one at a time, and with this (a documented CLI
-    # setting, sdk/go/common/env/env.go) a resource's Diff runs beside it instead of inside it; Check
-    # stays in turn. Every Diff here is pure, and the provider host serves 32 calls at once. A no-change
-    # preview of 100 towns: 7.6 s -> 6.9 s (three alternating pairs, bench/run.py's setup).
-    env["PULUMI_PARALLEL_DIFF"] = os.environ.get("PULUMI_PARALLEL_DIFF", "true")
     if not (os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
         env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(ensure_passphrase(state_dir / "passphrase").resolve())
     env.update(extra or {})
