@@ -8,3 +8,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = PROJECT_ROOT / "templates"
 CATALOG_FILE = PROJECT_ROOT / "catalog" / "images.yaml"
+# Files a machine gets through its fly.toml's [[files]] local_path, stored under their SHA-256
+# (components/render/machine_files.py); beside the local state, and like it never committed.
+MACHINE_FILES_DIR = PROJECT_ROOT / ".silo" / "machine-files"

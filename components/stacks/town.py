@@ -37,6 +37,7 @@ from components.providers.fly.resources import (
     FlyVolume,
 )
 from components.render.files import render_file
+from components.render.machine_files import stored_file
 from components.render.town_scripts import TownScriptContext, render_town_scripts
 
 DATA_PATH = "/home/gt/data"  # where the sandbox image keeps its state (its Dockerfile's VOLUME)
@@ -78,9 +79,11 @@ def town_script_context() -> TownScriptContext:
 
 
 def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str, bucket: str, endpoint: str) -> str:
-    scripts = render_town_scripts(town_script_context())
+    # The scripts are the same for every town: each fly.toml names them in the store (machine_files.py);
+    # only the town's own rigs file is inline.
+    scripts = {path: stored_file(text) for path, text in render_town_scripts(town_script_context()).items()}
     rigs = [{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs]
-    files = {**scripts, RIGS_FILE: json.dumps({"rigs": rigs}, indent=2) + "\n"}
+    files = {RIGS_FILE: json.dumps({"rigs": rigs}, indent=2) + "\n"}
     env = {
         "GT_TOWN_ROOT": TOWN_ROOT,
         "KILO_API_URL": cfg.kilo_api_url,
@@ -99,6 +102,7 @@ def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str
         region=cfg.region,
         image=image,
         env=env,
+        local_files=scripts,
         files=files,
         bin_dir=BIN_DIR,
         internal_port=INTERNAL_PORT,

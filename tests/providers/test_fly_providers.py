@@ -5,6 +5,9 @@ The same provider objects also run through the SDK's provider host, started by t
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
@@ -324,6 +327,63 @@ def test_a_fly_toml_written_another_way_but_meaning_the_same_updates_no_machine(
     # Without a digest on either side (an input still unknown in a preview), the text decides.
     text_only = {k: v for k, v in machine_props(meta_app, fly_toml=rewritten).items() if k != "config_sha256"}
     assert provider.diff(created.id, created.outs, text_only).changes
+
+
+def _with_file(guest_path: str, **source: str) -> str:
+    key, value = next(iter(source.items()))
+    return FLY_TOML + f'\n[[files]]\nguest_path = "{guest_path}"\n{key} = {json.dumps(value)}\n'
+
+
+def test_a_local_path_file_reaches_the_machine_as_its_bytes(fly_emulator, meta_app, tmp_path) -> None:
+    script = tmp_path / "startup.sh"
+    script.write_text("#!/bin/sh\necho 'booting'\n")
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    created = provider.create(machine_props(meta_app, fly_toml=_with_file("/bin/start.sh", local_path=str(script))))
+    files = fly_emulator.snapshot()["machines"][created.id]["config"]["files"]
+    # flyctl's File.toMachineFile: the bytes, base64-encoded, as for a raw_value.
+    assert [(f["guest_path"], base64.b64decode(f["raw_value"])) for f in files] == [
+        ("/bin/start.sh", b"#!/bin/sh\necho 'booting'\n")
+    ]
+
+
+def test_a_local_path_that_cannot_be_read_fails_check_naming_it(tmp_path) -> None:
+    missing = tmp_path / "gone.sh"
+    props = {**machine_props("app-a"), "fly_toml": _with_file("/bin/start.sh", local_path=str(missing))}
+    failures = FlyMachineProvider().check({}, props).failures
+    assert [f.property for f in failures] == ["fly_toml"]
+    assert str(missing) in failures[0].reason and "cannot read" in failures[0].reason
+    relative = {**props, "fly_toml": _with_file("/bin/start.sh", local_path="scripts/start.sh")}
+    failures = FlyMachineProvider().check({}, relative).failures
+    assert [(f.property, f.reason) for f in failures] == [
+        ("fly_toml", "[[files]][0].local_path: must be an absolute path")
+    ]
+
+
+def test_a_local_path_file_changed_after_check_is_not_deployed(fly_emulator, meta_app, tmp_path) -> None:
+    script = tmp_path / "startup.sh"
+    script.write_text("v1\n")
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    checked = machine_props(meta_app, fly_toml=_with_file("/bin/start.sh", local_path=str(script)))
+    script.write_text("v2, never previewed\n")
+    with pytest.raises(FlyError, match="changed after this run checked them"):
+        provider.create(checked)
+    assert not fly_emulator.snapshot()["machines"]
+
+
+def test_a_script_moved_from_raw_value_to_local_path_updates_no_machine(fly_emulator, meta_app, tmp_path) -> None:
+    # A fly.toml that carried the script inline (state from before the machine-file store) and one naming
+    # the same bytes by local_path deploy the same config: upgrading restarts no machine.
+    script = tmp_path / "startup.sh"
+    script.write_text("#!/bin/sh\nexec gt up\n")
+    provider = configured(FlyMachineProvider(), fly_emulator)
+    created = provider.create(machine_props(meta_app, fly_toml=_with_file("/s.sh", raw_value=script.read_text())))
+    by_path = machine_props(meta_app, fly_toml=_with_file("/s.sh", local_path=str(script)))
+    assert provider.diff(created.id, created.outs, by_path).changes is False
+    # Another script is another config: an update.
+    script.write_text("#!/bin/sh\nexec gt up --verbose\n")
+    changed = machine_props(meta_app, fly_toml=_with_file("/s.sh", local_path=str(script)))
+    diff = provider.diff(created.id, created.outs, changed)
+    assert diff.changes and not diff.replaces
 
 
 def gate_props(*machines, timeout_s: int = 5) -> dict:

@@ -3,6 +3,8 @@ routes and protects what Supabase's does; render_stack writes one folder per app
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -139,17 +141,25 @@ def test_multiline_strings_round_trip_whatever_they_hold(value: str) -> None:
     assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
 
 
-def test_a_town_fly_toml_carries_its_scripts_verbatim() -> None:
+def test_a_town_fly_toml_names_its_scripts_by_content_and_the_machine_gets_them_verbatim() -> None:
     from components.config.model import TownConfig
-    from components.stacks.town import town_fly_toml
+    from components.render.town_scripts import render_town_scripts
+    from components.stacks.town import town_fly_toml, town_script_context
 
     text = town_fly_toml(_cfg(), TownConfig(name="acme", user="u_1"), "img:1", town_id="t1", bucket="b", endpoint="e")
-    files = {f["guest_path"]: f["raw_value"] for f in tomllib.loads(text)["files"]}
-    scripts = [content for content in files.values() if "\n" in content]
-    assert scripts
-    # Line for line as the template wrote them (readable in the fly.toml and in `pulumi preview --diff`),
-    # and read back unchanged.
-    assert all(content in text for content in scripts)
+    entries = {f["guest_path"]: f for f in tomllib.loads(text)["files"]}
+    scripts = render_town_scripts(town_script_context())
+    # Each script by the SHA-256 of its bytes in the store, not inline: the fly.toml (and so every
+    # machine's inputs) stays small however long the scripts grow.
+    for guest_path, content in scripts.items():
+        local = Path(entries[guest_path]["local_path"])
+        assert local.name == hashlib.sha256(content.encode()).hexdigest()
+        assert local.read_text() == content
+    assert len(text) < 5000 < sum(len(c) for c in scripts.values())
+    # What the machine gets: every script verbatim, and the town's rigs file inline.
+    config = flytoml.to_machine_config(tomllib.loads(text), read_local=flytoml.read_local_file)
+    sent = {f["guest_path"]: base64.b64decode(f["raw_value"]).decode() for f in config["files"]}
+    assert sent == {**scripts, "/etc/gastown/rigs.json": '{\n  "rigs": []\n}\n'}
 
 
 def test_strict_undefined() -> None:

@@ -9,7 +9,8 @@ The conversion follows flyctl's ``internal/appconfig/machines.go`` / ``service.g
   (flyctl's order); ``[[services]]`` tcp/http checks become ``services[].checks[]`` with a ``type``;
 - check durations written as bare integers are milliseconds, ``kill_timeout`` integers are seconds;
   the output uses Go duration strings ("15s", "1m0s") as the API echoes them;
-- ``[[files]] raw_value`` is base64-encoded here, like flyctl's ``toMachineFile``.
+- ``[[files]] raw_value`` is base64-encoded here, and a ``local_path`` file is read and base64-encoded,
+  like flyctl's ``appconfig.File.toMachineFile``, when a reader is given.
 
 ``normalize`` puts a desired config and the API's echo of it into one form before they are compared.
 """
@@ -21,7 +22,7 @@ import copy
 import re
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -396,6 +397,10 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
         sources = [k for k in ("raw_value", "local_path", "secret_name") if k in file]
         if len(sources) != 1:
             problems.append(f"{at}: exactly one of raw_value, local_path or secret_name is required")
+        elif "local_path" in file and not (isinstance(file["local_path"], str) and file["local_path"].startswith("/")):
+            # flyctl reads a relative path from its working directory; the provider host's has no
+            # relation to where the fly.toml was rendered.
+            problems.append(f"{at}.local_path: must be an absolute path")
     return problems
 
 
@@ -553,19 +558,29 @@ def _guest(vm: Mapping[str, Any]) -> dict[str, Any]:
 DEFAULT_FILE_MODE = 0o444
 
 
-def _file(entry: Mapping[str, Any], mode: int) -> dict[str, Any]:
+def _file(entry: Mapping[str, Any], mode: int, read_local: Callable[[str], bytes] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"guest_path": entry["guest_path"], "mode": mode}
     if "raw_value" in entry:
         # flyctl's toMachineFile base64-encodes raw_value; the Machines API wants base64.
         out["raw_value"] = base64.b64encode(str(entry["raw_value"]).encode()).decode("ascii")
     elif "secret_name" in entry:
         out["secret_name"] = entry["secret_name"]
+    elif read_local is not None:
+        # flyctl's toMachineFile reads local_path when it deploys and sends the bytes, base64-encoded.
+        out["raw_value"] = base64.b64encode(read_local(entry["local_path"])).decode("ascii")
     else:
-        raise FlyTomlError(
-            f"[[files]] {entry['guest_path']}: only raw_value and secret_name are supported here "
-            "(local_path would read files relative to a fly.toml on disk)"
-        )
+        # Without a reader the config is for looking at (policy, state transitions), never for the API.
+        out["local_path"] = entry["local_path"]
     return out
+
+
+def read_local_file(path: str) -> bytes:
+    """A ``[[files]] local_path``'s bytes, as flyctl reads them when it deploys."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise FlyTomlError(f"[[files]] local_path {path}: cannot read it ({exc.strerror})") from None
 
 
 def to_machine_config(
@@ -575,9 +590,13 @@ def to_machine_config(
     volume_id: str | None = None,
     process_group: str = "app",
     file_mode: int = DEFAULT_FILE_MODE,
+    read_local: Callable[[str], bytes] | None = None,
 ) -> dict[str, Any]:
     """The Machine config flyctl would deploy for ``process_group`` of a parsed fly.toml, plus an explicit
-    ``mode`` on every file (see ``DEFAULT_FILE_MODE``)."""
+    ``mode`` on every file (see ``DEFAULT_FILE_MODE``).
+
+    ``[[files]] local_path`` contents are read with ``read_local`` (``read_local_file``); without it they
+    stay ``local_path`` entries: a config to inspect, not one the Machines API accepts."""
     group = process_group
     image = image or (doc.get("build") or {}).get("image")
     if not image:
@@ -652,7 +671,7 @@ def to_machine_config(
             restart["max_retries"] = int(restarts[0]["retries"])
         config["restart"] = restart
 
-    files = [_file(f, file_mode) for f in _for_group(doc.get("files"), group)]
+    files = [_file(f, file_mode, read_local) for f in _for_group(doc.get("files"), group)]
     if files:
         config["files"] = files
 

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -688,27 +688,51 @@ class FlyMachineProvider(FlyProviderBase):
             else:
                 failures += [CheckFailure("fly_toml", problem) for problem in flytoml.validate(doc)]
                 if not failures and not has_unknown([image, news.get("volume_id"), news.get("metadata")]):
-                    news = {**news, CONFIG_DIGEST: _config_digest(self._config_for(doc, news))}
+                    try:
+                        config = self._config_for(doc, news, read_local=flytoml.read_local_file)
+                    except flytoml.FlyTomlError as exc:
+                        failures.append(CheckFailure("fly_toml", str(exc)))
+                    else:
+                        news = {**news, CONFIG_DIGEST: _config_digest(config)}
         elif not isinstance(text, Unknown):
             failures.append(CheckFailure("fly_toml", "the rendered fly.toml text is required"))
         return CheckResult(news, failures)
 
     @staticmethod
-    def _config_for(doc: Mapping[str, Any], props: Mapping[str, Any]) -> dict[str, Any]:
-        config = flytoml.to_machine_config(doc, image=props["image"], volume_id=props.get("volume_id"))
+    def _config_for(
+        doc: Mapping[str, Any], props: Mapping[str, Any], read_local: Callable[[str], bytes] | None = None
+    ) -> dict[str, Any]:
+        config = flytoml.to_machine_config(
+            doc, image=props["image"], volume_id=props.get("volume_id"), read_local=read_local
+        )
         if props.get("metadata"):
             config["metadata"] = {**config.get("metadata", {}), **props["metadata"]}
         return config
 
     @classmethod
     def _machine_config(cls, props: Mapping[str, Any]) -> dict[str, Any]:
-        """The machine config the API gets, converted from the fly.toml each time it is needed.
+        """The machine config converted from the fly.toml, for its settings (stop signal, auto-stop):
+        ``local_path`` files are not read, so a `destroy` or `refresh`, which run no program to write
+        them, never needs them.
 
-        State keeps only its digest: the config repeats the fly.toml (a town's embeds ~115 KB of
-        scripts), and a copy in the inputs and the outputs of every machine doubled the state
-        (49 MB for 100 towns), which the engine reads, diffs and sends on every preview (bench/run.py).
+        State keeps only the config's digest: a copy of the config in the inputs and the outputs of
+        every machine doubled the state (49 MB for 100 towns), which the engine reads, diffs and sends
+        on every preview (bench/run.py).
         """
         return cls._config_for(flytoml.parse(props["fly_toml"]), props)
+
+    @classmethod
+    def _config_to_send(cls, props: Mapping[str, Any]) -> dict[str, Any]:
+        """The machine config the API gets, ``local_path`` files read, and exactly the one Check
+        digested: a file changed since then would deploy something nobody previewed."""
+        config = cls._config_for(flytoml.parse(props["fly_toml"]), props, read_local=flytoml.read_local_file)
+        expected = props.get(CONFIG_DIGEST)
+        if isinstance(expected, str) and _config_digest(config) != expected:
+            raise FlyError(
+                f"machine {props.get('name')} of app {props.get('app')}: the files its fly.toml names changed "
+                "after this run checked them; run `pulumi up` again"
+            )
+        return config
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # The fly.toml is compared by what it converts to (`_config_differs`), not as text.
@@ -745,7 +769,7 @@ class FlyMachineProvider(FlyProviderBase):
     def _body(self, props: Mapping[str, Any]) -> dict[str, Any]:
         body: dict[str, Any] = {
             # Numbers arrive from the engine as doubles; the API wants Go ints.
-            "config": canonical(self._machine_config(props)),
+            "config": canonical(self._config_to_send(props)),
             "region": props["region"],
             "skip_launch": props["desired_state"] == "stopped",
         }
