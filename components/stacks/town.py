@@ -81,9 +81,12 @@ def town_script_context() -> TownScriptContext:
 def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str, bucket: str, endpoint: str) -> str:
     # The scripts are the same for every town: each fly.toml names them in the store (machine_files.py);
     # only the town's own rigs file is inline.
-    scripts = {path: stored_file(text) for path, text in render_town_scripts(town_script_context()).items()}
+    scripts = render_town_scripts(town_script_context())
     rigs = [{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs]
-    files = {RIGS_FILE: json.dumps({"rigs": rigs}, indent=2) + "\n"}
+    files = [
+        *({"guest_path": path, "local_path": stored_file(text)} for path, text in scripts.items()),
+        {"guest_path": RIGS_FILE, "raw_value": json.dumps({"rigs": rigs}, indent=2) + "\n"},
+    ]
     env = {
         "GT_TOWN_ROOT": TOWN_ROOT,
         "KILO_API_URL": cfg.kilo_api_url,
@@ -102,7 +105,6 @@ def town_fly_toml(cfg: SiloConfig, town: TownConfig, image: str, *, town_id: str
         region=cfg.region,
         image=image,
         env=env,
-        local_files=scripts,
         files=files,
         bin_dir=BIN_DIR,
         internal_port=INTERNAL_PORT,
