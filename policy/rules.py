@@ -11,7 +11,7 @@ outputs once all are registered. Neither sees the old state, the planned step, d
 ``retain_on_delete``. So:
 
 - a data volume's replacement is visible because the volume provider's ``check`` adds
-  ``immutable_changes`` (components/providers/fly/resources.py) to its checked inputs;
+  ``immutable_changes`` (components/providers/fly/volumes.py) to its checked inputs;
 - a deletion is not visible at all: it is refused by the providers (a volume with ``allow_delete``
   false, an app with ``keep_volumes`` that still holds volumes) and skipped by the engine
   (``retain_on_delete`` on data volumes and their apps). What the rule checks is that every registered
@@ -46,7 +46,7 @@ from pulumi_policy import proxy as policy_proxy
 from components.domain import costs, naming
 from components.domain.catalog import DIGEST, Catalog, load_catalog
 from components.providers.fly import flytoml
-from components.providers.fly.resources import REPLACEMENT_KEY
+from components.providers.fly.volumes import REPLACEMENT_KEY
 
 PACK_NAME = "silo-guardrails"
 FLY = "pulumi-python:dynamic/fly:"

@@ -19,15 +19,13 @@ from components.domain.catalog import ResolvedImage as Image
 from components.domain.costs import estimate
 from components.domain.keys import supabase_keys
 from components.providers.fly import flytoml
-from components.providers.fly.resources import (
-    FlyApp,
-    FlyExec,
-    FlyIpAssignment,
-    FlyMachine,
-    FlyMachinesReady,
-    FlySecrets,
-    FlyVolume,
-)
+from components.providers.fly.app_secrets import FlySecrets
+from components.providers.fly.apps import FlyApp
+from components.providers.fly.exec import FlyExec
+from components.providers.fly.ip_assignments import FlyIpAssignment
+from components.providers.fly.machines import FlyMachine
+from components.providers.fly.ready import FlyMachinesReady
+from components.providers.fly.volumes import FlyVolume
 from components.providers.generated import GeneratedSecret
 from components.render.files import render_fly_toml, rls_sql, secret_env
 

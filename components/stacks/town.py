@@ -28,14 +28,12 @@ from components.config.model import (
 from components.domain.catalog import ResolvedImage
 from components.providers.cloudflare.r2 import R2TownCredentials
 from components.providers.controldb.registry import TownRecords, TownRegistration
-from components.providers.fly.resources import (
-    FlyApp,
-    FlyIpAssignment,
-    FlyMachine,
-    FlyMachinesReady,
-    FlySecrets,
-    FlyVolume,
-)
+from components.providers.fly.app_secrets import FlySecrets
+from components.providers.fly.apps import FlyApp
+from components.providers.fly.ip_assignments import FlyIpAssignment
+from components.providers.fly.machines import FlyMachine
+from components.providers.fly.ready import FlyMachinesReady
+from components.providers.fly.volumes import FlyVolume
 from components.render.files import render_file
 from components.render.machine_files import stored_file
 from components.render.town_scripts import TownScriptContext, render_town_scripts

@@ -14,7 +14,8 @@ import pytest
 from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
-from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
+from components.providers.fly.apps import FlyAppProvider
+from components.providers.fly.ip_assignments import FlyIpAssignmentProvider
 
 
 class _DropAddress(BaseHTTPRequestHandler):

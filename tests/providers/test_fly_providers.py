@@ -14,16 +14,13 @@ from pulumi.dynamic import ConfigureRequest
 from pulumi.output import Unknown
 
 from components.config.model import VOLUME_CONFIG_KEYS
+from components.providers.fly.app_secrets import FlySecretsProvider
+from components.providers.fly.apps import FlyAppProvider
 from components.providers.fly.errors import FlyError
-from components.providers.fly.resources import (
-    REPLACEMENT_KEY,
-    FlyAppProvider,
-    FlyIpAssignmentProvider,
-    FlyMachineProvider,
-    FlyMachinesReadyProvider,
-    FlySecretsProvider,
-    FlyVolumeProvider,
-)
+from components.providers.fly.ip_assignments import FlyIpAssignmentProvider
+from components.providers.fly.machines import FlyMachineProvider
+from components.providers.fly.ready import FlyMachinesReadyProvider
+from components.providers.fly.volumes import REPLACEMENT_KEY, FlyVolumeProvider
 
 
 def configured(provider, fly_emulator):
@@ -282,7 +279,7 @@ def test_machine_state_keeps_a_digest_of_its_config_and_a_conversion_change_upda
     fly_emulator, meta_app, monkeypatch
 ) -> None:
     from components.providers.fly import flytoml
-    from components.providers.fly import resources as fly_resources
+    from components.providers.fly import machines as fly_resources
 
     provider = configured(FlyMachineProvider(), fly_emulator)
     props = machine_props(meta_app)
@@ -507,7 +504,7 @@ def test_files_read_by_non_root_processes_get_an_explicit_read_only_mode(fly_emu
 
 
 def test_rls_sql_through_exec_succeeds_when_the_answer_has_no_exit_code(fly_emulator, meta_app) -> None:
-    from components.providers.fly.resources import FlyExecProvider
+    from components.providers.fly.exec import FlyExecProvider
 
     machine = configured(FlyMachineProvider(), fly_emulator).create(machine_props(meta_app))
     provider = configured(FlyExecProvider(), fly_emulator)

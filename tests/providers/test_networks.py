@@ -16,8 +16,9 @@ from pulumi.dynamic import Config as DynamicConfig
 from pulumi.dynamic import ConfigureRequest
 
 from components.config.model import APP_CONFIG_KEYS, SiloConfig, TownConfig, from_mapping
+from components.providers.fly.apps import FlyAppProvider
 from components.providers.fly.errors import FlyError
-from components.providers.fly.resources import FlyAppProvider, FlyIpAssignmentProvider
+from components.providers.fly.ip_assignments import FlyIpAssignmentProvider
 from emulators.fly import FlyEmulator
 from tests.fixtures.fly import visible_app
 from tests.fixtures.pulumi_mocks import RecordingMocks, declare_silo, declare_town

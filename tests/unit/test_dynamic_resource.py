@@ -12,7 +12,7 @@ import pulumi.dynamic
 
 import components
 from components.providers.base import DynamicResource
-from components.providers.fly.resources import FlyApp
+from components.providers.fly.apps import FlyApp
 
 
 class _Mocks(pulumi.runtime.Mocks):

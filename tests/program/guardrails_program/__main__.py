@@ -2,7 +2,7 @@
 
     - {kind: App | Volume | Machine | IpAssignment, name: <logical name>, args: {...}, bypass: false}
 
-`args` are the keyword arguments of the real resource class (components/providers/fly/resources.py), whose
+`args` are the keyword arguments of the real resource classes (components/providers/fly/), whose
 provider checks and diffs them as in the real program. With `bypass: true` the resource is registered
 under the same type token by a provider whose `check` accepts anything: what a program change that
 skipped the real providers' checks would register (an invalid name, an image on `latest`).
@@ -14,7 +14,10 @@ import pulumi
 from pulumi.dynamic import CheckResult, CreateResult, DiffResult, ResourceProvider
 
 from components.providers.base import DynamicResource
-from components.providers.fly.resources import FlyApp, FlyIpAssignment, FlyMachine, FlyVolume
+from components.providers.fly.apps import FlyApp
+from components.providers.fly.ip_assignments import FlyIpAssignment
+from components.providers.fly.machines import FlyMachine
+from components.providers.fly.volumes import FlyVolume
 
 REAL = {"App": FlyApp, "Volume": FlyVolume, "Machine": FlyMachine, "IpAssignment": FlyIpAssignment}
 
