@@ -1,4 +1,4 @@
-"""``silo``: the engine-free command line (validate, render, status, doctor, emulator).
+"""``silo``: the engine-free command line (validate, render, status, doctor, adopt, emulator).
 
 Run as the ``silo`` console script or ``python -m components.cli.main``. Exit codes: 0 success, 1 a
 command failed at run time, 2 invalid config or usage. Heavy or not-yet-written collaborators
@@ -110,6 +110,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    try:
+        cfg, raw = _load(args.stack_file)
+    except ConfigError as error:
+        return _print_errors(error)
+    from components.cli.adopt import adopt, stack_identity
+    from components.providers.fly.errors import FlyError
+    from components.providers.fly.settings import resolve_fly_settings
+
+    try:
+        owner = args.owner or stack_identity(args.stack_file, cfg)
+        settings = resolve_fly_settings(fly_config_map(raw))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        lines, ok = adopt(cfg, settings, owner)
+    except FlyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(lines))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from components.cli.doctor import main_lines
 
@@ -171,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("stack_file", type=Path, metavar="STACK_FILE")
     doctor.set_defaults(func=cmd_doctor)
+
+    adopt = commands.add_parser(
+        "adopt", help="mark the silo's existing, unmarked Fly apps as this stack's (before a first up over them)"
+    )
+    adopt.add_argument("stack_file", type=Path, metavar="STACK_FILE")
+    adopt.add_argument(
+        "--owner", default=None, help="the owner to write (default: <project>/<stack>/<client>/<app> of the file)"
+    )
+    adopt.set_defaults(func=cmd_adopt)
 
     emulator = commands.add_parser("emulator", help="serve the local Fly Machines API emulator")
     emulator.add_argument("--port", type=_port, required=True)

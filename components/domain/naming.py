@@ -135,3 +135,33 @@ def town_volume_name(sandbox_id: str) -> str:
     if not is_dns_label(sandbox_id):
         raise ValueError(f"sandbox id {sandbox_id!r} is not a DNS label")
     return f"town_{_digest('town-volume', sandbox_id)[:24]}"
+
+
+# -- ownership ---------------------------------------------------------------------------------------
+# Fly app names are global and built from slugs that may hold dashes, so two different silos can name
+# the same app (`devenv-a-b-c-pg` is client a-b + app c, and client a + app b-c), and two silos that
+# declare the same user + town share a sandbox id. Fly apps carry no labels, so a stack marks each app it
+# creates with a secret whose *name* identifies the stack: the Machines API lists secret names (never
+# values), and names need no knowledge of Fly's undisclosed digest algorithm to compare.
+OWNER_SECRET_PREFIX = "SILO_OWNER_"
+OWNER_DIGEST_HEX = 24
+
+
+def stack_owner(project: str, stack: str, client: str, app: str) -> str:
+    """``<project>/<stack>/<client>/<app>``: the owner of what one stack creates for one silo.
+
+    The stack tells two stacks of one silo apart (a copied stack file must not take over the apps); the
+    silo's slugs, separated by ``/`` (which no slug holds), tell apart two silos whose names collide even
+    when both live in a stack of the same name on different backends. The organisation is left out, so
+    moving the state to a team backend keeps the owner.
+    """
+    return f"{project}/{stack}/{client}/{app}"
+
+
+def owner_secret(owner: str) -> str:
+    """``SILO_OWNER_<24 hex>``: the name of the secret that marks a Fly app as ``owner``'s."""
+    return OWNER_SECRET_PREFIX + _digest("silo-owner", owner)[:OWNER_DIGEST_HEX].upper()
+
+
+def is_owner_secret(name: str) -> bool:
+    return name.startswith(OWNER_SECRET_PREFIX)

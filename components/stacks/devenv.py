@@ -28,6 +28,7 @@ from components.providers.fly.ready import FlyMachinesReady
 from components.providers.fly.volumes import FlyVolume
 from components.providers.generated import GeneratedSecret
 from components.render.files import render_fly_toml, rls_sql, secret_env
+from components.stacks.ownership import stack_owner
 
 # The anon/service keys are signed with this fixed `iat` so they are identical on every run (a new
 # `iat` would mean a diff on every preview). Rotating keys is a config change: silo:keyGeneration.
@@ -174,6 +175,7 @@ class DevEnvStack(pulumi.ComponentResource):
             keep_volumes=not cfg.allow_data_deletion,
             network=cfg.network,
             allow_network_change=cfg.network_migration,
+            owner=stack_owner(cfg),
             config_keys=APP_CONFIG_KEYS,
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=keeps_data),
         )

@@ -37,6 +37,7 @@ from components.providers.fly.volumes import FlyVolume
 from components.render.files import render_file
 from components.render.machine_files import stored_file
 from components.render.town_scripts import TownScriptContext, render_town_scripts
+from components.stacks.ownership import stack_owner
 
 DATA_PATH = "/home/gt/data"  # where the sandbox image keeps its state (its Dockerfile's VOLUME)
 TOWN_ROOT = f"{DATA_PATH}/gt"
@@ -138,6 +139,7 @@ class TownSandbox(pulumi.ComponentResource):
             town_name=town.name,
             sandbox_id=sid,
             region=cfg.region,
+            owner=stack_owner(cfg),
             opts=child(),
         )
         town_id = self.registration.town_id
@@ -151,6 +153,7 @@ class TownSandbox(pulumi.ComponentResource):
             keep_volumes=keeps_data,
             network=town.network,
             allow_network_change=cfg.network_migration,
+            owner=stack_owner(cfg),
             config_keys=TOWN_APP_CONFIG_KEYS,
             opts=child(self.registration, retain=keeps_data),
         )

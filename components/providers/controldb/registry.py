@@ -27,7 +27,12 @@ from pulumi.dynamic import (
 from pulumi.output import Unknown
 
 from components.providers.base import DynamicResource, canonical, diff_result, strip_provider
-from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV, ControlDbProvider
+from components.providers.controldb.dsn import (
+    CONTROL_DSN_CONFIG_KEY,
+    CONTROL_DSN_ENV,
+    ControlDbError,
+    ControlDbProvider,
+)
 
 
 class RegistryProviderBase(ControlDbProvider):
@@ -50,44 +55,92 @@ class RegistryProviderBase(ControlDbProvider):
 class TownRegistrationProvider(RegistryProviderBase):
     IDENTITY = ("user_id", "town_name", "sandbox_id")
 
-    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = [CheckFailure(key, "is required") for key in self.IDENTITY if not news.get(key)]
+        if not olds and not failures:
+            failures += self._ownership_failures(news)
         return CheckResult(news, failures)
+
+    def _ownership_failures(self, news: Mapping[str, Any]) -> list[CheckFailure]:
+        """At preview, for a town this stack does not hold yet: refuse one another stack registered.
+
+        Only warns early (create decides again); says nothing when the registry cannot be reached.
+        """
+        owner = news.get("owner")
+        if not isinstance(owner, str) or not owner or not self.control_dsn():
+            return []
+        try:
+            with self.connect() as conn:
+                row = self._active_row(conn, news)
+        except ControlDbError:  # an unreachable registry is create's to report, with its reason
+            return []
+        problem = self._foreign(row, news, owner)
+        return [CheckFailure("town_name", problem)] if problem else []
+
+    @staticmethod
+    def _active_row(conn: psycopg.Connection, props: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        return conn.execute(
+            "SELECT id, sandbox_id, owner FROM gastown_towns WHERE destroyed_at IS NULL "
+            "AND ((user_id = %s AND town_name = %s) OR sandbox_id = %s) ORDER BY created_at LIMIT 1",
+            (props["user_id"], props["town_name"], props["sandbox_id"]),
+        ).fetchone()
+
+    @staticmethod
+    def _foreign(row: tuple[Any, ...] | None, props: Mapping[str, Any], owner: str | None) -> str | None:
+        """Why the active row found for this town is not ours to take over, or None."""
+        if row is None:
+            return None
+        town = f"town {props['town_name']!r} of user {props['user_id']!r}"
+        if row[1] != props["sandbox_id"]:
+            return f"{town} is registered with another sandbox id ({row[1]})"
+        if owner and row[2] is None:
+            return (
+                f"{town} is already registered (row {row[0]}) without an owner, so nothing proves it is {owner}'s: "
+                "two stacks may not declare the same town. If it is this stack's, claim it with "
+                f"`UPDATE gastown_towns SET owner = '{owner}' WHERE id = '{row[0]}'` in the registry, then `pulumi up`"
+            )
+        if owner and row[2] != owner:
+            return (
+                f"{town} is already registered by stack {row[2]}, not {owner}: a town (user + name) belongs to "
+                "one stack; rename the town, or remove it from the other stack first"
+            )
+        return None
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # A different identity is a different town; the partial unique indexes need the old row gone first.
-        return diff_result(olds, news, compare=(*self.IDENTITY, "region"), replace_on=self.IDENTITY)
+        # A new owner (a row made before owners were recorded, a renamed stack) is written in place.
+        return diff_result(olds, news, compare=(*self.IDENTITY, "region", "owner"), replace_on=self.IDENTITY)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
+        owner = props.get("owner")
         with self.connect() as conn:
-            # Idempotent: a row left by an interrupted run is adopted, never duplicated.
+            # Idempotent: a row of ours left by an interrupted run is adopted, never duplicated; another
+            # stack's row is refused.
             conn.execute(
-                """INSERT INTO gastown_towns (user_id, town_name, sandbox_id, fly_app, fly_region, status)
-                   VALUES (%s, %s, %s, %s, %s, 'provisioning')
-                   ON CONFLICT (user_id, town_name) WHERE destroyed_at IS NULL DO NOTHING""",
+                """INSERT INTO gastown_towns (user_id, town_name, sandbox_id, fly_app, fly_region, status, owner)
+                   VALUES (%s, %s, %s, %s, %s, 'provisioning', %s)
+                   ON CONFLICT DO NOTHING""",
                 (
                     props["user_id"],
                     props["town_name"],
                     props["sandbox_id"],
                     props["sandbox_id"],
                     props["region"],
+                    owner,
                 ),
             )
-            row = conn.execute(
-                "SELECT id, sandbox_id FROM gastown_towns WHERE user_id = %s AND town_name = %s "
-                "AND destroyed_at IS NULL",
-                (props["user_id"], props["town_name"]),
-            ).fetchone()
-        if row is None or row[1] != props["sandbox_id"]:
-            raise RuntimeError(
-                f"town {props['town_name']!r} of user {props['user_id']!r} is registered with "
-                f"another sandbox id ({row[1] if row else 'none'})"
-            )
+            row = self._active_row(conn, props)
+        problem = self._foreign(row, props, owner) if row is not None else "its row could not be written"
+        if problem or row is None:
+            raise RuntimeError(problem or "the town's registry row could not be written")
         return CreateResult(str(row[0]), {**props, "town_id": str(row[0])})
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         with self.connect() as conn:
-            conn.execute("UPDATE gastown_towns SET fly_region = %s WHERE id = %s", (news["region"], id_))
+            conn.execute(
+                "UPDATE gastown_towns SET fly_region = %s, owner = coalesce(%s, owner) WHERE id = %s",
+                (news["region"], news.get("owner"), id_),
+            )
         return UpdateResult({**news, "town_id": id_})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -98,8 +151,16 @@ class TownRegistrationProvider(RegistryProviderBase):
         return ReadResult(id_, props)
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
-        # Soft delete: the row stays for history; the name and sandbox id become free again.
+        # Soft delete: the row stays for history; the name and sandbox id become free again. Only a row
+        # that is still this stack's (or has no owner yet) is touched.
         with self.connect() as conn, conn.transaction():
+            owner = props.get("owner")
+            mine = conn.execute(
+                "SELECT 1 FROM gastown_towns WHERE id = %s AND (owner IS NULL OR %s::text IS NULL OR owner = %s)",
+                (id_, owner, owner),
+            ).fetchone()
+            if mine is None:
+                return  # gone already, or another stack's since: nothing of ours to delete
             conn.execute("UPDATE gastown_rigs SET status = 'removed' WHERE town_id = %s AND status = 'active'", (id_,))
             conn.execute(
                 "UPDATE gastown_towns SET status = 'destroyed', destroyed_at = now() "
@@ -119,6 +180,7 @@ class TownRegistration(DynamicResource, module="registry", name="TownRegistratio
         town_name: str,
         sandbox_id: str,
         region: str,
+        owner: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         props = {
@@ -126,6 +188,8 @@ class TownRegistration(DynamicResource, module="registry", name="TownRegistratio
             "town_name": town_name,
             "sandbox_id": sandbox_id,
             "region": region,
+            # The stack that registered it (components/stacks/ownership.py); another stack's row is refused.
+            "owner": owner,
             "town_id": None,
         }
         super().__init__(TownRegistrationProvider(), resource_name, props, opts)

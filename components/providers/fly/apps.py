@@ -28,12 +28,16 @@ from components.providers.base import (
     setting,
     strip_provider,
 )
+from components.providers.fly import ownership
+from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyError, FlyNameTaken
 from components.providers.fly.provider import FlyProviderBase
 
 # Fly network names: letters, digits and dashes, starting with a letter (custom-private-networks docs).
 NETWORK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 DEFAULT_NETWORK = "default"  # where an app created without `network` lives (what GET /apps/{app} says)
+# What a user runs to mark an existing, unmarked app as their stack's (components/cli/adopt.py).
+ADOPT_HINT = "if it is this stack's, run `silo adopt Pulumi.<stack>.yaml` to mark it, then `pulumi up` again"
 
 
 class FlyAppProvider(FlyProviderBase):
@@ -61,7 +65,33 @@ class FlyAppProvider(FlyProviderBase):
                 )
             )
         failures += self._network_change_failures(olds, news)
+        if not olds and not failures:
+            failures += self._ownership_failures(news)
         return CheckResult(news, failures)
+
+    def _ownership_failures(self, news: dict[str, Any]) -> list[CheckFailure]:
+        """At preview, for an app this stack does not hold yet: refuse a name another stack's app has.
+
+        One look-up per new app (nothing for the apps already in state, so a no-change preview makes no
+        call). It only warns early: `create` decides again. When the API cannot be asked (no token in a
+        review job, no emulator running) nothing is said here.
+        """
+        name, owner = news.get("name"), news.get("owner")
+        if not (isinstance(name, str) and isinstance(owner, str) and owner):
+            return []
+        try:
+            with FlyClient(self.settings(), attempts=1, timeout=15.0) as fly:
+                found = ownership.inspect_app(fly, name)
+        except (FlyError, ValueError):
+            return []
+        if found is None or found.claimable_by(owner):
+            return []
+        return [CheckFailure("name", found.refusal(owner, ADOPT_HINT) + self._where(news))]
+
+    @staticmethod
+    def _where(props: Mapping[str, Any]) -> str:
+        where = setting(props, "name", "")
+        return f" (the name comes from {where})" if where else ""
 
     @staticmethod
     def _network_change_failures(olds: dict[str, Any], news: dict[str, Any]) -> list[CheckFailure]:
@@ -93,7 +123,8 @@ class FlyAppProvider(FlyProviderBase):
         return []
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("name", "org", "network", "keep_volumes")
+        # A new owner (an app made before ownership marks, a renamed stack) is an update: it writes the mark.
+        keys = ("name", "org", "network", "keep_volumes", "owner")
         return diff_result(olds, news, compare=keys, replace_on=("name", "org", "network"))
 
     def create(self, props: dict[str, Any]) -> CreateResult:
@@ -113,19 +144,39 @@ class FlyAppProvider(FlyProviderBase):
                     method=exc.method,
                     path=exc.path,
                 ) from None
-        actual = app.get("network") or DEFAULT_NETWORK
-        if actual != wanted:
-            # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
-            # another network cannot be used: its Flycast names would not resolve for the silo's apps.
-            raise FlyError(
-                f"Fly app {props['name']} already exists on network {actual}, not {wanted}, and Fly cannot move "
-                "an app between networks: delete the app (its volumes with it, back them up first) or keep it "
-                "out of this stack"
-            )
+            actual = app.get("network") or DEFAULT_NETWORK
+            if actual != wanted:
+                # create_app adopts an existing app of ours (a retained data app, a half-made one); one on
+                # another network cannot be used: its Flycast names would not resolve for the silo's apps.
+                raise FlyError(
+                    f"Fly app {props['name']} already exists on network {actual}, not {wanted}, and Fly cannot "
+                    "move an app between networks: delete the app (its volumes with it, back them up first) or "
+                    "keep it out of this stack"
+                )
+            if props.get("owner"):
+                # create_app adopts an app of the same name in our org: only this stack's may be used.
+                self._claim(fly, props["name"], props["owner"], props)
         return CreateResult(props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")})
 
+    @classmethod
+    def _claim(cls, fly: FlyClient, name: str, owner: str, props: Mapping[str, Any]) -> None:
+        """Use the app only if it is ``owner``'s (its mark), or unmarked and empty (then mark it now)."""
+        found = ownership.inspect_app(fly, name)
+        if found is None:
+            raise FlyError(f"Fly app {name} was created but is not visible; run `pulumi up` again")
+        if found.belongs_to(owner):
+            return
+        if not found.claimable_by(owner):
+            raise FlyError(found.refusal(owner, ADOPT_HINT) + cls._where(props))
+        ownership.mark(fly, name, owner)
+
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        # Only keep_volumes can change in place; it is a local safety switch.
+        # keep_volumes is a local safety switch; a new owner is written as the app's mark (the app is in this
+        # stack's state, which proves it is this stack's: made before marks existed, or the stack renamed).
+        owner = news.get("owner")
+        if owner and owner != olds.get("owner"):
+            with self.client() as fly:
+                ownership.mark(fly, news["name"], owner, previous=olds.get("owner"))
         return UpdateResult({**strip_provider(olds), **news})
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
@@ -138,11 +189,20 @@ class FlyAppProvider(FlyProviderBase):
         if actual and actual != (props.get("network") or DEFAULT_NETWORK):
             outs["network"] = actual  # a refresh records where the app really is; the next diff replaces
         return ReadResult(
-            id_, outs, inputs={k: outs[k] for k in ("name", "org", "network", "keep_volumes") if k in outs}
+            id_, outs, inputs={k: outs[k] for k in ("name", "org", "network", "keep_volumes", "owner") if k in outs}
         )
 
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         with self.client() as fly:
+            owner = props.get("owner")
+            if owner and fly.get_app(id_) is not None:
+                marks = ownership.owner_marks(fly, id_)
+                if marks and naming.owner_secret(owner) not in marks:
+                    # Another stack marked it since: deleting it would delete that stack's silo.
+                    raise FlyError(
+                        f"refusing to delete Fly app {id_}: it now carries another stack's ownership mark, "
+                        f"not {owner}'s; remove it from this stack's state with `pulumi state delete` instead"
+                    )
             if props.get("keep_volumes", True):
                 # Deleting an app deletes its volumes: never do that to data silently.
                 volumes = fly.list_volumes(id_) if fly.get_app(id_) else []
@@ -173,6 +233,7 @@ class FlyApp(DynamicResource, module="fly", name="App"):
         keep_volumes: bool = True,
         network: str | None = None,
         allow_network_change: bool = False,
+        owner: str | None = None,
         config_keys: Mapping[str, str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -182,6 +243,8 @@ class FlyApp(DynamicResource, module="fly", name="App"):
             "org": org,
             "keep_volumes": keep_volumes,
             "network": network,
+            # The stack that owns the app (naming.stack_owner): written as its mark, checked before adopting.
+            "owner": owner,
             # A local switch, read by check(); not compared by diff.
             "allow_network_change": allow_network_change,
             "app_id": None,
