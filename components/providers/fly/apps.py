@@ -131,7 +131,7 @@ class FlyAppProvider(FlyProviderBase):
         wanted = props.get("network") or DEFAULT_NETWORK
         with self.client() as fly:
             try:
-                app = fly.create_app(props["name"], props["org"], props.get("network"))
+                app, created = fly.create_or_find_app(props["name"], props["org"], props.get("network"))
             except FlyNameTaken as exc:
                 where = setting(props, "name", "")
                 if not where:
@@ -153,8 +153,10 @@ class FlyAppProvider(FlyProviderBase):
                     "move an app between networks: delete the app (its volumes with it, back them up first) or "
                     "keep it out of this stack"
                 )
-            if props.get("owner"):
-                # create_app adopts an app of the same name in our org: only this stack's may be used.
+            if props.get("owner") and created:
+                ownership.mark(fly, props["name"], props["owner"])
+            elif props.get("owner"):
+                # An app of that name was already there: only this stack's may be used.
                 self._claim(fly, props["name"], props["owner"], props)
         return CreateResult(props["name"], {**props, "app_id": app.get("id", ""), "status": app.get("status", "")})
 

@@ -383,7 +383,13 @@ class FlyClient:
             delay = min(delay * 2, 2.0)
 
     def create_app(self, name: str, org: str, network: str | None = None) -> dict:
-        """Create the app, or adopt it when it already exists in our org (a retained or half-made app).
+        """The app, created or found in our org: ``create_or_find_app`` without saying which."""
+        return self.create_or_find_app(name, org, network)[0]
+
+    def create_or_find_app(self, name: str, org: str, network: str | None = None) -> tuple[dict, bool]:
+        """Create the app, or find it when it already exists in our org (a retained or half-made app, or
+        another stack's: the caller decides whether it may be used, providers/fly/ownership.py), and
+        say whether this call created it.
 
         POST /apps is checked before it is re-sent: after an ambiguous answer, or a "name taken", the app is
         read (waiting out the 404/401 of a new app) and adopted when it is ours. A name that stays taken
@@ -395,12 +401,17 @@ class FlyClient:
             body["network"] = network
         deadline = time.monotonic() + APP_VISIBLE_WAIT_S
         last: FlyError | None = None
+        created = False
+
+        def send() -> Any:
+            nonlocal created
+            answer = self._json("POST", "/apps", json=body)
+            created = True  # the API answered the create itself: nothing of that name existed
+            return answer
+
         while True:
             try:
-                self._create_checked(
-                    lambda: self._json("POST", "/apps", json=body),
-                    lambda: self._wait_for_app(name, timeout_s=NAME_RECHECK_S),
-                )
+                self._create_checked(send, lambda: self._wait_for_app(name, timeout_s=NAME_RECHECK_S))
                 break
             except FlyNameTaken as exc:
                 last = exc
@@ -408,7 +419,7 @@ class FlyClient:
                 existing = self._wait_for_app(name, timeout_s=min(NAME_RECHECK_S, left))
                 if existing is not None:
                     self._check_org(existing, name, org, exc)
-                    return existing
+                    return existing, False
                 if time.monotonic() >= deadline:
                     raise FlyNameTaken(
                         f"the Fly app name {name!r} is already taken on Fly.io (app names are global), or an app "
@@ -427,7 +438,7 @@ class FlyClient:
                 path=f"/apps/{name}",
             )
         self._check_org(app, name, org, None)
-        return app
+        return app, created
 
     @staticmethod
     def _check_org(app: Mapping[str, Any], name: str, org: str, cause: FlyError | None) -> None:
