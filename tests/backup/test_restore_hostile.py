@@ -9,11 +9,14 @@ no town root, no work directory, nothing written anywhere else.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import stat
+import subprocess
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,15 +144,69 @@ def link_member(name: str, target: str) -> tarfile.TarInfo:
     return info
 
 
+def fifo_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.FIFOTYPE
+    return info
+
+
+def _octal(n: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, n)
+
+
+def _base256(n: int) -> bytes:
+    return bytes([0x80]) + n.to_bytes(11, "big")
+
+
+def sparse_bomb(base: bytes, name: str, claimed: int) -> bytes:
+    """BASE's members plus NAME, an old-GNU sparse member (type 'S') storing 512 bytes at the end of a
+    file it says is CLAIMED bytes long: GNU tar extracts it as a sparse file of that size (tarfile
+    reads such members but cannot write them, hence the hand-made header)."""
+    header = bytearray(512)
+    header[0 : len(name)] = name.encode()
+    header[100:108] = _octal(0o644, 8)
+    header[108:116] = _octal(0, 8)
+    header[116:124] = _octal(0, 8)
+    header[124:136] = _octal(512, 12)  # bytes stored in the archive
+    header[136:148] = _octal(0, 12)
+    header[156:157] = b"S"
+    header[257:265] = b"ustar  \0"
+    header[386:398] = _base256(claimed - 512)  # sp[0].offset
+    header[398:410] = _octal(512, 12)  # sp[0].numbytes
+    header[483:495] = _base256(claimed)  # realsize
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    with tarfile.open(fileobj=io.BytesIO(base)) as old:
+        end = max(m.offset_data + -(-m.size // 512) * 512 for m in old.getmembers())
+    return base[:end] + bytes(header) + b"x" * 512 + b"\0" * 1024
+
+
+def sum_of_members(body: bytes) -> int:
+    """What a tar expands to: the sum of its members' sizes (a sparse member's full size)."""
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return sum(m.size for m in tar.getmembers())
+
+
+def expanded_size(snap: Snapshot) -> int:
+    """What every archive of SNAP adds up to once unpacked."""
+    return sum(sum_of_members(body) for path, body in snap.objects.items() if path.endswith(".tar"))
+
+
+def git_no_hooks(town: GasTown, *args: str, cwd: Path) -> str:
+    """The test's own git in the town, with the hooks a test plants kept from running."""
+    return town.git("-c", "core.hooksPath=/dev/null", *args, cwd=cwd)
+
+
 def refused(sandbox: Sandbox, volume: Volume, heartbeats: Heartbeats, reason: str) -> None:
     before = volume.listing()
     result = sandbox.restore(volume.root)
     assert result.returncode == 1, result.stderr
-    assert reason in result.stderr, result.stderr
-    assert "the volume was left untouched" in result.stderr or "refusing" in result.stderr
-    assert volume.listing() == before == []
+    # Nothing written anywhere, even by a restore that went on to fail.
     assert sorted(p.name for p in volume.outside.iterdir()) == ["victim"]
     assert (volume.outside / "victim").read_text() == "keep me"
+    assert volume.listing() == before == []
+    assert reason in result.stderr, result.stderr
+    assert "the volume was left untouched" in result.stderr or "refusing" in result.stderr
     [beat] = heartbeats.events("r2_restore")
     assert beat["status"] == "failed" and reason.split(":")[0] in beat["error"]
 
@@ -171,6 +228,18 @@ def test_a_manifest_without_its_checksum_is_refused(
 ) -> None:
     publish(sandbox, snapshot, sign=False)
     refused(sandbox, volume, heartbeats, "carries no manifest_sha256")
+
+
+def test_a_manifest_that_does_not_match_latest_json_is_refused(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, heartbeats: Heartbeats
+) -> None:
+    # A well-formed checksum of some other manifest: only comparing it with manifest.json catches it.
+    publish(sandbox, snapshot)
+    other = hashlib.sha256(b"another manifest").hexdigest()
+    sandbox.bucket.put(
+        f"{sandbox.prefix}/latest.json", json.dumps({"timestamp": snapshot.ts, "manifest_sha256": other}).encode()
+    )
+    refused(sandbox, volume, heartbeats, f"checksum mismatch for manifest.json (latest.json expects {other}")
 
 
 def test_an_object_that_does_not_match_the_manifest_is_refused(
@@ -270,7 +339,7 @@ def test_a_link_planted_by_one_archive_cannot_carry_another_archives_writes_out(
             "git or Dolt internals",
         ),
         (lambda o: file_member("webapp/refinery/rig/x", b"not this rig's"), "outside where it may write"),
-        (lambda o: file_member("../../escape", b"x"), "unpacking backend.tar failed"),
+        (lambda o: file_member("../../escape", b"x"), "unpacking work/backend.tar failed"),
     ],
 )
 def test_work_archive_tricks_are_refused(
@@ -304,6 +373,61 @@ def test_a_fifo_or_device_in_an_archive_is_refused(
     refused(sandbox, volume, heartbeats, "holds a device, pipe or socket")
 
 
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        (lambda o: link_member("./oldgen/escape", str(o)), "dolt/backend.tar holds a link"),
+        (lambda o: link_member("./manifest.old", "manifest"), "dolt/backend.tar holds a link"),
+        (lambda o: fifo_member("./pipe"), "dolt/backend.tar holds a device, pipe or socket"),
+    ],
+)
+def test_dolt_archives_are_checked_before_dolt_reads_them(
+    sandbox: Sandbox,
+    snapshot: Snapshot,
+    volume: Volume,
+    heartbeats: Heartbeats,
+    member: Callable[[Path], tarfile.TarInfo],
+    reason: str,
+) -> None:
+    db = "dolt/backend.tar"
+    publish(sandbox, snapshot, objects={db: tar_with(snapshot.objects[db], [member(volume.outside)])})
+    refused(sandbox, volume, heartbeats, reason)
+
+
+@pytest.mark.parametrize("archive", ["town.tar", "dolt/hq.tar", "work/backend.tar"])
+def test_a_compressed_archive_is_refused(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, heartbeats: Heartbeats, archive: str
+) -> None:
+    # The manifest's size and checksum are those of the compressed bytes: what it expands to is unknown.
+    publish(sandbox, snapshot, objects={archive: gzip.compress(snapshot.objects[archive])})
+    refused(sandbox, volume, heartbeats, f"{archive} is compressed")
+
+
+def test_an_archive_that_expands_beyond_the_volume_is_refused(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, heartbeats: Heartbeats
+) -> None:
+    # 2 KiB in the snapshot, 8 TiB once unpacked: a sparse member claims its size, tar believes it.
+    bomb = sparse_bomb(snapshot.objects["town.tar"], "settings/bomb", 8 << 40)
+    assert len(bomb) - len(snapshot.objects["town.tar"]) < 4096
+    publish(sandbox, snapshot, objects={"town.tar": bomb})
+    refused(sandbox, volume, heartbeats, f"town.tar expands to {sum_of_members(bomb)} bytes, more than the volume")
+
+
+def test_archives_may_expand_to_at_most_r2_restore_max_bytes(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, heartbeats: Heartbeats
+) -> None:
+    # The cap counts the whole snapshot: the clean one fits exactly, one more MiB does not.
+    town_tar = tar_with(snapshot.objects["town.tar"], [file_member("settings/big", b"\0" * (1 << 20))])
+    publish(sandbox, snapshot, objects={"town.tar": town_tar})
+    before = volume.listing()
+    result = sandbox.restore(volume.root, R2_RESTORE_MAX_BYTES=str(expanded_size(snapshot)))
+    assert result.returncode == 1, result.stderr
+    assert "town.tar expands to" in result.stderr and "beyond R2_RESTORE_MAX_BYTES" in result.stderr
+    assert volume.listing() == before == []
+    [beat] = heartbeats.events("r2_restore")
+    assert beat["status"] == "failed" and "R2_RESTORE_MAX_BYTES" in beat["error"]
+
+
 def test_a_tracked_symlink_cannot_carry_uncommitted_files_out(
     sandbox: Sandbox, gastown: GasTown, volume: Volume, heartbeats: Heartbeats
 ) -> None:
@@ -317,7 +441,33 @@ def test_a_tracked_symlink_cannot_carry_uncommitted_files_out(
     snap = _taken(sandbox)
     work = tar_with(snap.objects["work/backend.tar"], [file_member("backend/polecats/nux/backend/docs/pwned", b"x")])
     publish(sandbox, snap, objects={"work/backend.tar": work})
-    refused(sandbox, volume, heartbeats, "would write through a link that leaves the town")
+    refused(sandbox, volume, heartbeats, "would write through a link")
+
+
+@pytest.mark.parametrize("kind", ["repository", "worktree"])
+def test_a_repository_path_through_a_tracked_symlink_creates_nothing_outside(
+    sandbox: Sandbox, gastown: GasTown, volume: Volume, heartbeats: Heartbeats, kind: str
+) -> None:
+    # A checkout restored first tracks a link to outside the town; a repository (or worktree) listed
+    # after it lies "inside" that link. Its directories must not be created, not even for a moment.
+    backend = gastown.root / "backend"
+    holder = backend / "crew" / "alice" if kind == "repository" else backend / "polecats" / "nux" / "backend"
+    (holder / "escape").symlink_to(volume.outside)
+    git_no_hooks(gastown, "add", "escape", cwd=holder)
+    git_no_hooks(gastown, "commit", "-q", "-m", "a link to somewhere", cwd=holder)
+    sandbox.sync()
+    snap = _taken(sandbox)
+    through = f"{holder.relative_to(gastown.root)}/escape/made/{kind}"
+
+    def plant(doc: dict) -> None:
+        if kind == "repository":
+            _backend(doc)["repos"].append({"path": through, "bare": False, "config": [], "worktrees": []})
+        else:
+            bare = next(r for r in _backend(doc)["repos"] if r["bare"])
+            bare["worktrees"].append({**_nux(doc), "path": through, "branch": None, "deleted": []})
+
+    publish(sandbox, snap, manifest=plant)
+    refused(sandbox, volume, heartbeats, "goes through a link: " + f"{holder.relative_to(gastown.root)}/escape")
 
 
 # ---- URLs and git settings ---------------------------------------------------------------------------
@@ -369,6 +519,111 @@ def test_urls_branches_and_git_settings_are_validated(
     publish(sandbox, snapshot, manifest=lambda doc: edit(doc, marker))
     refused(sandbox, volume, heartbeats, reason)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        # Values a town could plant to have the restore, or the restored town's git, run its code.
+        ("core.hookspath", "hooks"),
+        ("core.hookspath", "src"),
+        ("core.sshcommand", "touch {m}"),
+        ("core.pager", "touch {m}"),
+        ("core.editor", "touch {m}"),
+        ("filter.lfs.smudge", "touch {m}"),
+        ("diff.bin.textconv", "touch {m}"),
+        ("diff.external", "touch {m}"),
+        ("include.path", "{m}"),
+        ("includeif.gitdir:/.path", "{m}"),
+        ("credential.helper", "!touch {m}"),
+        ("remote.origin.uploadpack", "touch {m}"),
+        ("remote.origin.receivepack", "touch {m}"),
+        ("uploadpack.packobjectshook", "touch {m}"),
+        ("alias.st", "!touch {m}"),
+    ],
+)
+def test_only_the_git_settings_the_sync_writes_are_accepted(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, heartbeats: Heartbeats, key: str, value: str
+) -> None:
+    marker = volume.outside / "ran"
+
+    def add(doc: dict) -> None:
+        next(r for r in _backend(doc)["repos"] if not r["bare"])["config"].append([key, value.format(m=marker)])
+
+    publish(sandbox, snapshot, manifest=add)
+    refused(sandbox, volume, heartbeats, "carries a git setting that is not allowed")
+    assert not marker.exists()
+
+
+# ---- nothing in a snapshot runs as code ------------------------------------------------------------
+
+HOOKS = ("post-checkout", "post-index-change", "reference-transaction", "post-merge", "pre-auto-gc")
+
+
+def test_hooks_a_snapshot_carries_never_run_during_the_restore(
+    sandbox: Sandbox, gastown: GasTown, volume: Volume
+) -> None:
+    # gastown's hooks path (.githooks) is relative to each working tree, whose content the bundles
+    # bring: a crew clone's checkout (reset) and a polecat worktree's (worktree add) would run them.
+    ran = volume.outside / "ran"
+    hook = f'#!/bin/sh\n{{ echo "$0 in $PWD"; env; }} >>"{ran}"\n'
+    backend = gastown.root / "backend"
+    for clone in (backend / "crew" / "alice", backend / "polecats" / "nux" / "backend"):
+        for name in HOOKS:
+            (clone / ".githooks" / name).write_text(hook)
+            (clone / ".githooks" / name).chmod(0o755)
+        git_no_hooks(gastown, "add", ".githooks", cwd=clone)
+        git_no_hooks(gastown, "commit", "-q", "-m", "hooks of our own", cwd=clone)
+    sandbox.sync()
+    ran.unlink(missing_ok=True)  # the town's own git (the sync's diff) may run them: that is the town's
+
+    result = sandbox.restore(volume.root)
+
+    assert result.returncode == 0, result.stderr
+    assert not ran.exists(), ran.read_text()[:3000]
+    # The town gets gastown's hooks path back, with the hooks it committed, for its own later use.
+    for repo in (volume.root / "backend" / "crew" / "alice", volume.root / "backend" / ".repo.git"):
+        hooks_path = subprocess.run(
+            ["git", "config", "--get", "core.hooksPath"], cwd=repo, env=gastown.env, capture_output=True, text=True
+        )
+        assert hooks_path.stdout == ".githooks\n", repo
+    assert os.access(volume.root / "backend" / "crew" / "alice" / ".githooks" / "post-checkout", os.X_OK)
+
+
+def test_tools_that_read_the_snapshot_never_see_the_secrets(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume
+) -> None:
+    # git, tar and dolt read what the snapshot holds: each records the environment it was given.
+    publish(sandbox, snapshot)
+    seen = sandbox.tmp / "environments"
+    spies = sandbox.tmp / "spies"
+    spies.mkdir()
+    for tool in ("git", "tar", "dolt"):
+        real = shutil.which(tool, path=sandbox.env["PATH"])
+        (spies / tool).write_text(f'#!/bin/sh\n{{ echo "== {tool}"; env; }} >>"{seen}"\nexec "{real}" "$@"\n')
+        (spies / tool).chmod(0o755)
+
+    result = sandbox.restore(volume.root, PATH=f"{spies}:{sandbox.env['PATH']}")
+
+    assert result.returncode == 0, result.stderr
+    environments = seen.read_text()
+    assert {"== git", "== tar", "== dolt"} <= set(environments.splitlines())
+    for secret in (sandbox.bucket.secret_key, sandbox.bucket.access_key, sandbox.env["KILO_JWT"]):
+        assert secret not in environments
+    shutil.rmtree(volume.root)
+
+
+def test_a_hooks_path_other_than_gastowns_stays_out_of_the_snapshot(sandbox: Sandbox, gastown: GasTown) -> None:
+    # The restore accepts gastown's .githooks only: the sync must not write a snapshot it would refuse.
+    alice = gastown.root / "backend" / "crew" / "alice"
+    gastown.git("config", "core.hooksPath", "my-hooks", cwd=alice)
+
+    result = sandbox.sync()
+
+    [ts] = sandbox.snapshots()
+    repo = next(r for r in _backend(sandbox.manifest(ts))["repos"] if r["path"] == "backend/crew/alice")
+    assert [k for k, _ in repo["config"] if k == "core.hookspath"] == []
+    assert "core.hooksPath 'my-hooks' of" in result.stderr
 
 
 def test_a_clean_snapshot_restores_and_its_modes_are_kept(sandbox: Sandbox, snapshot: Snapshot, volume: Volume) -> None:
