@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from components.config.model import SiloConfig
-from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient, ip_kind
+from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient, describe_events, ip_kind
 from components.providers.fly.settings import FlySettings
 
 
@@ -36,7 +36,7 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
                     {
                         "app": app,
                         "machine_id": machine.get("id"),
-                        "state": machine.get("state"),
+                        "state": _state(fly, app, machine),
                         "checks": checks,
                         "volume": [
                             f"{volumes[v]['name']}:{v}:{volumes[v].get('size_gb')}GB" if v in volumes else v
@@ -55,3 +55,16 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
                     }
                 )
     return rows
+
+
+def _state(fly: FlyClient, app: str, machine: dict[str, Any]) -> str:
+    """The machine's state; a `failed` one (Fly could not start it, and it stays so until someone acts)
+    with its last event, which says why (the exit code, out of memory). A listed machine may come without
+    its events: they are read from the machine then."""
+    state = str(machine.get("state") or "")
+    if state != "failed":
+        return state
+    events = machine.get("events")
+    if not events:
+        events = (fly.get_machine(app, str(machine.get("id"))) or {}).get("events") or []
+    return f"failed ({describe_events(events, limit=1)})"

@@ -10,6 +10,12 @@ the providers depend on it:
 - Machine states derived from timestamps (no timer threads): ``starting`` → ``started`` after
   ``boot_s``, ``stopping`` → ``stopped`` after ``stop_s``, ``destroying`` → ``destroyed`` after
   ``destroy_s``. ``wait`` blocks on a condition variable (the state lock is released meanwhile).
+- The persistent ``failed`` state ("could not start successfully", Fly docs machine-states), set by
+  ``fail_machine``: an ``exit`` event carries the exit code (fly-go ``MachineEvent.Request.ExitEvent``);
+  start, restart and stop take a failed machine out of it, an update relaunches it (flyctl deploy's
+  ``shouldSkipLaunch`` never skips a failed one), ``wait?state=failed`` answers, and a ``started`` wait
+  runs into its 408 as for any state the machine does not reach (flyctl issue #1760).
+- Inside a started machine (processes.py): ``exec`` through a test's handler, ``ps``, ``signal``.
 - Leases (409 without the nonce), whole-config updates with new versions, immutable name/region/mount,
   volume attach rules, secrets as digests only (values are never stored), IP assignments.
 - Private networks: an app lives on one 6PN network of its org (``network`` of app creation, else
@@ -27,7 +33,9 @@ Strict by default, wherever the real API behaves so (each is documented again wh
   internal/machine/leasable_machine.go ``WaitForHealthchecksToPass``: "Machine.Checks (runtime status) is
   empty for freshly-launched machines").
 - A successful exec answers without ``exit_code`` (fly-go machine_types.go ``MachineExecResponse``:
-  ``exit_code,omitempty``, so Go drops the 0), nor empty ``stdout``/``stderr``.
+  ``exit_code,omitempty``, so Go drops the 0), nor empty ``stdout``/``stderr``; a command killed by a
+  signal answers ``exit_signal`` (the API's ``flydv1.ExecResponse``), and one that outlives the request's
+  ``timeout`` a 408 ``deadline_exceeded: ...`` (flyctl issue #4194).
 - A new app answers 404, then 401, before it is visible (fly-go flaps/flaps_apps.go ``WaitForApp``
   retries exactly those two for up to a minute).
 - A deleted volume passes through ``scheduling_destroy``/``waiting_for_detach``/``pending_destroy``
@@ -43,8 +51,13 @@ Strict by default, wherever the real API behaves so (each is documented again wh
   #1630, #1966), answered with 429 and Retry-After.
 - An update of a running machine replaces it a moment later: until then the old version still runs, so
   only a ``wait`` for the new ``version`` tells when the new one is up (OpenAPI ``Machines_wait`` version).
-- Flycast (``private_v6``) allocation names the org, and the network when the app has its own (flyctl
-  internal/command/deploy/deploy_first.go sends ``org_slug`` and ``network`` in every ``AssignIP``).
+- An IP assignment without ``network`` (fly-go sends ``""``) is on the org's default network, whatever
+  network the app is on: a Flycast address for the app's own custom network must name it (flyctl
+  internal/command/deploy/deploy_first.go; ``fly ips allocate-v6 --private --network``).
+- Requests are read the way fly-go writes them: ``""`` and ``null`` for unset fields (``AssignIPRequest``,
+  ``CreateVolumeRequest``, where a volume without ``size_gb`` is a 400); ids fit its Go types
+  (``internal_numeric_id`` int32); an app create answers the app (``CreateApp`` decodes an ``App``); a
+  ``stopped`` wait needs no ``version``.
 - Growing a volume under a running machine answers ``needs_restart``: the filesystem grows at the next
   (re)start (OpenAPI ``ExtendVolumeResponse``; flyctl internal/command/volumes/extend.go).
 
@@ -57,21 +70,25 @@ Control endpoints (no auth, JSON): ``POST /__emulator/reset``, ``POST /__emulato
 ``GET /__emulator/exec_log``, ``POST /__emulator/foreign_apps`` ``{"name", "org"}``,
 ``POST /__emulator/org_regions`` ``{"org", "regions": [...] | null}``,
 ``POST /__emulator/check_status`` ``{"app", "machine_id", "status"}``,
+``POST /__emulator/fail_machine`` ``{"app", "machine_id", "exit_code"?, "every_start"?}``,
+``POST /__emulator/heal_machine`` ``{"app", "machine_id"}``,
 ``POST /__emulator/reach`` ``{"from", "to"}`` (the ``reach()`` answer; 404 for an unknown app), and
-``POST /__emulator/exec_result`` ``{"result": {"exit_code", "stdout", "stderr"} | null}`` (a canned
-answer, since a Python exec handler cannot travel over HTTP).
+``POST /__emulator/exec_result`` ``{"result": {"exit_code", "exit_signal", "stdout", "stderr",
+"deadline_exceeded"} | null}`` (a canned answer, since a Python exec handler cannot travel over HTTP).
 
 Simplifications: a ``version`` given to ``wait`` is matched only for ``started`` (the version that
 runs); ``show_secrets`` is ignored because secret values are never stored; a ``created``
-(skip_launch) machine does not satisfy ``wait?state=stopped``.
+(skip_launch) machine does not satisfy ``wait?state=stopped``; no process runs, so ``ps`` lists the
+init and the configured command, and a signal other than SIGKILL is only recorded as an event.
 
 With ``state_file`` the world is loaded at ``start()`` and saved after every mutating call, so the
 CLI's emulator (``silo emulator``) survives restarts between ``pulumi up`` runs.
 
 Layout: ``server`` (lifecycle, routing, auth, call log, latency, rate limits, faults, state file),
 ``control`` (test control, in Python and under ``/__emulator/*``), ``apps``, ``regions`` (``/platform``),
-``machines``, ``volumes``, ``app_secrets``, ``ips`` (IP assignments and private networks), ``model``
-(the timing model, route table and shared constants) and ``util`` (ids, timestamps, errors, rate buckets).
+``machines``, ``processes`` (exec, ps, signal), ``volumes``, ``app_secrets``, ``ips`` (IP assignments and
+private networks), ``model`` (the timing model, route table and shared constants) and ``util`` (ids,
+timestamps, errors, rate buckets).
 """
 
 from emulators.fly.model import ROUTES, LatencyModel

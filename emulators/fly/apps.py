@@ -29,7 +29,7 @@ class AppsMixin:
             "network": network or DEFAULT_NETWORK,
             "foreign": foreign,
             "created_at": time.time(),
-            "internal_numeric_id": int(hashlib.sha256(name.encode()).hexdigest()[:8], 16),
+            "internal_numeric_id": _int32_id(name),
         }
 
     def _app(self, name: str) -> dict:
@@ -59,11 +59,12 @@ class AppsMixin:
             "id": app["id"],
             "name": app["name"],
             "status": "deployed" if any(m["state"] == "started" for m in machines) else "pending",
-            "organization": {"name": org, "slug": org, "internal_numeric_id": app["internal_numeric_id"]},
+            "organization": {"name": org, "slug": org, "internal_numeric_id": _int32_id(f"org/{org}")},
             "network": app["network"],
             "machine_count": len(machines),
             "volume_count": len(volumes),
-            "internal_numeric_id": app["internal_numeric_id"],
+            # Masked again for state files written before the ids were int32.
+            "internal_numeric_id": app["internal_numeric_id"] & 0x7FFF_FFFF,
             "org_slug": org,
             "foreign": app["foreign"],
         }
@@ -112,7 +113,12 @@ class AppsMixin:
             if name in self._state["apps"] or name in self._state["deleting_apps"]:
                 raise ApiError(422, "Name has already been taken", "name_taken")
             app = self._state["apps"][name] = self._new_app(name, org, network)
-            return 201, {"id": app["id"], "created_at": int(app["created_at"] * 1000)}
+            # fly-go's CreateApp decodes the answer into its App (flaps/flaps_apps.go): name, status and
+            # organization are there, as a GET answers them.
+            view = self._app_view(app)
+            view.pop("foreign")
+            view.pop("org_slug")
+            return 201, {**view, "created_at": int(app["created_at"] * 1000)}
 
     def _h_app(self, request: Request, method: str, extra: dict, app: str) -> tuple[int, Any]:
         with self._cond:
@@ -148,3 +154,9 @@ class AppsMixin:
             if self._latency.app_delete_s > 0:
                 st["deleting_apps"][app] = now + self._latency.app_delete_s
             return 202, None
+
+
+def _int32_id(key: str) -> int:
+    """A stable id that fits the Go type fly-go decodes it into: ``InternalNumericID int32`` on App and
+    AppOrganizationInfo (flaps/flaps_apps.go). A larger number fails the whole decode of the answer."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) & 0x7FFF_FFFF

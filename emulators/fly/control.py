@@ -143,7 +143,9 @@ class ControlMixin:
             self._save()
 
     def set_exec_handler(self, fn: ExecHandler | None) -> None:
-        """fn(app, machine_id, cmd) -> {"exit_code": int, "stdout": str, "stderr": str}."""
+        """fn(app, machine_id, cmd) -> {"exit_code": int, "exit_signal": int, "stdout": str, "stderr": str}
+        (each optional); ``"deadline_exceeded": True``, or a handler that takes longer than the request's
+        ``timeout``, gets the answer Fly gives when the exec timeout passes (processes.py)."""
         with self._cond:
             self._exec_handler = fn
 
@@ -156,6 +158,34 @@ class ControlMixin:
                 self._forced_checks.pop((app, machine_id), None)
             else:
                 self._forced_checks[(app, machine_id)] = status
+
+    def fail_machine(self, app: str, machine_id: str, *, exit_code: int = 1, every_start: bool = False) -> None:
+        """Put a machine in Fly's ``failed`` state now, with an ``exit`` event carrying ``exit_code``, as when
+        its process could not start (Fly docs machine-states). With ``every_start`` each later launch (start,
+        restart, update) fails the same way, like a broken image or init, until ``heal_machine``."""
+        if isinstance(exit_code, bool) or not isinstance(exit_code, int):
+            raise ValueError(f"exit_code must be an integer (got {exit_code!r})")
+        with self._cond:
+            now = time.time()
+            m = self._state["machines"].get(machine_id)
+            if m is None or m["app"] != app:
+                raise ValueError(f"unknown machine {machine_id!r} of app {app!r}")
+            self._settle(m, now)
+            if m["state"] in ("destroying", "destroyed"):
+                raise ValueError(f"machine {machine_id} is {m['state']}")
+            m["fail_on_start"] = exit_code if every_start else None
+            self._fail(m, now, exit_code)
+            self._save()
+            self._cond.notify_all()  # a blocked `wait?state=failed` answers now
+
+    def heal_machine(self, app: str, machine_id: str) -> None:
+        """Later launches of the machine succeed again (it stays in the state it is in)."""
+        with self._cond:
+            m = self._state["machines"].get(machine_id)
+            if m is None or m["app"] != app:
+                raise ValueError(f"unknown machine {machine_id!r} of app {app!r}")
+            m["fail_on_start"] = None
+            self._save()
 
     def reach(self, from_app: str, target: str) -> dict:
         """Could a machine of ``from_app`` open a connection to ``target``?
@@ -228,6 +258,15 @@ class ControlMixin:
                 self.set_org_regions(str(body.get("org", "")), None if regions is None else list(regions))
             elif (method, action) == ("POST", "check_status"):
                 self.set_check_status(str(body.get("app")), str(body.get("machine_id")), body.get("status"))
+            elif (method, action) == ("POST", "fail_machine"):
+                self.fail_machine(
+                    str(body.get("app")),
+                    str(body.get("machine_id")),
+                    exit_code=require_int(body, "exit_code", default=1),
+                    every_start=require_bool(body, "every_start", False),
+                )
+            elif (method, action) == ("POST", "heal_machine"):
+                self.heal_machine(str(body.get("app")), str(body.get("machine_id")))
             elif (method, action) == ("POST", "reach"):
                 source = str(body.get("from", ""))
                 if source not in self._state["apps"]:

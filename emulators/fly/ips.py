@@ -29,23 +29,24 @@ class IpsMixin:
             kind = body.get("type")
             if kind not in IP_TYPES:
                 raise ApiError(400, f"invalid type {kind!r}: expected one of {', '.join(IP_TYPES)}")
+            # fly-go's AssignIPRequest has no omitempty (flaps_ip_assignments.go): an unset region, org_slug,
+            # network or service_name arrives as "", which means "not given".
             region = body.get("region") or "global"
             if not isinstance(region, str):
                 raise ApiError(400, "invalid region: must be a string")
-            # A Flycast address serves one network: the app's own, or the one `network` names, which
-            # then reaches the app while its own network no longer does (networking/flycast).
-            network = body.get("network") or record["network"]
+            # A Flycast address serves one network: the one `network` names, which then reaches the app while
+            # the app's own network no longer does (Fly docs networking/flycast), or without `network` the org's
+            # default network, whatever network the app is on: flyctl's first deploy sends network "" (internal/
+            # command/deploy/deploy_first.go), and `fly deploy --flycast` of an app on a custom network is
+            # reported to land on the default one, needing `fly ips allocate-v6 --private --network <name>`.
+            network = body.get("network") or DEFAULT_NETWORK
             if not isinstance(network, str) or not NETWORK_NAME_RE.match(network):
                 raise ApiError(400, f"invalid network {network!r}")
-            # flyctl names the org (and the network) in every assignment (internal/command/deploy/
-            # deploy_first.go; fly-go flaps_ip_assignments.go AssignIPRequest): a Flycast address belongs to an
-            # org's private network, so one without org_slug is refused here, and one with `network` lands on
-            # that network (Fly docs networking/flycast: an app is reachable only from the network it was given).
-            org = body.get("org_slug")
+            # The org is the app's: one named must be it, and "" or none stands for it (flyctl's `ips
+            # allocate-v6 --private` without --org sends none, internal/command/ips/allocate.go).
+            org = body.get("org_slug") or None
             if org is not None and org != record["org_slug"]:
                 raise ApiError(400, f"invalid org_slug {org!r}: app {app} belongs to organization {record['org_slug']}")
-            if kind == "private_v6" and not org:
-                raise ApiError(400, "invalid request: org_slug is required to allocate a Flycast (private_v6) address")
             existing_shared = next((ip for ip in ips if ip["type"] == "shared_v4"), None)
             if kind == "shared_v4" and existing_shared is not None:
                 return 200, _ip_view(existing_shared)  # an app has one shared IPv4 at most

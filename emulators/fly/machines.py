@@ -6,7 +6,6 @@ import copy
 import hashlib
 import math
 import secrets
-import shlex
 import time
 from typing import Any
 
@@ -72,6 +71,11 @@ class MachinesMixin:
         if at is None or now < at:
             return
         final = m["settles_to"]
+        if final == "started" and m.get("fail_on_start") is not None:
+            # `fail_machine(..., every_start=True)`: this launch dies too, as one with a broken image or
+            # init does (Fly docs machine-states: failed, "could not start successfully").
+            self._fail(m, at, int(m["fail_on_start"]))
+            return
         m["state"], m["settles_at"], m["settles_to"] = final, None, None
         m["updated_at"] = at
         if final == "started":
@@ -95,11 +99,28 @@ class MachinesMixin:
         m["updated_at"] = now
         self._settle(m, now)
 
-    def _event(self, m: dict, kind: str, at: float, status: str | None = None) -> None:
-        m["events"].append(
-            {"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd", "timestamp": int(at * 1000)}
-        )
+    def _event(self, m: dict, kind: str, at: float, status: str | None = None, request: dict | None = None) -> None:
+        event = {"id": ulid(at), "type": kind, "status": status or kind, "source": "flyd", "timestamp": int(at * 1000)}
+        if request is not None:
+            event["request"] = request
+        m["events"].append(event)
         del m["events"][:-50]
+
+    def _fail(self, m: dict, at: float, exit_code: int) -> None:
+        """The machine's process could not start or died for good: Fly's persistent ``failed`` state (Fly
+        docs machine-states: "Machine encountered an error and could not start successfully"). The event
+        carries the exit the way fly-go's MachineEvent.Request.ExitEvent does (machine_types.go)."""
+        m["state"], m["settles_at"], m["settles_to"], m["replace_at"] = "failed", None, None, None
+        m["updated_at"] = at
+        exit_event = {
+            "exit_code": exit_code,
+            "guest_exit_code": exit_code,
+            "oom_killed": False,
+            "requested_stop": False,
+            "restarting": False,
+            "exited_at": rfc3339_ms(at),
+        }
+        self._event(m, "exit", at, "failed", {"exit_event": exit_event})
 
     def _check_lease(self, m: dict, request: Request, now: float) -> None:
         lease = m.get("lease")
@@ -447,6 +468,8 @@ class MachinesMixin:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
             previous = m["state"]
+            # A failed machine is started like a stopped one (flyctl `machine start` sends it whatever the
+            # state; Fly docs machine-states: failed "may be recoverable").
             if previous not in ("created", "stopped", "suspended", "failed"):
                 raise ApiError(
                     412, f"failed_precondition: unable to start machine from current state: '{previous}'", "unknown"
@@ -465,7 +488,9 @@ class MachinesMixin:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
-            if m["state"] in ("started", "starting", "restarting", "replacing", "updating"):
+            # A failed machine can be stopped (Fly docs machine-states: "Machines in `failed` may be
+            # recoverable. You can try restarting, stopping, or destroying them."): it rests stopped after.
+            if m["state"] in ("started", "starting", "restarting", "replacing", "updating", "failed"):
                 self._transition(m, "stopping", "stopped", self._latency.stop_s, now)
             return 200, {"ok": True}
 
@@ -475,7 +500,8 @@ class MachinesMixin:
         with self._cond:
             now = time.time()
             m = self._mutable_machine(request, app, machine_id, now)
-            if m["state"] != "started":
+            # A failed machine may be restarted too (Fly docs machine-states, as for stop above).
+            if m["state"] not in ("started", "failed"):
                 raise ApiError(
                     412, f"failed_precondition: unable to restart machine from current state: '{m['state']}'", "unknown"
                 )
@@ -523,13 +549,10 @@ class MachinesMixin:
             ) from None
         if not 1 <= timeout <= 60:
             raise ApiError(400, WAIT_TIMEOUT_MESSAGE)
+        # A stopped wait needs no version: fly-go's Wait sends one only when WithWaitVersion is given, and
+        # flyctl's WaitForStartOrStop (internal/machine/wait.go) waits for "stopped" without one. (In 2023 the
+        # API wanted one, flyctl issue #1751; it no longer does.)
         version = request.args.get("version") or request.args.get("instance_id")
-        if "stopped" in states and not version:
-            raise ApiError(
-                400,
-                "invalid_argument: version (instance_id) is required when waiting for a machine "
-                "to be in the stopped state",
-            )
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -664,41 +687,6 @@ class MachinesMixin:
         with self._cond:
             m = self._machine(app, machine_id, time.time())
             return 200, [copy.deepcopy(v) for v in reversed(m["versions"])]
-
-    def _h_machine_exec(self, request: Request, method: str, extra: dict, app: str, machine_id: str) -> tuple[int, Any]:
-        body = json_body(request)
-        if isinstance(body.get("command"), list) and body["command"]:
-            cmd = body["command"]
-            if not all(isinstance(part, str) for part in cmd):
-                raise ApiError(400, "invalid command: a list of strings is required")
-        elif isinstance(body.get("cmd"), str) and body["cmd"].strip():
-            cmd = shlex.split(body["cmd"])
-        else:
-            raise ApiError(400, "invalid request: either command (list of strings) or cmd (string) is required")
-        require_int(body, "timeout", lo=0)
-        with self._cond:
-            m = self._machine(app, machine_id, time.time())
-            if m["state"] != "started":
-                raise ApiError(
-                    412, f"failed_precondition: machine {machine_id} is {m['state']}, not started", "unknown"
-                )
-            handler = self._exec_handler
-            self._exec_log.append({"app": app, "machine_id": machine_id, "cmd": list(cmd)})
-        extra["cmd"] = list(cmd)
-        result: dict = {"exit_code": 0, "stdout": "", "stderr": ""}
-        if handler is not None:  # called without the lock: handlers may take their time
-            answer = handler(app, machine_id, list(cmd))
-            if not isinstance(answer, dict):
-                raise ApiError(500, f"exec handler returned {type(answer).__name__}, not a dict")
-            result.update(answer)
-        # fly-go machine_types.go MachineExecResponse tags every field omitempty: a successful run answers
-        # without exit_code (Go drops the 0), and empty output is left out too.
-        answer = {
-            "exit_code": int(result["exit_code"]),
-            "stdout": str(result["stdout"]),
-            "stderr": str(result["stderr"]),
-        }
-        return 200, {k: v for k, v in answer.items() if v}
 
 
 def _integer(value: Any, path: str) -> None:

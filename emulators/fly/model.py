@@ -80,6 +80,8 @@ ROUTE_TABLE: list[tuple[str, tuple[str, ...], str]] = [
     ("/v1/apps/{app}/machines/{machine_id}/events", ("GET",), "machine_events"),
     ("/v1/apps/{app}/machines/{machine_id}/versions", ("GET",), "machine_versions"),
     ("/v1/apps/{app}/machines/{machine_id}/exec", ("POST",), "machine_exec"),
+    ("/v1/apps/{app}/machines/{machine_id}/ps", ("GET",), "machine_ps"),
+    ("/v1/apps/{app}/machines/{machine_id}/signal", ("POST",), "machine_signal"),
     ("/v1/apps/{app}/volumes", ("GET", "POST"), "volumes"),
     # PUT in the current API, POST in the 2024 spec: both update.
     ("/v1/apps/{app}/volumes/{volume_id}", ("GET", "PUT", "POST", "DELETE"), "volume"),

@@ -27,6 +27,7 @@ from emulators.fly.control import ControlMixin
 from emulators.fly.ips import IpsMixin
 from emulators.fly.machines import MachinesMixin
 from emulators.fly.model import NONCE_HEADER, ROUTE_TABLE, ExecHandler, Fault, LatencyModel, empty_state
+from emulators.fly.processes import ProcessesMixin
 from emulators.fly.regions import RegionsMixin
 from emulators.fly.util import ApiError, TokenBuckets, json_body, json_response, request_id, retry_after_header
 from emulators.fly.volumes import VolumesMixin
@@ -42,7 +43,9 @@ def _werkzeug_rule(template: str) -> str:
     return template.replace("{", "<").replace("}", ">")
 
 
-class FlyEmulator(ControlMixin, AppsMixin, RegionsMixin, MachinesMixin, VolumesMixin, SecretsMixin, IpsMixin):
+class FlyEmulator(
+    ControlMixin, AppsMixin, RegionsMixin, MachinesMixin, ProcessesMixin, VolumesMixin, SecretsMixin, IpsMixin
+):
     """The emulator: one lock around one world; each section of the API is a mixin of its own module."""
 
     def __init__(

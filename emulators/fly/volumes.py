@@ -82,6 +82,12 @@ class VolumesMixin:
             region = body.get("region")
             if not isinstance(region, str) or not region:
                 raise ApiError(400, "invalid region: a region is required to create a volume")
+            # fly-go's CreateVolumeRequest sends `size_gb` as a *int without omitempty (volume_types.go): an
+            # unset size arrives as null, which the Go server cannot tell from a missing one. Nothing is stored
+            # without a size (a stored None broke every later list of the app's volumes).
+            size_gb = require_int(body, "size_gb", lo=1, hi=500)
+            if size_gb is None:
+                raise ApiError(400, "invalid size_gb: the size of the new volume in GB is required")
             fstype = body.get("fstype") or "ext4"
             if fstype not in ("ext4", "raw"):
                 raise ApiError(400, f"invalid fstype {fstype!r}: expected ext4 or raw")
@@ -94,9 +100,10 @@ class VolumesMixin:
                 "state": "created",
                 "region": region,
                 "zone": secrets.token_hex(2),
-                "size_gb": require_int(body, "size_gb", default=3, lo=1, hi=500),
+                "size_gb": size_gb,
                 "encrypted": require_bool(body, "encrypted", True),
-                "snapshot_retention": require_int(body, "snapshot_retention", default=5, lo=1, hi=60),
+                # null (fly-go's unset *int) is the default too, as for the booleans below.
+                "snapshot_retention": require_int(body, "snapshot_retention", lo=1, hi=60) or 5,
                 "auto_backup_enabled": require_bool(body, "auto_backup_enabled", True),
                 "require_unique_zone": require_bool(body, "require_unique_zone", True),
                 "fstype": fstype,

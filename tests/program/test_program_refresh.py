@@ -22,7 +22,7 @@ from tests.fixtures.program import SiloProgram, assert_state_matches_emulator
 
 pytestmark = pytest.mark.engine
 
-PG, REST = "devenv-acme-erp-pg", "devenv-acme-erp-rest"
+PG, REST, KONG = "devenv-acme-erp-pg", "devenv-acme-erp-rest", "devenv-acme-erp-kong"
 
 
 def test_refresh_shows_changes_made_by_hand_and_the_next_up_repairs_them(tmp_path: Path, fly_emulator) -> None:
@@ -69,6 +69,28 @@ def test_an_idle_machine_stopped_by_fly_autostop_is_not_drift(tmp_path: Path, fl
         fly.wait("devenv-acme-erp-kong", kong["id"], "stopped", version=kong["instance_id"], timeout_s=60)
     refreshed = program.run("refresh")
     assert refreshed.ok and refreshed.changed() == {}, refreshed.changed()
+
+
+def test_a_refresh_of_an_unchanged_stopped_silo_is_clean(tmp_path: Path, fly_emulator) -> None:
+    # The default autostop: the services' machines auto-stop when idle. Stopped because the silo is, they
+    # are as wanted; the scheduled drift check must not alarm every day for every stopped silo.
+    program = SiloProgram(fly_emulator, tmp_path, studio="false")
+    program.up()
+    program.up(state="stopped")
+    assert {m["state"] for m in fly_emulator.snapshot()["machines"].values()} == {"stopped"}
+    clean = program.run("refresh", state="stopped")
+    assert clean.ok, clean.error
+    assert clean.changed() == {}, clean.changed()
+
+    # A machine started in a stopped silo, by hand or by a request through Kong, is drift all the same.
+    with FlyClient(FlySettings(fly_emulator.url, "by-hand", "env")) as fly:
+        [kong] = fly.list_machines(KONG)
+        fly.start_machine(KONG, kong["id"])
+        fly.wait(KONG, kong["id"], "started", timeout_s=60)
+    drift = program.run("refresh", state="stopped")
+    assert drift.ok, drift.error
+    assert drift.changed() == {f"{KONG}-machine": "update"}
+    assert program.resource(f"{KONG}-machine").outputs["state"] == "started"
 
 
 @pytest.fixture

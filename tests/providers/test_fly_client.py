@@ -157,6 +157,7 @@ def test_a_lost_lease_answer_is_adopted_not_deadlocked(fly, fly_emulator) -> Non
 
 EXEC = "/v1/apps/{app}/machines/{machine_id}/exec"
 START = "/v1/apps/{app}/machines/{machine_id}/start"
+RESTART = "/v1/apps/{app}/machines/{machine_id}/restart"
 EXTEND = "/v1/apps/{app}/volumes/{volume_id}/extend"
 LEASE = "/v1/apps/{app}/machines/{machine_id}/lease"
 CHECKED = {
@@ -194,6 +195,18 @@ def test_a_start_whose_answer_is_lost_is_checked_not_resent(fly, fly_emulator) -
     fly.wait(app, machine["id"], "started", timeout_s=30)
     starts = [c["status"] for c in fly_emulator.calls() if c["route"] == START]
     assert starts == [503]
+
+
+def test_a_restart_whose_answer_is_lost_is_reported_not_sent_again(fly, fly_emulator) -> None:
+    # A restart leaves no trace to check (same version, same state): a second one would restart the
+    # machine twice, so the ambiguous failure is reported and the caller's next run decides.
+    app = "devenv-acme-erp-auth"
+    machine = started_machine(fly, app)
+    fly_emulator.fail("POST", RESTART, status=503, after_effect=True)
+    with pytest.raises(FlyError) as err:
+        fly.restart_machine(app, machine["id"])
+    assert err.value.status == 503
+    assert [c["status"] for c in fly_emulator.calls() if c["route"] == RESTART] == [503]
 
 
 def test_a_volume_extend_whose_answer_is_lost_is_checked_not_resent(fly, fly_emulator) -> None:

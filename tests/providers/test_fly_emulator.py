@@ -41,7 +41,7 @@ def make_machine(api: httpx.Client, app: str, **body: object) -> dict:
 
 
 def make_volume(api: httpx.Client, app: str, name: str = "pg_data", region: str = "yul", **body: object) -> dict:
-    response = api.post(f"/apps/{app}/volumes", json={"name": name, "region": region, **body})
+    response = api.post(f"/apps/{app}/volumes", json={"name": name, "region": region, "size_gb": 3, **body})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -151,8 +151,9 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     too_long = fly_api.get(wait, params={"state": "started", "timeout": 61})
     assert too_long.status_code == 400 and too_long.json()["error"] == WAIT_RANGE_ERROR
     assert fly_api.get(wait, params={"timeout": 0}).json()["error"] == WAIT_RANGE_ERROR
+    # A stopped wait needs no version (flyctl's WaitForStartOrStop sends none): this one just times out.
     no_version = fly_api.get(wait, params={"state": "stopped", "timeout": 1})
-    assert no_version.status_code == 400 and "version" in no_version.json()["error"]
+    assert no_version.status_code == 408, no_version.text
 
     started = fly_api.get(wait, params={"state": "started", "timeout": 60})
     assert started.status_code == 200
@@ -165,6 +166,7 @@ def test_machine_lifecycle_with_waits(fly_api, fly_emulator) -> None:
     )
     stopped = fly_api.get(wait, params={"state": "stopped", "version": version, "timeout": 10})
     assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+    assert fly_api.get(wait, params={"state": "stopped", "timeout": 10}).json()["state"] == "stopped"
     assert fly_api.post(f"/apps/{app}/machines/{mid}/stop", json={"signal": "SIGFOO"}).status_code == 400
     start = fly_api.post(f"/apps/{app}/machines/{mid}/start")
     assert start.status_code == 200 and start.json()["previous_state"] == "stopped"
@@ -394,14 +396,22 @@ def test_volume_create_rules_and_defaults(fly_api) -> None:
         ({"name": "PG-data", "region": "yul"}, "name"),
         ({"name": "a" * 31, "region": "yul"}, "name"),
         ({"name": "pg_data"}, "region"),
-        ({"name": "pg_data", "region": "yul", "snapshot_retention": 61}, "snapshot_retention"),
+        ({"name": "pg_data", "region": "yul", "size_gb": 1, "snapshot_retention": 61}, "snapshot_retention"),
         ({"name": "pg_data", "region": "yul", "size_gb": 0}, "size_gb"),
+        # fly-go sends an unset size as null (CreateVolumeRequest.SizeGb *int, no omitempty).
+        ({"name": "pg_data", "region": "yul", "size_gb": None}, "size_gb"),
+        ({"name": "pg_data", "region": "yul"}, "size_gb"),
     ):
         response = fly_api.post(f"/apps/{app}/volumes", json=body)
         assert response.status_code == 400 and key in response.json()["error"], body
-    volume = make_volume(fly_api, app)
+    # Refused creates stored nothing: the app's volumes still list (a stored null size made this a 500).
+    assert fly_api.get(f"/apps/{app}/volumes").json() == []
+    # fly-go's other unset fields are nulls too: the defaults.
+    unset = {"encrypted": None, "snapshot_retention": None, "fstype": None, "snapshot_id": None, "compute": None}
+    volume = make_volume(fly_api, app, **unset)
     assert volume["id"].startswith("vol_")
     assert (volume["size_gb"], volume["encrypted"], volume["state"], volume["region"]) == (3, True, "created", "yul")
+    assert (volume["snapshot_retention"], volume["fstype"]) == (5, "ext4")
     assert [v["id"] for v in fly_api.get(f"/apps/{app}/volumes").json()] == [volume["id"]]
     # Only snapshot_retention and auto_backup_enabled change in place; other fields are ignored.
     url = f"/apps/{app}/volumes/{volume['id']}"
@@ -790,16 +800,24 @@ def test_an_expired_lease_nonce_is_refused_and_the_holder_can_refresh(fly_api) -
     assert stale.status_code == 409 and "lease not found" in stale.json()["error"]
 
 
-def test_flycast_allocation_needs_the_org_and_lands_on_the_network_it_names(fly_api, fly_emulator) -> None:
+def test_flycast_allocation_takes_fly_gos_empty_fields_and_lands_on_the_network_it_names(fly_api, fly_emulator) -> None:
     app = visible_app(fly_api, network="acme-net")
+    peer = visible_app(fly_api, "devenv-acme-erp-peer", network="acme-net")
+    legacy = visible_app(fly_api, "devenv-acme-erp-legacy")  # on the org's default network
     url = f"/apps/{app}/ip_assignments"
-    missing = fly_api.post(url, json={"type": "private_v6"})
-    assert missing.status_code == 400 and "org_slug" in missing.json()["error"]
+    # fly-go's AssignIPRequest has no omitempty: every field the caller leaves unset arrives as "".
+    unset = {"region": "", "org_slug": "", "network": "", "service_name": ""}
+    default = fly_api.post(url, json={"type": "private_v6", **unset})
+    assert default.status_code == 200, default.text
     wrong = fly_api.post(url, json={"type": "private_v6", "org_slug": "other"})
-    assert wrong.status_code == 400
-    fly_api.post(url, json={"type": "private_v6", "org_slug": "acme", "network": "acme-net"})
-    [ip] = fly_emulator.snapshot()["ips"][app]
-    assert (ip["org_slug"], ip["network"]) == ("acme", "acme-net")
+    assert wrong.status_code == 400 and "org_slug" in wrong.json()["error"]
+    own = fly_api.post(url, json={**unset, "type": "private_v6", "org_slug": "acme", "network": "acme-net"}).json()
+    by_ip = {ip["ip"]: ip for ip in fly_emulator.snapshot()["ips"][app]}
+    # No network named: the org's default network, not the app's own (flyctl deploy_first.go sends "").
+    assert (by_ip[default.json()["ip"]]["org_slug"], by_ip[default.json()["ip"]]["network"]) == ("acme", "default")
+    assert (by_ip[own["ip"]]["org_slug"], by_ip[own["ip"]]["network"]) == ("acme", "acme-net")
+    assert fly_emulator.reach(legacy, f"{app}.flycast")["addresses"] == [default.json()["ip"]]
+    assert fly_emulator.reach(peer, f"{app}.flycast")["addresses"] == [own["ip"]]
 
 
 def test_an_extended_volume_grows_the_filesystem_after_a_restart(fly_api, fly_emulator) -> None:

@@ -45,9 +45,11 @@ def app(api: httpx.Client, name: str, network: str | None = None, org: str = "ac
 
 
 def flycast(api: httpx.Client, name: str, **extra: str) -> str:
-    """Allocate a Flycast address the way flyctl does: naming the app's org (and a network, if any)."""
-    org = api.get(f"/apps/{name}").json()["organization"]["slug"]
-    answer = api.post(f"/apps/{name}/ip_assignments", json={"type": "private_v6", "org_slug": org, **extra})
+    """Allocate a Flycast address on the app's own network (an address without `network` is on the org's
+    default one), as `fly ips allocate-v6 --private --network <app's network>` does; `extra` may name another."""
+    record = api.get(f"/apps/{name}").json()
+    body = {"type": "private_v6", "org_slug": record["organization"]["slug"], "network": record["network"], **extra}
+    answer = api.post(f"/apps/{name}/ip_assignments", json=body)
     assert answer.status_code == 200, answer.text
     return answer.json()["ip"]
 

@@ -53,3 +53,27 @@ def test_status_lists_each_app_with_machine_state_checks_volume_and_ips(fly_emul
     assert any(line.startswith("devenv-acme-erp-kong") and "absent" in line for line in lines)
     # status only reads.
     assert len([c for c in fly_emulator.calls() if c["mutating"]]) == before
+
+
+def test_status_shows_a_failed_machine_with_its_last_event(fly_emulator) -> None:
+    # Fly's `failed` state stays until someone acts: status says so, and why (the exit of its last event).
+    with FlyClient(FlySettings(fly_emulator.url, "test", "env")) as fly:
+        fly.create_app("devenv-acme-erp-auth", "acme")
+        config = {"image": "supabase/gotrue:v2.170.0"}
+        machine = fly.create_machine("devenv-acme-erp-auth", {"name": "auth", "region": "yul", "config": config})
+        fly.wait("devenv-acme-erp-auth", machine["id"], "started", timeout_s=30)
+    fly_emulator.fail_machine("devenv-acme-erp-auth", machine["id"], exit_code=3)
+
+    env = {**os.environ, "FLY_API_HOSTNAME": fly_emulator.url, "FLY_API_TOKEN": "test"}
+    result = subprocess.run(
+        [sys.executable, "-m", "components.cli.main", "status", str(ROOT / "Pulumi.dev.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    auth = next(line for line in result.stdout.splitlines() if line.startswith("devenv-acme-erp-auth "))
+    assert machine["id"] in auth and "failed (" in auth and "exit (failed): exit code 3" in auth

@@ -611,3 +611,81 @@ def test_normalize_still_sees_real_changes() -> None:
 def test_parse_rejects_a_table_defined_twice() -> None:
     with pytest.raises(flytoml.FlyTomlError, match="env"):
         flytoml.parse('[env]\nA = "1"\n[env]\nB = "2"\n')
+
+
+# -- what flyctl does with the rest of [http_service] and [[vm]] ------------------------------------------
+HTTP_OPTIONS = """\
+app = "web"
+[build]
+  image = "web:1"
+[http_service]
+  internal_port = 8080
+  force_https = true
+  auto_stop_machines = "off"
+  auto_start_machines = true
+  [http_service.http_options]
+    h2_backend = true
+    idle_timeout = 600
+    [http_service.http_options.response.headers]
+      X-Frame-Options = "DENY"
+  [http_service.tls_options]
+    alpn = ["h2", "http/1.1"]
+    versions = ["TLSv1.2", "TLSv1.3"]
+"""
+
+
+def test_http_service_options_go_on_its_ports_as_flyctl_puts_them() -> None:
+    # flyctl HTTPService.ToService (internal/appconfig/service.go): http_options on both ports, tls_options on 443.
+    doc = flytoml.parse(HTTP_OPTIONS)
+    assert flytoml.validate(doc) == []
+    [service] = flytoml.to_machine_config(doc)["services"]
+    http_options = {"h2_backend": True, "idle_timeout": 600, "response": {"headers": {"X-Frame-Options": "DENY"}}}
+    assert service["ports"] == [
+        {"port": 80, "handlers": ["http"], "force_https": True, "http_options": http_options},
+        {
+            "port": 443,
+            "handlers": ["http", "tls"],
+            "http_options": http_options,
+            "tls_options": {"alpn": ["h2", "http/1.1"], "versions": ["TLSv1.2", "TLSv1.3"]},
+        },
+    ]
+
+
+def test_http_service_options_are_tables_of_the_keys_fly_knows() -> None:
+    bad = HTTP_OPTIONS.replace("h2_backend = true", "h2 = true").replace('alpn = ["h2", "http/1.1"]', "alpns = []")
+    problems = flytoml.validate(flytoml.parse(bad))
+    assert any(p.startswith("[http_service.http_options].h2: unknown key") for p in problems), problems
+    assert any(p.startswith("[http_service.tls_options].alpns: unknown key") for p in problems), problems
+    flat = 'app = "web"\n[build]\n  image = "w:1"\n[http_service]\n  internal_port = 80\n  tls_options = "h2"\n'
+    assert "[http_service].tls_options: must be a table" in flytoml.validate(flytoml.parse(flat))
+
+
+@pytest.mark.parametrize(
+    ("vm", "guest"),
+    [
+        # No size: flyctl starts from fly.DefaultVMSize, shared-cpu-1x (fly-go MachinePresets).
+        ('memory = "512mb"', {"cpu_kind": "shared", "cpus": 1, "memory_mb": 512}),
+        ("cpus = 2", {"cpu_kind": "shared", "cpus": 2, "memory_mb": 256}),
+        ('cpu_kind = "performance"', {"cpu_kind": "performance", "cpus": 1, "memory_mb": 256}),
+        # A GPU without a size starts from DefaultGPUVMSize, performance-8x.
+        ('gpu_kind = "a10"', {"cpu_kind": "performance", "cpus": 8, "memory_mb": 16384, "gpu_kind": "a10"}),
+        (
+            'size = "a100-40gb"',
+            {"cpu_kind": "performance", "cpus": 8, "memory_mb": 32768, "gpu_kind": "a100-pcie-40gb", "gpus": 1},
+        ),
+        ('size = "shared-cpu-4x"', {"cpu_kind": "shared", "cpus": 4, "memory_mb": 1024}),
+    ],
+)
+def test_a_vm_section_starts_from_flyctls_preset(vm: str, guest: dict) -> None:
+    doc = flytoml.parse(f'app = "w"\n[build]\n  image = "w:1"\n[[vm]]\n  {vm}\n')
+    assert flytoml.validate(doc) == []
+    assert flytoml.to_machine_config(doc)["guest"] == guest
+
+
+def test_a_vm_size_must_be_one_of_flyctls_presets() -> None:
+    # fly-go's SetSize knows only its presets: shared-cpu-3x is refused by flyctl, so here too.
+    doc = flytoml.parse('app = "w"\n[build]\n  image = "w:1"\n[[vm]]\n  size = "shared-cpu-3x"\n')
+    [problem] = flytoml.validate(doc)
+    assert problem.startswith("[[vm]][0].size: unknown size 'shared-cpu-3x'") and "shared-cpu-1x" in problem
+    with pytest.raises(flytoml.FlyTomlError, match="shared-cpu-3x"):
+        flytoml.to_machine_config(doc)

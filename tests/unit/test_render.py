@@ -162,6 +162,22 @@ def test_a_town_fly_toml_names_its_scripts_by_content_and_the_machine_gets_them_
     assert sent == {**scripts, "/etc/gastown/rigs.json": '{\n  "rigs": []\n}\n'}
 
 
+def test_a_town_machine_never_auto_stops() -> None:
+    """A town works unattended (its agents, its 5-minute R2 sync): if Fly's proxy could stop it for
+    idleness, an idle town would stop and nothing would start it again. What the machine gets (its
+    fly.toml converted as the machine provider converts it) has services, and none of them autostops."""
+    from components.config.model import TownConfig
+    from components.stacks.town import town_fly_toml
+
+    text = town_fly_toml(_cfg(), TownConfig(name="acme", user="u_1"), "img:1", town_id="t1", bucket="b", endpoint="e")
+    doc = tomllib.loads(text)
+    assert flytoml.validate(doc) == []
+    config = flytoml.to_machine_config(doc, read_local=flytoml.read_local_file)
+    services = flytoml.normalize(config).get("services") or []
+    assert services, "the town's internal API is a service"
+    assert [s.get("autostop") for s in services] == ["off"] * len(services)
+
+
 def test_strict_undefined() -> None:
     with pytest.raises(jinja2.UndefinedError):
         render_file("kong/kong.yml.j2", app="x", studio=True)

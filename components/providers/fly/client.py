@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -684,29 +685,50 @@ class FlyClient:
         """Run a command on the machine. Never re-sent after an ambiguous failure: it cannot be checked,
         and the command (SQL, a backup flush) is not ours to run twice; the error is reported instead.
 
-        A successful run answers without ``exit_code``: fly-go's MachineExecResponse tags it ``omitempty``,
-        so Go leaves the 0 out. A missing code means 0."""
-        body = self._json(
-            "POST",
-            f"/apps/{app}/machines/{machine_id}/exec",
-            json={"command": command, "timeout": timeout_s},
-            timeout=timeout_s + 15,
-        )
+        The answer (the API's ``flydv1.ExecResponse``) has ``exit_code``, ``exit_signal``, ``stdout`` and
+        ``stderr``, each left out when empty (fly-go's MachineExecResponse tags them ``omitempty``, so Go
+        drops a 0): missing means 0. ``exec_failure`` says whether the command failed. When the timeout
+        passes first, the API answers an error starting ``deadline_exceeded`` (flyctl issue #4194, "failed
+        to exec on VM …: deadline_exceeded: …"); that is raised as a FlyError naming the timeout."""
+        path = f"/apps/{app}/machines/{machine_id}/exec"
+        try:
+            body = self._json("POST", path, json={"command": command, "timeout": timeout_s}, timeout=timeout_s + 15)
+        except FlyError as exc:
+            if exc.status == 408 or exc.message.startswith("deadline_exceeded"):
+                raise FlyError(
+                    f"the command did not finish within its exec timeout of {timeout_s}s on machine {machine_id} "
+                    f"of app {app} (Fly: {exc.message}); it may still be running there",
+                    status=exc.status,
+                    request_id=exc.request_id,
+                    method="POST",
+                    path=path,
+                ) from exc
+            raise
         body = body if isinstance(body, dict) else {}
         return {
             **body,
             "exit_code": int(body.get("exit_code") or 0),
+            "exit_signal": int(body.get("exit_signal") or 0),
             "stdout": str(body.get("stdout") or ""),
             "stderr": str(body.get("stderr") or ""),
         }
 
     def wait(
-        self, app: str, machine_id: str, state: str, *, version: str | None = None, timeout_s: float = 300
-    ) -> None:
-        """Block until the machine reaches `state` (for `version`, when given: after an update only the new
-        version counts, OpenAPI Machines_wait); 60 s per call, looping on 408 (flyctl WaitForState)."""
+        self,
+        app: str,
+        machine_id: str,
+        state: str | Sequence[str],
+        *,
+        version: str | None = None,
+        timeout_s: float = 300,
+    ) -> str:
+        """Block until the machine reaches `state`, or one of several (fly-go WithWaitStates sends each as a
+        ``state`` parameter), for `version` when given: after an update only the new version counts (OpenAPI
+        Machines_wait). 60 s per call, looping on 408 (flyctl WaitForState). Returns the state reached: the
+        answer's ``state`` (newer servers, WaitMachineResponse), else read back when several were asked."""
+        states = [state] if isinstance(state, str) else list(state)
         deadline = time.monotonic() + timeout_s
-        params: dict[str, Any] = {"state": state}
+        params: dict[str, Any] = {"state": states}
         if version:
             params["version"] = version
         last: FlyError | None = None
@@ -714,7 +736,7 @@ class FlyClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FlyWaitTimeout(
-                    f"machine {machine_id} of app {app} did not reach {state!r}"
+                    f"machine {machine_id} of app {app} did not reach {' or '.join(map(repr, states))}"
                     f"{f' (version {version})' if version else ''} within {timeout_s:.0f}s",
                     method="GET",
                     path=f"/apps/{app}/machines/{machine_id}/wait",
@@ -723,19 +745,19 @@ class FlyClient:
                 )
             params["timeout"] = max(1, min(WAIT_CALL_MAX_S, int(remaining)))
             try:
-                self._once(
+                response = self._once(
                     "GET",
                     f"/apps/{app}/machines/{machine_id}/wait",
                     params=params,
                     timeout=params["timeout"] + 15,
                 )
-                return
             except FlyNotFound:
-                if state == "destroyed":
-                    return
+                if "destroyed" in states:
+                    return "destroyed"
                 # Right after a create the machine can 404 briefly (eventual consistency); the pacer keeps
                 # these retries within the wait action's rate limit.
                 time.sleep(0.2)
+                continue
             except FlyError as exc:
                 last = exc
                 if exc.status == 408:
@@ -743,6 +765,27 @@ class FlyClient:
                 if not exc.transient:
                     raise
                 time.sleep(exc.retry_after or 0.5)
+                continue
+            reached = _answer_state(response)
+            if reached in states:
+                return reached
+            if len(states) == 1:
+                return states[0]
+            machine = self.get_machine(app, machine_id) or {"state": "destroyed"}
+            return str(machine.get("state"))
+
+    def failure(self, app: str, machine_id: str, machine: Mapping[str, Any] | None = None) -> FlyError:
+        """The error for a machine in Fly's ``failed`` state, with its last events (GET machine has them)."""
+        machine = machine if machine is not None else self.get_machine(app, machine_id) or {}
+        return FlyError(
+            f"machine {machine_id} of app {app} is in Fly's `failed` state (it could not start); "
+            f"its last events: {describe_events(machine.get('events') or [])}. Once the cause is fixed, "
+            "`pulumi refresh` then `pulumi up` start it again",
+            fly_status="failed",
+            request_id=self.last_request_id,
+            method="GET",
+            path=f"/apps/{app}/machines/{machine_id}",
+        )
 
     def wait_for_checks(self, app: str, machine_id: str, *, timeout_s: float = 300) -> dict:
         """Poll until every configured health check has reported and passes (``wait`` does not cover
@@ -761,6 +804,8 @@ class FlyClient:
                     f"machine {machine_id} of app {app} disappeared while waiting for checks",
                     request_id=self.last_request_id,
                 )
+            if machine.get("state") == "failed":  # no check will ever pass: say so now, not at the timeout
+                raise self.failure(app, machine_id, machine)
             config = machine.get("config") or {}
             expected = len(config.get("checks") or {}) + sum(
                 len(svc.get("checks") or []) for svc in config.get("services") or []
@@ -868,6 +913,55 @@ class FlyClient:
 
 def _nonce_header(nonce: str | None) -> dict[str, str] | None:
     return {NONCE_HEADER: nonce} if nonce else None
+
+
+def _answer_state(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return str(body["state"]) if isinstance(body, dict) and body.get("state") else None
+
+
+def exec_failure(result: Mapping[str, Any]) -> str | None:
+    """Why an exec answer is a failure ("exit 3", "killed by signal 9 (SIGKILL)"), or None when it is not:
+    a command killed by a signal has failed whatever its exit code says."""
+    code, sig = int(result.get("exit_code") or 0), int(result.get("exit_signal") or 0)
+    if sig:
+        return f"killed by signal {sig}{f' ({_signal_name(sig)})' if _signal_name(sig) else ''}"
+    return f"exit {code}" if code else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return ""
+
+
+def describe_events(events: list[Mapping[str, Any]], limit: int = 5) -> str:
+    """The newest `limit` machine events, newest first (fly-go MachineEvent: type, status, source, timestamp
+    in ms, and for an exit request.exit_event or request.MonitorEvent.exit_event), one clause each."""
+    newest = sorted((e for e in events if isinstance(e, Mapping)), key=lambda e: -int(e.get("timestamp") or 0))
+    clauses = [_describe_event(e) for e in newest[:limit]]
+    return "; ".join(clauses) if clauses else "none reported"
+
+
+def _describe_event(event: Mapping[str, Any]) -> str:
+    at = int(event.get("timestamp") or 0)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at / 1000)) if at else "?"
+    text = f"{when} {event.get('type', '?')} ({event.get('status', '?')})"
+    request = event.get("request") if isinstance(event.get("request"), Mapping) else {}
+    monitor = request.get("MonitorEvent") if isinstance(request.get("MonitorEvent"), Mapping) else {}
+    exit_event = monitor.get("exit_event") or request.get("exit_event")
+    if isinstance(exit_event, Mapping):
+        details = [f"exit code {exit_event.get('exit_code', '?')}"]
+        if exit_event.get("signal"):
+            details.append(f"signal {exit_event['signal']}")
+        if exit_event.get("oom_killed"):
+            details.append("out of memory")
+        text += ": " + ", ".join(details)
+    return text
 
 
 def ip_kind(ip: Mapping[str, Any]) -> str:

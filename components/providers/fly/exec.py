@@ -27,6 +27,7 @@ from components.providers.base import (
     setting,
     strip_provider,
 )
+from components.providers.fly.client import exec_failure
 from components.providers.fly.errors import FlyError
 from components.providers.fly.provider import FlyProviderBase
 
@@ -72,18 +73,27 @@ class FlyExecProvider(FlyProviderBase):
                     f"{app}: it is {state}; start it ({setting(props, 'machine_id', 'the machine')}) "
                     "and run `pulumi up` again"
                 )
-            result = fly.exec_machine(
-                app,
-                machine_id,
-                list(props["command"]),
-                timeout_s=int(canonical(props.get("timeout_s") or 120)),
-            )
+            try:
+                result = fly.exec_machine(
+                    app,
+                    machine_id,
+                    list(props["command"]),
+                    timeout_s=int(canonical(props.get("timeout_s") or 120)),
+                )
+            except FlyError as exc:  # the exec timeout passing, above all: say which command it was
+                raise FlyError(
+                    f"{props.get('description') or 'command'} on {app}: {exc.message}",
+                    status=exc.status,
+                    request_id=exc.request_id,
+                ) from exc
         # A successful exec answers without exit_code (fly-go MachineExecResponse: omitempty): missing means 0.
+        # A command killed by a signal (exit_signal, the API's flydv1.ExecResponse) failed whatever its code.
         exit_code = int(canonical(result.get("exit_code")) or 0)
-        if exit_code != 0:
+        failure = exec_failure(result)
+        if failure:
             # stderr of psql may echo statements but never the password (it is read from the env).
             raise FlyError(
-                f"{props.get('description') or 'command'} failed on {app} (exit {exit_code}): "
+                f"{props.get('description') or 'command'} failed on {app} ({failure}): "
                 f"{str(result.get('stderr', '')).strip()[:1000]}"
             )
         return {

@@ -91,7 +91,23 @@ MAX_KILL_TIMEOUT_S = 300
 # Env names that hold credentials: they belong in Fly secrets, never in fly.toml (the guardrails in
 # policy/rules.py use the same rule).
 SECRET_ENV_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|DB_URI|DATABASE_URL|(^|_)KEY$|PRIVATE_KEY", re.IGNORECASE)
-_VM_PRESET = re.compile(r"^(?:(shared)-cpu|(performance))-(\d+)x$")  # shared-cpu-Nx, performance-Nx
+# fly-go machine_types.go MachinePresets: [[vm]] size → guest; flyctl's computeToGuest starts from
+# fly.DefaultVMSize ("shared-cpu-1x") when no size is given, or from DefaultGPUVMSize ("performance-8x")
+# when a gpu_kind is (internal/appconfig/machines.go), then lays memory and the guest keys over it.
+VM_PRESETS: dict[str, dict[str, Any]] = {
+    **{f"shared-cpu-{n}x": {"cpu_kind": "shared", "cpus": n, "memory_mb": n * 256} for n in (1, 2, 4, 6, 8)},
+    **{f"performance-{n}x": {"cpu_kind": "performance", "cpus": n, "memory_mb": n * 2048}
+       for n in (1, 2, 4, 6, 8, 10, 12, 14, 16)},
+    **{size: {"gpu_kind": gpu, "gpus": 1, "cpu_kind": "performance", "cpus": 8, "memory_mb": 16 * 2048}
+       for size, gpu in (("a100-40gb", "a100-pcie-40gb"), ("a100-80gb", "a100-sxm4-80gb"), ("l40s", "l40s"),
+                         ("a10", "a10"))},
+}  # fmt: skip
+DEFAULT_VM_SIZE, DEFAULT_GPU_VM_SIZE = "shared-cpu-1x", "performance-8x"
+# fly-go machine_types.go TLSOptions and HTTPOptions: what [http_service] puts on its ports.
+TLS_OPTION_KEYS = frozenset({"alpn", "versions", "default_self_signed"})
+HTTP_OPTION_KEYS = frozenset(
+    {"compress", "response", "h2_backend", "idle_timeout", "headers_read_timeout", "replay_cache"}
+)
 _SIZE = re.compile(r"^\s*(\d+)\s*(gb|g|mb|m)?\s*$", re.IGNORECASE)
 
 NS_PER = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
@@ -322,6 +338,12 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
         problems += _check_autoscaling_keys("[http_service]", http)
         if "checks" in http:
             problems += _check_checks("[http_service].checks", http["checks"], "http")
+        for key, allowed in (("tls_options", TLS_OPTION_KEYS), ("http_options", HTTP_OPTION_KEYS)):
+            if key in http:
+                if isinstance(http[key], dict):
+                    problems += _unknown(f"[http_service.{key}]", http[key], allowed)
+                else:
+                    problems.append(f"[http_service].{key}: must be a table")
         if groups is not None or "processes" in http:
             problems += _check_processes_ref("[http_service]", http, groups)
 
@@ -370,8 +392,8 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{at}: must be a table")
                 continue
             problems += _unknown(at, vm, VM_KEYS)
-            if "size" in vm and not (isinstance(vm["size"], str) and _VM_PRESET.match(vm["size"])):
-                problems.append(f"{at}.size: unknown size {vm['size']!r} (e.g. shared-cpu-1x)")
+            if "size" in vm and vm["size"] not in VM_PRESETS:
+                problems.append(f"{at}.size: unknown size {vm['size']!r} (one of {', '.join(VM_PRESETS)})")
             if "memory" in vm and _memory_mb(vm["memory"]) is None:
                 problems.append(f'{at}.memory: must be a size such as "512mb" or "1gb"')
 
@@ -494,12 +516,16 @@ def _autostop(value: Any) -> str:
 
 
 def _http_service(http: Mapping[str, Any]) -> dict[str, Any]:
+    """flyctl's HTTPService.ToService (internal/appconfig/service.go): port 80 gets the http_options,
+    port 443 the http_options and the tls_options."""
+    http_options = {"http_options": copy.deepcopy(dict(http["http_options"]))} if "http_options" in http else {}
+    tls_options = {"tls_options": copy.deepcopy(dict(http["tls_options"]))} if "tls_options" in http else {}
     service: dict[str, Any] = {
         "protocol": "tcp",
         "internal_port": http["internal_port"],
         "ports": [
-            {"port": 80, "handlers": ["http"], "force_https": bool(http.get("force_https", False))},
-            {"port": 443, "handlers": ["http", "tls"]},
+            {"port": 80, "handlers": ["http"], "force_https": bool(http.get("force_https", False)), **http_options},
+            {"port": 443, "handlers": ["http", "tls"], **copy.deepcopy(http_options), **tls_options},
         ],
     }
     _autoscaling(http, service)
@@ -528,13 +554,12 @@ def _service(section: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _guest(vm: Mapping[str, Any]) -> dict[str, Any]:
-    guest: dict[str, Any] = {}
-    if "size" in vm:
-        match = _VM_PRESET.match(vm["size"])
-        if not match:
-            raise FlyTomlError(f"[[vm]].size: unknown size {vm['size']!r}")
-        kind, cpus = match.group(1) or match.group(2), int(match.group(3))
-        guest = {"cpu_kind": kind, "cpus": cpus, "memory_mb": cpus * (256 if kind == "shared" else 2048)}
+    """flyctl's computeToGuest: a preset (the size given, else shared-cpu-1x, or performance-8x for a GPU),
+    then ``memory`` and the guest keys over it."""
+    size = vm.get("size") or (DEFAULT_GPU_VM_SIZE if vm.get("gpu_kind") else DEFAULT_VM_SIZE)
+    if size not in VM_PRESETS:
+        raise FlyTomlError(f"[[vm]].size: unknown size {size!r}")
+    guest: dict[str, Any] = dict(VM_PRESETS[size])
     if "cpu_kind" in vm:
         guest["cpu_kind"] = vm["cpu_kind"]
     if "cpus" in vm:

@@ -30,11 +30,19 @@ from components.providers.base import (
     has_unknown,
 )
 from components.providers.fly import flytoml
-from components.providers.fly.client import FlyClient
+from components.providers.fly.client import FlyClient, exec_failure
 from components.providers.fly.errors import FlyError
 from components.providers.fly.provider import FlyProviderBase
 
 MACHINE_STATES = ("started", "stopped")
+# Persistent states in which nothing runs and a start is what gets the machine going (Fly docs
+# machine-states). `failed` ("could not start successfully") is one: Fly's docs say a failed machine
+# "may be recoverable" by restarting, stopping or destroying it, flyctl's `machine start` sends a start
+# whatever the state, and flyctl's deploy relaunches a failed machine rather than recreating it
+# (internal/command/deploy/machines_launchinput.go shouldSkipLaunch). A new machine would not help
+# either: one with a volume lands on the volume's host anyway, and the cause (image, config, a crash
+# at boot) would come along; the readiness gate reports the machine's events when it fails again.
+RESTING_STATES = ("stopped", "created", "suspended", "failed")
 # A machine caught between states (stopping, starting) settles within seconds; waited for before the
 # opposite request, which Fly refuses meanwhile.
 TRANSITION_WAIT_S = 120
@@ -180,7 +188,7 @@ class FlyMachineProvider(FlyProviderBase):
             if state == "stopping":
                 fly.wait(app, machine_id, "stopped", version=current.get("instance_id"), timeout_s=TRANSITION_WAIT_S)
                 state = "stopped"
-            if state not in ("stopped", "created", "suspended"):
+            if state not in RESTING_STATES:
                 return dict(current)  # already started or on its way: nothing asked, nothing to read again
             fly.start_machine(app, machine_id, nonce)
         elif state in ("started", "starting", "replacing", "updating"):
@@ -188,6 +196,10 @@ class FlyMachineProvider(FlyProviderBase):
                 fly.wait(app, machine_id, "started", timeout_s=TRANSITION_WAIT_S)
             stop = self._machine_config(props).get("stop_config") or {}
             fly.stop_machine(app, machine_id, nonce, signal=stop.get("signal"), timeout=stop.get("timeout"))
+        elif state == "failed":
+            # Nothing runs, but it is not at rest either: a stop takes a failed machine to `stopped` (Fly
+            # docs machine-states), where a later start begins cleanly and the refresh shows no drift.
+            fly.stop_machine(app, machine_id, nonce)
         else:
             return dict(current)  # stopped already
         return dict(fly.get_machine(app, machine_id) or current)
@@ -237,10 +249,10 @@ class FlyMachineProvider(FlyProviderBase):
             return ReadResult("", {})
         outs = self._outs(props, machine)
         inputs = {k: v for k, v in props.items() if k not in ("machine_id", "instance_id", "state", "private_ip")}
-        actual = _effective_state(machine.get("state"), self._machine_config(props))
+        actual = _effective_state(machine.get("state"), self._machine_config(props), props.get("desired_state"))
         if actual is not None and actual != props.get("desired_state"):
-            # Started or stopped by hand: record what it is, so the refresh shows it and the next `up`
-            # (whose program still wants `desired_state`) puts it back.
+            # Started or stopped by hand, or failed: record what it is, so the refresh shows it and the next
+            # `up` (whose program still wants `desired_state`) puts it back, starting a failed machine.
             inputs["desired_state"] = outs["desired_state"] = actual
         return ReadResult(id_, outs, inputs=inputs)
 
@@ -252,14 +264,24 @@ class FlyMachineProvider(FlyProviderBase):
                 return
             command = props.get("pre_stop_exec")
             if command and machine.get("state") == "started":
-                result = fly.exec_machine(
-                    app, id_, list(command), timeout_s=int(canonical(props.get("pre_stop_timeout_s") or 300))
-                )
-                if int(canonical(result.get("exit_code")) or 0) != 0:  # a missing exit_code means 0
+                # The last flush of the data before it goes (a town's backup): anything but a clean exit,
+                # a kill by a signal or the exec timeout included, keeps the machine.
+                try:
+                    result = fly.exec_machine(
+                        app, id_, list(command), timeout_s=int(canonical(props.get("pre_stop_timeout_s") or 300))
+                    )
+                except FlyError as exc:
                     raise FlyError(
-                        f"{' '.join(command)} failed on machine {id_} of app {app} (exit "
-                        f"{result.get('exit_code')}): {result.get('stderr', '').strip()[:500]}; "
-                        "the machine was not deleted"
+                        f"{' '.join(command)} on machine {id_} of app {app}: {exc.message}; "
+                        "the machine was not deleted",
+                        status=exc.status,
+                        request_id=exc.request_id,
+                    ) from exc
+                failure = exec_failure(result)
+                if failure:
+                    raise FlyError(
+                        f"{' '.join(command)} failed on machine {id_} of app {app} ({failure}): "
+                        f"{result.get('stderr', '').strip()[:500]}; the machine was not deleted"
                     )
             if machine.get("state") in ("started", "starting"):
                 stop = self._machine_config(props).get("stop_config") or {}
@@ -298,18 +320,29 @@ def _config_differs(olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:
     return bool(changed_keys(olds, news, ["fly_toml"]))
 
 
-def _effective_state(state: str | None, config: Mapping[str, Any]) -> str | None:
-    """`started`/`stopped` as far as the desired state goes, or None while in transition.
+def _effective_state(state: str | None, config: Mapping[str, Any], desired: str | None) -> str | None:
+    """What the machine is as far as `desired` goes: `started`, `stopped`, `failed`, or None in transition.
 
-    A machine whose services auto-stop is stopped by Fly's proxy when idle and started again by the
-    next request (fly.toml `auto_stop_machines`/`auto_start_machines`): stopped is its normal resting
-    state, not drift.
+    A machine that is wanted started and whose services auto-stop is stopped by Fly's proxy when idle and
+    started again by the next request (fly.toml `auto_stop_machines`/`auto_start_machines`): stopped is
+    its normal resting state, not drift. That holds only when it is wanted started: in a stopped silo
+    the same resting machine is simply stopped, as wanted.
+
+    A started machine is started whatever the desired state. In a stopped silo that is drift even when
+    its services auto-start, and whether a person or a request through Kong started it: the silo is
+    declared stopped (nothing of it runs or bills), a request reaching it is news the operator wants,
+    Fly's proxy stops it again only after minutes of idleness (never, with autostop off), and the next
+    `up` stops it at once.
+
+    `failed` (Fly could not start it) is reported as it is, whatever is wanted.
     """
     if state == "started":
         return "started"
-    if state in ("stopped", "suspended"):
+    if state in ("stopped", "suspended", "created"):
         autostops = any(s.get("autostop") in (True, "stop", "suspend") for s in config.get("services") or [])
-        return "started" if autostops else "stopped"
+        return "started" if desired == "started" and autostops else "stopped"
+    if state == "failed":
+        return "failed"
     return None
 
 

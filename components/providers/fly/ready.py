@@ -64,15 +64,23 @@ class FlyMachinesReadyProvider(FlyProviderBase):
         return diff_result(olds, news, compare=("machines",), replace_on=(), delete_before_replace=False)
 
     def _await(self, machine: Mapping[str, Any], timeout_s: float) -> str:
+        """Wait for one machine. A machine in Fly's `failed` state fails the wait at once with its last
+        events: it stays failed until someone acts (Fly docs machine-states: a persistent state), so the
+        timeout would only be spent. The wait asks for `failed` alongside the wanted state (fly-go
+        WithWaitStates; `failed` is a state Machines_wait accepts), and the checks' poll looks for it too."""
         app, machine_id = machine["app"], machine["machine_id"]
         version = machine.get("instance_id") or None
         with self.client() as fly:
             if machine["desired_state"] == "started":
-                fly.wait(app, machine_id, "started", version=version, timeout_s=timeout_s)
+                reached = fly.wait(app, machine_id, ("started", "failed"), version=version, timeout_s=timeout_s)
+                if reached == "failed":
+                    raise fly.failure(app, machine_id)
                 return str(fly.wait_for_checks(app, machine_id, timeout_s=timeout_s).get("state") or "started")
             current = fly.get_machine(app, machine_id) or {}
             if current.get("state") not in ("stopped", "created", "suspended"):
-                fly.wait(app, machine_id, "stopped", version=version, timeout_s=timeout_s)
+                reached = fly.wait(app, machine_id, ("stopped", "failed"), version=version, timeout_s=timeout_s)
+                if reached == "failed":
+                    raise fly.failure(app, machine_id)
             return "stopped"
 
     def _await_all(self, props: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,9 +112,27 @@ class FlyMachinesReadyProvider(FlyProviderBase):
         return UpdateResult(self._await_all(news))
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
-        # Health is a moment, not a setting: a refresh does not turn a later failing check into drift
-        # (the machine's own read reports a machine stopped or started by hand).
-        return ReadResult(id_, props)
+        """Health is a moment, not a setting: a refresh does not turn a later failing check into drift
+        (the machine's own read reports a machine stopped or started by hand).
+
+        A machine in Fly's `failed` state is no moment: it stays so until someone acts. Its entry is
+        recorded as `failed`, so the refresh shows the gate too and the next `up`, which starts the
+        machine again (its own read recorded the same), waits for it again here instead of keeping a
+        readiness that no longer holds (the machine's version, all the gate otherwise compares, is the same).
+        """
+        machines = [dict(m) for m in props.get("machines") or [] if isinstance(m, Mapping)]
+        failed: list[str] = []
+        with self.client() as fly:
+            for entry in machines:
+                current = fly.get_machine(str(entry["app"]), str(entry["machine_id"]))
+                if current is not None and current.get("state") == "failed" and entry["desired_state"] != "failed":
+                    entry["desired_state"] = "failed"
+                    failed.append(str(entry["machine_id"]))
+        if not failed:
+            return ReadResult(id_, props)
+        states = {**(props.get("states") or {}), **dict.fromkeys(failed, "failed")}
+        outs = {**props, "machines": machines, "states": states}
+        return ReadResult(id_, outs, inputs={k: v for k, v in outs.items() if k != "states"})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         return None
