@@ -1,12 +1,13 @@
 """Cloudflare R2 control-plane emulator: real HTTP on 127.0.0.1, the API under ``/client/v4``.
 
-Covers what ``components/providers/cloudflare/client.py`` calls, and the real API's bucket listing and
-account API tokens beside it (Cloudflare's API reference, R2 and Account API Tokens): buckets (create, list,
-get, delete; names 3-63 chars ``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and
-jurisdiction), bucket lifecycle rules (PUT replaces the whole set; new buckets start with R2's
-default abort-multipart rule), temporary access credentials (bucket + prefixes/objects are
-recorded so tests can see the scope that was asked for) and account API tokens (the ``value`` is
-returned only on create). Every answer uses Cloudflare's envelope
+Covers what ``components/providers/cloudflare/client.py`` calls through Cloudflare's own Python library
+(cloudflare-python: its paths, ``cf-r2-jurisdiction`` header and camelCase bodies; tests drive the
+emulator with it), and the real API's bucket listing and account API tokens beside it (Cloudflare's API
+reference, R2 and Account API Tokens): buckets (create, list, get, delete; names 3-63 chars
+``^[a-z0-9][a-z0-9-]*[a-z0-9]$``; one namespace per account and jurisdiction), bucket lifecycle rules
+(PUT replaces the whole set; new buckets start with R2's default abort-multipart rule), temporary access
+credentials (bucket + prefixes/objects are recorded so tests can see the scope that was asked for) and
+account API tokens (the ``value`` is returned only on create). Every answer uses Cloudflare's envelope
 ``{"success", "errors": [{"code", "message"}], "messages", "result"}``.
 
 Where R2 differs from a naive model, the emulator does what R2 does:
@@ -17,7 +18,10 @@ Where R2 differs from a naive model, the emulator does what R2 does:
   the HTTP status that comes with it is not documented, so ``bucket_exists_status`` sets it;
 - a location hint only applies inside the default jurisdiction (the two are exclusive), and a name
   that is deleted and created again keeps the location it was first given;
-- a whole-bucket lifecycle rule comes back with ``conditions: {}`` rather than ``{"prefix": ""}``;
+- a whole-bucket lifecycle rule comes back with ``conditions: {}`` rather than ``{"prefix": ""}``, but a
+  PUT must name the prefix (``""`` for the whole bucket), and an abort-multipart transition takes an
+  ``Age`` condition only: the request schema, as cloudflare-python's generated
+  ``types/r2/buckets/lifecycle_update_params.py`` has it, refuses the rest (400);
 - temporary credentials live at most 604800 s (API reference, R2 > Temporary Credentials) and the
   call takes no ``cf-r2-jurisdiction`` header (Cloudflare's SDKs send none): the bucket is looked up
   in the default jurisdiction.
@@ -25,7 +29,8 @@ Where R2 differs from a naive model, the emulator does what R2 does:
 Test controls: ``calls()``, ``fail(method, route, nth, status, after_effect)`` (``after_effect``
 applies the change and then answers with the error: the ambiguous failure idempotent creates must
 survive), ``put_object``/``delete_object``, ``snapshot()``, ``reset()``; the same under
-``/__emulator/*`` for out-of-process users.
+``/__emulator/*`` for out-of-process users. Every answer carries a ``cf-ray`` request id, as Cloudflare's
+do; ``calls()`` records it.
 """
 
 from __future__ import annotations
@@ -49,7 +54,8 @@ API_PREFIX = "/client/v4"
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 LOCATION_HINTS = ("apac", "eeur", "enam", "weur", "wnam", "oc")
 STORAGE_CLASSES = ("Standard", "InfrequentAccess")
-JURISDICTIONS = ("default", "eu", "fedramp")
+# The values cloudflare-python sends in cf-r2-jurisdiction (its `cf_r2_jurisdiction` Literal).
+JURISDICTIONS = ("default", "eu", "us", "fedramp", "fedramp-high")
 TEMP_PERMISSIONS = ("admin-read-write", "admin-read-only", "object-read-write", "object-read-only")
 MAX_LIFECYCLE_RULES = 1000
 MAX_TEMP_CREDENTIAL_TTL_S = 604800
@@ -79,6 +85,10 @@ PERMISSION_GROUPS: list[dict[str, Any]] = [
         "scopes": ["com.cloudflare.api.account"],
     },
 ]
+
+# The headers Cloudflare authenticates with: an API token, or a global key with its account's email, or
+# a user service key (cloudflare-python, Cloudflare.auth_headers).
+CREDENTIAL_HEADERS = ("Authorization", "X-Auth-Email", "X-Auth-Key", "X-Auth-User-Service-Key")
 
 # Cloudflare error codes used by the R2 and token APIs.
 CODE_AUTH_MISSING = 10000
@@ -275,15 +285,22 @@ class CloudflareEmulator:
     def _error(self, status: int, code: int, message: str) -> Response:
         return self._json(status, _envelope(None, errors=[{"code": code, "message": message}]))
 
-    def _record(self, request: Request, route: str, status: int) -> None:
+    def _record(self, request: Request, route: str, response: Response) -> None:
+        # A Cloudflare ray id: 16 hex digits and the colo that answered.
+        ray = f"{secrets.token_hex(8)}-EMU"
+        response.headers["cf-ray"] = ray
         with self._lock:
             self._calls.append(
                 {
                     "method": request.method,
                     "route": route,
                     "path": request.path,
-                    "status": status,
+                    "status": response.status_code,
                     "mutating": request.method in ("POST", "PUT", "PATCH", "DELETE"),
+                    "cf_ray": ray,
+                    # Which kinds of credential came with the call (names only): a client must send its
+                    # token and nothing else, not a global key picked up from its environment.
+                    "credentials": sorted(h for h in CREDENTIAL_HEADERS if h in request.headers),
                 }
             )
 
@@ -324,12 +341,13 @@ class CloudflareEmulator:
         fn, route = self._handlers[endpoint]
         denied = self._authenticate(request)
         if denied is not None:
-            self._record(request, route, denied.status_code)
+            self._record(request, route, denied)
             return denied
         failure = self._take_failure(request.method, route)
         if failure and not failure["after_effect"]:
-            self._record(request, route, failure["status"])
-            return self._error(failure["status"], CODE_INTERNAL, "injected failure")
+            injected = self._error(failure["status"], CODE_INTERNAL, "injected failure")
+            self._record(request, route, injected)
+            return injected
         try:
             with self._lock:
                 status, result, extra = fn(request, **args)
@@ -342,7 +360,7 @@ class CloudflareEmulator:
             response = self._error(500, CODE_INTERNAL, f"emulator error: {exc!r}")
         if failure:  # after_effect: the change happened, the caller only sees the error
             response = self._error(failure["status"], CODE_INTERNAL, "injected failure after effect")
-        self._record(request, route, response.status_code)
+        self._record(request, route, response)
         return response
 
     def _control(self, request: Request) -> Response:
@@ -626,9 +644,11 @@ def _validate_rule(index: int, rule: Any) -> None:
     if not isinstance(rule.get("enabled"), bool):
         raise ApiError(400, CODE_BAD_REQUEST, f"{where}.enabled must be a boolean")
     conditions = rule.get("conditions")
-    # No prefix (or an empty one) means the whole bucket.
-    if not isinstance(conditions, dict) or not isinstance(conditions.get("prefix", ""), str):
-        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.conditions.prefix must be a string")
+    # `conditions.prefix` is Required[str] in the request schema (cloudflare-python,
+    # lifecycle_update_params.RuleConditions): "an empty prefix can be provided to scope rule to all
+    # objects/uploads". Only the answer leaves it out for a whole-bucket rule.
+    if not isinstance(conditions, dict) or not isinstance(conditions.get("prefix"), str):
+        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.conditions.prefix is required ('' for the whole bucket)")
     transitions = [
         t
         for t in ("deleteObjectsTransition", "abortMultipartUploadsTransition", "storageClassTransitions")
@@ -636,27 +656,38 @@ def _validate_rule(index: int, rule: Any) -> None:
     ]
     if not transitions:
         raise ApiError(400, CODE_BAD_REQUEST, f"{where} needs at least one transition")
-    for name in ("deleteObjectsTransition", "abortMultipartUploadsTransition"):
-        if rule.get(name) is not None:
-            _validate_condition(f"{where}.{name}.condition", (rule[name] or {}).get("condition"))
-    for n, transition in enumerate(rule.get("storageClassTransitions") or []):
-        _validate_condition(f"{where}.storageClassTransitions[{n}].condition", transition.get("condition"))
+    if rule.get("deleteObjectsTransition") is not None:
+        _validate_condition(f"{where}.deleteObjectsTransition.condition", _condition(rule["deleteObjectsTransition"]))
+    if rule.get("abortMultipartUploadsTransition") is not None:
+        # Age only: RuleAbortMultipartUploadsTransitionCondition is `type: Literal["Age"]` with a required
+        # maxAge (cloudflare-python, lifecycle_update_params), where deletes and storage-class moves take
+        # an Age or a Date condition.
+        where_abort = f"{where}.abortMultipartUploadsTransition.condition"
+        _validate_condition(where_abort, _condition(rule["abortMultipartUploadsTransition"]), types=("Age",))
+    storage = rule.get("storageClassTransitions") or []
+    if not isinstance(storage, list):
+        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.storageClassTransitions must be a list")
+    for n, transition in enumerate(storage):
+        _validate_condition(f"{where}.storageClassTransitions[{n}].condition", _condition(transition))
         if transition.get("storageClass") != "InfrequentAccess":
             raise ApiError(400, CODE_BAD_REQUEST, f"{where}.storageClassTransitions[{n}].storageClass")
 
 
-def _validate_condition(where: str, condition: Any) -> None:
+def _condition(transition: Any) -> Any:
+    return transition.get("condition") if isinstance(transition, dict) else None
+
+
+def _validate_condition(where: str, condition: Any, types: tuple[str, ...] = ("Age", "Date")) -> None:
     if not isinstance(condition, dict):
         raise ApiError(400, CODE_BAD_REQUEST, f"{where} is required")
-    if condition.get("type") == "Age":
+    if condition.get("type") not in types:
+        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.type must be {' or '.join(types)}")
+    if condition["type"] == "Age":
         age = condition.get("maxAge")
         if isinstance(age, bool) or not isinstance(age, int) or age <= 0:
             raise ApiError(400, CODE_BAD_REQUEST, f"{where}.maxAge must be a positive integer (seconds)")
-    elif condition.get("type") == "Date":
-        if not isinstance(condition.get("date"), str):
-            raise ApiError(400, CODE_BAD_REQUEST, f"{where}.date must be an ISO date string")
-    else:
-        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.type must be Age or Date")
+    elif not isinstance(condition.get("date"), str):
+        raise ApiError(400, CODE_BAD_REQUEST, f"{where}.date must be an ISO date string")
 
 
 def serve(host: str, port: int, state_file: Path | None = None, token: str | None = None) -> None:

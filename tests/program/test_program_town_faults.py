@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from components.domain.naming import sandbox_id, town_volume_name
+from components.domain.naming import is_owner_secret, sandbox_id, town_volume_name
 from emulators.cloudflare import CloudflareEmulator
 from emulators.fly import FlyEmulator
 from engine.runner import RunResult
@@ -155,7 +155,8 @@ def town_objects(fly: FlyEmulator) -> dict[str, Any]:
         "volumes": {vid: v for vid, v in snap["volumes"].items() if v["app"] == SID},
         "machines": {mid: m for mid, m in snap["machines"].items() if m["app"] == SID},
         "ips": [ip["type"] for ip in snap["ips"].get(SID, [])],
-        "secrets": set(snap["secrets"].get(SID, {})),
+        # The stack's ownership mark (FlyApp's, not a town secret) is left out: it comes with the app.
+        "secrets": {k for k in snap["secrets"].get(SID, {}) if not is_owner_secret(k)},
     }
 
 

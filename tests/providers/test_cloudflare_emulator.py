@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import cloudflare
 import httpx
 import pytest
 
@@ -147,6 +149,119 @@ def test_lifecycle_default_rule_and_put_replaces_the_set(cloudflare_api: httpx.C
     assert duplicate.status_code == 400
     assert cloudflare_api.get("/r2/buckets/backups/lifecycle").json()["result"]["rules"] == mine
     assert cloudflare_api.get("/r2/buckets/nope/lifecycle").status_code == 404
+
+
+def test_lifecycle_put_is_refused_where_cloudflares_schema_refuses_it(cloudflare_api: httpx.Client) -> None:
+    # The request schema (cloudflare-python, types/r2/buckets/lifecycle_update_params.py): conditions.prefix
+    # is required ('' for the whole bucket) and an abort-multipart transition takes `type: "Age"` only.
+    cloudflare_api.post("/r2/buckets", json={"name": "backups"})
+    abort = {
+        "id": "abort",
+        "enabled": True,
+        "conditions": {"prefix": ""},
+        "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 86400}},
+    }
+    by_date = {"type": "Date", "date": "2030-01-01T00:00:00Z"}
+    refused = {
+        "abort by date": {**abort, "abortMultipartUploadsTransition": {"condition": by_date}},
+        "empty conditions": {**abort, "conditions": {}},
+        "no conditions": {k: v for k, v in abort.items() if k != "conditions"},
+    }
+    for case, rule in refused.items():
+        answer = cloudflare_api.put("/r2/buckets/backups/lifecycle", json={"rules": [rule]})
+        assert (answer.status_code, _error_code(answer)) == (400, 10001), case
+    message = cloudflare_api.put("/r2/buckets/backups/lifecycle", json={"rules": [refused["abort by date"]]})
+    assert (
+        message.json()["errors"][0]["message"] == "rules[0].abortMultipartUploadsTransition.condition.type must be Age"
+    )
+    default = cloudflare_api.get("/r2/buckets/backups/lifecycle").json()["result"]["rules"]
+    assert [r["id"] for r in default] == ["Default Multipart Abort Rule"]  # nothing refused was applied
+
+    delete_by_date = {
+        "id": "expire",
+        "enabled": True,
+        "conditions": {"prefix": "gastown/"},
+        "deleteObjectsTransition": {"condition": by_date},
+    }
+    assert (
+        cloudflare_api.put("/r2/buckets/backups/lifecycle", json={"rules": [abort, delete_by_date]}).status_code == 200
+    )
+    stored = cloudflare_api.get("/r2/buckets/backups/lifecycle").json()["result"]["rules"]
+    assert stored == [{**abort, "conditions": {}}, delete_by_date]  # a whole-bucket rule reads back without a prefix
+
+
+def test_every_answer_carries_a_cf_ray(cloudflare_emulator: CloudflareEmulator, cloudflare_api: httpx.Client) -> None:
+    answers = [
+        cloudflare_api.post("/r2/buckets", json={"name": "backups"}),
+        cloudflare_api.get("/r2/buckets/missing"),
+        httpx.get(f"{cloudflare_emulator.url}/client/v4/accounts/{CF_ACCOUNT_ID}/r2/buckets"),  # no token
+    ]
+    rays = [a.headers["cf-ray"] for a in answers]
+    assert [c["cf_ray"] for c in cloudflare_emulator.calls()] == rays
+    assert len(set(rays)) == 3 and all(re.fullmatch(r"[0-9a-f]{16}-[A-Z]{3}", r) for r in rays)
+
+
+def test_cloudflares_own_library_drives_the_emulator(cloudflare_emulator: CloudflareEmulator) -> None:
+    # What the providers send, sent by cloudflare-python itself: its paths, jurisdiction header and bodies.
+    cf = cloudflare.Cloudflare(api_token=CF_TOKEN, base_url=cloudflare_emulator.api_url, max_retries=0)
+    with cf:
+        made = cf.r2.buckets.create(account_id=CF_ACCOUNT_ID, name="backups", location_hint="weur")
+        eu = cf.r2.buckets.create(account_id=CF_ACCOUNT_ID, name="backups", cf_r2_jurisdiction="eu")
+        assert (made.name, made.jurisdiction, eu.jurisdiction) == ("backups", "default", "eu")
+        listed = cf.r2.buckets.list(account_id=CF_ACCOUNT_ID, cf_r2_jurisdiction="eu")
+        assert [b.name for b in listed.buckets or []] == ["backups"]
+        assert cf.r2.buckets.get("backups", account_id=CF_ACCOUNT_ID).location == "WEUR"
+
+        cf.r2.buckets.lifecycle.update(
+            "backups",
+            account_id=CF_ACCOUNT_ID,
+            rules=[
+                {
+                    "id": "expire",
+                    "enabled": True,
+                    "conditions": {"prefix": "gastown/"},
+                    "delete_objects_transition": {"condition": {"type": "Age", "max_age": 86400}},
+                    "abort_multipart_uploads_transition": {"condition": {"type": "Age", "max_age": 3600}},
+                }
+            ],
+        )
+        [rule] = cf.r2.buckets.lifecycle.get("backups", account_id=CF_ACCOUNT_ID).rules or []
+        assert rule.delete_objects_transition and rule.delete_objects_transition.condition
+        assert (rule.conditions.prefix, rule.delete_objects_transition.condition.max_age) == ("gastown/", 86400)
+        with pytest.raises(cloudflare.BadRequestError):
+            cf.r2.buckets.lifecycle.update(
+                "backups",
+                account_id=CF_ACCOUNT_ID,
+                rules=[
+                    {
+                        "id": "abort",
+                        "enabled": True,
+                        "conditions": {"prefix": ""},
+                        # Not what the type allows, and not what the API takes.
+                        "abort_multipart_uploads_transition": {"condition": {"type": "Date", "date": "2030-01-01"}},
+                    }
+                ],
+            )
+
+        creds = cf.r2.temporary_credentials.create(
+            account_id=CF_ACCOUNT_ID,
+            bucket="backups",
+            parent_access_key_id="parent-key",
+            permission="object-read-only",
+            ttl_seconds=3600,
+            prefixes=["gastown/t1/"],
+        )
+        assert creds.access_key_id and creds.secret_access_key and creds.session_token
+        cf.r2.buckets.delete("backups", account_id=CF_ACCOUNT_ID, cf_r2_jurisdiction="eu")
+        with pytest.raises(cloudflare.NotFoundError):
+            cf.r2.buckets.get("backups", account_id=CF_ACCOUNT_ID, cf_r2_jurisdiction="eu")
+    [issued] = cloudflare_emulator.snapshot()["temp_credentials"]
+    assert (issued["prefixes"], issued["permission"], issued["ttlSeconds"]) == (
+        ["gastown/t1/"],
+        "object-read-only",
+        3600,
+    )
+    assert [c["status"] for c in cloudflare_emulator.calls()] == [200, 200, 200, 200, 200, 200, 400, 200, 200, 404]
 
 
 def test_temp_credentials_record_their_scope(

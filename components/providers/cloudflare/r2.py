@@ -8,10 +8,10 @@ diffs.
 
 Credentials (Pulumi docs, Dynamic providers): ``configure()`` keeps the ``cloudflare:*`` stack config values
 and each method falls back to the environment (settings.py), so a rotated token works for ``pulumi
-destroy`` too. The httpx client is built inside each method and nothing runs at import time (the
-classes are pickled by reference and imported by the provider host; the contract is
-``components.providers.base.ApiProvider``). The ``R2Bucket`` component that wires these resources
-together is a stack's (components/stacks/control.py).
+destroy`` too. The API client (client.py, on Cloudflare's own library) is built inside each method
+and nothing runs at import time (the classes are pickled by reference and imported by the provider
+host; the contract is ``components.providers.base.ApiProvider``). The ``R2Bucket`` component that
+wires these resources together is a stack's (components/stacks/control.py).
 
 Per-town credentials: R2 account API tokens can be narrowed to a bucket but not to a key prefix
 (Cloudflare docs, developers.cloudflare.com/r2/api/tokens), while temporary access credentials take ``prefixes``
@@ -102,11 +102,14 @@ CODE_BUCKET_NOT_EMPTY = 10008  # R2 docs, "Error codes": BucketNotEmpty, 409
 # Rule ids of the backup bucket's lifecycle (stable ids keep the diff quiet).
 ABORT_MULTIPART_RULE_ID = "abort-incomplete-multipart-uploads"
 SNAPSHOT_BACKSTOP_RULE_ID = "gastown-snapshot-age-backstop"
+# What a lifecycle delete puts back: R2's rule for new buckets (r2/buckets/object-lifecycles). R2 reads it
+# back with `conditions: {}`, but the request schema requires a prefix ("an empty prefix can be provided
+# to scope rule to all objects/uploads": cloudflare-python, types/r2/buckets/lifecycle_update_params.py).
 R2_DEFAULT_LIFECYCLE: list[dict[str, Any]] = [
     {
         "id": "Default Multipart Abort Rule",
         "enabled": True,
-        "conditions": {},  # the whole bucket, written the way R2 returns it
+        "conditions": {"prefix": ""},
         "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": 7 * DAY_S}},
     }
 ]
@@ -366,6 +369,9 @@ def normalise_rules(rules: Any) -> list[dict[str, Any]]:
 
 
 def _rule_errors(rules: Any) -> list[str]:
+    """What Cloudflare's lifecycle schema refuses, named by field (cloudflare-python,
+    types/r2/buckets/lifecycle_update_params.py). Its required ``conditions.prefix`` may be left out here:
+    ``normalise_rules`` writes ``""`` (the whole bucket) in its place."""
     if not isinstance(rules, list):
         return [f"rules must be a list of lifecycle rules (got {type(rules).__name__})"]
     errors: list[str] = []
@@ -382,22 +388,47 @@ def _rule_errors(rules: Any) -> list[str]:
             errors.append(f"{where}.id {rule_id!r} is used twice")
         else:
             seen.add(rule_id)
-        if not isinstance((rule.get("conditions") or {}).get("prefix", ""), str):
+        if not isinstance(rule.get("enabled"), bool):
+            errors.append(f"{where}.enabled must be true or false")
+        conditions = rule.get("conditions")
+        if conditions is not None and (
+            not isinstance(conditions, Mapping) or not isinstance(conditions.get("prefix", ""), str)
+        ):
             errors.append(f"{where}.conditions.prefix must be a string ('' or absent for the whole bucket)")
         transitions = [
             t for t in ("deleteObjectsTransition", "abortMultipartUploadsTransition") if rule.get(t) is not None
         ]
-        if not transitions and not rule.get("storageClassTransitions"):
+        storage = rule.get("storageClassTransitions")
+        if not transitions and not storage:
             errors.append(f"{where} needs a deleteObjectsTransition or abortMultipartUploadsTransition")
         for name in transitions:
-            condition = (rule.get(name) or {}).get("condition") or {}
-            age = condition.get("maxAge")
-            if condition.get("type") == "Age":
-                if isinstance(age, bool) or not isinstance(age, int | float) or age <= 0 or age != int(age):
-                    errors.append(f"{where}.{name}.condition.maxAge must be a positive whole number of seconds")
-            elif condition.get("type") != "Date":
-                errors.append(f"{where}.{name}.condition.type must be Age or Date")
+            transition = rule[name]
+            condition = transition.get("condition") if isinstance(transition, Mapping) else None
+            # An abort transition takes an age only: cloudflare-python types its condition as
+            # `type: Literal["Age"]` (RuleAbortMultipartUploadsTransitionCondition); deletes take Age or Date.
+            types = ("Age",) if name == "abortMultipartUploadsTransition" else ("Age", "Date")
+            errors.extend(_condition_errors(f"{where}.{name}.condition", condition, types))
+        if storage is not None and not isinstance(storage, list):
+            errors.append(f"{where}.storageClassTransitions must be a list")
+        for n, transition in enumerate(storage if isinstance(storage, list) else []):
+            at = f"{where}.storageClassTransitions[{n}]"
+            if not isinstance(transition, Mapping) or transition.get("storageClass") != "InfrequentAccess":
+                errors.append(f"{at}.storageClass must be InfrequentAccess")
+                continue
+            errors.extend(_condition_errors(f"{at}.condition", transition.get("condition"), ("Age", "Date")))
     return errors
+
+
+def _condition_errors(where: str, condition: Any, types: tuple[str, ...]) -> list[str]:
+    if not isinstance(condition, Mapping) or condition.get("type") not in types:
+        return [f"{where}.type must be {' or '.join(types)}"]
+    if condition["type"] == "Age":
+        age = condition.get("maxAge")
+        if isinstance(age, bool) or not isinstance(age, int | float) or age <= 0 or age != int(age):
+            return [f"{where}.maxAge must be a positive whole number of seconds"]
+    elif not isinstance(condition.get("date"), str) or not condition["date"]:
+        return [f"{where}.date must be an ISO 8601 date"]
+    return []
 
 
 class R2LifecycleProvider(_CloudflareProvider):
@@ -602,9 +633,9 @@ class R2TownCredentialsProvider(_CloudflareProvider):
             "endpoint": s3_endpoint(settings.account_id, jurisdiction),
             "parent_access_key_id": settings.parent_access_key_id,
             "expires_at": (issued + dt.timedelta(seconds=ttl)).isoformat(timespec="seconds"),
-            "access_key_id": creds["accessKeyId"],
-            "secret_access_key": creds["secretAccessKey"],
-            "session_token": creds["sessionToken"],
+            "access_key_id": creds.access_key_id,
+            "secret_access_key": creds.secret_access_key,
+            "session_token": creds.session_token,
         }
 
     def create(self, props: dict[str, Any]) -> CreateResult:

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from components.providers.http import is_loopback_url
 
@@ -59,6 +60,12 @@ def resolve_cloudflare_settings(
                 "`pulumi config set --secret cloudflare:apiToken ...` or export CLOUDFLARE_API_TOKEN"
             )
         token, source = EMULATOR_TOKEN, "emulator"
+    if urlsplit(url).scheme != "https" and not is_loopback_url(url):
+        # The token is a bearer token: over plain http it would cross the network readable by anyone.
+        raise ValueError(
+            f"cloudflare:apiUrl: {url} is not https and not on this machine, so the token would cross the "
+            "network in clear; use https (only a loopback emulator may be reached over http)"
+        )
     account_id = config.get("cloudflare:accountId") or env.get("CLOUDFLARE_ACCOUNT_ID") or ""
     if not ACCOUNT_ID.match(account_id):
         raise ValueError(
