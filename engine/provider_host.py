@@ -8,6 +8,12 @@ waits: with 100 towns (about 900 creates) the 4 slots, not the engine or the API
 (bench/run.py: towns100_up_wall_s). The pool is widened to PROVIDER_HOST_THREADS; everything else
 (protocol, provider cache, configure) is the SDK's code.
 
+A provider call that fails with an error a user can act on (components/errors.py UserError: an API that
+answered no, a database that refused) reaches the engine as its message alone: the SDK's host sends
+`traceback.format_exc()` as the gRPC error of any failed call (`_abort_with_traceback`), which the CLI
+printed as ~25 lines per resource, and an unreachable emulator made over a thousand lines. Other
+exceptions (bugs) keep their traceback, as do all with SILO_DEBUG=1.
+
 The providers are safe to call concurrently: each call builds its own state from its request, the
 HTTP clients are thread-safe (httpx), and client-side pacing is per process (components/providers/fly/client.py).
 """
@@ -16,7 +22,11 @@ from __future__ import annotations
 
 import os
 import runpy
+import sys
+import traceback
 from concurrent import futures
+
+from components.errors import UserError, debugging, one_line
 
 # Matches the `--parallel` that scripts/pulumi.sh and bench/run.py give the engine: every step the
 # engine runs at once can have its provider call served.
@@ -34,9 +44,22 @@ def _threads() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_THREADS
 
 
+_FORMAT_EXC = traceback.format_exc
+
+
+def _format_exc(*args: object, **kwargs: object) -> str:
+    """What the SDK's host sends for a failed call: a user error's message alone, else the traceback."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, UserError) and not debugging():
+        return one_line(exc)
+    return _FORMAT_EXC(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def main() -> None:
-    # The SDK's host looks the pool class up on `concurrent.futures` when it starts its server.
+    # The SDK's host looks the pool class up on `concurrent.futures` when it starts its server, and
+    # `traceback.format_exc` up when a call fails.
     futures.ThreadPoolExecutor = _WiderPool  # type: ignore[misc]
+    traceback.format_exc = _format_exc
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
 
 

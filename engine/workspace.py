@@ -8,7 +8,8 @@ not serve (README, "The engine"). Dynamic providers still run in their own proce
 engine through `pulumi-resource-pulumi-python`.
 
 Everything stays local and offline: a file backend, a passphrase kept in a 0600 file, no update check,
-no plugin downloads.
+no plugin downloads. The state directory is 0700 and the CLI runs with umask 077, so the checkpoints,
+backups and history it writes are 0600: readable by their owner only.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ import os
 import runpy
 import secrets
 import shutil
+import stat
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pulumi
 import pulumi.log
 from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
 
+from components.errors import UserError, debugging, one_line
 from engine.provider_host import DEFAULT_THREADS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +47,76 @@ FILE_BACKEND_ORG = "organization"
 
 
 class EngineMissing(RuntimeError):
-    pass
+    """The CLI cannot be run as this project runs it; ``python -m engine`` prints it as one line."""
+
+
+class UnsafePassphrase(EngineMissing):
+    """A passphrase the CLI would accept but that protects nothing (empty, blank, unreadable)."""
+
+
+# -- private files ---------------------------------------------------------------------------------------
+PRIVATE_UMASK = 0o077
+_umask_lock = threading.Lock()
+_umask_users = 0
+_umask_saved = 0
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    """This process's umask is 077 while the block runs, so what the CLI started in it creates (the
+    file backend's checkpoints, backups, history and locks; gocloud's fileblob writes them 0666 &^ umask)
+    is its owner's only.
+
+    The umask is per process and the SDK's `PulumiCommand.run` has no way to give its subprocess its own,
+    so it is set around the run; overlapping runs (threads) share one setting and the last to finish
+    restores the one before the first.
+    """
+    global _umask_users, _umask_saved
+    with _umask_lock:
+        if _umask_users == 0:
+            _umask_saved = os.umask(PRIVATE_UMASK)
+        _umask_users += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_users -= 1
+            if _umask_users == 0:
+                os.umask(_umask_saved)
+
+
+class PrivateFilesCommand(PulumiCommand):
+    """The Pulumi CLI, every command run under ``private_umask``."""
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with private_umask():
+            return super().run(*args, **kwargs)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made if missing, and 0700 whoever made it first (a ``mkdir -p`` or an earlier version)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def private_tree(root: Path) -> None:
+    """Everything under ``root`` its owner's only, e.g. the checkpoints an earlier version let the CLI
+    write 0644 (links are left alone: their mode means nothing, and their target is not ours)."""
+    for dirpath, _dirs, files in os.walk(root):
+        for path in (dirpath, *(os.path.join(dirpath, name) for name in files)):
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                os.chmod(path, stat.S_IMODE(mode) & 0o700)
 
 
 def pulumi_command() -> PulumiCommand:
-    """The built CLI, else the official one on PATH."""
+    """The built CLI, else the official one on PATH; run with private files (``PrivateFilesCommand``)."""
     if (BUILT_ENGINE / "bin" / "pulumi").exists():
-        return PulumiCommand(root=str(BUILT_ENGINE.resolve()), skip_version_check=True)
+        return PrivateFilesCommand(root=str(BUILT_ENGINE.resolve()), skip_version_check=True)
     found = shutil.which("pulumi")
     if found:
-        return PulumiCommand(root=str(Path(found).resolve().parent.parent), skip_version_check=True)
+        return PrivateFilesCommand(root=str(Path(found).resolve().parent.parent), skip_version_check=True)
     raise EngineMissing("no Pulumi CLI: run `make engine` (builds it from Go modules) or put `pulumi` on PATH")
 
 
@@ -59,16 +126,59 @@ def ensure_passphrase(path: Path) -> Path:
     Secrets in a file-backend state are encrypted with it; losing it loses them (the resources stay).
     """
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     return path
 
 
+def refuse_empty_passphrase(state_dir: Path, environ: Mapping[str, str]) -> None:
+    """Raise ``UnsafePassphrase`` when the passphrase the CLI would use is empty.
+
+    The CLI takes a set ``PULUMI_CONFIG_PASSPHRASE`` as the passphrase even when it is empty (it looks
+    the variable up rather than testing its value), before any ``PULUMI_CONFIG_PASSPHRASE_FILE``, so
+    an empty one would encrypt the stack's secrets with the empty string while this wrapper said they
+    were encrypted with the generated file.
+    """
+    generated = state_dir / "passphrase"
+    if "PULUMI_CONFIG_PASSPHRASE" in environ:
+        if not environ["PULUMI_CONFIG_PASSPHRASE"].strip():
+            raise UnsafePassphrase(
+                "PULUMI_CONFIG_PASSPHRASE is set but empty, so the CLI would encrypt the stack's secrets with an "
+                "empty passphrase: set a real one, or unset PULUMI_CONFIG_PASSPHRASE to use the one generated in "
+                f"{generated}"
+            )
+        return
+    file = environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")
+    if not file:
+        return
+    try:
+        text = Path(file).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UnsafePassphrase(
+            f"PULUMI_CONFIG_PASSPHRASE_FILE ({file}) cannot be read ({exc.strerror or exc}): fix it, or unset "
+            f"PULUMI_CONFIG_PASSPHRASE_FILE to use the passphrase generated in {generated}"
+        ) from None
+    if not text.strip():
+        raise UnsafePassphrase(
+            f"PULUMI_CONFIG_PASSPHRASE_FILE ({file}) is empty, so the CLI would encrypt the stack's secrets with "
+            f"an empty passphrase: write a passphrase into it, or unset PULUMI_CONFIG_PASSPHRASE_FILE to use "
+            f"the one generated in {generated}"
+        )
+
+
 def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The CLI's environment: a file backend and passphrase under `state_dir`, unless the caller's
-    environment already chose a backend or a passphrase; no network attempts."""
+    environment already chose a backend or a passphrase; no network attempts.
+
+    An empty passphrase is refused (``UnsafePassphrase``) before anything is created. `state_dir` and
+    everything in it (backend, passphrase, PULUMI_HOME) are made its owner's only, including what an
+    earlier version left readable by others; ``private_umask`` keeps what the CLI writes next that way.
+    """
+    refuse_empty_passphrase(state_dir, {**os.environ, **(extra or {})})
+    private_dir(state_dir)
+    private_tree(state_dir)
     env: dict[str, str] = {
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
@@ -77,8 +187,7 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
         "PULUMI_PYTHON_CMD": sys.executable,
     }
     if not os.environ.get("PULUMI_BACKEND_URL"):
-        backend = state_dir / "backend"
-        backend.mkdir(parents=True, exist_ok=True)
+        backend = private_dir(state_dir / "backend")
         env["PULUMI_BACKEND_URL"] = backend.resolve().as_uri()
     if (env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL", "")).startswith("file://"):
         # A file backend rewrites the whole checkpoint after every step: O(steps x state) — 190 of the
@@ -97,13 +206,16 @@ SDK_DEBUG_ENV = "SILO_SDK_DEBUG"
 
 
 def inline_program(
-    env: Mapping[str, str] | None = None, main: Path = REPO_ROOT / "__main__.py"
+    env: Mapping[str, str] | None = None,
+    main: Path = REPO_ROOT / "__main__.py",
+    user_errors: list[UserError] | None = None,
 ) -> Callable[[], Awaitable[None]]:
     """A program's `__main__.py` (this project's unless `main` says otherwise) as an inline program, run
     the way `pulumi up` runs it.
 
     A language host would give the program the CLI's environment; an inline program runs in this
-    process, so `env` (what the workspace adds for the CLI) is applied around it.
+    process, so `env` (what the workspace adds for the CLI) is applied around it. A user error
+    (components/errors.py) fails the run with its message alone, and is added to `user_errors`.
     """
 
     _fewer_full_collections()
@@ -113,7 +225,16 @@ def inline_program(
         os.environ.update(env or {})
         try:
             _sdk_debug_messages(os.environ.get(SDK_DEBUG_ENV) == "1")
-            runpy.run_path(str(main), run_name="__main__")
+            try:
+                runpy.run_path(str(main), run_name="__main__")
+            except UserError as exc:
+                if debugging():
+                    raise
+                # One line naming the key or resource and what to do (components/errors.py), not the
+                # program's traceback: the SDK reports a RunError by its message alone.
+                if user_errors is not None:
+                    user_errors.append(exc)
+                raise pulumi.RunError(one_line(exc)) from None
             # Let every registration the program queued start before the SDK waits for them. Its
             # wait (pulumi.runtime.stack.wait_for_rpcs) first awaits the RPCs it has seen start, one by
             # one; those that have not started yet fall through to a loop that re-arms a callback on

@@ -26,6 +26,7 @@ Stack config (``silo:allowDataDeletion``, ``silo:pgPublic``, ``silo:monthlyBudge
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -52,6 +53,7 @@ PACK_NAME = "silo-guardrails"
 FLY = "pulumi-python:dynamic/fly:"
 APP, VOLUME, MACHINE, IP = (FLY + kind for kind in ("App", "Volume", "Machine", "IpAssignment"))
 TOWN_COMPONENT = "silo:town:TownSandbox"
+SILO_COMPONENT = "silo:devenv:DevEnvStack"
 PUBLIC_IP_TYPES = ("v4", "v6", "shared_v4")  # everything but private_v6 (Flycast)
 MANDATORY, ADVISORY = EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY
 
@@ -74,8 +76,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "no-secrets-in-env",
         MANDATORY,
-        "No machine env holds a secret-looking value, because env is plain text in the machine config and in "
-        "previews; secrets go through Fly secrets.",
+        "No machine env or [[files]] raw_value holds a secret-looking value, because both are plain text in the "
+        "fly.toml, the machine config and previews; secrets go through Fly secrets.",
     ),
     Rule(
         "pg-private-or-tls",
@@ -98,8 +100,14 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "towns-on-own-network",
         MANDATORY,
-        "A town app sits on its own network (named after its sandbox id), never a silo's, so a town's "
-        "agents cannot reach another silo's services.",
+        "A town app sits on its own network (named after its sandbox id), never a silo's nor the org's default "
+        "one, so a town's agents cannot reach another silo's services.",
+    ),
+    Rule(
+        "silos-on-own-network",
+        MANDATORY,
+        "A silo's apps sit on the silo's own network (devenv-{client}-{app}), never the org's default one nor "
+        "another's, so its private services are reachable from its own apps only.",
     ),
     Rule(
         "studio-meta-private",
@@ -323,13 +331,21 @@ SECRET_VALUES: tuple[tuple[str, re.Pattern[str]], ...] = (
 HARMLESS_VALUE = re.compile(r"^(|true|false|yes|no|on|off|\d+|/\S*)$", re.IGNORECASE)
 
 
+def secret_value_reason(value: str) -> str | None:
+    """Why a value looks like a secret whatever it is called (never quoting it), or None."""
+    for what, pattern in SECRET_VALUES:
+        if pattern.search(value):
+            return f"holds {what}"
+    return None
+
+
 def secret_reason(name: str, value: Any) -> str | None:
     """Why an env variable looks like a secret (never quoting the value), or None."""
     if not isinstance(value, str):
         return None
-    for what, pattern in SECRET_VALUES:
-        if pattern.search(value):
-            return f"holds {what}"
+    found = secret_value_reason(value)
+    if found:
+        return found
     if flytoml.SECRET_ENV_NAME.search(name) and not HARMLESS_VALUE.match(value.strip()):
         return "is named like a secret and holds a value"
     return None
@@ -342,18 +358,48 @@ def machine_env(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
             yield from (process.get("env") or {}).items()
 
 
+def file_text(raw_value: str) -> str:
+    """What a machine file holds: the machine config carries ``raw_value`` base64-encoded (flyctl's
+    ``appconfig.File.toMachineFile``, components/providers/fly/flytoml.py ``_file``), while a fly.toml
+    and a program that bypasses the conversion carry the text itself."""
+    try:
+        return base64.b64decode(raw_value, validate=True).decode("utf-8")
+    except ValueError:  # not base64 (binascii.Error), or not text once decoded (UnicodeDecodeError)
+        return raw_value
+
+
+def machine_files(config: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(guest path, text) of the machine's ``[[files]]`` given inline (``raw_value``); files delivered
+    from a Fly secret (``secret_name``) or read from disk (``local_path``) carry no text here."""
+    for file in config.get("files") or []:
+        if isinstance(file, Mapping) and isinstance(file.get("raw_value"), str):
+            yield str(file.get("guest_path")), file_text(file["raw_value"])
+
+
 def _no_secrets_in_env(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = plain(args.props)
     config = machine_config(props)
     if config is None:
         return
+    where = f"machine {props.get('name')} of app {props.get('app')}"
     for name, value in machine_env(config):
         reason = secret_reason(str(name), value)
         if reason:
             report(
                 with_urn(
-                    f"machine {props.get('name')} of app {props.get('app')}: env {name} {reason}; machine env is "
-                    "plain text in the machine config, so set it as a Fly secret (FlySecrets) instead",
+                    f"{where}: env {name} {reason}; machine env is plain text in the machine config, so set it as "
+                    "a Fly secret (FlySecrets) instead",
+                    args.urn,
+                )
+            )
+    for guest_path, text in machine_files(config):
+        # Contents only: a file's path says little (scripts are named after what they handle).
+        reason = secret_value_reason(text)
+        if reason:
+            report(
+                with_urn(
+                    f"{where}: [[files]] {guest_path} {reason}; a raw_value is plain text in the fly.toml and the "
+                    "machine config, so deliver the file from a Fly secret (secret_name) instead",
                     args.urn,
                 )
             )
@@ -482,7 +528,7 @@ def _images_by_digest(args: ResourceValidationArgs, report: ReportViolation) -> 
             )
 
 
-# -- fly-names-valid and towns-on-own-network ---------------------------------------------------------------
+# -- fly-names-valid, towns-on-own-network and silos-on-own-network ----------------------------------------
 def _names_valid(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = plain(args.props)
     name = props.get("name")
@@ -510,21 +556,69 @@ SANDBOX_ID = re.compile(rf"{naming.SANDBOX_PREFIX}-(?:[a-z0-9-]+-)?[0-9a-f]{{{na
 
 
 def is_town_app(name: Any, parent: str | None) -> bool:
-    parent_type = (parent or "").rsplit("::", 2)[-2] if parent and parent.count("::") >= 2 else ""
-    return parent_type.endswith(TOWN_COMPONENT) or (isinstance(name, str) and bool(SANDBOX_ID.fullmatch(name)))
+    return _component_type(parent).endswith(TOWN_COMPONENT) or (
+        isinstance(name, str) and bool(SANDBOX_ID.fullmatch(name))
+    )
+
+
+def _component_type(parent: str | None) -> str:
+    return parent.rsplit("::", 2)[-2] if parent and parent.count("::") >= 2 else ""
+
+
+def _network_problem(network: Any, expected: str) -> str | None:
+    """Why an app's ``network`` input is not ``expected``; None when it is, or while a preview cannot know it."""
+    if network is UNKNOWN:
+        return None
+    if not isinstance(network, str) or not network:
+        # FlyApp without a network: Fly puts the app on the org's default network, shared by every app of
+        # the org that has none (components/providers/fly/apps.py DEFAULT_NETWORK).
+        return "has no network, so Fly puts it on the organization's default network"
+    if network != expected:
+        return f"is on network {network!r}"
+    return None
 
 
 def _towns_on_own_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = plain(args.props)
-    name, network = props.get("name"), props.get("network")
-    # Apps get a `network` only once Fly networks land (issue 11); until then there is nothing to check.
-    if not isinstance(network, str) or not network or not is_town_app(name, args.opts.parent):
+    name = props.get("name")
+    if not isinstance(name, str) or not is_town_app(name, args.opts.parent):
         return
-    if network != name:
+    problem = _network_problem(props.get("network"), name)
+    if problem:
         report(
             with_urn(
-                f"town app {name} is on network {network!r}; a town sits on its own network, named after its "
-                f"sandbox id ({name!r}), never a silo's",
+                f"town app {name} {problem}; a town sits on its own network, named after its sandbox id "
+                f"({name!r}), never a silo's nor the organization's default one",
+                args.urn,
+            )
+        )
+
+
+def silo_network_of(app_name: Any, parent: str | None, settings: StackSettings) -> str | None:
+    """The network a silo app belongs on (``devenv-{client}-{app}``), or None when ``app_name`` is not an
+    app of this stack's silo: named ``devenv-{client}-{app}-{service}``, or registered by a DevEnvStack."""
+    if not isinstance(app_name, str) or is_town_app(app_name, parent):
+        return None
+    service = service_of(app_name, settings)
+    if service is not None:
+        return app_name.removesuffix(f"-{service}")  # naming.silo_network of the name's client and app
+    if _component_type(parent).endswith(SILO_COMPONENT) and settings.client and settings.app:
+        return naming.silo_network(settings.client, settings.app)
+    return None
+
+
+def _silos_on_own_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = plain(args.props)
+    name = props.get("name")
+    expected = silo_network_of(name, args.opts.parent, stack_settings())
+    if expected is None:
+        return
+    problem = _network_problem(props.get("network"), expected)
+    if problem:
+        report(
+            with_urn(
+                f"silo app {name} {problem}; every app of a silo sits on the silo's own network ({expected!r}), "
+                "where its Flycast and .internal names resolve for its apps only",
                 args.urn,
             )
         )
@@ -609,6 +703,7 @@ def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
         resource("images-pinned", on(MACHINE, _images_pinned)),
         resource("fly-names-valid", on(APP, _names_valid), on(VOLUME, _names_valid)),
         resource("towns-on-own-network", on(APP, _towns_on_own_network)),
+        resource("silos-on-own-network", on(APP, _silos_on_own_network)),
         resource("studio-meta-private", on(IP, _studio_meta_ip)),
         resource("images-by-digest", on(MACHINE, _images_by_digest)),
         StackValidationPolicy(

@@ -7,7 +7,11 @@ set -euo pipefail
 op=${1:?usage: scripts/pulumi.sh up|preview|destroy|refresh STACK}
 stack=${2:-dev}
 cd "$(dirname "$0")/.."
+# .silo/ holds the state, its passphrase and the emulator's world: its owner's only, and so is every file
+# this run makes (python -m engine also runs the CLI with umask 077; engine/workspace.py).
+umask 077
 mkdir -p .silo
+chmod 700 .silo
 
 has_token() {
   [ -n "${FLY_API_TOKEN:-}" ] || [ -n "${FLY_ACCESS_TOKEN:-}" ] || grep -qE '^[[:space:]]*fly:apiToken:' "Pulumi.${stack}.yaml"

@@ -30,6 +30,9 @@ from pydantic import (
 )
 
 from components.domain import naming
+from components.errors import UserError
+from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
+from components.providers.fly.settings import CONFIG_KEYS as FLY_CONFIG_KEYS
 
 NAMESPACE = "silo"
 
@@ -53,6 +56,7 @@ FIELD_BY_KEY: dict[str, str] = {
     "autoStopMinutes": "auto_stop_minutes",
     "studio": "studio",
     "siteUrl": "site_url",
+    "redirectUrls": "redirect_urls",
     "allowDataDeletion": "allow_data_deletion",
     "regionMigration": "region_migration",
     "networkMigration": "network_migration",
@@ -79,11 +83,22 @@ SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials", "smt
 GIT_CREDENTIALS_KEY = "gitCredentials"
 GIT_CREDENTIALS_SECRET = "GIT_CREDENTIALS"
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
-_STRUCTURED_KEYS = ("images", "towns", "smtp")
-# Outside the silo namespace only these keys are read (by components.providers.fly.settings); the rest belong to
-# other programs and providers and are ignored.
+_STRUCTURED_KEYS = ("images", "towns", "smtp", "redirectUrls")
+_LIST_KEYS = ("towns", "redirectUrls")
+# The namespaces of this project's own dynamic providers: every key the providers' configure() reads
+# (their settings' CONFIG_KEYS), and nothing else. A typo such as `fly:apitoken` would otherwise be
+# ignored and the run would quietly fall back to the environment, or to the local emulator.
+PROVIDER_KEYS: dict[str, tuple[str, ...]] = {"fly": FLY_CONFIG_KEYS, "cloudflare": CLOUDFLARE_CONFIG_KEYS}
 FLY_API_URL_KEY = "fly:apiUrl"
 FLY_API_TOKEN_KEY = "fly:apiToken"
+CLOUDFLARE_API_TOKEN_KEY = "cloudflare:apiToken"
+# Every key whose value is a credential: refused unless it is secret (encrypted in the stack file, marked
+# secret by the engine), so a token never sits in plain text in a stack file, the state or a log.
+SECRET_CONFIG_KEYS: tuple[str, ...] = (
+    *(f"{NAMESPACE}:{key}" for key in SECRET_KEYS),
+    FLY_API_TOKEN_KEY,
+    CLOUDFLARE_API_TOKEN_KEY,
+)
 
 _SLUG = re.compile(r"^[a-z](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _ORG_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
@@ -94,7 +109,7 @@ _EMAIL = re.compile(r"^[^@\s]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\.[A-Za-
 _SLUG_RULE = "must be a slug of lowercase letters, digits and single dashes, starting with a letter"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """Invalid stack config. ``errors`` holds ``(key, message)`` pairs; ``str()`` is one line each."""
 
     def __init__(self, errors: Iterable[tuple[str, str]]) -> None:
@@ -154,6 +169,57 @@ def _https_url(value: str) -> str:
     return value
 
 
+# One https origin, lowercase, with an optional plain path: what GoTrue may redirect to (see _redirect_url).
+_WEB_URL = re.compile(
+    r"^https://[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    r"(?:/[A-Za-z0-9._~%-]*)*$"
+)
+# gobwas/glob syntax: GoTrue compiles every allow-list entry as a glob (supabase/auth internal/conf,
+# glob.Compile(uri, '.', '/')).
+_GLOB_CHARACTERS = frozenset("*?[]{}!\\")
+
+
+def _redirect_url(value: str) -> str:
+    """``silo:siteUrl`` and each ``silo:redirectUrls`` entry: one exact https URL, an origin
+    (``https://host[:port]``) with an optional plain path.
+
+    The values reach GoTrue's ``GOTRUE_URI_ALLOW_LIST``, a comma-separated list of glob patterns that
+    ``redirect_to`` is matched against (supabase/auth internal/utilities/request.go IsRedirectURLValid): a
+    comma would add an entry, a wildcard (``https://**``, ``https://*.netlify.app``) would let GoTrue send
+    sign-in tokens to a host someone else controls, and whitespace or a line break would end up inside a
+    pattern. So none of them, no userinfo, no query and no fragment; the host in lowercase, as a browser
+    writes it. Wildcards are refused outright, even in a path: on shared hosts (netlify.app, vercel.app)
+    anyone can publish a site a host wildcard matches, and a path wildcard buys nothing, because every
+    entry is also allowed with ``/**`` (``SiloConfig.uri_allow_list``) and GoTrue accepts any path on
+    the site URL's own scheme, host and port.
+    """
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"must be one URL without spaces or line breaks (got {_shown(value)})")
+    if "," in value:
+        raise ValueError(
+            f"must be one URL, not a list: list more redirect URLs in {NAMESPACE}:redirectUrls (got {_shown(value)})"
+        )
+    parts = _split(value)
+    if parts is None or not value.startswith("https://") or not parts.hostname:
+        raise ValueError(f"must be an https:// URL with a host (got {_shown(value)})")
+    if "@" in parts.netloc:
+        raise ValueError(f"must not contain credentials (got {_shown(value)})")
+    if "?" in value or "#" in value:
+        raise ValueError(f"must not have a query (?...) or a fragment (#...) (got {_shown(value)})")
+    if _GLOB_CHARACTERS & set(value):
+        raise ValueError(
+            f"must be an exact URL: no wildcard or other glob character (* ? [ ] {{ }} ! \\), which GoTrue "
+            f"would read as a pattern (got {_shown(value)})"
+        )
+    if not _WEB_URL.fullmatch(value):
+        raise ValueError(
+            "must be https:// and a lowercase host name, an optional port (1-65535) and an optional path of "
+            f"letters, digits and . _ ~ % - / (got {_shown(value)})"
+        )
+    return value
+
+
 def _git_url(value: str) -> str:
     """https://, ssh://, scp-like git@host:path, or file:// (local repositories, for tests).
 
@@ -168,6 +234,13 @@ def _git_url(value: str) -> str:
     if _REMOTE_HELPER.match(value):
         # "<transport>::<address>" runs git-remote-<transport>; ext:: runs any command, fd:: uses open fds.
         raise ValueError(f"must not use a git remote helper such as ext:: or fd:: (got {_shown(value)})")
+    if "?" in value or "#" in value:
+        # A query or fragment is where an access token goes (?access_token=...), and git needs neither; the
+        # value is not echoed, as it may be one.
+        raise ValueError(
+            "must not have a query (?...) or a fragment (#...): a token there would be stored in plain text "
+            f"(rigs.json, the registry, the R2 manifest); private repositories use {NAMESPACE}:{GIT_CREDENTIALS_KEY}"
+        )
     parts = _split(value)
     if parts is None:
         raise ValueError(f"must be a git URL (got {_shown(value)})")
@@ -388,7 +461,9 @@ class SiloConfig(_Model):
     rls_mode: Literal["production", "permissive", "disabled"] = "production"
     auto_stop_minutes: Annotated[int, Field(ge=0)] = 30
     studio: StrictBool = True
-    site_url: Annotated[str, AfterValidator(_https_url)]
+    site_url: Annotated[str, AfterValidator(_redirect_url)]
+    # More URLs GoTrue may redirect to after sign-in (besides the site URL's origin), each as strict.
+    redirect_urls: list[Annotated[str, AfterValidator(_redirect_url)]] = Field(default_factory=list)
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
     # Fly cannot move an app to another private network: moving an existing silo onto its own network
@@ -436,6 +511,12 @@ class SiloConfig(_Model):
             )
         return app
 
+    @field_validator("redirect_urls")
+    @classmethod
+    def _unique_redirect_urls(cls, urls: list[str]) -> list[str]:
+        _reject_duplicates(urls, "redirect URL", "redirectUrls")
+        return urls
+
     @field_validator("towns")
     @classmethod
     def _unique_towns(cls, towns: list[TownConfig], info: ValidationInfo) -> list[TownConfig]:
@@ -461,6 +542,14 @@ class SiloConfig(_Model):
     @property
     def silo_id(self) -> str:
         return f"{self.client}-{self.app}"
+
+    @property
+    def uri_allow_list(self) -> list[str]:
+        """GoTrue's ``GOTRUE_URI_ALLOW_LIST``: the site URL and each of ``silo:redirectUrls``, each also
+        with ``/**`` (every path below it). Each URL is one exact https origin and plain path (see
+        ``_redirect_url``), so ``/**`` never widens a match beyond that origin: the literal prefix ends
+        with the path's ``/``, which no other host name can follow."""
+        return [entry for url in (self.site_url, *self.redirect_urls) for entry in (url, f"{url.rstrip('/')}/**")]
 
     @property
     def network(self) -> str:
@@ -609,12 +698,23 @@ def _suggest(key: str) -> str:
     return f" (did you mean {NAMESPACE}:{near[0]}?)" if near else ""
 
 
+def _suggest_provider_key(namespace: str, key: str) -> str:
+    known = [k.partition(":")[2] for k in PROVIDER_KEYS[namespace]]
+    lowered = {k.lower(): k for k in known}
+    near = [lowered[key.lower()]] if key.lower() in lowered else difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not near:  # e.g. fly:token for fly:apiToken: a known key that ends with what was typed
+        near = [k for k in known if k.lower().endswith(key.lower())][:1]
+    return f" (did you mean {namespace}:{near[0]}?)" if near else ""
+
+
 def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> SiloConfig | ControlConfig:
     """A ``SiloConfig`` from namespaced keys (``silo:client``, ``fly:apiUrl``, ...).
 
-    Keys of other namespaces are ignored; ``fly:apiUrl`` is checked to be an http(s) URL.
-    ``secret_keys`` are the keys whose (decrypted) values the engine marks secret; in a stack file a
-    secret is an encrypted ``{secure: ...}`` map instead.
+    ``silo:`` keys make the model. ``fly:`` and ``cloudflare:`` keys are the providers' (``PROVIDER_KEYS``):
+    an unknown one is an error, ``fly:apiUrl`` must be an http(s) URL. Keys of other namespaces are
+    ignored. The credentials (``SECRET_CONFIG_KEYS``) must be secret: ``secret_keys`` are the keys whose
+    (decrypted) values the engine marks secret; in a stack file a secret is an encrypted
+    ``{secure: ...}`` map instead.
     """
     secret = set(secret_keys)
     errors: list[tuple[str, str]] = []
@@ -624,14 +724,16 @@ def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> 
         if not sep:
             errors.append((str(full_key), f"config keys must be namespaced, e.g. {NAMESPACE}:{full_key}"))
             continue
+        if namespace in PROVIDER_KEYS and full_key not in PROVIDER_KEYS[namespace]:
+            errors.append((full_key, f"unknown key{_suggest_provider_key(namespace, key)}"))
+            continue
+        if full_key in SECRET_CONFIG_KEYS:
+            errors.extend(_check_secret(full_key, raw, full_key in secret))
+            continue
         if full_key == FLY_API_URL_KEY:
             errors.extend(_check_api_url(raw))
             continue
         if namespace != NAMESPACE:
-            continue
-        if key in SECRET_KEYS:
-            if key == GIT_CREDENTIALS_KEY:
-                errors.extend(_check_git_credentials(full_key, raw, full_key in secret))
             continue
         if key not in FIELD_BY_KEY:
             errors.append((full_key, f"unknown key{_suggest(key)}"))
@@ -640,7 +742,7 @@ def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> 
             errors.append((full_key, "must not be a secret: silo config holds no secrets"))
             continue
         if key in _STRUCTURED_KEYS:
-            value, problem = _structured(raw, list if key == "towns" else dict)
+            value, problem = _structured(raw, list if key in _LIST_KEYS else dict)
             if problem:
                 errors.append((full_key, problem))
                 continue
@@ -699,13 +801,16 @@ def _structured(raw: Any, kind: type) -> tuple[Any, str | None]:
     return raw, None
 
 
-def _check_git_credentials(key: str, raw: Any, marked_secret: bool) -> list[tuple[str, str]]:
+def _check_secret(key: str, raw: Any, marked_secret: bool) -> list[tuple[str, str]]:
+    """A credential key: encrypted in the stack file, or marked secret by the engine; never quoted back."""
     if isinstance(raw, Mapping) and "secure" in raw:
-        return []  # encrypted in the stack file; its lines are checked when the program runs
+        return []  # encrypted in the stack file; its value is checked when the program runs
     if not marked_secret:
         return [(key, f"must be a secret: set it with `pulumi config set --secret {key} ...` (the value is not shown)")]
-    problem = git_credentials_problem(raw)
-    return [(key, problem)] if problem else []
+    if key == f"{NAMESPACE}:{GIT_CREDENTIALS_KEY}":
+        problem = git_credentials_problem(raw)
+        return [(key, problem)] if problem else []
+    return []
 
 
 def _check_api_url(raw: Any) -> list[tuple[str, str]]:
@@ -748,7 +853,7 @@ def load_stack_file(path: Path) -> SiloConfig | ControlConfig:
 
 
 def from_pulumi_config() -> SiloConfig | ControlConfig:
-    """The running Pulumi program's ``silo:`` config (and ``fly:apiUrl``), validated.
+    """The running Pulumi program's ``silo:``, ``fly:`` and ``cloudflare:`` config, validated.
 
     ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as
     ``silo:autostopMinutes`` pass silently. The runtime's config map (set by the language host through
@@ -758,7 +863,8 @@ def from_pulumi_config() -> SiloConfig | ControlConfig:
     from pulumi.runtime import config as runtime_config
 
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
-    wanted = sorted(k for k in keys if k.startswith(f"{NAMESPACE}:") or k == FLY_API_URL_KEY)
+    namespaces = (NAMESPACE, *PROVIDER_KEYS)
+    wanted = sorted(k for k in keys if k.partition(":")[0] in namespaces)
     # The language host lists secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (tests) keeps its own.
     secret = set(runtime_config.get_config_secret_keys_env())
     secret |= {k for k in wanted if runtime_config.is_config_secret(k)}

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.domain import naming
+from components.errors import UserError
 from components.paths import CATALOG_FILE
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 DEFAULT_CATALOG = CATALOG_FILE
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """Bad catalog content or a tag that cannot be deployed/pinned; the message names the entry."""
 
 

@@ -293,7 +293,8 @@ def public_env(cfg: SiloConfig, name: str) -> dict[str, str]:
             "API_EXTERNAL_URL": kong,
             "GOTRUE_DB_DRIVER": "postgres",
             "GOTRUE_SITE_URL": cfg.site_url,
-            "GOTRUE_URI_ALLOW_LIST": f"{cfg.site_url},{cfg.site_url.rstrip('/')}/**",
+            # The site URL and silo:redirectUrls, each an exact https URL (components/config/model.py).
+            "GOTRUE_URI_ALLOW_LIST": ",".join(cfg.uri_allow_list),
             # silo:authSignup (default off): closed sign-up leaves the invite and admin APIs working.
             "GOTRUE_DISABLE_SIGNUP": "false" if cfg.auth_signup else "true",
             "GOTRUE_JWT_ADMIN_ROLES": "service_role",

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 import certifi
 
+from components.errors import UserError
+
 # Timeouts, rate limits and server errors: the request may succeed if sent again (whether it is *safe*
 # to send again is each call's own question: see the clients).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-class ApiError(Exception):
+class ApiError(UserError):
     """An API error the user can act on: the call, its status and the answer's request id (for support)."""
 
     REQUEST_ID_LABEL = "request-id"

@@ -38,21 +38,37 @@ ADVISORY = [r.name for r in RULES if r.level.value == "advisory"]
 TOWN = sandbox_id("user-1", "alpha")
 PG_DIGEST = "supabase/postgres@sha256:af083ef64d0408c8f098ee6f5c364a59b26f36fbc0f3a334a62c5c1d57362e9b"
 SILO = {"silo:client": "acme", "silo:app": "erp", "silo:allowDataDeletion": "false"}
+NETWORK = "devenv-acme-erp"  # the silo's own network
+PRIVATE_KEY = (
+    "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC-secret-key-material\n-----END PRIVATE KEY-----\n"
+)
 
 
 def app(service: str) -> str:
     return f"devenv-acme-erp-{service}"
 
 
-def fly_toml(app_name: str, *, port: int, env: dict[str, str] | None = None, handlers: list[str] | None = None) -> str:
-    """A minimal fly.toml the machine provider accepts: one service, autostop on."""
+def fly_toml(
+    app_name: str,
+    *,
+    port: int,
+    env: dict[str, str] | None = None,
+    handlers: list[str] | None = None,
+    files: dict[str, str] | None = None,
+) -> str:
+    """A minimal fly.toml the machine provider accepts: one service, autostop on; `files` (guest path →
+    text) as `[[files]] raw_value`, which the fly.toml carries as plain text."""
     env_lines = "".join(f"  {k} = {json.dumps(v)}\n" for k, v in (env or {}).items())
     handler_line = f"    handlers = {json.dumps(handlers)}\n" if handlers else ""
+    file_lines = "".join(
+        f"\n[[files]]\n  guest_path = {json.dumps(path)}\n  raw_value = {json.dumps(text)}\n"
+        for path, text in (files or {}).items()
+    )
     return (
         f'app = "{app_name}"\nprimary_region = "yul"\n\n[env]\n{env_lines}\n'
         f'[[services]]\n  protocol = "tcp"\n  internal_port = {port}\n  auto_stop_machines = "stop"\n'
         f"  auto_start_machines = true\n\n  [[services.ports]]\n    port = {port}\n{handler_line}\n"
-        '[[vm]]\n  size = "shared-cpu-1x"\n  memory = "256mb"\n'
+        f'[[vm]]\n  size = "shared-cpu-1x"\n  memory = "256mb"\n{file_lines}'
     )
 
 
@@ -85,15 +101,20 @@ BROKEN = [
     ("studio-meta-private", urn("IpAssignment", "meta-ip")),
     ("no-secrets-in-env", urn("Machine", "auth-url-with-password")),
     ("no-secrets-in-env", urn("Machine", "auth-secret-named-env")),
+    ("no-secrets-in-env", urn("Machine", "storage-key-in-file")),
     ("images-pinned", urn("Machine", "rest-untagged")),
     ("images-pinned", urn("Machine", "rest-disabled-tag")),
     ("images-pinned", urn("Machine", "kong-latest")),
     ("fly-names-valid", urn("App", "long-app")),
     ("fly-names-valid", urn("Volume", "bad-volume")),
     ("towns-on-own-network", urn("App", "town-app")),
+    ("towns-on-own-network", urn("App", "town-app-no-network")),
+    ("silos-on-own-network", urn("App", "rest-app-no-network")),
+    ("silos-on-own-network", urn("App", "kong-app-other-silo")),
+    ("silos-on-own-network", urn("App", "meta-app-town-network")),
 ]
 BAD_RESOURCES = [
-    res("App", "pg-app", name=app("pg"), org="acme", keep_volumes=False),
+    res("App", "pg-app", name=app("pg"), org="acme", network=NETWORK, keep_volumes=False),
     res("Volume", "pg-data", app=app("pg"), name="pg_data", region="yul", size_gb=10, allow_delete=True),
     res("IpAssignment", "pg-ip-v4", app=app("pg"), type="v4"),
     res("IpAssignment", "studio-ip", app=app("studio"), type="shared_v4"),
@@ -115,16 +136,29 @@ BAD_RESOURCES = [
         env={"GOTRUE_JWT_SECRET": "super-secret-jwt-signing-key-of-the-silo"},
         bypass=True,
     ),
+    # A private key shipped inline as a machine file: the fly.toml and the machine config hold it in clear.
+    machine(
+        "storage-key-in-file",
+        "storage",
+        "supabase/storage-api:v1.44.2",
+        port=5000,
+        files={"/etc/storage/tls.key": PRIVATE_KEY},
+    ),
     machine("rest-untagged", "rest", "postgrest/postgrest", port=3000),
     machine("rest-disabled-tag", "rest", "postgrest/postgrest:v12.2.12", port=3000),
     machine("kong-latest", "kong", "kong:latest", port=8000, bypass=True),
     res("App", "long-app", bypass=True, name="devenv-" + "x" * 60, org="acme"),
     res("Volume", "bad-volume", bypass=True, app=app("storage"), name="Storage-Data", region="yul", size_gb=5),
-    res("App", "town-app", name=TOWN, org="acme", network="devenv-acme-erp"),
+    res("App", "town-app", name=TOWN, org="acme", network=NETWORK),
+    # No network at all: Fly puts the app on the org's default network, shared with every such app.
+    res("App", "town-app-no-network", name=sandbox_id("user-2", "beta"), org="acme"),
+    res("App", "rest-app-no-network", name=app("rest"), org="acme"),
+    res("App", "kong-app-other-silo", name=app("kong"), org="acme", network="devenv-acme-crm"),
+    res("App", "meta-app-town-network", name=app("meta"), org="acme", network=TOWN),
 ]
 # The same resources, fixed; the pg app is public here, so the pg_tls half of its rule is in play.
 GOOD_RESOURCES = [
-    res("App", "pg-app", name=app("pg"), org="acme"),
+    res("App", "pg-app", name=app("pg"), org="acme", network=NETWORK),
     res("Volume", "pg-data", app=app("pg"), name="pg_data", region="yul", size_gb=10),
     res("IpAssignment", "pg-ip-v4", app=app("pg"), type="v4"),
     machine("pg-machine", "pg", PG_DIGEST, port=5432, handlers=["pg_tls"]),
@@ -137,9 +171,16 @@ GOOD_RESOURCES = [
         port=9999,
         env={"GOTRUE_JWT_EXP": "3600", "API_EXTERNAL_URL": "https://devenv-acme-erp-kong.fly.dev"},
     ),
+    machine(
+        "storage-plain-file",
+        "storage",
+        "supabase/storage-api:v1.44.2",
+        port=5000,
+        files={"/etc/storage/limits.conf": "file_size_limit = 52428800\nkey_file = /run/secrets/tls.key\n"},
+    ),
     machine("rest-pinned", "rest", "postgrest/postgrest:v14.5", port=3000),
+    res("App", "rest-app", name=app("rest"), org="acme", network=NETWORK),
     res("App", "town-app", name=TOWN, org="acme", network=TOWN),
-    res("App", "town-app-no-network", name=sandbox_id("user-2", "beta"), org="acme"),
 ]
 # silo:pgPublic with a pg machine that serves its port without pg_tls.
 CLEAR_PG = [
@@ -202,6 +243,7 @@ def test_the_broken_stack_reports_exactly_the_broken_resources(bad_preview: RunR
     assert mandatory(bad_preview) == sorted(set(BROKEN))
     # Nothing is created or deleted by a failed preview, and no secret value is quoted back.
     assert "hunter2" not in bad_preview.text and "super-secret-jwt" not in bad_preview.text
+    assert "secret-key-material" not in bad_preview.text
 
 
 def test_the_fixed_resources_pass_with_no_mandatory_violation(good_preview: RunResult) -> None:
@@ -234,11 +276,15 @@ def test_enforcement_levels_are_set_per_stack_with_a_policy_pack_config(emulator
 
 # -- a data volume's replacement, which the policy sees through the provider's check ----------------------------
 def test_replacing_a_data_volume_fails_unless_the_stack_allows_data_deletion(
-    emulator: FlyEmulator, tmp_path: Path
+    fly_emulator: FlyEmulator, tmp_path: Path
 ) -> None:
-    stack = Fixture(emulator, tmp_path)
+    # Its own emulator: the app this `up` creates must not be in the world the real program previews.
+    stack = Fixture(fly_emulator, tmp_path)
     volume = {"app": app("storage"), "name": "storage_data", "region": "yul", "size_gb": 5}
-    deployed = [res("App", "storage-app", name=app("storage"), org="acme"), res("Volume", "storage-data", **volume)]
+    deployed = [
+        res("App", "storage-app", name=app("storage"), org="acme", network=NETWORK),
+        res("Volume", "storage-data", **volume),
+    ]
     up = stack.run("up", deployed)
     assert up.ok, up.error
     assert mandatory(up) == []

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from components.domain import services as svc
+from components.domain.naming import owner_secret, stack_owner
 from components.providers.fly.client import FlyClient
 from components.providers.fly.settings import FlySettings
 from components.stacks.outputs import MASK, db_connection_string
@@ -71,9 +72,11 @@ def test_up_on_an_empty_account_creates_exactly_the_silo(deployed: tuple[SiloPro
     assert set(snap["apps"]) == APPS
     assert world(snap) == expected_world(program.cfg())
     assert sorted(ip["type"] for ip in snap["ips"]["devenv-acme-erp-kong"]) == ["shared_v4", "v6"]
-    # Each app holds exactly the secrets its service reads, e.g. rest gets the DB URL and JWT secret.
-    assert set(snap["secrets"]["devenv-acme-erp-pg"]) == {"POSTGRES_PASSWORD", "JWT_SECRET"}
-    assert set(snap["secrets"]["devenv-acme-erp-kong"]) == {svc.KONG_YML_SECRET}
+    # Each app holds exactly the secrets its service reads, e.g. rest gets the DB URL and JWT secret, and
+    # the stack's ownership mark (a name only: the API never returns values).
+    mark = owner_secret(stack_owner("silo", "dev", "acme", "erp"))
+    assert set(snap["secrets"]["devenv-acme-erp-pg"]) == {"POSTGRES_PASSWORD", "JWT_SECRET", mark}
+    assert set(snap["secrets"]["devenv-acme-erp-kong"]) == {svc.KONG_YML_SECRET, mark}
     assert {v["name"]: v["app"] for v in snap["volumes"].values()} == {
         "pg_data": "devenv-acme-erp-pg",
         "storage_data": "devenv-acme-erp-storage",

@@ -350,7 +350,10 @@ def test_towns_need_the_control_stack_and_secret_keys_stay_out_of_the_model() ->
     without = {k: v for k, v in BASE.items() if k != "silo:controlStack"}
     errors = errors_of(without | {"silo:towns": [{"name": "t", "user": "u"}]})
     assert "silo:controlStack" in errors["silo:towns"]
-    cfg = from_mapping(BASE | {"silo:registryDsn": "postgres://u:pw@h/db", "silo:kiloJwt": "jwt"})
+    cfg = from_mapping(
+        BASE | {"silo:registryDsn": "postgres://u:pw@h/db", "silo:kiloJwt": "jwt"},
+        secret_keys=["silo:registryDsn", "silo:kiloJwt"],
+    )
     assert "pw@h" not in repr(cfg) and "jwt" not in repr(cfg)
 
 
@@ -478,3 +481,181 @@ def test_smtp_is_optional_config_and_its_password_is_a_separate_secret() -> None
     assert errors["silo:smtp.adminEmail"].startswith("must be an email address")
     # The password never goes in the map: it is the secret silo:smtpPassword.
     assert errors["silo:smtp.pass"].startswith("unknown key")
+
+
+# -- secrets, redirect URLs, rig URLs and provider keys (issue 26 items 7, 8, 9, 11) -----------------------
+SECRET_CONFIG_KEYS = ["silo:kiloJwt", "silo:registryDsn", "silo:smtpPassword", "fly:apiToken", "cloudflare:apiToken"]
+
+
+def stack_file_errors(tmp_path: Path, config: dict[str, Any]) -> dict[str, str]:
+    path = tmp_path / "Pulumi.acme.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    with pytest.raises(ConfigError) as caught:
+        load_stack_file(path)
+    return dict(caught.value.errors)
+
+
+@pytest.mark.parametrize("key", SECRET_CONFIG_KEYS)
+def test_secret_keys_written_in_plain_text_in_the_stack_file_are_refused(tmp_path: Path, key: str) -> None:
+    errors = stack_file_errors(tmp_path, BASE | {key: "plain-SECRET-value"})
+    assert errors == {
+        key: f"must be a secret: set it with `pulumi config set --secret {key} ...` (the value is not shown)"
+    }
+    assert "plain-SECRET" not in str(errors)
+    # Encrypted by `pulumi config set --secret`: fine.
+    path = tmp_path / "Pulumi.acme.yaml"
+    path.write_text(yaml.safe_dump({"config": BASE | {key: {"secure": "v1:AAAA"}}}))
+    assert load_stack_file(path).silo_id == "acme-erp"
+
+
+@pytest.mark.parametrize("key", SECRET_CONFIG_KEYS)
+def test_secret_keys_from_the_engine_must_be_marked_secret(pulumi_config: Any, key: str) -> None:
+    # What preview sees after a plain `pulumi config set KEY VALUE`: the value, not marked secret.
+    pulumi_config.set_all_config({**BASE, key: "plain-SECRET-value"}, secret_keys=[])
+    with pytest.raises(ConfigError) as caught:
+        from_pulumi_config()
+    assert [k for k, _ in caught.value.errors] == [key]
+    assert f"pulumi config set --secret {key}" in str(caught.value) and "plain-SECRET" not in str(caught.value)
+    pulumi_config.set_all_config({**BASE, key: "plain-SECRET-value"}, secret_keys=[key])
+    assert "plain-SECRET" not in repr(from_pulumi_config())
+
+
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("fly:apitoken", "fly:apiToken"),
+        ("fly:apiURL", "fly:apiUrl"),
+        ("fly:token", "fly:apiToken"),
+        ("cloudflare:acountId", "cloudflare:accountId"),
+        ("cloudflare:apiurl", "cloudflare:apiUrl"),
+        ("cloudflare:r2ParentAccessKey", "cloudflare:r2ParentAccessKeyId"),
+    ],
+)
+def test_unknown_fly_and_cloudflare_keys_are_errors_with_a_suggestion(key: str, suggestion: str) -> None:
+    errors = errors_of(BASE | {key: {"secure": "v1:AAAA"} if "oken" in key else "x"})
+    assert errors == {key: f"unknown key (did you mean {suggestion}?)"}
+
+
+def test_unknown_provider_keys_without_a_near_match_and_from_the_engine(pulumi_config: Any) -> None:
+    assert errors_of(BASE | {"fly:colour": "red"}) == {"fly:colour": "unknown key"}
+    assert errors_of(BASE | {"cloudflare:zone": "x"}) == {"cloudflare:zone": "unknown key"}
+    # Other namespaces still belong to other programs.
+    assert from_mapping(BASE | {"aws:region": "us-east-1"}).silo_id == "acme-erp"
+    # A typo at preview fails before the run falls back to the emulator.
+    pulumi_config.set_all_config({**BASE, "fly:apitoken": "tok"}, secret_keys=["fly:apitoken"])
+    with pytest.raises(ConfigError) as caught:
+        from_pulumi_config()
+    assert caught.value.errors == [("fly:apitoken", "unknown key (did you mean fly:apiToken?)")]
+    # The known keys pass, secrets marked secret.
+    known = {
+        "fly:apiUrl": "http://127.0.0.1:4280",
+        "fly:apiToken": "tok",
+        "cloudflare:apiToken": "cf",
+        "cloudflare:accountId": "0" * 32,
+        "cloudflare:apiUrl": "http://127.0.0.1:9",
+        "cloudflare:r2ParentAccessKeyId": "key-id",
+    }
+    pulumi_config.set_all_config({**BASE, **known}, secret_keys=["fly:apiToken", "cloudflare:apiToken"])
+    assert from_pulumi_config().silo_id == "acme-erp"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://a/,https://evil.example", "must be one URL, not a list"),
+        ("https://silo.dev,https://evil.example", "must be one URL, not a list"),
+        ("https://**", "wildcard"),
+        ("https://*.netlify.app", "wildcard"),
+        ("https://silo.dev/**", "wildcard"),
+        ("https://silo.dev/{a,b}", "not a list"),
+        ("https://silo.dev\nhttps://evil.example", "without spaces or line breaks"),
+        ("https://silo.dev\n", "without spaces or line breaks"),
+        ("https://silo.dev\t", "without spaces or line breaks"),
+        (" https://silo.dev", "without spaces or line breaks"),
+        ("https://silo.dev/?next=https://evil.example", "query"),
+        ("https://silo.dev/#x", "fragment"),
+        ("https://user@silo.dev", "must not contain credentials"),
+        ("https://silo.dev@evil.example", "must not contain credentials"),
+        ("HTTPS://silo.dev", "must be an https:// URL with a host"),
+        ("https:/silo.dev", "must be an https:// URL with a host"),
+        ("https://Silo.Dev", "lowercase host name"),
+        ("https://silo_dev.example", "lowercase host name"),
+        ("https://silo.dev:99999", "lowercase host name"),
+        ("https://silo.dev/a b", "without spaces"),
+        ("https://silo.dev/a\\b", "wildcard"),
+    ],
+)
+def test_site_url_is_one_exact_https_origin(value: str, expected: str) -> None:
+    errors = errors_of(BASE | {"silo:siteUrl": value})
+    assert list(errors) == ["silo:siteUrl"], errors
+    assert expected in errors["silo:siteUrl"], errors
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://silo-acme-erp--prod.netlify.app",
+        "https://erp.acme.dev/",
+        "https://erp.acme.dev:8443/app/",
+        "https://localhost",
+    ],
+)
+def test_site_url_accepts_an_origin_with_an_optional_plain_path(value: str) -> None:
+    assert from_mapping(BASE | {"silo:siteUrl": value}).site_url == value
+
+
+def test_redirect_urls_are_a_list_each_checked_like_the_site_url() -> None:
+    urls = ["https://preview.acme.dev/auth/callback", "https://erp.acme.dev:8443"]
+    for value in (urls, json.dumps(urls)):
+        assert from_mapping(BASE | {"silo:redirectUrls": value}).redirect_urls == urls
+    assert from_mapping(BASE).redirect_urls == []
+    errors = errors_of(BASE | {"silo:redirectUrls": ["https://ok.dev", "https://**", "https://a.dev,https://b.dev"]})
+    assert list(errors) == ["silo:redirectUrls[1]", "silo:redirectUrls[2]"]
+    assert "wildcard" in errors["silo:redirectUrls[1]"] and "not a list" in errors["silo:redirectUrls[2]"]
+    assert "must be a list" in errors_of(BASE | {"silo:redirectUrls": "https://a.dev"})["silo:redirectUrls"]
+    duplicate = errors_of(BASE | {"silo:redirectUrls": ["https://a.dev", "https://a.dev"]})
+    assert duplicate["silo:redirectUrls"].startswith('duplicate redirect URL "https://a.dev"')
+    control = errors_of({"silo:kind": "control", "silo:redirectUrls": ["https://a.dev"]})
+    assert control == {"silo:redirectUrls": "is not used by a control stack"}
+
+
+def gotrue_allow_list(cfg: SiloConfig) -> list[str]:
+    import tomllib
+
+    from components.render.files import render_fly_toml
+
+    return tomllib.loads(render_fly_toml(cfg, "auth"))["env"]["GOTRUE_URI_ALLOW_LIST"].split(",")
+
+
+def test_gotrue_allow_list_is_the_site_and_the_redirect_urls_and_nothing_else() -> None:
+    cfg = from_mapping(BASE | {"silo:siteUrl": "https://erp.acme.dev/"})
+    assert gotrue_allow_list(cfg) == ["https://erp.acme.dev/", "https://erp.acme.dev/**"]
+    urls = ["https://preview.acme.dev/auth/callback", "https://erp.acme.dev:8443"]
+    cfg = from_mapping(BASE | {"silo:redirectUrls": urls})
+    assert gotrue_allow_list(cfg) == [
+        "https://silo-acme-erp--prod.netlify.app",
+        "https://silo-acme-erp--prod.netlify.app/**",
+        "https://preview.acme.dev/auth/callback",
+        "https://preview.acme.dev/auth/callback/**",
+        "https://erp.acme.dev:8443",
+        "https://erp.acme.dev:8443/**",
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/acme/web.git?access_token=ghp_SECRET123",
+        "https://github.com/acme/web.git#ghp_SECRET123",
+        "https://github.com/acme/web.git?",
+        "ssh://git@github.com/acme/web.git?x=1",
+        "git@github.com:acme/web.git?access_token=ghp_SECRET123",
+        "git@github.com:acme/web.git#main",
+        "file:///srv/web?x=1",
+    ],
+)
+def test_rig_urls_with_a_query_or_fragment_are_refused_and_never_echoed(url: str) -> None:
+    errors = rig_errors(url)
+    assert list(errors) == ["silo:towns[0].rigs[0].url"], errors
+    assert "query" in errors["silo:towns[0].rigs[0].url"]
+    assert "ghp_SECRET123" not in str(errors)

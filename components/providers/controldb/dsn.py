@@ -17,12 +17,14 @@ import psycopg
 from psycopg import conninfo
 from pulumi.dynamic import ConfigureRequest, ResourceProvider
 
+from components.errors import UserError
+
 CONTROL_DSN_CONFIG_KEY = "silo:registryDsn"
 CONTROL_DSN_ENV = "SILO_REGISTRY_DSN"
 _DSN_SOURCES = f"{CONTROL_DSN_CONFIG_KEY} (secret) or {CONTROL_DSN_ENV}"
 
 
-class ControlDbError(RuntimeError):
+class ControlDbError(UserError, RuntimeError):
     """A control-database failure whose message has been through ``sanitized_db_error``."""
 
 

@@ -32,6 +32,7 @@ from pulumi.dynamic import (
 )
 from pulumi.output import Unknown
 
+from components.errors import UserError
 from components.paths import PROJECT_ROOT
 from components.providers.base import DynamicResource
 from components.providers.controldb.dsn import (
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(Exception):
+class MigrationError(UserError):
     """A migration folder or file that cannot be used as is."""
 
 

@@ -27,6 +27,7 @@ from fractions import Fraction
 from typing import Any
 
 from components.domain import naming
+from components.errors import UserError
 
 TOP_LEVEL_KEYS = frozenset({
     "app", "primary_region", "kill_signal", "kill_timeout", "swap_size_mb", "console_command",
@@ -115,7 +116,7 @@ NS_PER = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
-class FlyTomlError(ValueError):
+class FlyTomlError(UserError, ValueError):
     """fly.toml text that is not valid TOML 1.0, or a document that cannot be converted."""
 
 
