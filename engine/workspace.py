@@ -189,12 +189,10 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
     if not os.environ.get("PULUMI_BACKEND_URL"):
         backend = private_dir(state_dir / "backend")
         env["PULUMI_BACKEND_URL"] = backend.resolve().as_uri()
-    if (env.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL", "")).startswith("file://"):
-        # A file backend rewrites the whole checkpoint after every step: O(steps x state) — 190 of the
-        # 240 s of a 100-town `up` (bench/run.py). Saving only the final state is safe for this program
-        # because every create adopts what an interrupted run left (by name, or by its registry row),
-        # which the fault tests prove at every step. Pulumi Cloud journals instead and needs none of this.
-        env.setdefault("PULUMI_SKIP_CHECKPOINTS", "true")
+    # Checkpoints stay on (the CLI's default): the state records every step as it starts and ends, so a run
+    # killed at any instant leaves pending operations that `silo recover` clears, never an unrecorded
+    # object. PULUMI_SKIP_CHECKPOINTS=true (the caller's choice, README "Performance and scale") saves only
+    # the final state: faster for a large file-backend stack, and only as safe as every create's adoption.
     if not (os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
         env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(ensure_passphrase(state_dir / "passphrase").resolve())
     env.update(extra or {})

@@ -1,4 +1,5 @@
-"""``silo``: the engine-free command line (validate, render, status, doctor, adopt, emulator).
+"""``silo``: the command line (validate, render, status, doctor, adopt, recover, emulator); all but `recover` run
+without the engine.
 
 Run as the ``silo`` console script or ``python -m components.cli.main``. Exit codes: 0 success, 1 a
 command failed at run time, 2 invalid config or usage. Heavy or not-yet-written collaborators
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config.model import ConfigError, SiloConfig, from_mapping, read_stack_file
+from components.errors import UserError, one_line
 from components.providers.fly.settings import fly_config_map
 
 EXIT_OK = 0
@@ -134,6 +136,30 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    # The engine is needed here (the stack's state), so it is imported only for this command.
+    from pulumi.automation import CommandError, Stack
+
+    from engine.recovery import recover
+    from engine.workspace import REPO_ROOT, EngineMissing, workspace
+
+    try:
+        # The project in the current directory, as `pulumi` itself would pick it, else this repository's.
+        project = Path.cwd() if (Path.cwd() / "Pulumi.yaml").is_file() else REPO_ROOT
+        stack = Stack.select(args.stack, workspace(project, REPO_ROOT / ".silo"))
+        done = recover(stack, force=args.force)
+    except (EngineMissing, UserError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    except CommandError as error:
+        # The CLI's own last error line (no such stack, a backend it cannot reach, a wrong passphrase).
+        lines = [line for line in str(error).splitlines() if line.strip().startswith("error:")]
+        print(lines[-1].strip() if lines else f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
+    print("\n".join(done.lines(args.stack)))
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from components.cli.doctor import main_lines
 
@@ -204,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--owner", default=None, help="the owner to write (default: <project>/<stack>/<client>/<app> of the file)"
     )
     adopt.set_defaults(func=cmd_adopt)
+
+    recover = commands.add_parser(
+        "recover", help="after a crashed run: remove the stack's stale lock and drop its pending operations"
+    )
+    recover.add_argument("stack", metavar="STACK", help="the stack's name (e.g. dev)")
+    recover.add_argument("--force", action="store_true", help="remove the lock even if its process still runs")
+    recover.set_defaults(func=cmd_recover)
 
     emulator = commands.add_parser("emulator", help="serve the local Fly Machines API emulator")
     emulator.add_argument("--port", type=_port, required=True)

@@ -34,6 +34,8 @@ class ControlMixin:
         with self._cond:
             self._state = empty_state()
             self._faults.clear()
+            self._holds.clear()
+            self._release.set()
             self._calls.clear()
             self._exec_log.clear()
             self._forced_checks.clear()
@@ -81,6 +83,28 @@ class ControlMixin:
             raise ValueError(f"status must be an HTTP status code (got {status})")
         with self._cond:
             self._faults.append(Fault(method, route, nth - 1, times, status, after_effect, body))
+
+    def hold(self, method: str, route: str, *, nth: int = 1) -> None:
+        """Let the nth next call of method+route take effect, then keep its answer back until `release()`
+        (or ten minutes): a client killed meanwhile dies in the middle of that call, its effect made and
+        its answer never seen, the moment a crash test wants (tests/program/test_crash_recovery.py)."""
+        method = method.upper()
+        if route not in ROUTES:
+            raise ValueError(f"route {route!r} is not an emulated route; known routes: {sorted(ROUTES)}")
+        with self._cond:
+            self._holds.append({"method": method, "route": route, "skip": nth - 1})
+
+    def held(self) -> list[dict]:
+        """The calls being held now: ``[{"method", "route", "path"}]``."""
+        with self._cond:
+            return [dict(h) for h in self._held]
+
+    def release(self) -> None:
+        """Answer every held call, and hold no more."""
+        with self._cond:
+            self._holds.clear()
+            self._release.set()
+            self._cond.notify_all()
 
     def calls(self) -> list[dict]:
         with self._cond:
@@ -243,6 +267,16 @@ class ControlMixin:
                     times=require_int(body, "times", default=1) or 1,
                     body=body.get("body"),
                 )
+            elif (method, action) == ("POST", "hold"):
+                self.hold(
+                    str(body.get("method", "")),
+                    str(body.get("route", "")),
+                    nth=require_int(body, "nth", default=1) or 1,
+                )
+            elif (method, action) == ("GET", "held"):
+                return json_response(200, self.held())
+            elif (method, action) == ("POST", "release"):
+                self.release()
             elif (method, action) == ("GET", "calls"):
                 return json_response(200, self.calls())
             elif (method, action) == ("DELETE", "calls"):

@@ -66,6 +66,10 @@ class FlyEmulator(
         self._cond = threading.Condition(self._lock)
         self._state = empty_state()
         self._faults: list[Fault] = []
+        # hold(): calls whose answer is kept back once they took effect (crash tests); see control.py.
+        self._holds: list[dict] = []
+        self._held: list[dict] = []
+        self._release = threading.Event()
         self._calls: list[dict] = []
         self._exec_log: list[dict] = []
         self._exec_handler: ExecHandler | None = None
@@ -204,7 +208,25 @@ class FlyEmulator(
             response = json_response(500, {"error": f"internal emulator error: {exc}", "status": "unknown"})
         if fault is not None:
             return _fault_response(fault)
+        self._hold_if_asked(method, route, request.path)
         return response
+
+    def _hold_if_asked(self, method: str, route: str, path: str) -> None:
+        with self._cond:
+            match = next((h for h in self._holds if h["method"] == method and h["route"] == route), None)
+            if match is None:
+                return
+            if match["skip"] > 0:
+                match["skip"] -= 1
+                return
+            self._holds.remove(match)
+            self._release.clear()
+            entry = {"method": method, "route": route, "path": path}
+            self._held.append(entry)
+            self._cond.notify_all()
+        self._release.wait(timeout=600)  # never under the lock
+        with self._cond:
+            self._held.remove(entry)
 
     def _authenticate(self, request: Request) -> Response | None:
         header = request.headers.get("Authorization", "").strip()

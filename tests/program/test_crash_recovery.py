@@ -1,0 +1,203 @@
+"""A `pulumi up` killed at any instant is recovered with one documented command (issue 25, "Safe by default").
+
+The raw CLI (scripts/bin/pulumi, as a user runs it after `source scripts/env.sh`) runs `up` until the
+emulator has taken one chosen call and is holding its answer back (`FlyEmulator.hold`); then the whole
+process group is SIGKILLed: the CLI, the program and the provider host die in the middle of that
+call, its effect made and its answer never seen. The stack is left locked, with pending operations.
+`silo recover dev` clears both; after it the next `up` converges, a preview shows no change, and the
+emulator holds nothing that is not in the state (nothing orphaned, nothing duplicated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.domain.naming import is_owner_secret
+from emulators.fly import FlyEmulator
+
+pytestmark = pytest.mark.engine
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WRAPPER = REPO_ROOT / "scripts" / "bin" / "pulumi"
+SILO = REPO_ROOT / "venv" / "bin" / "silo"
+CONFIG = {
+    "silo:client": "acme",
+    "silo:app": "erp",
+    "silo:flyOrg": "acme-erp",
+    "silo:region": "yul",
+    "silo:siteUrl": "https://silo-acme-erp--prod.netlify.app",
+    "silo:studio": "false",
+}
+
+
+class RawCli:
+    """The project as a user has it, in a directory of its own: the wrapper with its own state."""
+
+    def __init__(self, root: Path, emulator: FlyEmulator) -> None:
+        self.project = root / "project"
+        self.project.mkdir(parents=True)
+        # This repository's program and virtualenv, run from another directory.
+        (self.project / "Pulumi.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": "silo",
+                    "main": str(REPO_ROOT),
+                    "runtime": {"name": "python", "options": {"virtualenv": str(REPO_ROOT / "venv")}},
+                }
+            )
+        )
+        passphrase = root / "passphrase"
+        passphrase.write_text("crash-test-passphrase\n")
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "FLY_", "SILO_"))},
+            "PULUMI_BACKEND_URL": (root / "backend").as_uri(),
+            "PULUMI_HOME": str(root / "home"),
+            "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase),
+            "FLY_API_HOSTNAME": emulator.url,
+        }
+        (root / "backend").mkdir()
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(WRAPPER), *args], cwd=self.project, env=self.env, capture_output=True, text=True, timeout=600
+        )
+        if check:
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done
+
+    def silo(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SILO), *args], cwd=self.project, env=self.env, capture_output=True, text=True, timeout=600
+        )
+
+    def init(self, config: dict[str, Any]) -> None:
+        self.run("stack", "init", "dev")
+        stack_file = self.project / "Pulumi.dev.yaml"
+        doc = yaml.safe_load(stack_file.read_text()) or {}
+        doc["config"] = {**(doc.get("config") or {}), **config}
+        stack_file.write_text(yaml.safe_dump(doc))
+
+    def state(self) -> dict[str, Any]:
+        return json.loads(self.run("stack", "export").stdout)["deployment"]
+
+
+@pytest.fixture
+def emulator() -> Iterator[FlyEmulator]:
+    fly = FlyEmulator()
+    fly.start()
+    try:
+        yield fly
+    finally:
+        fly.release()
+        fly.stop()
+
+
+def kill_when_held(cli: RawCli, emulator: FlyEmulator, *args: str) -> None:
+    """Run the wrapper with ARGS until the emulator holds a call, then SIGKILL everything it started."""
+    proc = subprocess.Popen(
+        [str(WRAPPER), *args],
+        cwd=cli.project,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the CLI and every plugin it starts
+    )
+    deadline = time.monotonic() + 300
+    while not emulator.held():
+        assert proc.poll() is None, "the run ended before reaching the call to crash in"
+        assert time.monotonic() < deadline, "the run never reached the call to crash in"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    emulator.release()
+
+
+def assert_nothing_orphaned(cli: RawCli, emulator: FlyEmulator) -> None:
+    """Every Fly object in the emulator is in the state, once (and the other way round)."""
+    state = cli.state()
+    assert not state.get("pending_operations")
+    resources = state["resources"]
+
+    def ids(kind: str) -> list[str]:
+        return sorted(r["id"] for r in resources if r["type"] == f"pulumi-python:dynamic/fly:{kind}")
+
+    snap = emulator.snapshot()
+    assert ids("App") == sorted(snap["apps"])
+    assert ids("Machine") == sorted(snap["machines"])
+    assert ids("Volume") == sorted(snap["volumes"])
+    assert ids("IpAssignment") == sorted(ip["ip"] for ips in snap["ips"].values() for ip in ips)
+    managed = {
+        r["id"]: sorted(r["outputs"]["names"])
+        for r in resources
+        if r["type"] == "pulumi-python:dynamic/fly:Secrets"
+    }
+    live = {app: sorted(k for k in names if not is_owner_secret(k)) for app, names in snap["secrets"].items()}
+    assert managed == {app: names for app, names in live.items() if names}
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "nth"),
+    [
+        # The first secrets of the silo, made from the generated passwords, reach Fly; the run dies.
+        pytest.param("POST", "/v1/apps/{app}/secrets", 1, id="first-secrets"),
+        # A machine is created on Fly; the run dies before it learns the machine's id.
+        pytest.param("POST", "/v1/apps/{app}/machines", 3, id="mid-machine-create"),
+    ],
+)
+def test_a_killed_up_is_recovered_with_silo_recover(
+    method: str, route: str, nth: int, tmp_path: Path, emulator: FlyEmulator
+) -> None:
+    cli = RawCli(tmp_path, emulator)
+    cli.init(CONFIG)
+    emulator.hold(method, route, nth=nth)
+
+    kill_when_held(cli, emulator, "up", "--yes", "--skip-preview")
+
+    # What the crash left: a lock that refuses every update, and the steps that were in flight.
+    locked = cli.run("up", "--yes", "--skip-preview", check=False)
+    assert locked.returncode != 0 and "locked" in locked.stdout + locked.stderr
+    assert cli.state().get("pending_operations")
+
+    recovered = cli.silo("recover", "dev")
+    assert recovered.returncode == 0, recovered.stderr
+    assert "removed the stale lock" in recovered.stdout and "dropped the pending" in recovered.stdout
+
+    cli.run("up", "--yes", "--skip-preview")
+    preview = cli.run("preview", "--expect-no-changes")
+    assert "unchanged" in preview.stdout
+    assert_nothing_orphaned(cli, emulator)
+
+
+def test_recover_refuses_while_the_run_holding_the_lock_still_goes(tmp_path: Path, emulator: FlyEmulator) -> None:
+    cli = RawCli(tmp_path, emulator)
+    cli.init(CONFIG)
+    emulator.hold("POST", "/v1/apps/{app}/machines")
+    proc = subprocess.Popen(
+        [str(WRAPPER), "up", "--yes", "--skip-preview"],
+        cwd=cli.project,
+        env=cli.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while not emulator.held():
+            assert proc.poll() is None
+            time.sleep(0.05)
+        refused = cli.silo("recover", "dev")
+        assert refused.returncode != 0
+        assert "still going" in refused.stderr and "Traceback" not in refused.stderr
+    finally:
+        emulator.release()
+        assert proc.wait(timeout=600) == 0  # the live run finishes untouched
+    assert_nothing_orphaned(cli, emulator)
