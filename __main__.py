@@ -1,7 +1,8 @@
-"""Silo infrastructure: one Pulumi stack per silo (or the shared `control` stack).
+"""Silo infrastructure: one Pulumi stack per silo (or the shared `control` stack, or one `town`).
 
 Pulumi.<stack>.yaml ─► SiloConfig ─► images from the version catalog ─► DevEnvStack (+ towns)
                                                                      └► stack outputs
+A `town` stack (TownStackConfig) is one town outside any silo: how the provisioning API runs towns.
 """
 
 import pulumi
@@ -15,6 +16,11 @@ if cfg.kind == "control":
     from components.stacks.control import ControlPlane
 
     outputs = ControlPlane(cfg).outputs
+elif cfg.kind == "town":
+    from components.stacks.town import ControlPlaneRef, town_sandboxes
+
+    [sandbox] = town_sandboxes(cfg, resolve_images(cfg)["town"], ControlPlaneRef(cfg.control_stack))
+    outputs = {"town": sandbox.outputs, "town_internal_api_key": pulumi.Output.secret(sandbox.internal_api_key)}
 else:
     from components.stacks.devenv import DevEnvStack
     from components.stacks.outputs import silo_outputs

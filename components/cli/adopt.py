@@ -34,7 +34,7 @@ def stack_identity(stack_file: Path, cfg: SiloConfig) -> str:
         raise ValueError(f"{project_file}: cannot read the project file ({exc.strerror})") from None
     if not project:
         raise ValueError(f"{project_file}: the project has no name")
-    return naming.stack_owner(str(project), stack, cfg.client, cfg.app)
+    return naming.stack_owner(str(project), stack, *cfg.owner_parts)
 
 
 def adopt(cfg: SiloConfig, settings: FlySettings, owner: str) -> tuple[list[str], bool]:

@@ -70,6 +70,8 @@ FIELD_BY_KEY: dict[str, str] = {
     "readyTimeoutSeconds": "ready_timeout_seconds",
     "smtp": "smtp",
     "monthlyBudget": "monthly_budget",
+    # Keys of a `town` stack only (one town of its own: how the provisioning API runs towns).
+    "town": "town",
     # Keys of the `control` stack only.
     "backupBucket": "backup_bucket",
     "backupLocationHint": "backup_location_hint",
@@ -83,7 +85,7 @@ SECRET_KEYS: tuple[str, ...] = ("registryDsn", "kiloJwt", "gitCredentials", "smt
 GIT_CREDENTIALS_KEY = "gitCredentials"
 GIT_CREDENTIALS_SECRET = "GIT_CREDENTIALS"
 KEY_BY_FIELD: dict[str, str] = {f: k for k, f in FIELD_BY_KEY.items()}
-_STRUCTURED_KEYS = ("images", "towns", "smtp", "redirectUrls")
+_STRUCTURED_KEYS = ("images", "towns", "smtp", "redirectUrls", "town")
 _LIST_KEYS = ("towns", "redirectUrls")
 # The namespaces of this project's own dynamic providers: every key the providers' configure() reads
 # (their settings' CONFIG_KEYS), and nothing else. A typo such as `fly:apitoken` would otherwise be
@@ -452,7 +454,7 @@ class SiloConfig(_Model):
     Constructing it directly raises ``ConfigError`` (not pydantic's ``ValidationError``).
     """
 
-    kind: Literal["silo", "control"] = "silo"
+    kind: Literal["silo", "control", "town"] = "silo"
     client: Slug
     app: Slug
     fly_org: Annotated[str, AfterValidator(_org)]
@@ -542,6 +544,11 @@ class SiloConfig(_Model):
     @property
     def silo_id(self) -> str:
         return f"{self.client}-{self.app}"
+
+    @property
+    def owner_parts(self) -> tuple[str, ...]:
+        """What tells this silo apart in its stack's ownership mark (components/stacks/ownership.py)."""
+        return (self.client, self.app)
 
     @property
     def uri_allow_list(self) -> list[str]:
@@ -669,9 +676,56 @@ class ControlConfig(_Model):
             raise ConfigError(_errors_from_validation(exc)) from None
 
 
+class TownStackConfig(_Model):
+    """A `town` stack: one town of its own, outside any silo (how the provisioning API runs each town:
+    service/, docs/architecture.md "Provisioning API"). It has what TownSandbox needs of a silo's config
+    (the Fly org and region, the control stack, where heartbeats go, the data and migration switches)
+    and no Supabase services."""
+
+    kind: Literal["town"]
+    fly_org: Annotated[str, AfterValidator(_org)]
+    region: Annotated[str, AfterValidator(_region)] = "yul"
+    town: TownConfig
+    control_stack: Annotated[str, AfterValidator(_stack_reference)]
+    kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
+    allow_data_deletion: StrictBool = False
+    region_migration: StrictBool = False
+    network_migration: StrictBool = False
+    ready_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
+    images: dict[ServiceName, ImageTag] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_errors_from_validation(exc)) from None
+
+    @property
+    def towns(self) -> list[TownConfig]:
+        return [self.town]
+
+    @property
+    def services(self) -> list[str]:
+        return []  # no Supabase services: only the town
+
+    @property
+    def silo_id(self) -> str:
+        """The name its resources and machine metadata carry where a silo's carry the silo's id."""
+        return f"town-{self.town.sandbox_id}"
+
+    @property
+    def owner_parts(self) -> tuple[str, ...]:
+        return ("town", self.town.sandbox_id)
+
+
+_TOWN_FIELDS = frozenset(TownStackConfig.model_fields)
 _CONTROL_FIELDS = frozenset(ControlConfig.model_fields)
-_SILO_ONLY = frozenset(SiloConfig.model_fields) - _CONTROL_FIELDS
-_CONTROL_ONLY = _CONTROL_FIELDS - frozenset(SiloConfig.model_fields)
+# What each kind of stack does not use (reported as "is not used by a ... stack").
+_NOT_USED: dict[str, frozenset[str]] = {
+    "silo": (_CONTROL_FIELDS | _TOWN_FIELDS) - frozenset(SiloConfig.model_fields),
+    "control": frozenset(FIELD_BY_KEY.values()) - _CONTROL_FIELDS,
+    "town": frozenset(FIELD_BY_KEY.values()) - _TOWN_FIELDS,
+}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -707,7 +761,9 @@ def _suggest_provider_key(namespace: str, key: str) -> str:
     return f" (did you mean {namespace}:{near[0]}?)" if near else ""
 
 
-def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> SiloConfig | ControlConfig:
+def from_mapping(
+    config: Mapping[str, Any], secret_keys: Iterable[str] = ()
+) -> SiloConfig | ControlConfig | TownStackConfig:
     """A ``SiloConfig`` from namespaced keys (``silo:client``, ``fly:apiUrl``, ...).
 
     ``silo:`` keys make the model. ``fly:`` and ``cloudflare:`` keys are the providers' (``PROVIDER_KEYS``):
@@ -754,17 +810,15 @@ def from_mapping(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> 
                 value = ""
         data[FIELD_BY_KEY[key]] = value
     reported = {k for k, _ in errors}
-    control = data.get("kind") == "control"
-    misplaced = _SILO_ONLY if control else _CONTROL_ONLY
-    for field in sorted(misplaced & data.keys()):
-        errors.append(
-            (f"{NAMESPACE}:{KEY_BY_FIELD[field]}", f"is not used by a {'control' if control else 'silo'} stack")
-        )
+    kind = data.get("kind") if data.get("kind") in _NOT_USED else "silo"
+    for field in sorted((_NOT_USED[kind] - {"kind"}) & data.keys()):
+        errors.append((f"{NAMESPACE}:{KEY_BY_FIELD[field]}", f"is not used by a {kind} stack"))
         reported.add(f"{NAMESPACE}:{KEY_BY_FIELD[field]}")
         del data[field]
+    model = {"control": ControlConfig, "town": TownStackConfig}.get(kind, SiloConfig)
     try:
         # The models' __init__ turn pydantic's ValidationError into ConfigError.
-        cfg = ControlConfig(**data) if control else SiloConfig(**data)
+        cfg = model(**data)
     except ConfigError as exc:
         # A key rejected above is absent from data; don't also call it "required".
         errors.extend((key, msg) for key, msg in exc.errors if key not in reported)
@@ -847,12 +901,12 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     return {str(k): v for k, v in config.items()}
 
 
-def load_stack_file(path: Path) -> SiloConfig | ControlConfig:
+def load_stack_file(path: Path) -> SiloConfig | ControlConfig | TownStackConfig:
     """Validate the ``config:`` map of a ``Pulumi.<stack>.yaml`` file."""
     return from_mapping(read_stack_file(path))
 
 
-def from_pulumi_config() -> SiloConfig | ControlConfig:
+def from_pulumi_config() -> SiloConfig | ControlConfig | TownStackConfig:
     """The running Pulumi program's ``silo:``, ``fly:`` and ``cloudflare:`` config, validated.
 
     ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as

@@ -147,15 +147,16 @@ OWNER_SECRET_PREFIX = "SILO_OWNER_"
 OWNER_DIGEST_HEX = 24
 
 
-def stack_owner(project: str, stack: str, client: str, app: str) -> str:
-    """``<project>/<stack>/<client>/<app>``: the owner of what one stack creates for one silo.
+def stack_owner(project: str, stack: str, *identity: str) -> str:
+    """``<project>/<stack>/<identity...>``: the owner of what one stack creates.
 
     The stack tells two stacks of one silo apart (a copied stack file must not take over the apps); the
-    silo's slugs, separated by ``/`` (which no slug holds), tell apart two silos whose names collide even
-    when both live in a stack of the same name on different backends. The organisation is left out, so
-    moving the state to a team backend keeps the owner.
+    silo's slugs (``client``, ``app``; a town stack's ``town``, sandbox id), separated by ``/`` (which no
+    slug holds), tell apart two silos whose names collide even when both live in a stack of the same name
+    on different backends. The organisation is left out, so moving the state to a team backend keeps the
+    owner.
     """
-    return f"{project}/{stack}/{client}/{app}"
+    return "/".join((project, stack, *identity))
 
 
 def owner_secret(owner: str) -> str:

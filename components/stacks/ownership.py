@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pulumi
 
-from components.config.model import SiloConfig
+from components.config.model import SiloConfig, TownStackConfig
 from components.domain import naming
 
 
-def stack_owner(cfg: SiloConfig) -> str:
-    return naming.stack_owner(pulumi.get_project(), pulumi.get_stack(), cfg.client, cfg.app)
+def stack_owner(cfg: SiloConfig | TownStackConfig) -> str:
+    return naming.stack_owner(pulumi.get_project(), pulumi.get_stack(), *cfg.owner_parts)

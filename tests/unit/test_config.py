@@ -94,7 +94,7 @@ def test_direct_construction_uses_field_names_and_raises_config_error() -> None:
         ("silo:region", "YUL", "did you mean"),
         ("silo:state", "paused", 'must be one of running or stopped (got "paused")'),
         ("silo:rlsMode", "strict", "must be one of production, permissive or disabled"),
-        ("silo:kind", "town", "must be one of silo or control"),
+        ("silo:kind", "village", "must be one of silo, control or town"),
         ("silo:autoStopMinutes", "-5", 'must be at least 0 (got "-5")'),
         ("silo:autoStopMinutes", "half an hour", "must be a whole number"),
         ("silo:studio", "yes", 'must be true or false (got "yes")'),
