@@ -7,7 +7,7 @@ STACK ?= dev
 # cores keep more than two runs busy.
 TEST_WORKERS ?= 4
 
-.PHONY: up preview destroy refresh engine town-tools test lint
+.PHONY: up preview destroy refresh recover serve engine town-tools test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,14 @@ destroy: $(VENV)/.installed engine
 
 refresh: $(VENV)/.installed engine
 	scripts/pulumi.sh refresh $(STACK)
+
+# After a crashed run: the stack's stale lock and pending operations cleared (engine/recovery.py).
+recover: $(VENV)/.installed engine
+	$(VENV)/bin/silo recover $(STACK)
+
+# The provisioning API at 127.0.0.1:8787 on local PostgreSQL and emulators (README "Provisioning API").
+serve: $(VENV)/.installed engine
+	$(VENV)/bin/silo serve --local
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -11,3 +11,5 @@ CATALOG_FILE = PROJECT_ROOT / "catalog" / "images.yaml"
 # Files a machine gets through its fly.toml's [[files]] local_path, stored under their SHA-256
 # (components/render/machine_files.py); beside the local state, and like it never committed.
 MACHINE_FILES_DIR = PROJECT_ROOT / ".silo" / "machine-files"
+# The registry database's migrations (applied by the control stack, and by `silo serve` at start).
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"

@@ -1,5 +1,5 @@
-"""``silo``: the command line (validate, render, status, doctor, adopt, recover, emulator); all but `recover` run
-without the engine.
+"""``silo``: the command line (validate, render, status, doctor, adopt, recover, serve, emulator); all but `recover`
+and `serve` run without the engine.
 
 Run as the ``silo`` console script or ``python -m components.cli.main``. Exit codes: 0 success, 1 a
 command failed at run time, 2 invalid config or usage. Heavy or not-yet-written collaborators
@@ -160,6 +160,30 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    # The API's dependencies (FastAPI, uvicorn, procrastinate) are imported for this command only.
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import load_settings
+
+    try:
+        if args.local:
+            from service.local import local_settings
+
+            settings = local_settings(port=args.port or 8787)
+        else:
+            settings = load_settings(args.config, {"port": args.port} if args.port else None)
+    except UserError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_INVALID
+    app = create_app(settings, make_tokens=args.local)
+    if args.local:
+        print(f"serve: the API at http://{settings.host}:{settings.port} (tokens: {settings.tokens_file})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    return EXIT_OK
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from components.cli.doctor import main_lines
 
@@ -171,7 +195,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     # The emulators are dev tools, outside the installed package (pyproject.toml), and werkzeug is a dev
-    # requirement: imported here only, so every other command runs without them.
+    # requirement: imported here only, so every other command runs without them. They sit in the checkout
+    # beside the package, which a console script (venv/bin/silo) does not put on sys.path by itself.
+    from components.paths import PROJECT_ROOT
+
+    if (PROJECT_ROOT / "emulators").is_dir() and str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
     try:
         from emulators.fly import serve
     except ModuleNotFoundError as error:
@@ -231,12 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     adopt.set_defaults(func=cmd_adopt)
 
+    serve = commands.add_parser("serve", help="the provisioning API (README, 'Provisioning API')")
+    serve.add_argument("--config", type=Path, default=None, metavar="FILE", help="service settings (YAML)")
+    serve.add_argument("--port", type=_port, default=None)
+    serve.add_argument(
+        "--local", action="store_true", help="`make serve`: local PostgreSQL, emulators, control stack, tokens file"
+    )
+    serve.set_defaults(func=cmd_serve)
+
     recover = commands.add_parser(
         "recover", help="after a crashed run: remove the stack's stale lock and drop its pending operations"
     )
     recover.add_argument("stack", metavar="STACK", help="the stack's name (e.g. dev)")
     recover.add_argument("--force", action="store_true", help="remove the lock even if its process still runs")
     recover.set_defaults(func=cmd_recover)
+
+    # `silo fleet` (every stack of a backend) and `silo pr` (a silo per pull request): their parsers and
+    # commands live in components/cli/fleet.py and pr.py, which import the engine only when run.
+    from components.cli import fleet, pr
+
+    fleet.add_parser(commands)
+    pr.add_parser(commands)
 
     emulator = commands.add_parser("emulator", help="serve the local Fly Machines API emulator")
     emulator.add_argument("--port", type=_port, required=True)

@@ -33,6 +33,7 @@ from components.domain import naming
 from components.errors import UserError
 from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
 from components.providers.fly.settings import CONFIG_KEYS as FLY_CONFIG_KEYS
+from components.providers.http import is_loopback_url
 
 NAMESPACE = "silo"
 
@@ -169,6 +170,13 @@ def _https_url(value: str) -> str:
     if parts.username or parts.password:
         raise ValueError(f"must not contain credentials (got {_shown(value)})")
     return value
+
+
+def _kilo_api_url(value: str) -> str:
+    """Where towns report: https, or plain http only on loopback (a local `silo serve` beside the emulator)."""
+    if is_loopback_url(value) and (_split(value) or urlsplit("")).scheme == "http":
+        return value
+    return _https_url(value)
 
 
 # One https origin, lowercase, with an optional plain path: what GoTrue may redirect to (see _redirect_url).
@@ -484,7 +492,7 @@ class SiloConfig(_Model):
     # reference names it: "<org>/silo/control" on Pulumi Cloud, "organization/silo/control" on a file
     # backend (the only organisation it has).
     control_stack: Annotated[str, AfterValidator(_stack_reference)] | None = None
-    kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
+    kilo_api_url: Annotated[str, AfterValidator(_kilo_api_url)] = "https://api.kilo.ai"
     towns: list[TownConfig] = Field(default_factory=list)
     # Bumping it regenerates the JWT secret, and with it the anon/service_role keys (key rotation).
     key_generation: Annotated[int, Field(ge=0)] = 0
@@ -687,7 +695,7 @@ class TownStackConfig(_Model):
     region: Annotated[str, AfterValidator(_region)] = "yul"
     town: TownConfig
     control_stack: Annotated[str, AfterValidator(_stack_reference)]
-    kilo_api_url: Annotated[str, AfterValidator(_https_url)] = "https://api.kilo.ai"
+    kilo_api_url: Annotated[str, AfterValidator(_kilo_api_url)] = "https://api.kilo.ai"
     allow_data_deletion: StrictBool = False
     region_migration: StrictBool = False
     network_migration: StrictBool = False

@@ -140,6 +140,7 @@ def test_control_stack_then_two_towns_lifecycle(
             "R2_SECRET_ACCESS_KEY",
             "R2_SESSION_TOKEN",
             "INTERNAL_API_KEY",
+            "KILO_JWT",  # its own heartbeat token, generated like INTERNAL_API_KEY (service/ checks it)
             "GIT_CREDENTIALS",
         }
     assert rows["alpha"]["rigs"] == [("web", "active")]

@@ -243,12 +243,14 @@ class TownRecordsProvider(RegistryProviderBase):
             raise RuntimeError(f"town {props['town_id']} is not registered (or was destroyed)")
         conn.execute(
             """UPDATE gastown_towns SET status = %s, fly_machine_id = %s, fly_volume_id = %s,
-                      config = config || %s WHERE id = %s""",
+                      config = config || %s, failure = NULL,
+                      heartbeat_token_sha256 = coalesce(%s, heartbeat_token_sha256) WHERE id = %s""",
             (
                 props["status"],
                 props.get("fly_machine_id"),
                 props.get("fly_volume_id"),
                 Jsonb({"rigs": [dict(r) for r in rigs]}),
+                props.get("heartbeat_token_sha256"),
                 props["town_id"],
             ),
         )
@@ -310,7 +312,8 @@ class TownRecordsProvider(RegistryProviderBase):
     @classmethod
     def _read_row(cls, conn: psycopg.Connection, row: Mapping[str, Any]) -> dict[str, Any] | None:
         town = conn.execute(
-            "SELECT status, fly_machine_id, fly_volume_id FROM gastown_towns WHERE id = %s AND destroyed_at IS NULL",
+            "SELECT status, fly_machine_id, fly_volume_id, heartbeat_token_sha256 FROM gastown_towns "
+            "WHERE id = %s AND destroyed_at IS NULL",
             (row["town_id"],),
         ).fetchone()
         if town is None:
@@ -323,14 +326,11 @@ class TownRecordsProvider(RegistryProviderBase):
         live_rigs = [{"name": name, "url": url, "branch": branch} for name, url, branch in rigs]
         order = [r.get("name") for r in row.get("rigs") or []]
         live_rigs.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-        status, machine_id, volume_id = town
-        return {
-            **row,
-            "status": status,
-            "fly_machine_id": machine_id,
-            "fly_volume_id": volume_id,
-            "rigs": live_rigs,
-        }
+        status, machine_id, volume_id, token_sha256 = town
+        live = {**row, "status": status, "fly_machine_id": machine_id, "fly_volume_id": volume_id, "rigs": live_rigs}
+        if "heartbeat_token_sha256" in row:
+            live["heartbeat_token_sha256"] = token_sha256
+        return live
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         # The machines are being removed next; each TownRegistration (deleted last) soft-deletes its row.
