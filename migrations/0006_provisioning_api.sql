@@ -13,6 +13,8 @@ ALTER TABLE gastown_towns ADD COLUMN heartbeat_token_sha256 text
 CREATE UNIQUE INDEX uq_gastown_towns_heartbeat_token
     ON gastown_towns (heartbeat_token_sha256) WHERE heartbeat_token_sha256 IS NOT NULL;
 ALTER TABLE gastown_towns ADD COLUMN failure text;     -- why the last operation on the town failed
+-- When the town's temporary R2 credentials lapse (a week at most): the service renews them before.
+ALTER TABLE gastown_towns ADD COLUMN r2_credentials_expire_at timestamptz;
 ALTER TABLE gastown_towns ADD COLUMN boot_phase text;  -- what the town last said it was doing
 
 -- Bearer tokens of the API's callers: only their SHA-256 (the tokens are 256 random bits, so a fast

@@ -78,10 +78,12 @@ def create_app(settings: ServiceSettings, *, make_tokens: bool = False) -> FastA
             async with app.state.pool.connection() as conn:
                 await jobs.requeue_orphans(queue, conn)
             janitor = asyncio.create_task(_retry_stalled_forever(queue), name="silo-queue-janitor")
+            renewals = asyncio.create_task(_renew_forever(app, queue), name="silo-r2-renewals")
             try:
                 yield
             finally:
                 janitor.cancel()
+                renewals.cancel()
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await worker
@@ -102,6 +104,17 @@ def create_app(settings: ServiceSettings, *, make_tokens: bool = False) -> FastA
         return JSONResponse(status_code=502, content={"detail": one_line(exc)})
 
     return app
+
+
+async def _renew_forever(app: FastAPI, queue: object) -> None:
+    settings: ServiceSettings = app.state.settings
+    while True:
+        try:
+            async with app.state.pool.connection() as conn:
+                await jobs.renew_credentials(queue, conn, settings.renew_before_s)  # type: ignore[arg-type]
+        except Exception:
+            log.warning("could not look for R2 credentials to renew", exc_info=True)
+        await asyncio.sleep(settings.renew_check_s)
 
 
 async def _retry_stalled_forever(queue: object) -> None:

@@ -80,6 +80,39 @@ async def requeue_orphans(app: procrastinate.App, conn: psycopg.AsyncConnection)
     return len(rows)
 
 
+async def renew_credentials(app: procrastinate.App, conn: psycopg.AsyncConnection, before_s: float) -> int:
+    """Queue an `up` for every town of the API whose R2 credentials lapse within `before_s` and that has no
+    operation pending: without it a town whose stack is not updated for a week stops backing up.
+
+    Under an advisory lock, so several service processes do not queue the same renewals."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('silo-serve-renewals'))")
+        rows = await (
+            await conn.execute(
+                """SELECT t.id::text, t.sandbox_id FROM gastown_towns t
+                   WHERE t.destroyed_at IS NULL AND t.status IN ('running', 'stopped')
+                     AND t.owner = 'silo/town-' || t.sandbox_id || '/town/' || t.sandbox_id
+                     AND t.r2_credentials_expire_at < now() + make_interval(secs => %s)
+                     AND NOT EXISTS (SELECT 1 FROM silo_operations o
+                                     WHERE o.town_id = t.id AND o.status IN ('queued', 'running'))""",
+                (before_s,),
+            )
+        ).fetchall()
+        queued = []
+        for town_id, sid in rows:
+            op = await (
+                await conn.execute(
+                    "INSERT INTO silo_operations (kind, stack, town_id, requested_by) "
+                    "VALUES ('town.renew', %s, %s, 'service:renewal') RETURNING id::text",
+                    (town_stack_name(sid), town_id),
+                )
+            ).fetchone()
+            queued.append((op[0], town_stack_name(sid)))  # type: ignore[index]
+    for operation_id, stack in queued:
+        await defer(app, operation_id, stack)
+    return len(queued)
+
+
 class Runner:
     """Runs one operation to its end (in a worker thread): the stack operation, then the rows."""
 

@@ -46,6 +46,11 @@ class ServiceSettings(BaseModel):
     images: dict[str, str] = Field(default_factory=dict)
     # Stack operations running at once in this process (each is a CLI and a provider host).
     workers: int = Field(8, ge=1, le=64)
+    # Renewing the towns' temporary R2 credentials (a week at most): every `renew_check_s`, each API town
+    # whose credentials lapse within `renew_before_s` gets an `up`, which re-mints them (the provider
+    # re-mints in their last two days: components/providers/cloudflare/r2.py).
+    renew_check_s: float = Field(600.0, gt=0)
+    renew_before_s: float = Field(2 * 24 * 3600.0, gt=0)
     # `?wait=true`: how long a mutation waits for its operation before answering 202.
     wait_timeout_s: float = Field(120.0, gt=0, le=3600)
     # Extra environment for the CLI and the providers (FLY_API_HOSTNAME, CLOUDFLARE_*, ...).

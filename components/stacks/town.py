@@ -249,6 +249,8 @@ class TownSandbox(pulumi.ComponentResource):
             "fly_volume_id": self.volume.volume_id,
             "rigs": [{"name": r.name, "url": r.url, "branch": r.branch} for r in town.rigs],
             "heartbeat_token_sha256": self.heartbeat_token_sha256,
+            # When the R2 credentials lapse: the provisioning API renews them before (service/jobs.py).
+            "r2_credentials_expire_at": self.r2.expires_at,
         }
 
     def finish(self, ready: FlyMachinesReady) -> None:

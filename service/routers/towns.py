@@ -90,10 +90,11 @@ def _rig_dicts(town: TownConfig) -> list[dict[str, str]]:
 
 TOWN_COLUMNS = """t.id::text, t.user_id, t.town_name AS name, t.sandbox_id, t.status, t.fly_region AS region, t.fly_app,
     t.fly_machine_id, t.fly_volume_id, t.last_heartbeat_at, t.last_r2_sync_at, t.boot_phase, t.failure,
-    t.config, t.created_at"""
+    t.config, t.created_at, t.owner"""
 
 
 def _town(row: dict[str, Any], operation: dict[str, Any] | None) -> Town:
+    row.pop("owner", None)
     config = row.pop("config") or {}
     if isinstance(config, str):
         config = json.loads(config)
@@ -124,6 +125,16 @@ async def _load(request: Request, town_id: str, user_id: str) -> dict[str, Any]:
         )
         row["_operation"] = await cur.fetchone()
     return row
+
+
+def _managed_by_api(row: dict[str, Any]) -> None:
+    """A town declared in a silo's stack file is visible here, but changed there: its stack owns it (409)."""
+    if row.get("owner") != town_owner(row["sandbox_id"]):
+        raise HTTPException(
+            409,
+            f"town {row['id']} is declared in the stack file of {row.get('owner') or 'another stack'}: "
+            "change it there (silo:towns) and run `pulumi up`",
+        )
 
 
 @router.post("", status_code=202, response_model=TownAccepted, responses={200: {"model": TownAccepted}})
@@ -236,6 +247,7 @@ async def _desired(
 ) -> Any:
     async def act() -> tuple[int, dict[str, Any]]:
         row = await _load(request, town_id, user_id)
+        _managed_by_api(row)
         config = row["config"] if isinstance(row["config"], dict) else json.loads(row["config"] or "{}")
         config = {**config, **change}
         async with request.app.state.pool.connection() as conn, conn.transaction():

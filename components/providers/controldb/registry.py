@@ -244,13 +244,15 @@ class TownRecordsProvider(RegistryProviderBase):
         conn.execute(
             """UPDATE gastown_towns SET status = %s, fly_machine_id = %s, fly_volume_id = %s,
                       config = config || %s, failure = NULL,
-                      heartbeat_token_sha256 = coalesce(%s, heartbeat_token_sha256) WHERE id = %s""",
+                      heartbeat_token_sha256 = coalesce(%s, heartbeat_token_sha256),
+                      r2_credentials_expire_at = coalesce(%s, r2_credentials_expire_at) WHERE id = %s""",
             (
                 props["status"],
                 props.get("fly_machine_id"),
                 props.get("fly_volume_id"),
                 Jsonb({"rigs": [dict(r) for r in rigs]}),
                 props.get("heartbeat_token_sha256"),
+                props.get("r2_credentials_expire_at"),
                 props["town_id"],
             ),
         )
