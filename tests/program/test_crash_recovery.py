@@ -137,9 +137,7 @@ def assert_nothing_orphaned(cli: RawCli, emulator: FlyEmulator) -> None:
     assert ids("Volume") == sorted(snap["volumes"])
     assert ids("IpAssignment") == sorted(ip["ip"] for ips in snap["ips"].values() for ip in ips)
     managed = {
-        r["id"]: sorted(r["outputs"]["names"])
-        for r in resources
-        if r["type"] == "pulumi-python:dynamic/fly:Secrets"
+        r["id"]: sorted(r["outputs"]["names"]) for r in resources if r["type"] == "pulumi-python:dynamic/fly:Secrets"
     }
     live = {app: sorted(k for k in names if not is_owner_secret(k)) for app, names in snap["secrets"].items()}
     assert managed == {app: names for app, names in live.items() if names}
