@@ -11,6 +11,9 @@ the registry (started here, like the tests' server). One project, one file backe
   one       a silo with 1 town                        -> noop_preview_1_s;
   bench     a silo with no towns, fresh               -> silo_up_wall_s, mutating_calls_noop_up;
             then the same silo with N towns added     -> towns100_up_wall_s, noop_preview_100_s.
+Then a fleet on a PostgreSQL backend (a database of the same server): a control stack and --fleet silos shaped
+like `one` (1 town each), made with the emulator's latency off, then `silo fleet preview --parallel-stacks P`
+of the silos, as a user runs it (a subprocess; the guardrails on)    -> fleet_preview_20_s.
 
 Latency model (full scale, `--scale 1`; every duration is multiplied by --scale):
   call_s       0.15 s  one Machines API round trip. Assumption: 100-200 ms from a developer machine or CI
@@ -31,7 +34,8 @@ The lower bounds come from the model alone, never from the program's dependency 
   town_chain_s       one town: the app (create + hidden answers), then its IP, secrets and R2 credentials,
                      then its volume, then its machine (create, boot, checks passing).
 Goals (ratios in one run): silo_up_wall_s <= 1.3 x necessary_chain_s, towns100_up_wall_s <= 3 x town_chain_s,
-noop_preview_100_s <= 5 x noop_preview_1_s, 0 mutating calls on a no-change up, 0 calls failed on 429.
+noop_preview_100_s <= 5 x noop_preview_1_s, 0 mutating calls on a no-change up, 0 calls failed on 429,
+fleet_preview_20_s <= 4 x noop_preview_1_s x fleet / parallel_stacks (the stacks really run side by side).
 """
 
 from __future__ import annotations
@@ -41,10 +45,13 @@ import functools
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -67,7 +74,9 @@ from tests.fixtures.postgres import PostgresServer, _os_user, find_bindir  # noq
 
 DEFAULT_SCALE = 0.5
 DEFAULT_TOWNS = 100
-GOALS = {"silo_up": 1.3, "towns_up": 3.0, "noop_preview": 5.0}
+DEFAULT_FLEET = 20
+DEFAULT_PARALLEL_STACKS = 4
+GOALS = {"silo_up": 1.3, "towns_up": 3.0, "noop_preview": 5.0, "fleet_preview": 4.0}
 FULL_SCALE_MODEL = replace(LatencyModel(), call_s=0.15, boot_s=8.0, stop_s=3.0, destroy_s=2.0, check_pass_s=10.0)
 CF_TOKEN = "bench-cloudflare-token"
 CF_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
@@ -142,6 +151,13 @@ class EmulatorProcess:
 
     def clear_calls(self) -> None:
         httpx.delete(f"{self.url}/__emulator/calls", timeout=60)
+
+    def set_latency(self, model: LatencyModel | None, rate_limits: bool) -> None:
+        """The latency model (None: every delay 0) and rate limits, over the emulator's control API."""
+        timed = ("call_s", "boot_s", "stop_s", "destroy_s", "check_pass_s")
+        body = asdict(model) if model is not None else dict.fromkeys(timed, 0)
+        httpx.post(f"{self.url}/__emulator/latency", json=body, timeout=60).raise_for_status()
+        httpx.post(f"{self.url}/__emulator/rate_limits", json={"enabled": rate_limits}, timeout=60).raise_for_status()
 
 
 class Bench:
@@ -223,7 +239,56 @@ def _quiet() -> None:
     logging.getLogger("emulators").setLevel(logging.WARNING)
 
 
-def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, parallel: int = PARALLEL) -> dict:
+def fleet_preview(bench: Bench, model: LatencyModel, size: int, parallel_stacks: int) -> float:
+    """Seconds of a no-change `silo fleet preview` of `size` silos (1 town each) on a PostgreSQL backend."""
+    url = f"postgres://postgres@127.0.0.1:{bench.pg.port}/{bench.pg.create_database()}?sslmode=disable"
+    project = make_project(bench.root / "fleet")
+    silos = {f"fleet-{i:02d}": _silo(f"fleet{i:02d}", towns(1, user=f"fleet-{i:02d}")) for i in range(size)}
+    for name, config in {"control": {"silo:kind": "control", "silo:backupBucket": "fleet-backups"}, **silos}.items():
+        (project / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump({"config": dict(config)}))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "FLY_", "SILO_"))},
+        **bench.env(),
+        "PULUMI_BACKEND_URL": url,
+        "PULUMI_CONFIG_PASSPHRASE_FILE": str(bench.root / "state" / "passphrase"),
+    }
+    silo = [sys.executable, "-m", "components.cli.main", "fleet", "--project-dir", str(project)]
+    ws = workspace(
+        project,
+        bench.root / "fleet-state",
+        {k: env[k] for k in ("PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE_FILE")},
+    )
+    for name in ("control", *silos):
+        ws.create_stack(name)
+    bench.fly.set_latency(None, rate_limits=False)  # set-up is not measured
+    try:
+        made = subprocess.run(
+            [*silo, "up", "--parallel-stacks", str(parallel_stacks)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if made.returncode != 0:
+            raise RuntimeError(f"silo fleet up failed:\n{made.stdout[-3000:]}{made.stderr[-3000:]}")
+    finally:
+        bench.fly.set_latency(model, rate_limits=True)
+    started = time.monotonic()
+    preview = subprocess.run(
+        [*silo, "preview", "--exclude", "control", "--parallel-stacks", str(parallel_stacks)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    if preview.returncode != 0 or f"{size} stack(s): {size} ok" not in preview.stdout:
+        said = preview.stdout[-3000:] + preview.stderr[-3000:]
+        raise RuntimeError(f"silo fleet preview was not a clean no-change run:\n{said}")
+    return seconds
+
+
+def run_benchmark(
+    scale: float = DEFAULT_SCALE,
+    n_towns: int = DEFAULT_TOWNS,
+    parallel: int = PARALLEL,
+    fleet: int = DEFAULT_FLEET,
+    parallel_stacks: int = DEFAULT_PARALLEL_STACKS,
+) -> dict:
     _quiet()
     model = latency_model(scale)
     root = Path(tempfile.mkdtemp(prefix="silo-bench-"))
@@ -239,6 +304,7 @@ def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, pa
             preview_n, preview_n_calls = bench.run("preview", "bench", _silo("erp", towns(n_towns)))
             noop_towns, noop_towns_calls = bench.run("up", "bench", _silo("erp", towns(n_towns)))
             every_call = [*silo_calls, *noop_silo_calls, *towns_calls, *preview_n_calls, *noop_towns_calls]
+            fleet_s = fleet_preview(bench, model, fleet, parallel_stacks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -262,10 +328,15 @@ def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, pa
         "api_calls_noop_up_100": len(noop_towns_calls),
         "resources_100": sum(towns_up.changes.values()),
         "steps_noop_up_100": noop_towns.changes,
+        "fleet_preview_20_s": round(fleet_s, 3),
+        "fleet_stacks": fleet,
+        "fleet_parallel_stacks": parallel_stacks,
         "ratios": {
             "silo_up": round(silo_up.seconds / chain, 3),
             "towns_up": round(towns_up.seconds / town_chain, 3),
             "noop_preview": round(preview_n.seconds / preview_1.seconds, 3),
+            # The fleet's time against one stack's, times the stacks, divided by how many run at once.
+            "fleet_preview": round(fleet_s / (preview_1.seconds * fleet / parallel_stacks), 3),
         },
         "parallel": parallel,
         "model": {**asdict(model), "scale": scale},
@@ -278,6 +349,8 @@ def run_benchmark(scale: float = DEFAULT_SCALE, n_towns: int = DEFAULT_TOWNS, pa
         "noop_preview_100_within_5x_of_1": report["ratios"]["noop_preview"] <= GOALS["noop_preview"],
         "zero_mutating_calls_noop_up": report["mutating_calls_noop_up"] == 0,
         "zero_calls_failed_429": report["failed_calls_429"] == 0,
+        "fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel": report["ratios"]["fleet_preview"]
+        <= GOALS["fleet_preview"],
     }
     return report
 
@@ -297,6 +370,10 @@ def render_human(report: Mapping[str, Any]) -> str:
             f"(goal <= 5: {ok[g['noop_preview_100_within_5x_of_1']]})",
             f"no-op up:       {report['mutating_calls_noop_up']} mutating calls; "
             f"429s: {report['calls_429_retried']} retried, {report['failed_calls_429']} failed",
+            f"fleet preview:  {report['fleet_preview_20_s']:.2f}s ({report['fleet_stacks']} silos on PostgreSQL, "
+            f"{report['fleet_parallel_stacks']} at a time) = {r['fleet_preview']:.2f}x of 1 silo's x "
+            f"{report['fleet_stacks']}/{report['fleet_parallel_stacks']} "
+            f"(goal <= 4: {ok[g['fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel']]})",
         ]
     )
 
@@ -309,11 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parallel", type=int, default=PARALLEL, help=f"the CLI's --parallel (default {PARALLEL}, as `make up`)"
     )
+    parser.add_argument(
+        "--fleet", type=int, default=DEFAULT_FLEET, help=f"silos in the fleet preview (default {DEFAULT_FLEET})"
+    )
+    parser.add_argument(
+        "--parallel-stacks", type=int, default=DEFAULT_PARALLEL_STACKS,
+        help=f"the fleet preview's --parallel-stacks (default {DEFAULT_PARALLEL_STACKS})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0 (got {args.scale})")
     try:
-        report = run_benchmark(args.scale, args.towns, args.parallel)
+        report = run_benchmark(args.scale, args.towns, args.parallel, args.fleet, args.parallel_stacks)
     except (RuntimeError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

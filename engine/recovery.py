@@ -9,48 +9,25 @@ A `pulumi up` killed at any instant (SIGKILL, a lost machine, an OOM) leaves at 
   volume or machine inside such an app, a registry row with this stack as owner), so dropping a pending
   create is safe: the next `up` creates it again and adopts what exists instead of duplicating it.
 
-`recover` removes the lock (after checking that the process holding it is gone, when the backend says
-which process that is), drops the pending creates and refreshes every other resource, then says what
-it did. The next `up` converges.
+`recover` removes the lock (after checking that the process holding it is gone: every DIY backend, file,
+PostgreSQL or S3/R2, keeps the holder's host and pid in the lock, engine/locks.py reads it), drops the
+pending creates and refreshes every other resource, then says what it did. The next `up` converges. A
+lock taken on another machine, or a backend whose locks cannot be read, is refused unless `--force`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from pulumi.automation import Stack
 
 from components.errors import UserError
+from engine.locks import Lock, LocksUnreadable, backend_kind, backend_url, stack_locks
 
 
 class RecoveryRefused(UserError):
     """The stack is locked by a run that is still alive: recovering now would corrupt its state."""
-
-
-@dataclass
-class Lock:
-    path: Path
-    pid: int
-    hostname: str
-    username: str
-
-    @property
-    def alive(self) -> bool:
-        """Whether the process that holds the lock still runs (known only on the host that took it)."""
-        if self.hostname != socket.gethostname():
-            return True  # another machine's: we cannot tell, so assume it runs
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 @dataclass
@@ -68,22 +45,15 @@ class Recovery:
 
 
 def file_locks(stack: Stack) -> list[Lock]:
-    """The locks a file backend holds for `stack` (`.pulumi/locks/<org>/<project>/<stack>/*.json`)."""
-    url = stack.workspace.env_vars.get("PULUMI_BACKEND_URL") or os.environ.get("PULUMI_BACKEND_URL", "")
-    if not url.startswith("file://"):
-        return []
-    root = Path(unquote(urlparse(url).path)) / ".pulumi" / "locks"
-    name = stack.name.split("/")[-1]
-    locks = []
-    for path in root.glob(f"*/*/{name}/*.json"):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        locks.append(
-            Lock(path, int(doc.get("pid") or 0), str(doc.get("hostname") or ""), str(doc.get("username") or ""))
-        )
-    return locks
+    """The locks a file backend holds for `stack` (`.pulumi/locks/<org>/<project>/<stack>/*.json`); none
+    on any other backend (``locks`` reads those)."""
+    url = backend_url(stack.workspace.env_vars)
+    return stack_locks(url, stack.name) if backend_kind(url) == "file" else []
+
+
+def locks(stack: Stack) -> list[Lock]:
+    """The locks `stack`'s backend holds for it: file, PostgreSQL or S3 (``LocksUnreadable`` otherwise)."""
+    return stack_locks(backend_url(stack.workspace.env_vars), stack.name)
 
 
 def pending_operations(stack: Stack) -> list[str]:
@@ -97,20 +67,28 @@ def pending_operations(stack: Stack) -> list[str]:
 def recover(stack: Stack, *, force: bool = False) -> Recovery:
     """Clear the lock and the pending operations a crashed run left on `stack` (see the module docstring).
 
-    A lock whose process still runs on this host is refused unless `force`: removing it would let a
-    second run write the state the first is writing.
+    A lock whose process still runs on this host, or was taken on another host (where this one cannot
+    tell), is refused unless `force`: removing it would let a second run write the state the first is
+    writing. So is a backend whose locks cannot be read.
     """
     done = Recovery()
-    locks = file_locks(stack)
-    live = [lock for lock in locks if lock.alive]
+    try:
+        held = locks(stack)
+    except LocksUnreadable as exc:
+        if not force:
+            raise RecoveryRefused(f"{exc}; `silo recover --force` removes the stack's locks without checking") from None
+        held = []
+    live = [lock for lock in held if lock.alive]
     if live and not force:
         holder = live[0]
+        elsewhere = holder.hostname != socket.gethostname()
+        where = ", on another machine: this one cannot tell if it still runs" if elsewhere else ""
         raise RecoveryRefused(
             f"stack {stack.name} is locked by a run that is still going ({holder.username}@{holder.hostname}, "
-            f"pid {holder.pid}): wait for it, or stop it first; `silo recover --force` removes the lock anyway"
+            f"pid {holder.pid}{where}): wait for it, or stop it first; `silo recover --force` removes the lock anyway"
         )
     stack.cancel()  # removes every lock of the stack, whatever the backend (file, S3, PostgreSQL)
-    done.locks_removed = [f"{lock.username}@{lock.hostname} (pid {lock.pid})" for lock in locks]
+    done.locks_removed = [lock.holder for lock in held]
     done.pending = pending_operations(stack)
     if done.pending:
         # Pending creates are dropped (the next up adopts what they made); the refresh also settles the

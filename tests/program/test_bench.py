@@ -17,6 +17,8 @@ from bench.run import GOALS, _failed_on_429, latency_model, necessary_chain_s, r
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_SCALE = 0.01  # boots of 80 ms, checks passing 100 ms later
 TOWNS = 3
+FLEET = 2  # silos in the fleet preview (20 in a real run)
+FLEET_ARGS = ("--fleet", str(FLEET), "--parallel-stacks", "2")
 REQUIRED = (
     "engine",
     "silo_up_wall_s",
@@ -25,6 +27,8 @@ REQUIRED = (
     "town_chain_s",
     "noop_preview_1_s",
     "noop_preview_100_s",
+    "fleet_preview_20_s",
+    "fleet_parallel_stacks",
     "mutating_calls_noop_up",
     "failed_calls_429",
     "ratios",
@@ -38,7 +42,7 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "bench/run.py", "--json", "--scale", str(TINY_SCALE), "--towns", str(TOWNS)],
+        [sys.executable, "bench/run.py", "--json", "--scale", str(TINY_SCALE), "--towns", str(TOWNS), *FLEET_ARGS],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -75,6 +79,13 @@ def test_ratios_and_goals_follow_the_measured_numbers(report: dict[str, Any]) ->
     assert goals["silo_up_within_1_3x_necessary_chain"] == (ratios["silo_up"] <= GOALS["silo_up"])
     assert goals["towns_up_within_3x_town_chain"] == (ratios["towns_up"] <= GOALS["towns_up"])
     assert goals["noop_preview_100_within_5x_of_1"] == (ratios["noop_preview"] <= GOALS["noop_preview"])
+    # The fleet's goal: <= 4 x one silo's preview x the silos / the stacks run at once.
+    assert (report["fleet_stacks"], report["fleet_parallel_stacks"]) == (FLEET, 2)
+    per_wave = report["noop_preview_1_s"] * FLEET / 2
+    assert ratios["fleet_preview"] == pytest.approx(report["fleet_preview_20_s"] / per_wave, rel=1e-2)
+    assert goals["fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel"] == (
+        ratios["fleet_preview"] <= GOALS["fleet_preview"]
+    )
 
 
 def test_the_towns_up_creates_every_town_and_the_no_change_runs_touch_nothing(report: dict[str, Any]) -> None:
