@@ -8,8 +8,10 @@ callers can assert on what a failed `up` printed and left behind.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +81,22 @@ class RunResult:
         return self.stdout + self.stderr
 
 
-def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None, **kwargs: Any) -> RunResult:
-    """`op` is up / preview / refresh / destroy; `kwargs` go to the Automation API call."""
+def run(
+    stack: Stack,
+    op: str,
+    *,
+    on_output: Callable[[str], Any] | None = None,
+    outputs: bool = True,
+    **kwargs: Any,
+) -> RunResult:
+    """`op` is up / preview / refresh / destroy; `kwargs` go to the Automation API call.
+
+    With `outputs=False` the result has no stack outputs: the Automation API then skips the two CLI calls it
+    makes after an update to read them (`stack history`, `stack output` twice: ~0.6 s of CPU, a third of a
+    small stack's whole `up`); the steps, changes and errors come from the engine's events all the same.
+    """
+    if not outputs:
+        stack = _without_results(stack)
     result = RunResult(op=op, ok=True)
     out: list[str] = []
     err: list[str] = []
@@ -158,6 +174,14 @@ def run(stack: Stack, op: str, *, on_output: Callable[[str], Any] | None = None,
     result.stdout = "\n".join(out)
     result.stderr = "\n".join(err)
     return result
+
+
+def _without_results(stack: Stack) -> Stack:
+    quiet = copy.copy(stack)
+    # The SDK asserts it got a summary; nothing reads it (the result is built from the events).
+    quiet.info = lambda *_a, **_k: types.SimpleNamespace()  # type: ignore[method-assign]
+    quiet.outputs = lambda *_a, **_k: {}  # type: ignore[method-assign]
+    return quiet
 
 
 def violation_line(policy: str, level: str, urn: str, message: str) -> str:

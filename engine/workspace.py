@@ -31,6 +31,7 @@ from typing import Any
 import pulumi
 import pulumi.log
 from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
+from pulumi.automation._stack import StackInitMode
 
 from components.errors import UserError, debugging, one_line
 from engine.provider_host import DEFAULT_THREADS
@@ -298,7 +299,10 @@ def make_project(work_dir: Path, project: Path = REPO_ROOT) -> Path:
 
 
 def workspace(
-    work_dir: Path, state_dir: Path, env: Mapping[str, str] | None = None, project: Path = REPO_ROOT
+    work_dir: Path,
+    state_dir: Path,
+    env: Mapping[str, str] | None = None,
+    project: Path = REPO_ROOT,
 ) -> LocalWorkspace:
     """A LocalWorkspace on `work_dir` (its Pulumi.yaml and Pulumi.<stack>.yaml) running the program of
     `project` (this one by default); state, passphrase and PULUMI_HOME under `state_dir`; `env` added
@@ -316,3 +320,15 @@ def workspace(
 
 def select_stack(ws: LocalWorkspace, name: str) -> Stack:
     return Stack.create_or_select(name, ws)
+
+
+def known_stack(ws: LocalWorkspace, name: str) -> Stack:
+    """A stack known to exist, without the CLI call `Stack.select` makes (`pulumi stack select`, ~0.1-0.5 s
+    of CPU: it loads the stack's secrets manager). Every command the Automation API runs names the stack
+    itself (`--stack NAME`), so nothing needs it selected; a stack that does not exist fails the command
+    that uses it, saying so. The provisioning API runs many small stacks (service/stacks.py)."""
+    stack = Stack.__new__(Stack)
+    stack.name = name
+    stack.workspace = ws
+    stack._mode = StackInitMode.SELECT  # what Stack.__init__ records (read by its repr only)
+    return stack

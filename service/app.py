@@ -1,9 +1,11 @@
-"""The ASGI app (`silo serve`, uvicorn): routers, auth, and in the same process a queue worker.
+"""`silo serve`: the HTTP API in one process, the queue worker that runs the stack operations in another.
 
-At start: the registry's migrations and the queue's schema are applied (idempotent), the local token
-file is made when asked (`make serve`), the worker starts (as many stack operations at once as
-`settings.workers`), and what a killed predecessor left is picked up: its jobs are retried once its
-worker stops beating, and operations it accepted without queueing are queued again.
+Two processes because they compete for different things: a request should never wait behind the
+worker's programs (each operation runs its Pulumi program in the worker's interpreter, and 20 of them at
+once held the GIL long enough to make status calls slow), and the worker's work is shared with every
+other worker on the registry's queue anyway. `serve()` prepares the registry (migrations, the queue's
+schema, the local tokens), starts the worker, then serves; if the worker dies the server exits, so a
+supervisor restarts both (a killed worker's jobs are picked up again: service/jobs.py).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.process import BaseProcess
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -27,66 +32,49 @@ from service.stacks import Stacks
 
 log = logging.getLogger(__name__)
 STALLED_CHECK_S = 2.0
+WATCH_S = 1.0
 
 
-async def _ensure_queue_schema(app: FastAPI, queue: object) -> None:
-    """procrastinate's tables, once (its schema script is not idempotent), under an advisory lock so two
-    processes starting together do not both apply it."""
-    async with app.state.pool.connection() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('silo-serve-queue-schema'))")
-        exists = await (await conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL")).fetchone()
+def prepare(settings: ServiceSettings, *, make_tokens: bool = False) -> None:
+    """The registry's migrations, the queue's tables, and (`make serve`) the local tokens file."""
+    db.apply_migrations(settings.registry_dsn)
+    with psycopg.connect(settings.registry_dsn) as conn, conn.transaction():
+        # procrastinate's schema script is not idempotent: once, under a lock (two processes may start).
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('silo-serve-queue-schema'))")
+        exists = conn.execute("SELECT to_regclass('procrastinate_jobs') IS NOT NULL").fetchone()
         if not (exists and exists[0]):
             from procrastinate.schema import SchemaManager
 
-            await conn.execute(SchemaManager.get_schema())
+            conn.execute(SchemaManager.get_schema())
+    if make_tokens:
+        ensure_tokens(settings.registry_dsn, settings.tokens_file)
 
 
-def create_app(settings: ServiceSettings, *, make_tokens: bool = False) -> FastAPI:
+def _environment(settings: ServiceSettings) -> None:
+    # The CLI, the providers and the programs read the Fly/Cloudflare/registry settings from the
+    # environment: set once, for every operation alike.
+    os.environ.update(settings.env)
+    os.environ.setdefault("SILO_REGISTRY_DSN", settings.registry_dsn)
+
+
+def create_app(settings: ServiceSettings, worker: BaseProcess | None = None) -> FastAPI:
+    """The HTTP API. `worker`: the queue worker's process, watched (the server stops if it dies)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        # Stack operations run in threads (the Automation API blocks on the CLI): room for every worker slot
-        # plus the requests' own blocking calls.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.workers + 16))
-        # The CLI, the providers and the programs read the service's Fly/Cloudflare/registry settings from
-        # the environment: set once here, for every operation alike.
-        os.environ.update(settings.env)
-        os.environ.setdefault("SILO_REGISTRY_DSN", settings.registry_dsn)
-        await asyncio.to_thread(db.apply_migrations, settings.registry_dsn)
-        if make_tokens:
-            await asyncio.to_thread(ensure_tokens, settings.registry_dsn, settings.tokens_file)
-        stacks = Stacks(settings)
-        runner = jobs.Runner(settings, stacks)
-        queue = jobs.make_app(settings, runner)
+        _environment(settings)
         app.state.settings = settings
-        app.state.stacks = stacks
-        app.state.queue = queue
+        app.state.stacks = Stacks(settings)  # silo status and connection info read stacks directly
+        app.state.queue = jobs.make_app(settings, None)
         app.state.pool = db.pool(settings.registry_dsn)
         await app.state.pool.open()
-        await _ensure_queue_schema(app, queue)
-        async with queue.open_async():
-            worker = asyncio.create_task(
-                queue.run_worker_async(
-                    concurrency=settings.workers,
-                    install_signal_handlers=False,
-                    update_heartbeat_interval=jobs.HEARTBEAT_S,
-                    stalled_worker_timeout=jobs.STALLED_S,
-                    fetch_job_polling_interval=1.0,
-                ),
-                name="silo-queue-worker",
-            )
-            async with app.state.pool.connection() as conn:
-                await jobs.requeue_orphans(queue, conn)
-            janitor = asyncio.create_task(_retry_stalled_forever(queue), name="silo-queue-janitor")
-            renewals = asyncio.create_task(_renew_forever(app, queue), name="silo-r2-renewals")
+        watchdog = asyncio.create_task(_watch(worker)) if worker is not None else None
+        async with app.state.queue.open_async():
             try:
                 yield
             finally:
-                janitor.cancel()
-                renewals.cancel()
-                worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await worker
+                if watchdog is not None:
+                    watchdog.cancel()
                 await app.state.pool.close()
 
     app = FastAPI(
@@ -106,21 +94,74 @@ def create_app(settings: ServiceSettings, *, make_tokens: bool = False) -> FastA
     return app
 
 
-async def _renew_forever(app: FastAPI, queue: object) -> None:
-    settings: ServiceSettings = app.state.settings
-    while True:
-        try:
-            async with app.state.pool.connection() as conn:
-                await jobs.renew_credentials(queue, conn, settings.renew_before_s)  # type: ignore[arg-type]
-        except Exception:
-            log.warning("could not look for R2 credentials to renew", exc_info=True)
-        await asyncio.sleep(settings.renew_check_s)
+async def _watch(worker: BaseProcess) -> None:
+    while worker.is_alive():
+        await asyncio.sleep(WATCH_S)
+    log.error("the queue worker exited (code %s): stopping the server so that both are restarted", worker.exitcode)
+    os._exit(1)
 
 
-async def _retry_stalled_forever(queue: object) -> None:
+# -- the worker process ------------------------------------------------------------------------------------
+WORKER_NICENESS = 10
+
+
+def worker_main(settings: ServiceSettings) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    # Below the API in the scheduler's eyes (the CLIs and provider hosts it starts inherit it): a machine busy with
+    # stack operations still answers status calls at once; the operations take the CPU that is left.
+    os.nice(WORKER_NICENESS)
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: ServiceSettings) -> None:
+    _environment(settings)
+    loop = asyncio.get_running_loop()
+    # Stack operations run in threads (the Automation API blocks on the CLI): one per worker slot.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=settings.workers + 4))
+    queue = jobs.make_app(settings, jobs.Runner(settings, Stacks(settings)))
+    pool = db.pool(settings.registry_dsn, size=4)
+    await pool.open()
+    async with queue.open_async():
+        async with pool.connection() as conn:
+            await jobs.requeue_orphans(queue, conn)
+        chores = [
+            asyncio.create_task(_every(STALLED_CHECK_S, lambda: jobs.retry_stalled(queue)), name="stalled"),
+            asyncio.create_task(_every(settings.renew_check_s, lambda: _renew(pool, queue, settings)), name="renewals"),
+        ]
+        try:
+            await queue.run_worker_async(
+                concurrency=settings.workers,
+                install_signal_handlers=True,
+                update_heartbeat_interval=jobs.HEARTBEAT_S,
+                stalled_worker_timeout=jobs.STALLED_S,
+                fetch_job_polling_interval=1.0,
+            )
+        finally:
+            for chore in chores:
+                chore.cancel()
+            await pool.close()
+
+
+async def _renew(pool: object, queue: object, settings: ServiceSettings) -> None:
+    async with pool.connection() as conn:  # type: ignore[attr-defined]
+        await jobs.renew_credentials(queue, conn, settings.renew_before_s)  # type: ignore[arg-type]
+
+
+async def _every(seconds: float, chore: object) -> None:
     while True:
         try:
-            await jobs.retry_stalled(queue)  # type: ignore[arg-type]
+            await chore()  # type: ignore[operator]
         except Exception:  # the registry briefly unreachable: try again next round
-            log.warning("could not look for stalled jobs", exc_info=True)
-        await asyncio.sleep(STALLED_CHECK_S)
+            log.warning("a periodic chore failed", exc_info=True)
+        await asyncio.sleep(seconds)
+
+
+def serve(settings: ServiceSettings, *, make_tokens: bool = False) -> None:
+    import uvicorn
+
+    prepare(settings, make_tokens=make_tokens)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=worker_main, args=(settings,), name="silo-queue-worker", daemon=True
+    )
+    worker.start()
+    uvicorn.run(create_app(settings, worker), host=settings.host, port=settings.port, log_level="warning")

@@ -38,11 +38,14 @@ def town_owner(sandbox_id: str) -> str:
     return stack_owner(PROJECT, town_stack_name(sandbox_id), "town", sandbox_id)
 
 
-def make_app(settings: ServiceSettings, runner: Runner) -> procrastinate.App:
+def make_app(settings: ServiceSettings, runner: Runner | None) -> procrastinate.App:
+    """The queue. The web process only queues (`runner` None); the worker process runs the jobs."""
     app = procrastinate.App(connector=PsycopgConnector(conninfo=settings.registry_dsn))
 
     @app.task(name=TASK)
     def run_operation(operation_id: str) -> None:
+        if runner is None:
+            raise RuntimeError("this process queues operations; a worker runs them")
         runner.run(operation_id)
 
     return app
@@ -177,7 +180,7 @@ class Runner:
         row = self._town_row(town_id)
         name = town_stack_name(row["sandbox_id"])
         self.stacks.write_stack_file(self.settings.towns_project_dir, name, self._town_config(row))
-        result = self.stacks.run(self.stacks.town_stack(name), "up").result
+        result = self.stacks.run(self.stacks.town_stack(name, new=creating), "up").result
         if result.ok:
             return None, None
         resource, reason = failure(result)
@@ -216,7 +219,8 @@ class Runner:
         row = self._town_row(town_id)
         name = town_stack_name(row["sandbox_id"])
         self.stacks.write_stack_file(self.settings.towns_project_dir, name, self._town_config(row))
-        stack = self.stacks.town_stack(name)
+        # `new`: a town deleted before its create ever ran has no stack yet (an empty one is made, and destroyed).
+        stack = self.stacks.town_stack(name, new=True)
         result = self.stacks.run(stack, "destroy").result
         if not result.ok:
             reason_resource = failure(result)

@@ -44,8 +44,8 @@ class ServiceSettings(BaseModel):
     kilo_api_url: str  # where towns send their heartbeats: this service's public URL
     allow_town_data_deletion: bool = False  # DELETE /v1/towns/{id} removes the volume too
     images: dict[str, str] = Field(default_factory=dict)
-    # Stack operations running at once in this process (each is a CLI and a provider host).
-    workers: int = Field(8, ge=1, le=64)
+    # Stack operations running at once in the worker process (each is a CLI run).
+    workers: int = Field(20, ge=1, le=64)
     # Renewing the towns' temporary R2 credentials (a week at most): every `renew_check_s`, each API town
     # whose credentials lapse within `renew_before_s` gets an `up`, which re-mints them (the provider
     # re-mints in their last two days: components/providers/cloudflare/r2.py).

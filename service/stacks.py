@@ -25,7 +25,7 @@ from components.config.model import ConfigError, load_stack_file
 from engine.recovery import file_locks, recover
 from engine.runner import RunResult
 from engine.runner import run as run_op
-from engine.workspace import PARALLEL, REPO_ROOT, select_stack, workspace
+from engine.workspace import PARALLEL, REPO_ROOT, known_stack, select_stack, workspace
 from service.settings import ServiceSettings
 
 # Keys the CLI adds to a stack file that must survive a rewrite (the passphrase's salt, a provider).
@@ -71,11 +71,13 @@ class Stacks:
             path.write_text(yaml.safe_dump({**kept, "config": config}, sort_keys=True))
         return path
 
-    def town_stack(self, stack: str) -> Stack:
-        return select_stack(workspace(self.settings.towns_project_dir, self.settings.state_dir), stack)
+    def town_stack(self, stack: str, *, new: bool = False) -> Stack:
+        """The town's stack: made when `new` (a create), else taken as existing (no CLI call to select it)."""
+        ws = workspace(self.settings.towns_project_dir, self.settings.state_dir)
+        return select_stack(ws, stack) if new else known_stack(ws, stack)
 
     def silo_stack(self, stack: str) -> Stack:
-        return select_stack(workspace(self.settings.silos_project_dir, self.settings.state_dir), stack)
+        return known_stack(workspace(self.settings.silos_project_dir, self.settings.state_dir), stack)
 
     def run(self, stack: Stack, op: str, **kwargs: Any) -> StackRun:
         """`op` on `stack`, first clearing what a crashed run of this service left on it.
@@ -87,7 +89,7 @@ class Stacks:
         recovered = recover(stack).lines(stack.name) if file_locks(stack) else []
         if op in ("up", "preview"):
             kwargs.setdefault("parallel", PARALLEL)
-        return StackRun(run_op(stack, op, **kwargs), recovered)
+        return StackRun(run_op(stack, op, outputs=False, **kwargs), recovered)
 
 
 def silo_stacks(directory: Path) -> dict[str, str]:

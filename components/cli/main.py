@@ -162,9 +162,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # The API's dependencies (FastAPI, uvicorn, procrastinate) are imported for this command only.
-    import uvicorn
-
-    from service.app import create_app
+    from service.app import serve
     from service.settings import load_settings
 
     try:
@@ -177,10 +175,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_INVALID
-    app = create_app(settings, make_tokens=args.local)
     if args.local:
         print(f"serve: the API at http://{settings.host}:{settings.port} (tokens: {settings.tokens_file})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    serve(settings, make_tokens=args.local)
     return EXIT_OK
 
 
