@@ -11,7 +11,10 @@ this stack, or that needs one that failed):
 4. registry database (towns, control stack): reachable; for towns, as a least-privileged login that can
    read and write town rows and nothing more;
 5. R2 bucket (towns, control stack): the backup bucket is reachable with the Cloudflare credentials;
-6. image catalog: every image the stack runs resolves in catalog/images.yaml.
+6. town R2 credentials (towns that exist already): each town machine's temporary R2 credentials are
+   still valid (read from the machine's config, R2_CREDENTIALS_EXPIRE_AT): past their expiry the town's
+   backups have stopped (a failure); within two days of it, the next `pulumi up` must run (said);
+7. image catalog: every image the stack runs resolves in catalog/images.yaml.
 
 Credentials come from where the program's providers would take them: the stack file's plain values,
 else the environment (`FLY_API_TOKEN`, `SILO_REGISTRY_DSN`, `CLOUDFLARE_*`). Encrypted (``secure:``)
@@ -21,6 +24,7 @@ get only reads (and the placement simulation), the database session is read-only
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,6 +93,7 @@ def doctor(path: Path, env: Mapping[str, str] | None = None) -> list[Finding]:
         ("region", check_region),
         ("registry database", check_registry),
         ("R2 bucket", check_bucket),
+        ("town R2 credentials", check_town_credentials),
         ("image catalog", check_catalog),
     ]
     findings = []
@@ -269,6 +274,71 @@ def check_bucket(ctx: Context) -> tuple[Status, str]:
             return "ok", f"the account is reachable; bucket {bucket!r} ({source}) does not exist yet, up creates it"
         return "fail", f"bucket {bucket!r} ({source}) does not exist: run the control stack's up first"
     return "ok", f"bucket {bucket!r} ({source}) is reachable"
+
+
+# -- the towns' R2 credentials ---------------------------------------------------------------------
+# The town machine's name (components/stacks/town.py) and where it learns its credentials' expiry.
+TOWN_MACHINE = "town"
+EXPIRY_ENV = "R2_CREDENTIALS_EXPIRE_AT"
+# As town-status.js and the sync warn (and as a `pulumi up` re-mints them: R2TownCredentials' margin).
+EXPIRY_WARNING = dt.timedelta(days=2)
+
+
+def _left(delta: dt.timedelta) -> str:
+    days, seconds = delta.days, delta.seconds
+    if days:
+        return f"{days} day{'s' if days != 1 else ''} {seconds // 3600} h"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def credentials_expiry(machine: Mapping[str, Any], now: dt.datetime) -> tuple[str, str]:
+    """(state, what to say) of a town machine's R2 credentials, from its config's R2_CREDENTIALS_EXPIRE_AT:
+    state is ok, expiring (within two days), expired, or unknown (not told, or not a time)."""
+    value = ((machine.get("config") or {}).get("env") or {}).get(EXPIRY_ENV)
+    if not value:
+        return "unknown", "its machine was not told when its R2 credentials expire (the next `pulumi up` does)"
+    try:
+        expires = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if expires.tzinfo is None:
+            raise ValueError("no time zone")
+    except ValueError:
+        return "unknown", f"{EXPIRY_ENV} is not an ISO 8601 time ({value!r})"
+    if expires <= now:
+        return "expired", f"R2 credentials expired at {value}: its backups have stopped; `pulumi up` renews them"
+    if expires - now <= EXPIRY_WARNING:
+        left = _left(expires - now)
+        return "expiring", f"R2 credentials expire in {left} ({value}); the next `pulumi up` renews them"
+    return "ok", f"R2 credentials valid until {value}"
+
+
+def town_credentials(fly: FlyClient, name: str, app: str, now: dt.datetime) -> tuple[bool, str]:
+    """(expired, what to say) for one town, from its machine's config (GETs only)."""
+    if fly.get_app(app) is None:
+        return False, f"{name}: not created yet"
+    machine = next((m for m in fly.list_machines(app) if m.get("name") == TOWN_MACHINE), None)
+    if machine is None:
+        return False, f"{name}: no town machine yet"
+    state, said = credentials_expiry(machine, now)
+    return state == "expired", f"{name}: {said}"
+
+
+def check_town_credentials(ctx: Context) -> tuple[Status, str]:
+    if not ctx.towns:
+        return "skip", "no towns (silo:towns is empty)"
+    skipped = needs_fly(ctx)
+    if skipped is not None or ctx.fly is None:
+        return skipped or ("skip", "needs the fly token check to pass")
+    now = dt.datetime.now(dt.UTC)
+    expired, lines = False, []
+    try:
+        with FlyClient(ctx.fly, attempts=2) as fly:
+            for town in ctx.cfg.towns:
+                lapsed, line = town_credentials(fly, town.name, town.sandbox_id, now)
+                expired |= lapsed
+                lines.append(line)
+    except FlyError as exc:
+        return "fail", f"cannot read the town machines: {exc}"
+    return ("fail" if expired else "ok"), "; ".join(lines)
 
 
 # -- the image catalog --------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ STATUS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("checks", "CHECKS"),
     ("volume", "VOLUME"),
     ("ips", "IPS"),
+    ("r2_credentials", "R2 CREDENTIALS"),  # town machines only
 )
 
 

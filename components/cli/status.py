@@ -1,10 +1,12 @@
-"""`silo status`: what each of a silo's Fly apps is doing, read from the Fly Machines API.
+"""`silo status`: what each of a silo's Fly apps is doing, read from the Fly Machines API; for a town
+machine also when its temporary R2 credentials lapse (its backups stop then, until a `pulumi up`).
 
 Read-only (GETs only), so it is safe to run at any time, also on a stopped silo.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from components.config.model import SiloConfig
@@ -14,7 +16,11 @@ from components.providers.fly.settings import FlySettings
 
 def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]]:
     """One row per machine (or per app without machines): app, machine, state, checks, volume, IPs."""
+    from components.cli.doctor import TOWN_MACHINE
+
+    town_apps = {t.sandbox_id for t in cfg.towns}
     apps = [cfg.app_name(s) for s in cfg.services] + [t.sandbox_id for t in cfg.towns]
+    now = dt.datetime.now(dt.UTC)
     rows: list[dict[str, Any]] = []
     with FlyClient(settings) as fly:
         for app in apps:
@@ -24,6 +30,7 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
             ips = [f"{ip_kind(ip)}:{ip.get('ip')}" for ip in fly.list_ips(app)]
             volumes = {v["id"]: v for v in fly.list_volumes(app)}
             machines = fly.list_machines(app)
+            is_town = app in town_apps
             for machine in machines:
                 mounts = (machine.get("config") or {}).get("mounts") or []
                 volume_ids = [m.get("volume") for m in mounts]
@@ -43,6 +50,7 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
                             for v in volume_ids
                         ],
                         "ips": ips,
+                        **(_credentials(machine, now) if is_town and machine.get("name") == TOWN_MACHINE else {}),
                     }
                 )
             if not machines:
@@ -55,6 +63,15 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
                     }
                 )
     return rows
+
+
+def _credentials(machine: dict[str, Any], now: dt.datetime) -> dict[str, str]:
+    from components.cli.doctor import credentials_expiry
+
+    state, said = credentials_expiry(machine, now)
+    value = ((machine.get("config") or {}).get("env") or {}).get("R2_CREDENTIALS_EXPIRE_AT", "")
+    short = {"ok": f"ok until {value}", "expiring": f"EXPIRING {value}", "expired": f"EXPIRED {value}"}
+    return {"r2_credentials": short.get(state, "unknown"), "r2_credentials_note": said}
 
 
 def _state(fly: FlyClient, app: str, machine: dict[str, Any]) -> str:

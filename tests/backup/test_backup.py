@@ -21,8 +21,14 @@ import tarfile
 import threading
 from pathlib import Path
 
+import pulumi
+import pytest
+
+from components.config.model import SiloConfig, TownConfig
+from components.providers.fly import flytoml
 from components.render.town_scripts import TOWN_SCRIPT_MODE, TownScriptContext, render_town_scripts
 from components.stacks.town import FLUSH_COMMAND, STATUS_PORT, WORK_DIR, town_script_context
+from tests.fixtures.pulumi_mocks import RecordingMocks, declare_town
 from tests.fixtures.sandbox import (
     KILO_JWT,
     TOWN_ID,
@@ -33,7 +39,16 @@ from tests.fixtures.sandbox import (
     lose_volume,
     wait_for,
 )
-from tests.fixtures.town import RIGS, GasTown, repositories, run, town_state
+from tests.fixtures.town import (
+    GT_101_POLECAT_STOP_HOOK,
+    RIGS,
+    GasTown,
+    doctor,
+    doctor_report,
+    repositories,
+    run,
+    town_state,
+)
 
 TS_LEN = len("20260217T120000Z")
 # The rig checks `gt doctor --rig` runs that a restore must keep passing (gastown internal/doctor).
@@ -55,37 +70,6 @@ def _commit_file(town: GasTown, repo: Path, name: str, content: str, message: st
     (repo / name).write_text(content)
     town.git("add", name, cwd=repo)
     town.git("commit", "-q", "-m", message, cwd=repo)
-
-
-# The one check gastown v1.0.1's `gt doctor` fails on a town it has just built itself, before any
-# backup: its claude-settings check wants every settings file's Stop hook to run `gt costs record`, while
-# its own hooks installer gives polecats `gt tap polecat-stop-check` (internal/hooks/config.go), so
-# `--fix` deletes the file and the next sync re-creates it. v1.1.0 makes the check role-aware
-# (internal/doctor/claude_settings_check.go: "polecat → gt tap polecat-stop-check").
-GT_101_POLECAT_STOP_HOOK = "claude-settings"
-
-
-def doctor_report(town: GasTown, root: Path) -> tuple[dict[str, str], str]:
-    """`gt doctor -v` for the whole town: check name → ✓ / ⚠ / ✖, and the report's text."""
-    out = run(["gt", "doctor", "-v"], cwd=root, env=town.env, check=False, timeout=300)
-    return doctor_results(out), out
-
-
-def doctor(town: GasTown, root: Path, rig: str | None = None) -> dict[str, str]:
-    """check name → ✓ / ⚠ / ✖, as `gt doctor [--rig R]` prints them."""
-    args = ["gt", "doctor"] + (["--rig", rig] if rig else [])
-    return doctor_results(run(args, cwd=root, env=town.env, check=False, timeout=300))
-
-
-def doctor_results(out: str) -> dict[str, str]:
-    results = {}
-    # Each check prints "○  name..." then, after a carriage return, "✓|⚠|✖  name message".
-    for line in out.splitlines():
-        found = re.match(r"^\s*(✓|⚠|✖)\s+([a-z][a-z0-9-]*)\s", line)
-        if found:
-            results[found.group(2)] = found.group(1)
-    assert results, out
-    return results
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -124,8 +108,6 @@ def test_rendered_settings_and_defaults() -> None:
 
 
 def test_town_machine_keeps_snapshot_work_on_its_volume_and_checks_its_boot_phase() -> None:
-    from components.config.model import SiloConfig, TownConfig
-    from components.providers.fly import flytoml
     from components.stacks.town import town_fly_toml
 
     cfg = SiloConfig(client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev")
@@ -147,6 +129,32 @@ def test_town_machine_keeps_snapshot_work_on_its_volume_and_checks_its_boot_phas
     assert doc["env"]["SHUTDOWN_TIMEOUT_SECONDS"] == str(doc["kill_timeout"])
 
 
+def test_the_town_machine_is_told_when_its_r2_credentials_expire(
+    silo_mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The per-town R2 credentials lapse at expires_at (R2TownCredentials): the machine gets that time in
+    # its environment (not a secret), so it can report it, and `silo doctor` can read it back from Fly.
+    expires = "2026-03-08T12:00:00+00:00"
+    record = silo_mocks.new_resource
+
+    def with_expiry(args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        resource_id, outs = record(args)
+        if args.typ.endswith(":R2TownCredentials"):
+            outs["expires_at"] = expires
+        return resource_id, outs
+
+    monkeypatch.setattr(silo_mocks, "new_resource", with_expiry)
+    town = TownConfig(name="alpha", user="u1")
+    cfg = SiloConfig(
+        client="acme", app="erp", fly_org="acme", site_url="https://erp.acme.dev", towns=[town],
+        control_stack="acme/silo/control",
+    )  # fmt: skip
+    declare_town(cfg, town)
+
+    [machine] = silo_mocks.of_type("Machine")
+    assert flytoml.parse(machine.inputs["fly_toml"])["env"]["R2_CREDENTIALS_EXPIRE_AT"] == expires
+
+
 # ---- backup and restore ----------------------------------------------------------------------------
 
 
@@ -163,9 +171,13 @@ def test_backup_then_restore_brings_the_town_back_working(sandbox: Sandbox, hear
     [ts] = sandbox.snapshots()
     assert len(ts) == TS_LEN
     manifest_bytes = sandbox.bucket.get(f"{sandbox.prefix}/snapshots/{ts}/manifest.json")
-    assert sandbox.latest() == {"timestamp": ts, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()}
+    assert sandbox.latest() == {
+        "timestamp": ts,
+        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "previous": [],
+    }
     manifest = json.loads(manifest_bytes)
-    assert manifest["format"] == 2 and manifest["gt_version"].startswith("gt version 1.0.1")
+    assert manifest["format"] == 3 and manifest["gt_version"].startswith("gt version 1.0.1")
     assert sorted(manifest["databases"]) == sorted(["hq", *RIGS])
     backend = next(r for r in manifest["rigs"] if r["name"] == "backend")
     assert sorted(r["path"] for r in backend["repos"]) == [

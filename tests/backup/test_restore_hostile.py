@@ -13,7 +13,9 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -277,6 +279,33 @@ def test_objects_the_manifest_does_not_list_are_never_read(
     assert not list(volume.root.rglob("planted.txt"))
 
 
+@pytest.mark.parametrize("path", ["one copy", "ranged reads"])
+def test_only_the_files_the_manifest_lists_are_downloaded(
+    sandbox: Sandbox, snapshot: Snapshot, volume: Volume, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # The town writes its own prefix: whatever else it put under a snapshot (64 MiB here) must neither
+    # fill the volume nor be read. The manifest comes first, then each file it lists: in one copy when
+    # every file at the largest listed size would fit, else one ranged read per file (forced here by
+    # a restore budget smaller than that).
+    planted = b"\0" * (32 << 20)
+    publish(sandbox, snapshot, objects={"planted.bin": planted, "git/backend/99.bundle": planted}, list_objects=False)
+    extra = {}
+    if path == "ranged reads":
+        sizes = [len(body) for name, body in snapshot.objects.items() if name != "manifest.json"]
+        extra["R2_RESTORE_MAX_BYTES"] = str(2 * expanded_size(snapshot))
+        assert len(sizes) * max(sizes) > 2 * expanded_size(snapshot) >= sum(sizes)
+    caplog.set_level(logging.INFO, logger="werkzeug")  # moto's server, in this process: every request R2 saw
+
+    result = sandbox.restore(volume.root, **extra)
+
+    assert result.returncode == 0, result.stderr
+    fetched = [m.group(1) for r in caplog.records if (m := re.search(r"GET (\S*/snapshots/\S*)", r.getMessage()))]
+    assert any(key.endswith("/town.tar") for key in fetched), fetched
+    assert not [key for key in fetched if key.endswith(("/planted.bin", "/99.bundle"))]
+    assert "ignoring planted.bin: snapshot" in result.stderr and "not downloaded" in result.stderr
+    shutil.rmtree(volume.root)
+
+
 # ---- paths, links and special files ------------------------------------------------------------------
 
 
@@ -444,14 +473,14 @@ def test_a_tracked_symlink_cannot_carry_uncommitted_files_out(
     refused(sandbox, volume, heartbeats, "would write through a link")
 
 
-@pytest.mark.parametrize("kind", ["repository", "worktree"])
+@pytest.mark.parametrize("kind", ["repository", "worktree", "submodule"])
 def test_a_repository_path_through_a_tracked_symlink_creates_nothing_outside(
     sandbox: Sandbox, gastown: GasTown, volume: Volume, heartbeats: Heartbeats, kind: str
 ) -> None:
     # A checkout restored first tracks a link to outside the town; a repository (or worktree) listed
     # after it lies "inside" that link. Its directories must not be created, not even for a moment.
     backend = gastown.root / "backend"
-    holder = backend / "crew" / "alice" if kind == "repository" else backend / "polecats" / "nux" / "backend"
+    holder = backend / "crew" / "alice" if kind != "worktree" else backend / "polecats" / "nux" / "backend"
     (holder / "escape").symlink_to(volume.outside)
     git_no_hooks(gastown, "add", "escape", cwd=holder)
     git_no_hooks(gastown, "commit", "-q", "-m", "a link to somewhere", cwd=holder)
@@ -462,6 +491,10 @@ def test_a_repository_path_through_a_tracked_symlink_creates_nothing_outside(
     def plant(doc: dict) -> None:
         if kind == "repository":
             _backend(doc)["repos"].append({"path": through, "bare": False, "config": [], "worktrees": []})
+        elif kind == "submodule":
+            # A submodule of alice's clone, at a path under the link her checkout brought back.
+            alice = next(r for r in _backend(doc)["repos"] if r["path"] == "backend/crew/alice")
+            alice["submodules"] = [{"path": "escape/made/submodule", "name": "made", "bundle": None, "config": []}]
         else:
             bare = next(r for r in _backend(doc)["repos"] if r["bare"])
             bare["worktrees"].append({**_nux(doc), "path": through, "branch": None, "deleted": []})
@@ -555,6 +588,84 @@ def test_only_the_git_settings_the_sync_writes_are_accepted(
     assert not marker.exists()
 
 
+def _with(where: Callable[[dict], dict], **fields: object) -> Callable[[dict, Path], None]:
+    return lambda doc, m: where(doc).update(fields)
+
+
+def _alice(doc: dict) -> dict:
+    return next(r for r in _backend(doc)["repos"] if r["path"] == "backend/crew/alice")
+
+
+def _submodule(**fields: object) -> dict:
+    return {"path": "vendor/lib", "name": "vendor/lib", "bundle": None, "config": [], **fields}
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        # What format 3 adds is held to the same shapes: Dolt remotes, submodules, stash lists, the
+        # town's repository, dogs' worktrees.
+        (
+            lambda doc, m: doc.update(
+                database_remotes={"backend": [{"name": "origin", "url": f"ext::sh -c touch% {m}"}]}
+            ),
+            "database backend: a Dolt remote is not acceptable",
+        ),
+        (
+            lambda doc, m: doc.update(
+                database_remotes={"backend": [{"name": "origin", "url": "https://u:t@x.example/db"}]}
+            ),
+            "database backend: a Dolt remote is not acceptable",
+        ),
+        (
+            lambda doc, m: doc.update(database_remotes={"../x": [{"name": "origin", "url": "https://x.example/db"}]}),
+            "database_remotes names a database the snapshot lacks",
+        ),
+        (_with(_alice, submodules=[_submodule(path="../../outside")]), "is not inside its working tree"),
+        (_with(_alice, submodules=[_submodule(path="vendor/.git/hooks")]), "is not inside its working tree"),
+        (_with(_alice, submodules=[_submodule(name="../../../x")]), "has a bad name"),
+        (
+            _with(_alice, submodules=[_submodule(config=[["core.fsmonitor", "touch {m}"]])]),
+            "carries a git setting that is not allowed",
+        ),
+        (
+            _with(_alice, config=[["submodule.lib.url", "ext::sh -c touch% x"]]),
+            "carries a git setting that is not allowed",
+        ),
+        (_with(_alice, config=[["submodule.lib.update", "!touch x"]]), "carries a git setting that is not allowed"),
+        (_with(_alice, config=[["user.name", "x\ny"]]), "carries a git setting that is not allowed"),
+        (
+            _with(_alice, config=[["extensions.worktreeconfig", "yes please"]]),
+            "carries a git setting that is not allowed",
+        ),
+        (_with(_alice, stash=[{"commit": "--output=x", "message": "wip"}]), "has a bad stash list"),
+        (_with(_alice, sparse_checkout="a\u0000b"), "has a bad info/sparse-checkout"),
+        (
+            lambda doc, m: doc.update(town_repo={"bundle": "git/_town/../../latest.json", "config": []}),
+            "is not a listed git/_town/N.bundle",
+        ),
+        (
+            lambda doc, m: doc.update(town_repo={"bundle": None, "config": [["core.hookspath", "/tmp"]]}),
+            "the town's repository carries a git setting that is not allowed",
+        ),
+        (lambda doc, m: _nux(doc).update(path="deacon/dogs/alpha/webapp"), "is not inside the rig"),
+        (lambda doc, m: _nux(doc).update(path="deacon/dogs/../backend"), "is not inside the rig"),
+    ],
+)
+def test_what_format_3_adds_is_validated_like_the_rest(
+    sandbox: Sandbox,
+    snapshot: Snapshot,
+    volume: Volume,
+    heartbeats: Heartbeats,
+    edit: Callable[[dict, Path], None],
+    reason: str,
+) -> None:
+    marker = volume.outside / "ran"
+    publish(sandbox, snapshot, manifest=lambda doc: edit(doc, marker))
+    refused(sandbox, volume, heartbeats, reason)
+    assert not marker.exists()
+
+
 # ---- nothing in a snapshot runs as code ------------------------------------------------------------
 
 HOOKS = ("post-checkout", "post-index-change", "reference-transaction", "post-merge", "pre-auto-gc")
@@ -624,6 +735,31 @@ def test_a_hooks_path_other_than_gastowns_stays_out_of_the_snapshot(sandbox: San
     repo = next(r for r in _backend(sandbox.manifest(ts))["repos"] if r["path"] == "backend/crew/alice")
     assert [k for k, _ in repo["config"] if k == "core.hookspath"] == []
     assert "core.hooksPath 'my-hooks' of" in result.stderr
+
+
+def test_a_format_2_snapshot_still_restores(sandbox: Sandbox, snapshot: Snapshot, volume: Volume) -> None:
+    # Backups taken before format 3 stay restorable: the same town written as the format-2 sync wrote it
+    # (no town repository, submodules, stash lists, sparse checkouts or Dolt remotes; a bare latest.json).
+    def downgrade(doc: dict) -> None:
+        doc["format"] = 2
+        for key in ("town_repo", "database_remotes"):
+            del doc[key]
+        for rig in doc["rigs"]:
+            for repo in rig["repos"]:
+                for key in ("stash", "sparse_checkout", "submodules"):
+                    del repo[key]
+                for worktree in repo["worktrees"]:
+                    del worktree["submodules"]
+
+    publish(sandbox, snapshot, manifest=downgrade)
+    assert set(json.loads(sandbox.bucket.get(f"{sandbox.prefix}/latest.json"))) == {"timestamp", "manifest_sha256"}
+
+    result = sandbox.restore(volume.root)
+
+    assert result.returncode == 0, result.stderr
+    nux = volume.root / "backend" / "polecats" / "nux" / "backend"
+    assert (nux / ".git").is_file() and (nux / "notes" / "scratch.txt").read_text() == "untracked thoughts\n"
+    shutil.rmtree(volume.root)
 
 
 def test_a_clean_snapshot_restores_and_its_modes_are_kept(sandbox: Sandbox, snapshot: Snapshot, volume: Volume) -> None:

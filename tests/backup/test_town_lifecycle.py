@@ -6,6 +6,7 @@ real gt/bd/dolt and moto's S3 server; the agents are the idle stand-in of tests/
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -103,7 +104,7 @@ def test_a_long_restore_shows_on_the_health_check_instead_of_failing_it(sandbox:
     gate = sandbox.tmp / "release-download"
     # The snapshot download waits until the test lets it go: a restore that takes its time.
     slow = sandbox.aws_wrapper(
-        f'if [[ " $* " == *" cp --recursive "* && "$*" == *"/snapshots/"* ]]; then\n'
+        f'if [[ " $* " == *" get-object "* && "$*" == *"/snapshots/"*"/manifest.json "* ]]; then\n'
         f"  while [[ ! -e {gate} ]]; do sleep 0.2; done\nfi"
     )
     log = sandbox.tmp / "startup.log"
@@ -246,3 +247,71 @@ def test_shutdown_flush_keeps_within_the_kill_timeout(sandbox: Sandbox, heartbea
     assert sandbox.latest()["timestamp"] == first  # R2 keeps the last published snapshot
     assert [b["status"] for b in heartbeats.events("r2_sync")][-1] == "failed"
     assert heartbeats.events("r2_sync")[-1]["reason"] == "final snapshot cut short at shutdown"
+
+
+def test_the_town_says_when_its_r2_credentials_run_out(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
+    # Per-town R2 credentials are temporary (a week at most) and renewed only by a `pulumi up`: the
+    # town says so as they near their end, and once they have lapsed, rather than failing unexplained.
+    now = datetime.datetime.now(datetime.UTC)
+    soon = (now + datetime.timedelta(days=1)).isoformat(timespec="seconds")
+    past = (now - datetime.timedelta(hours=1)).isoformat(timespec="seconds")
+
+    expiring = sandbox.sync(R2_CREDENTIALS_EXPIRE_AT=soon)
+    assert f"the town's R2 credentials expire at {soon}" in expiring.stderr
+    [beat] = heartbeats.events("r2_sync")
+    assert beat["status"] == "ok"
+    assert beat["r2_credentials"]["expires_at"] == soon and beat["r2_credentials"]["state"] == "expiring"
+
+    expired = sandbox.run("r2-sync.sh", "--immediate", R2_CREDENTIALS_EXPIRE_AT=past)
+    assert expired.returncode == 1
+    assert f"the town's R2 credentials expired at {past}: no snapshot until a `pulumi up` renews them" in expired.stderr
+    assert len(sandbox.snapshots()) == 1
+    beat = heartbeats.events("r2_sync")[-1]
+    assert (beat["status"], beat["reason"], beat["r2_credentials"]["state"]) == (
+        "failed",
+        "R2 credentials expired",
+        "expired",
+    )
+
+    # The health endpoint says it too, from the machine's environment, as time passes.
+    for expire_at, state in ((soon, "expiring"), (past, "expired")):
+        port = free_port()
+        Path(sandbox.env["TOWN_STATUS_FILE"]).write_text('{"phase": "ready", "detail": "town is up"}')
+        env = {**sandbox.env, "TOWN_STATUS_PORT": str(port), "R2_CREDENTIALS_EXPIRE_AT": expire_at}
+        server = subprocess.Popen(["node", str(sandbox.bin_dir / "town-status.js")], env=env, stderr=subprocess.DEVNULL)
+        try:
+            sandbox.env["TOWN_STATUS_PORT"] = str(port)
+            wait_for(lambda: _detail_once_listening(sandbox) != "", "town-status.js to listen", deadline_s=60)
+            code, status = sandbox.status()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        assert code == 200 and status["phase"] == "ready"  # the town itself runs on
+        assert status["r2_credentials"]["state"] == state and status["r2_credentials"]["expires_at"] == expire_at
+
+
+def test_a_final_flush_without_a_town_publishes_nothing_and_says_so(sandbox: Sandbox, heartbeats: Heartbeats) -> None:
+    # A volume with no town yet (its town root empty, or absent after a failed restore): the destroy's
+    # flush must not claim a final snapshot.
+    sandbox.town.stop()
+    shutil.rmtree(sandbox.town.root)
+    sandbox.town.root.mkdir()
+
+    final = sandbox.run("r2-sync.sh", "--final")
+
+    assert final.returncode == 2, final.stderr
+    assert "no final snapshot: the volume holds no town" in final.stderr
+    assert sandbox.bucket.keys() == []
+    [beat] = heartbeats.events("r2_sync")
+    assert (beat["status"], beat["final"]) == ("skipped", True)
+
+    stop = subprocess.run(
+        sandbox.machine_command(FLUSH_COMMAND), env=sandbox.env, capture_output=True, text=True, timeout=400
+    )
+    assert stop.returncode == 0, stop.stderr
+    marker = Path(sandbox.env["TOWN_STOPPED_MARKER"]).read_text()
+    assert marker.startswith("no final snapshot (the volume held no town)")
+    assert "final snapshot published" not in marker + stop.stdout + stop.stderr
+    assert sandbox.bucket.keys() == []
+    sandbox.town.root.rmdir()
+    assert sandbox.run("r2-sync.sh", "--final").returncode == 2

@@ -3,6 +3,7 @@ line per check, exit 1 on any failure, and nothing written anywhere."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FLY_TOKEN = "fly-doctor-token"
 ORG = "acme-erp"
 BUCKET = "acme-gastown-backups"
-CHECKS = ["fly token", "app names", "region", "registry database", "R2 bucket", "image catalog"]
+CHECKS = ["fly token", "app names", "region", "registry database", "R2 bucket", "town R2 credentials", "image catalog"]
 TOWN = {"name": "alpha", "user": "user-1", "rigs": []}
+BETA = {"name": "beta", "user": "user-1", "rigs": []}
+GAMMA = {"name": "gamma", "user": "user-1", "rigs": []}
 
 
 @dataclass
@@ -129,6 +132,7 @@ def test_a_ready_silo_with_towns_passes_every_check_without_writing(
     assert f"reachable as silo_backend_{conninfo_to_dict(world.superuser_dsn)['dbname']}" in lines["registry database"]
     assert "least-privileged" in lines["registry database"]
     assert f"bucket '{BUCKET}' (Pulumi.control.yaml) is reachable" in lines["R2 bucket"]
+    assert "alpha: not created yet" in lines["town R2 credentials"]
     assert "all 7 images resolve" in lines["image catalog"]
     # Read-only: the placement is a simulation; nothing was created anywhere.
     assert [c for c in world.fly.calls() if c["mutating"]] == []
@@ -145,6 +149,7 @@ def test_a_bad_token_fails_and_the_checks_that_need_it_are_skipped(
     assert lines["fly token"].startswith("FAIL") and "rejected the token (from env)" in lines["fly token"]
     assert "revoked-token" not in lines["fly token"]
     assert lines["app names"].startswith("skip") and lines["region"].startswith("skip")
+    assert lines["town R2 credentials"].startswith("skip")
     assert lines["registry database"].startswith("ok") and lines["image catalog"].startswith("ok")
 
 
@@ -192,7 +197,7 @@ def test_the_control_stack_before_its_first_up(
     path.write_text(yaml.safe_dump({"config": {"silo:kind": "control", "silo:backupBucket": "new-backups"}}))
     code, lines = doctor(path, capsys)
     assert code == 0, lines
-    assert [lines[c].split()[0] for c in ("fly token", "app names", "region")] == ["skip"] * 3
+    assert [lines[c].split()[0] for c in ("fly token", "app names", "region", "town R2 credentials")] == ["skip"] * 4
     assert lines["registry database"].startswith("ok")
     assert "bucket 'new-backups' (silo:backupBucket) does not exist yet, up creates it" in lines["R2 bucket"]
 
@@ -204,3 +209,41 @@ def test_an_invalid_stack_file_prints_its_errors_and_exits_2(
     path.write_text(yaml.safe_dump({"config": {"silo:client": "Acme_Corp"}}))
     assert main(["doctor", str(path)]) == 2
     assert "silo:client: must be a slug" in capsys.readouterr().err
+
+
+def _town_machine(world: World, town: dict, expire_at: dt.datetime | None) -> None:
+    """The town's app and machine as a `pulumi up` leaves them, told when its R2 credentials expire."""
+    app = sandbox_id(town["user"], town["name"])
+    env = {"TOWN_ID": "t-1"} | (
+        {"R2_CREDENTIALS_EXPIRE_AT": expire_at.isoformat(timespec="seconds")} if expire_at else {}
+    )
+    with FlyClient(FlySettings(world.fly.url, FLY_TOKEN, "env")) as client:
+        client.create_app(app, ORG)
+        client.create_machine(app, {"name": "town", "region": "yul", "config": {"image": "gastown:1", "env": env}})
+
+
+def test_the_towns_r2_credentials_are_shown_and_an_expired_one_fails(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Temporary R2 credentials lapse unless a `pulumi up` renews them; the town's backups stop then.
+    now = dt.datetime.now(dt.UTC)
+    _town_machine(world, TOWN, now + dt.timedelta(days=6))
+    _town_machine(world, BETA, now + dt.timedelta(hours=30))
+    stack = world.stack_file(**{"silo:towns": json.dumps([TOWN, BETA, GAMMA])})
+    world.fly.clear_calls()
+
+    code, lines = doctor(stack, capsys)
+
+    assert code == 0, lines
+    line = lines["town R2 credentials"]
+    assert line.startswith("ok ") and "alpha: R2 credentials valid until" in line
+    assert "beta: R2 credentials expire in 1 day 5 h" in line and "the next `pulumi up` renews them" in line
+    assert "gamma: not created yet" in line
+    assert [c for c in world.fly.calls() if c["mutating"]] == []
+
+    _town_machine(world, GAMMA, now - dt.timedelta(hours=1))
+    code, lines = doctor(stack, capsys)
+    assert code == 1
+    line = lines["town R2 credentials"]
+    assert line.startswith("FAIL") and "gamma: R2 credentials expired at" in line
+    assert "its backups have stopped" in line

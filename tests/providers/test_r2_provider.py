@@ -30,7 +30,7 @@ from components.providers.cloudflare.r2 import (
     ABORT_MULTIPART_RULE_ID,
     DAY_S,
     R2_DEFAULT_LIFECYCLE,
-    SNAPSHOT_BACKSTOP_RULE_ID,
+    TOWN_PREFIX_ROOT,
     R2BucketProvider,
     R2LifecycleProvider,
     R2TownCredentials,
@@ -347,22 +347,46 @@ def test_bad_token_error_names_the_key(cloudflare_config: dict[str, str]) -> Non
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
+# A delete rule of the shape Cloudflare accepts, for the schema checks (the backup bucket has none).
+OLD_OBJECTS_RULE = {
+    "id": "old-objects",
+    "enabled": True,
+    "conditions": {"prefix": "scratch/"},
+    "deleteObjectsTransition": {"condition": {"type": "Age", "maxAge": 30 * DAY_S}},
+}
+
+
+def test_the_lifecycle_never_deletes_a_towns_snapshots_and_aborts_stale_uploads() -> None:
+    # A town stopped for months keeps its last snapshots and latest.json (its only copy beside the
+    # volume): no rule deletes anything under a town's prefix, whatever age the control stack passes.
+    town = f"{TOWN_PREFIX_ROOT}town-7f3a/"
+    keys = [
+        f"{town}latest.json",
+        f"{town}snapshots/20260101T000000Z/manifest.json",
+        f"{town}snapshots/20260101T000000Z/town.tar",
+        f"{town}staging/20260101T000000Z/town.tar",
+    ]
+    for rules in (backup_lifecycle_rules(), backup_lifecycle_rules(snapshot_max_age_days=90)):
+        deleting = [r for r in rules if r.get("deleteObjectsTransition") and r.get("enabled")]
+        assert [k for k in keys for r in deleting if k.startswith(r["conditions"].get("prefix", ""))] == []
+        [abort] = [r for r in rules if r.get("abortMultipartUploadsTransition")]
+        assert abort["conditions"] == {"prefix": ""} and abort["enabled"] is True
+
+
 def test_lifecycle_rules_replace_the_default_and_diff_is_stable_over_floats(
     cloudflare_emulator: CloudflareEmulator, cloudflare_config: dict[str, str]
 ) -> None:
     configured(R2BucketProvider(), cloudflare_config).create({"name": "gastown-backups"})
     provider = configured(R2LifecycleProvider(), cloudflare_config)
-    rules = backup_lifecycle_rules(abort_multipart_days=1, snapshot_max_age_days=30)
+    rules = backup_lifecycle_rules(abort_multipart_days=1)
     checked = provider.check({}, {"bucket": "gastown-backups", "rules": rules})
     assert checked.failures == []
     created = provider.create(checked.inputs)
 
     [bucket] = cloudflare_emulator.snapshot()["buckets"].values()
     by_id = {r["id"]: r for r in bucket["lifecycle"]["rules"]}
-    assert set(by_id) == {ABORT_MULTIPART_RULE_ID, SNAPSHOT_BACKSTOP_RULE_ID}
+    assert set(by_id) == {ABORT_MULTIPART_RULE_ID}
     assert by_id[ABORT_MULTIPART_RULE_ID]["abortMultipartUploadsTransition"]["condition"]["maxAge"] == DAY_S
-    assert by_id[SNAPSHOT_BACKSTOP_RULE_ID]["conditions"] == {"prefix": "gastown/"}
-    assert by_id[SNAPSHOT_BACKSTOP_RULE_ID]["deleteObjectsTransition"]["condition"]["maxAge"] == 30 * DAY_S
 
     olds = over_the_wire(created.outs)
     assert isinstance(olds["rules"][0]["abortMultipartUploadsTransition"]["condition"]["maxAge"], float)
@@ -371,7 +395,7 @@ def test_lifecycle_rules_replace_the_default_and_diff_is_stable_over_floats(
     # Same rules in another order: same set.
     assert provider.diff("gastown-backups", olds, {**news, "rules": list(reversed(news["rules"]))}).changes is False
 
-    longer = backup_lifecycle_rules(snapshot_max_age_days=60)
+    longer = backup_lifecycle_rules(abort_multipart_days=3)
     diff = provider.diff("gastown-backups", olds, {**news, "rules": longer})
     assert diff.changes is True and not diff.replaces
     provider.update(
@@ -419,14 +443,16 @@ def test_lifecycle_check_refuses_what_cloudflares_schema_refuses() -> None:
     abort_by_date[0]["abortMultipartUploadsTransition"]["condition"] = by_date
     refused = failures(R2LifecycleProvider().check({}, {"bucket": "ok-bucket", "rules": abort_by_date}))["rules"]
     assert refused == "rules[0].abortMultipartUploadsTransition.condition.type must be Age"
-    no_enabled = [{k: v for k, v in backup_lifecycle_rules()[1].items() if k != "enabled"}]
+    no_enabled = [{k: v for k, v in OLD_OBJECTS_RULE.items() if k != "enabled"}]
     refused = failures(R2LifecycleProvider().check({}, {"bucket": "ok-bucket", "rules": no_enabled}))["rules"]
     assert refused == "rules[0].enabled must be true or false"
-    wrong_class = [{**backup_lifecycle_rules()[1], "storageClassTransitions": [{"condition": by_date}]}]
+    wrong_class = [{**OLD_OBJECTS_RULE, "storageClassTransitions": [{"condition": by_date}]}]
     refused = failures(R2LifecycleProvider().check({}, {"bucket": "ok-bucket", "rules": wrong_class}))["rules"]
     assert refused == "rules[0].storageClassTransitions[0].storageClass must be InfrequentAccess"
-    delete_by_date = backup_lifecycle_rules()
-    delete_by_date[1]["deleteObjectsTransition"]["condition"] = by_date
+    delete_by_date = [
+        *backup_lifecycle_rules(),
+        {**OLD_OBJECTS_RULE, "deleteObjectsTransition": {"condition": by_date}},
+    ]
     assert R2LifecycleProvider().check({}, {"bucket": "ok-bucket", "rules": delete_by_date}).failures == []
 
 
@@ -435,8 +461,8 @@ def test_lifecycle_date_rule_round_trips_without_a_diff(
 ) -> None:
     configured(R2BucketProvider(), cloudflare_config).create({"name": "gastown-backups"})
     provider = configured(R2LifecycleProvider(), cloudflare_config)
-    rules = backup_lifecycle_rules()
-    rules[1]["deleteObjectsTransition"]["condition"] = {"type": "Date", "date": "2030-01-01T00:00:00Z"}
+    by_date = {"type": "Date", "date": "2030-01-01T00:00:00Z"}
+    rules = [*backup_lifecycle_rules(), {**OLD_OBJECTS_RULE, "deleteObjectsTransition": {"condition": by_date}}]
     inputs = provider.check({}, {"bucket": "gastown-backups", "rules": rules}).inputs
     created = provider.create(inputs)
     read = provider.read("gastown-backups", over_the_wire(created.outs))
@@ -667,4 +693,4 @@ def test_round_trip_through_the_provider_host(
     )
     assert diff.changes == provider_pb2.DiffResponse.DIFF_NONE
     [bucket] = cloudflare_emulator.snapshot()["buckets"].values()
-    assert {r["id"] for r in bucket["lifecycle"]["rules"]} == {ABORT_MULTIPART_RULE_ID, SNAPSHOT_BACKSTOP_RULE_ID}
+    assert {r["id"] for r in bucket["lifecycle"]["rules"]} == {ABORT_MULTIPART_RULE_ID}

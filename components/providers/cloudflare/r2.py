@@ -321,18 +321,28 @@ def backup_lifecycle_rules(
     *,
     abort_multipart_days: int = 1,
     snapshot_prefix: str = TOWN_PREFIX_ROOT,
-    snapshot_max_age_days: int = DEFAULT_SNAPSHOT_MAX_AGE_DAYS,
+    snapshot_max_age_days: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The backup bucket's rule set, in the API's shape.
+    """The backup bucket's rule set, in the API's shape: incomplete multipart uploads are aborted after
+    ``abort_multipart_days``, and no rule ever deletes a town's objects.
 
-    R2 lifecycle conditions are prefix + age/date only (no "keep the newest N"): the sync daemon
-    keeps the last 3 snapshots of each town, and this age rule on ``gastown/`` is only the backstop
-    for towns whose daemon stopped pruning (deleted towns, crashed sandboxes). Age counts from each
-    object's upload, so a running town (synced every 5 minutes) is never touched, but a town stopped
-    for longer than ``snapshot_max_age_days`` loses its whole R2 copy, ``latest.json`` included (its
-    Fly volume, the primary copy, stays). Hence a generous default of 90 days.
+    R2 lifecycle conditions are a key prefix and an age or date only (no "keep the newest N", no
+    "unless it is the latest"). Every object of a town lives under its own ``gastown/{town_id}/`` (its
+    credentials reach nothing else), so a rule on a prefix that holds only superseded snapshots would
+    need one rule per town; an age rule on ``snapshot_prefix`` deletes a town stopped for that long
+    down to its last snapshot and ``latest.json``, its only copy besides the volume. So there is none:
+    the town's sync keeps its 3 newest complete snapshots (with a manifest) and deletes older ones,
+    incomplete snapshots and abandoned staging areas itself; what a crash leaves mid-upload is either
+    in ``staging/`` (removed by the next sync) or an incomplete multipart upload (aborted here). A
+    stopped town therefore keeps exactly its last snapshots; a town destroyed for good keeps its prefix
+    until an operator removes it.
+
+    ``snapshot_prefix`` and ``snapshot_max_age_days`` no longer shape the rules (the control stack
+    still passes the old 90-day default): they are checked, so a bad value still fails loudly.
     """
     for key, days in (("abort_multipart_days", abort_multipart_days), ("snapshot_max_age_days", snapshot_max_age_days)):
+        if days is None and key == "snapshot_max_age_days":
+            continue
         if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
             raise ValueError(f"{key} must be a positive number of days (got {days!r})")
     if not snapshot_prefix or not snapshot_prefix.endswith("/"):
@@ -344,12 +354,6 @@ def backup_lifecycle_rules(
             "enabled": True,
             "conditions": {"prefix": ""},
             "abortMultipartUploadsTransition": {"condition": {"type": "Age", "maxAge": abort_multipart_days * DAY_S}},
-        },
-        {
-            "id": SNAPSHOT_BACKSTOP_RULE_ID,
-            "enabled": True,
-            "conditions": {"prefix": snapshot_prefix},
-            "deleteObjectsTransition": {"condition": {"type": "Age", "maxAge": snapshot_max_age_days * DAY_S}},
         },
     ]
 
