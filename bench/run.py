@@ -35,7 +35,10 @@ The lower bounds come from the model alone, never from the program's dependency 
                      then its volume, then its machine (create, boot, checks passing).
 Goals (ratios in one run): silo_up_wall_s <= 1.3 x necessary_chain_s, towns100_up_wall_s <= 3 x town_chain_s,
 noop_preview_100_s <= 5 x noop_preview_1_s, 0 mutating calls on a no-change up, 0 calls failed on 429,
-fleet_preview_20_s <= 4 x noop_preview_1_s x fleet / parallel_stacks (the stacks really run side by side).
+fleet_preview_20_s <= 4 x noop_preview_1_s x fleet / parallel_stacks (the stacks really run side by side),
+and the provisioning API's (bench/api.py, `silo serve` on the same emulators, registry and state, beside the
+`bench` silo's towns): api_create_1_s <= 1.5 x town_chain_s, api_create_20_s <= 3 x town_chain_s,
+api_status_p99_ms <= 50, no lost request, no duplicate.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/run.py` puts bench/, not the repo, on sys.path
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.api import GOALS as API_GOALS  # noqa: E402
+from bench.api import Service, measure  # noqa: E402
 from emulators.cloudflare import CloudflareEmulator  # noqa: E402
 from emulators.fly import FlyEmulator, LatencyModel  # noqa: E402
 from engine.runner import RunResult  # noqa: E402
@@ -76,7 +81,8 @@ DEFAULT_SCALE = 0.5
 DEFAULT_TOWNS = 100
 DEFAULT_FLEET = 20
 DEFAULT_PARALLEL_STACKS = 4
-GOALS = {"silo_up": 1.3, "towns_up": 3.0, "noop_preview": 5.0, "fleet_preview": 4.0}
+DEFAULT_API_CREATES = 20
+GOALS = {"silo_up": 1.3, "towns_up": 3.0, "noop_preview": 5.0, "fleet_preview": 4.0, **API_GOALS}
 FULL_SCALE_MODEL = replace(LatencyModel(), call_s=0.15, boot_s=8.0, stop_s=3.0, destroy_s=2.0, check_pass_s=10.0)
 CF_TOKEN = "bench-cloudflare-token"
 CF_ACCOUNT_ID = "0123456789abcdef0123456789abcdef"
@@ -288,6 +294,7 @@ def run_benchmark(
     parallel: int = PARALLEL,
     fleet: int = DEFAULT_FLEET,
     parallel_stacks: int = DEFAULT_PARALLEL_STACKS,
+    api_creates: int = DEFAULT_API_CREATES,
 ) -> dict:
     _quiet()
     model = latency_model(scale)
@@ -305,6 +312,10 @@ def run_benchmark(
             noop_towns, noop_towns_calls = bench.run("up", "bench", _silo("erp", towns(n_towns)))
             every_call = [*silo_calls, *noop_silo_calls, *towns_calls, *preview_n_calls, *noop_towns_calls]
             fleet_s = fleet_preview(bench, model, fleet, parallel_stacks)
+            # The API last: its towns would otherwise be in the registry the silos above check.
+            service = Service(root / "api", bench.env(), bench.pg.dsn(), root / "state", workers=DEFAULT_API_CREATES)
+            with service:
+                api = measure(service, api_creates)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -331,12 +342,15 @@ def run_benchmark(
         "fleet_preview_20_s": round(fleet_s, 3),
         "fleet_stacks": fleet,
         "fleet_parallel_stacks": parallel_stacks,
+        **api,
         "ratios": {
             "silo_up": round(silo_up.seconds / chain, 3),
             "towns_up": round(towns_up.seconds / town_chain, 3),
             "noop_preview": round(preview_n.seconds / preview_1.seconds, 3),
             # The fleet's time against one stack's, times the stacks, divided by how many run at once.
             "fleet_preview": round(fleet_s / (preview_1.seconds * fleet / parallel_stacks), 3),
+            "api_create_1": round(api["api_create_1_s"] / town_chain, 3),
+            "api_create_20": round(api["api_create_20_s"] / town_chain, 3),
         },
         "parallel": parallel,
         "model": {**asdict(model), "scale": scale},
@@ -351,6 +365,11 @@ def run_benchmark(
         "zero_calls_failed_429": report["failed_calls_429"] == 0,
         "fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel": report["ratios"]["fleet_preview"]
         <= GOALS["fleet_preview"],
+        "api_create_1_within_1_5x_town_chain": report["ratios"]["api_create_1"] <= GOALS["api_create_1"],
+        "api_create_20_within_3x_town_chain": report["ratios"]["api_create_20"] <= GOALS["api_create_20"],
+        "api_status_p99_within_50ms": report["api_status_p99_ms"] <= GOALS["api_status_p99_ms"],
+        "zero_api_lost_requests": report["api_lost_requests"] == 0,
+        "zero_api_duplicates": report["api_duplicates"] == 0,
     }
     return report
 
@@ -374,6 +393,13 @@ def render_human(report: Mapping[str, Any]) -> str:
             f"{report['fleet_parallel_stacks']} at a time) = {r['fleet_preview']:.2f}x of 1 silo's x "
             f"{report['fleet_stacks']}/{report['fleet_parallel_stacks']} "
             f"(goal <= 4: {ok[g['fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel']]})",
+            f"API create:     1 in {report['api_create_1_s']:.2f}s = {r['api_create_1']:.2f}x town chain "
+            f"(goal <= 1.5: {ok[g['api_create_1_within_1_5x_town_chain']]}); {report['api_creates']} at once in "
+            f"{report['api_create_20_s']:.2f}s = {r['api_create_20']:.2f}x (goal <= 3: "
+            f"{ok[g['api_create_20_within_3x_town_chain']]})",
+            f"API status:     p99 {report['api_status_p99_ms']:.1f} ms over {report['api_status_calls']} calls "
+            f"(goal <= 50: {ok[g['api_status_p99_within_50ms']]}); lost {report['api_lost_requests']}, "
+            f"duplicates {report['api_duplicates']}",
         ]
     )
 
@@ -393,11 +419,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--parallel-stacks", type=int, default=DEFAULT_PARALLEL_STACKS,
         help=f"the fleet preview's --parallel-stacks (default {DEFAULT_PARALLEL_STACKS})",
     )  # fmt: skip
+    parser.add_argument(
+        "--api-creates", type=int, default=DEFAULT_API_CREATES,
+        help=f"creates at once through the provisioning API (default {DEFAULT_API_CREATES})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0 (got {args.scale})")
     try:
-        report = run_benchmark(args.scale, args.towns, args.parallel, args.fleet, args.parallel_stacks)
+        report = run_benchmark(
+            args.scale, args.towns, args.parallel, args.fleet, args.parallel_stacks, args.api_creates
+        )
     except (RuntimeError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_SCALE = 0.01  # boots of 80 ms, checks passing 100 ms later
 TOWNS = 3
 FLEET = 2  # silos in the fleet preview (20 in a real run)
-FLEET_ARGS = ("--fleet", str(FLEET), "--parallel-stacks", "2")
+API_CREATES = 2  # creates at once through the provisioning API (20 in a real run)
+FLEET_ARGS = ("--fleet", str(FLEET), "--parallel-stacks", "2", "--api-creates", str(API_CREATES))
 REQUIRED = (
     "engine",
     "silo_up_wall_s",
@@ -29,6 +30,11 @@ REQUIRED = (
     "noop_preview_100_s",
     "fleet_preview_20_s",
     "fleet_parallel_stacks",
+    "api_create_1_s",
+    "api_create_20_s",
+    "api_status_p99_ms",
+    "api_lost_requests",
+    "api_duplicates",
     "mutating_calls_noop_up",
     "failed_calls_429",
     "ratios",
@@ -86,6 +92,21 @@ def test_ratios_and_goals_follow_the_measured_numbers(report: dict[str, Any]) ->
     assert goals["fleet_preview_20_within_4x_noop_1_x_fleet_per_parallel"] == (
         ratios["fleet_preview"] <= GOALS["fleet_preview"]
     )
+
+
+def test_the_api_benchmark_runs_every_create_once_while_status_calls_are_answered(report: dict[str, Any]) -> None:
+    # Every accepted create ran to a running town, exactly once, while the existing towns (the bench silo's)
+    # were asked for their status throughout.
+    assert report["api_creates"] == API_CREATES
+    assert report["api_lost_requests"] == 0 and report["goals_met"]["zero_api_lost_requests"] is True
+    assert report["api_duplicates"] == 0 and report["goals_met"]["zero_api_duplicates"] is True
+    assert report["api_existing_towns"] >= TOWNS and report["api_status_calls"] > 0
+    ratios, goals = report["ratios"], report["goals_met"]
+    assert ratios["api_create_1"] == pytest.approx(report["api_create_1_s"] / report["town_chain_s"], rel=1e-2)
+    assert ratios["api_create_20"] == pytest.approx(report["api_create_20_s"] / report["town_chain_s"], rel=1e-2)
+    assert goals["api_create_20_within_3x_town_chain"] == (ratios["api_create_20"] <= GOALS["api_create_20"])
+    assert goals["api_status_p99_within_50ms"] == (report["api_status_p99_ms"] <= GOALS["api_status_p99_ms"])
+    assert "API create:" in render_human(report)
 
 
 def test_the_towns_up_creates_every_town_and_the_no_change_runs_touch_nothing(report: dict[str, Any]) -> None:
