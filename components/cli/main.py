@@ -46,12 +46,23 @@ def _print_errors(error: ConfigError) -> int:
     return EXIT_INVALID
 
 
+def _no_fly_apps(cfg: Any, path: Path, command: str) -> bool:
+    """Whether `cfg` is the control stack, which has no Fly apps for `command` to act on (said in one line)."""
+    if getattr(cfg, "kind", "silo") != "control":
+        return False
+    print(
+        f"{command}: {path} is the control stack (silo:kind control): it runs no Fly apps; "
+        f"`silo doctor {path}` checks its registry and bucket"
+    )
+    return True
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         cfg, _ = _load(args.stack_file)
     except ConfigError as error:
         return _print_errors(error)
-    print(f"ok: {cfg.silo_id}")
+    print(f"ok: {'control stack' if cfg.kind == 'control' else cfg.silo_id}")
     return EXIT_OK
 
 
@@ -60,6 +71,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         cfg, _ = _load(args.stack_file)
     except ConfigError as error:
         return _print_errors(error)
+    if _no_fly_apps(cfg, args.stack_file, "render"):
+        return EXIT_OK
+    if cfg.kind != "silo":
+        print(f"render: {args.stack_file} is a town stack: it has no Supabase apps to render")
+        return EXIT_OK
     from components.domain.catalog import CatalogError, silo_images
     from components.render.files import render_stack
 
@@ -90,9 +106,11 @@ def _cell(value: Any) -> str:
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows of ``status_report`` as aligned columns; lists are comma-joined, missing cells are ``-``."""
-    table = [[title for _, title in STATUS_COLUMNS]]
-    table += [[_cell(row.get(key)) for key, _ in STATUS_COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(STATUS_COLUMNS))]
+    # The towns' column only when a town machine is listed (a silo without towns would show a column of -).
+    columns = [(k, t) for k, t in STATUS_COLUMNS if k != "r2_credentials" or any(k in row for row in rows)]
+    table = [[title for _, title in columns]]
+    table += [[_cell(row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table)
 
 
@@ -101,6 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         cfg, raw = _load(args.stack_file)
     except ConfigError as error:
         return _print_errors(error)
+    if _no_fly_apps(cfg, args.stack_file, "status"):
+        return EXIT_OK
     from components.cli.status import status_report
     from components.providers.fly.settings import resolve_fly_settings
 
@@ -118,6 +138,8 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         cfg, raw = _load(args.stack_file)
     except ConfigError as error:
         return _print_errors(error)
+    if _no_fly_apps(cfg, args.stack_file, "adopt"):
+        return EXIT_OK
     from components.cli.adopt import adopt, stack_identity
     from components.providers.fly.errors import FlyError
     from components.providers.fly.settings import resolve_fly_settings

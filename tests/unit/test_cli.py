@@ -55,6 +55,18 @@ def test_repo_dev_stack_validates() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize("command", ["validate", "render", "status", "adopt"])
+def test_the_control_stack_file_gets_one_line_not_a_traceback(command: str, tmp_path: Path) -> None:
+    # The control stack has no Fly apps: every command answers in one line instead of crashing on it.
+    extra = ["--out", str(tmp_path / "out")] if command == "render" else []
+    result = silo(command, "Pulumi.control.yaml", *extra)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stdout.strip().splitlines()) == 1
+    expected = "ok: control stack" if command == "validate" else "is the control stack (silo:kind control)"
+    assert expected in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_valid_file_with_towns(tmp_path: Path) -> None:
     towns = [{"name": "alpha", "user": "u1", "rigs": [{"name": "web", "url": "git@github.com:acme/web.git"}]}]
     result = silo("validate", stack_file(tmp_path, GOOD | {"silo:towns": towns, "fly:apiToken": {"secure": "v1:x"}}))
