@@ -6,7 +6,7 @@
 # same inputs is a no-op, and a changed pin builds beside the old one. The launchers (engine/bin) are
 # copied in on every run: a few bytes of shell that must never go stale. Each step prints its duration.
 #
-# Not built (the module proxy here refuses every version of them; see README "The engine"): the
+# Not built (the module proxy here refuses every version of them; see docs/engine.md): the
 # Python language host (the program runs through the Automation API's inline-program server instead),
 # and the bridged providers pulumi-random / pulumi-postgresql (the program does not use them).
 set -euo pipefail

@@ -1,6 +1,6 @@
 """`pulumi-language-python` for this project: the language plugin the engine looks for to run a program.
 
-The module proxy here serves no build of Pulumi's own Python language host (README, "The engine"), so
+The module proxy here serves no build of Pulumi's own Python language host (docs/engine.md), so
 plain `pulumi up` / `pulumi preview` / `refresh --run-program` had nothing to run `__main__.py` with.
 This is that plugin, built from the Python SDK's own language server (`pulumi.automation._server`, the
 one the Automation API serves inline programs with): the engine starts it with its address as the last

@@ -4,7 +4,7 @@ The CLI is the one `engine/build.sh` built (`.engine/current/bin/pulumi`), else 
 official CLI behaves the same). The program runs as an Automation API *inline program*: the CLI talks
 to the SDK's own language server in this process (`--client`), which is how Pulumi runs inline
 programs everywhere. That path needs no `pulumi-language-python` host, which the module proxy here does
-not serve (README, "The engine"). Dynamic providers still run in their own process, started by the
+not serve (docs/engine.md). Dynamic providers still run in their own process, started by the
 engine through `pulumi-resource-pulumi-python`.
 
 Everything stays local and offline: a file backend, a passphrase kept in a 0600 file, no update check,
@@ -192,7 +192,7 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
         env["PULUMI_BACKEND_URL"] = backend.resolve().as_uri()
     # Checkpoints stay on (the CLI's default): the state records every step as it starts and ends, so a run
     # killed at any instant leaves pending operations that `silo recover` clears, never an unrecorded
-    # object. PULUMI_SKIP_CHECKPOINTS=true (the caller's choice, README "Performance and scale") saves only
+    # object. PULUMI_SKIP_CHECKPOINTS=true (the caller's choice, docs/performance.md) saves only
     # the final state: faster for a large file-backend stack, and only as safe as every create's adoption.
     if not (os.environ.get("PULUMI_CONFIG_PASSPHRASE") or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
         env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(ensure_passphrase(state_dir / "passphrase").resolve())

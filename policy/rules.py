@@ -1,4 +1,4 @@
-"""The silo guardrails: the rules of README "Guardrails", as CrossGuard policies (pulumi_policy).
+"""The silo guardrails: the rules of docs/guardrails.md, as CrossGuard policies (pulumi_policy).
 
 Each rule is one named policy with one sentence saying why (``RULES``, also what `make preview`
 lists). The providers and the config model already refuse most of these mistakes; the rules make
@@ -65,7 +65,7 @@ class Rule:
     why: str
 
 
-# The README's "Guardrails" table is this list (tests/program/test_policy.py compares them).
+# The docs/guardrails.md table is this list (tests/program/test_policy.py compares them).
 RULES: tuple[Rule, ...] = (
     Rule(
         "data-volumes-kept",

@@ -3,7 +3,7 @@
 It does what pulumi-random's RandomPassword did for this program — a value generated at create,
 replaced only when its `length` or `keepers` change (a stack bumps a keeper to rotate) —
 with no remote object behind it. The project carries it instead of pulumi-random because that bridged
-provider cannot be built from the module proxy here (README, "The engine"), and a Terraform provider
+provider cannot be built from the module proxy here (docs/engine.md), and a Terraform provider
 process in every run is a lot for a handful of strings.
 """
 

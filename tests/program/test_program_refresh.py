@@ -118,7 +118,7 @@ def test_a_rotated_fly_token_is_used_by_refresh_and_destroy_through_the_document
     assert "401" in stale.error or "token" in stale.error.lower(), stale.error
     assert "old-token" not in stale.text and "new-token" not in stale.text
 
-    # The procedure (README, "Rotating credentials"): run the program so the providers get the config
+    # The procedure (docs/security.md, "Rotating credentials"): run the program so the providers get the config
     # of the stack file — `refresh --run-program` / `destroy --run-program`, or any `up`.
     fresh = program.run("refresh", engine_args={"run_program": True})
     assert fresh.ok, fresh.error

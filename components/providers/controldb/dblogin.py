@@ -7,7 +7,7 @@ SCRAM-SHA-256 verifier (PostgreSQL docs, "Password Authentication": a `PASSWORD`
 SCRAM form is stored as is), so neither the server's statement log nor an error can show it.
 
 (The program used pulumi-postgresql's Role and Grant for this; that bridged provider cannot be built
-from the module proxy here — README, "The engine" — and this is a few statements on the connection
+from the module proxy here — docs/engine.md — and this is a few statements on the connection
 the other control-database providers already use.)
 """
 
