@@ -8,11 +8,11 @@
 # Everything you already exported (PULUMI_BACKEND_URL, PULUMI_CONFIG_PASSPHRASE[_FILE], PULUMI_HOME)
 # wins over these defaults.
 if [ -n "${BASH_SOURCE:-}" ]; then
-  SILO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  SILO_ROOT=$(cd -P "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 else
   # zsh: the sourced file's own path
   # shellcheck disable=SC2296
-  SILO_ROOT=$(cd "$(dirname "${(%):-%x}")/.." && pwd)
+  SILO_ROOT=$(cd -P "$(dirname "${(%):-%x}")/.." && pwd)
 fi
 export SILO_ROOT
 case ":$PATH:" in
