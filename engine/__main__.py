@@ -16,6 +16,7 @@ import sys
 from pulumi.automation import CommandError, EngineEvent
 
 from engine.guardrails import describe, policy_args
+from engine.hints import state_hint
 from engine.runner import violation_line
 from engine.workspace import PARALLEL, REPO_ROOT, EngineMissing, select_stack, workspace
 
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             f"state: {stack.workspace.env_vars['PULUMI_BACKEND_URL']}; its secrets are encrypted with the "
             f"passphrase generated in {STATE_DIR / 'passphrase'} (keep it: without it the secrets are lost)"
         )
-    out = {"on_output": print, "on_error": lambda line: print(line, file=sys.stderr), "parallel": PARALLEL}
+    errors: list[str] = []
+
+    def on_error(line: str) -> None:
+        errors.append(line)
+        print(line, file=sys.stderr)
+
+    out = {"on_output": print, "on_error": on_error, "parallel": PARALLEL}
     violations: list[str] = []
 
     def on_event(event: EngineEvent) -> None:
@@ -61,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.destroy(**out)
         else:
             stack.refresh(**out)
-    except CommandError:
-        # The CLI has already printed why; a policy violation also gets one line naming rule and URN.
+    except CommandError as error:
+        # The CLI has already printed why; a policy violation also gets one line naming rule and URN, and
+        # a state error (passphrase, lock) one line saying what to do.
         for line in dict.fromkeys(violations):
             print(line, file=sys.stderr)
+        hint = state_hint("\n".join(errors) + str(error), args.stack)
+        if hint:
+            print(hint, file=sys.stderr)
         return 1
     return 0
 
