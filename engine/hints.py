@@ -18,6 +18,11 @@ def state_hint(cli_output: str, stack: str) -> str | None:
             "(.silo/passphrase for `make up`, else your PULUMI_CONFIG_PASSPHRASE[_FILE] or the team's secret); "
             'if it is lost, docs/security.md "A lost passphrase" says what survives and how to start the state over'
         )
+    if "failed to load checkpoint: EOF" in cli_output:
+        return (
+            f"state: stack {stack}'s state files were left half-written by a killed run: `silo recover {stack}` "
+            f"(`make recover STACK={stack}`) repairs them and clears the run's lock and pending operations"
+        )
     if "the stack is currently locked" in cli_output:
         return (
             f"state: stack {stack} is locked by another run: wait for it; if none is going (a crashed or killed "

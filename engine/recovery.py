@@ -17,8 +17,11 @@ lock taken on another machine, or a backend whose locks cannot be read, is refus
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from pulumi.automation import Stack
 
@@ -34,11 +37,13 @@ class RecoveryRefused(UserError):
 class Recovery:
     locks_removed: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # "<op> <urn>" of each pending operation dropped
+    attrs_removed: list[str] = field(default_factory=list)  # unreadable `.attrs` files of a file backend
 
     def lines(self, stack: str) -> list[str]:
-        if not self.locks_removed and not self.pending:
+        if not self.locks_removed and not self.pending and not self.attrs_removed:
             return [f"recover: stack {stack} holds no lock and no pending operation; nothing to do"]
-        out = [f"recover: removed the stale lock of {who}" for who in self.locks_removed]
+        out = [f"recover: removed the unreadable metadata file {path}" for path in self.attrs_removed]
+        out += [f"recover: removed the stale lock of {who}" for who in self.locks_removed]
         out += [f"recover: dropped the pending {op}" for op in self.pending]
         out.append(f"recover: stack {stack} is consistent again: run `pulumi up` to converge")
         return out
@@ -64,6 +69,28 @@ def pending_operations(stack: Stack) -> list[str]:
     ]
 
 
+def repair_attrs(url: str) -> list[str]:
+    """Remove the `<blob>.attrs` files of a file backend that a killed run left unreadable.
+
+    gocloud's fileblob (which the file backend writes through) writes a blob's metadata file by truncating
+    it and then encoding into it (blob/fileblob/attrs.go `setAttrs`, before the blob's atomic rename), so
+    a run killed in between leaves it empty, and every later command on the stack fails with "failed to
+    load checkpoint: EOF". The file holds only metadata (content type, MD5) and a missing one is read as
+    none (`getAttrs`), so removing an unreadable one loses nothing.
+    """
+    if backend_kind(url) != "file":
+        return []
+    root = Path(unquote(urlparse(url).path)) / ".pulumi"
+    removed = []
+    for path in sorted(root.rglob("*.attrs")):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(root.parent)))
+    return removed
+
+
 def recover(stack: Stack, *, force: bool = False) -> Recovery:
     """Clear the lock and the pending operations a crashed run left on `stack` (see the module docstring).
 
@@ -72,6 +99,8 @@ def recover(stack: Stack, *, force: bool = False) -> Recovery:
     writing. So is a backend whose locks cannot be read.
     """
     done = Recovery()
+    # First, as every command on the stack reads them: metadata files a kill left unreadable.
+    done.attrs_removed = repair_attrs(backend_url(stack.workspace.env_vars))
     try:
         held = locks(stack)
     except LocksUnreadable as exc:

@@ -163,14 +163,19 @@ def cmd_recover(args: argparse.Namespace) -> int:
     # The engine is needed here (the stack's state), so it is imported only for this command.
     from pulumi.automation import CommandError, Stack
 
-    from engine.recovery import recover
+    from engine.locks import backend_url
+    from engine.recovery import recover, repair_attrs
     from engine.workspace import REPO_ROOT, EngineMissing, workspace
 
     try:
         # The project in the current directory, as `pulumi` itself would pick it, else this repository's.
         project = Path.cwd() if (Path.cwd() / "Pulumi.yaml").is_file() else REPO_ROOT
-        stack = Stack.select(args.stack, workspace(project, REPO_ROOT / ".silo"))
+        ws = workspace(project, REPO_ROOT / ".silo")
+        # Before the CLI is asked anything: it cannot read the stack while a kill's half-written metadata is there.
+        repaired = repair_attrs(backend_url(ws.env_vars))
+        stack = Stack.select(args.stack, ws)
         done = recover(stack, force=args.force)
+        done.attrs_removed = repaired + done.attrs_removed
     except (EngineMissing, UserError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
