@@ -9,21 +9,26 @@ locked by N lock(s)").
 
 from __future__ import annotations
 
+# The CLI's own words (see above), also read by `silo fleet` to tell a locked stack from a failed one.
+LOCKED = "the stack is currently locked"
+INCORRECT_PASSPHRASE = "incorrect passphrase"
+HALF_WRITTEN = "failed to load checkpoint: EOF"
+
 
 def state_hint(cli_output: str, stack: str) -> str | None:
     """One line saying what to do about the state error in `cli_output`, or None if it has none."""
-    if "incorrect passphrase" in cli_output:
+    if INCORRECT_PASSPHRASE in cli_output:
         return (
             f"state: the passphrase does not open stack {stack}'s secrets: use the one it was created with "
             "(.silo/passphrase for `make up`, else your PULUMI_CONFIG_PASSPHRASE[_FILE] or the team's secret); "
             'if it is lost, docs/security.md "A lost passphrase" says what survives and how to start the state over'
         )
-    if "failed to load checkpoint: EOF" in cli_output:
+    if HALF_WRITTEN in cli_output:
         return (
             f"state: stack {stack}'s state files were left half-written by a killed run: `silo recover {stack}` "
             f"(`make recover STACK={stack}`) repairs them and clears the run's lock and pending operations"
         )
-    if "the stack is currently locked" in cli_output:
+    if LOCKED in cli_output:
         return (
             f"state: stack {stack} is locked by another run: wait for it; if none is going (a crashed or killed "
             f"run), `silo recover {stack}` (`make recover STACK={stack}`) clears the lock and its pending operations"

@@ -30,6 +30,7 @@ from typing import Any
 
 import pulumi
 import pulumi.log
+import yaml
 from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
 from pulumi.automation._stack import StackInitMode
 
@@ -295,6 +296,25 @@ def make_project(work_dir: Path, project: Path = REPO_ROOT) -> Path:
     writes next to it."""
     work_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(project / "Pulumi.yaml", work_dir / "Pulumi.yaml")
+    return work_dir
+
+
+# What the CLI itself writes into a stack file besides config (the passphrase's salt, a secrets provider and
+# its key): a program that rewrites a stack file keeps these, or the stack's secrets can no longer be read.
+CLI_STACK_FILE_KEYS = ("encryptionsalt", "secretsprovider", "encryptedkey")
+
+
+def program_project(work_dir: Path, description: str | None = None) -> Path:
+    """A project directory whose Pulumi.yaml runs this repository's program with its virtualenv from
+    wherever the directory is: what the raw CLI runs outside the checkout (the provisioning API's town
+    stacks, the tests of the raw CLI); the stack files go next to it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    project: dict[str, Any] = {"name": PROJECT}
+    if description:
+        project["description"] = description
+    project["main"] = str(REPO_ROOT)
+    project["runtime"] = {"name": "python", "options": {"toolchain": "pip", "virtualenv": str(REPO_ROOT / "venv")}}
+    (work_dir / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
     return work_dir
 
 

@@ -22,13 +22,13 @@ from procrastinate import PsycopgConnector
 
 from components.domain.naming import stack_owner
 from components.errors import UserError, one_line
+from engine.workspace import PROJECT
 from service import operations
 from service.settings import ServiceSettings
 from service.stacks import Stacks, failure, silo_stacks, town_stack_name
 
 log = logging.getLogger(__name__)
 TASK = "silo.operation"
-PROJECT = "silo"
 HEARTBEAT_S = 1.0  # workers beat this often...
 STALLED_S = 5.0  # ...and a worker silent this long is dead: its jobs are retried
 

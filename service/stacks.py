@@ -25,11 +25,8 @@ from components.config.model import ConfigError, load_stack_file
 from engine.recovery import file_locks, recover
 from engine.runner import RunResult
 from engine.runner import run as run_op
-from engine.workspace import PARALLEL, REPO_ROOT, known_stack, select_stack, workspace
+from engine.workspace import CLI_STACK_FILE_KEYS, PARALLEL, known_stack, program_project, select_stack, workspace
 from service.settings import ServiceSettings
-
-# Keys the CLI adds to a stack file that must survive a rewrite (the passphrase's salt, a provider).
-KEPT_STACK_FILE_KEYS = ("encryptionsalt", "secretsprovider", "encryptedkey")
 
 
 def town_stack_name(sandbox_id: str) -> str:
@@ -46,19 +43,8 @@ class Stacks:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._file_lock = threading.Lock()
-        self._project(settings.towns_project_dir)
-
-    @staticmethod
-    def _project(directory: Path) -> None:
-        """A project directory for town stacks: this repository's program and virtualenv, from anywhere."""
-        directory.mkdir(parents=True, exist_ok=True)
-        project = {
-            "name": "silo",
-            "description": "Gastown towns made by the provisioning API (service/), one stack each",
-            "main": str(REPO_ROOT),
-            "runtime": {"name": "python", "options": {"toolchain": "pip", "virtualenv": str(REPO_ROOT / "venv")}},
-        }
-        (directory / "Pulumi.yaml").write_text(yaml.safe_dump(project, sort_keys=False))
+        # The town stacks' project: this repository's program and virtualenv, from anywhere.
+        program_project(settings.towns_project_dir, "Gastown towns made by the provisioning API, one stack each")
 
     def write_stack_file(self, directory: Path, stack: str, config: dict[str, Any]) -> Path:
         """`Pulumi.<stack>.yaml` with `config`, keeping what the CLI itself wrote there (the salt)."""
@@ -67,7 +53,7 @@ class Stacks:
             kept: dict[str, Any] = {}
             if path.exists():
                 old = yaml.safe_load(path.read_text()) or {}
-                kept = {k: v for k, v in old.items() if k in KEPT_STACK_FILE_KEYS}
+                kept = {k: v for k, v in old.items() if k in CLI_STACK_FILE_KEYS}
             path.write_text(yaml.safe_dump({**kept, "config": config}, sort_keys=True))
         return path
 

@@ -35,6 +35,7 @@ import psycopg
 
 from components.config.model import ConfigError, ControlConfig, SiloConfig, from_mapping, read_stack_file
 from components.domain.catalog import CatalogError, load_catalog
+from components.domain.town_credentials import TOWN_MACHINE, machine_expiry
 from components.providers.cloudflare.client import CloudflareClient
 from components.providers.cloudflare.errors import CloudflareError
 from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
@@ -277,40 +278,6 @@ def check_bucket(ctx: Context) -> tuple[Status, str]:
 
 
 # -- the towns' R2 credentials ---------------------------------------------------------------------
-# The town machine's name (components/stacks/town.py) and where it learns its credentials' expiry.
-TOWN_MACHINE = "town"
-EXPIRY_ENV = "R2_CREDENTIALS_EXPIRE_AT"
-# As town-status.js and the sync warn (and as a `pulumi up` re-mints them: R2TownCredentials' margin).
-EXPIRY_WARNING = dt.timedelta(days=2)
-
-
-def _left(delta: dt.timedelta) -> str:
-    days, seconds = delta.days, delta.seconds
-    if days:
-        return f"{days} day{'s' if days != 1 else ''} {seconds // 3600} h"
-    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-
-
-def credentials_expiry(machine: Mapping[str, Any], now: dt.datetime) -> tuple[str, str]:
-    """(state, what to say) of a town machine's R2 credentials, from its config's R2_CREDENTIALS_EXPIRE_AT:
-    state is ok, expiring (within two days), expired, or unknown (not told, or not a time)."""
-    value = ((machine.get("config") or {}).get("env") or {}).get(EXPIRY_ENV)
-    if not value:
-        return "unknown", "its machine was not told when its R2 credentials expire (the next `pulumi up` does)"
-    try:
-        expires = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        if expires.tzinfo is None:
-            raise ValueError("no time zone")
-    except ValueError:
-        return "unknown", f"{EXPIRY_ENV} is not an ISO 8601 time ({value!r})"
-    if expires <= now:
-        return "expired", f"R2 credentials expired at {value}: its backups have stopped; `pulumi up` renews them"
-    if expires - now <= EXPIRY_WARNING:
-        left = _left(expires - now)
-        return "expiring", f"R2 credentials expire in {left} ({value}); the next `pulumi up` renews them"
-    return "ok", f"R2 credentials valid until {value}"
-
-
 def town_credentials(fly: FlyClient, name: str, app: str, now: dt.datetime) -> tuple[bool, str]:
     """(expired, what to say) for one town, from its machine's config (GETs only)."""
     if fly.get_app(app) is None:
@@ -318,8 +285,8 @@ def town_credentials(fly: FlyClient, name: str, app: str, now: dt.datetime) -> t
     machine = next((m for m in fly.list_machines(app) if m.get("name") == TOWN_MACHINE), None)
     if machine is None:
         return False, f"{name}: no town machine yet"
-    state, said = credentials_expiry(machine, now)
-    return state == "expired", f"{name}: {said}"
+    expiry = machine_expiry(machine, now)
+    return expiry.state == "expired", f"{name}: {expiry.said}"
 
 
 def check_town_credentials(ctx: Context) -> tuple[Status, str]:

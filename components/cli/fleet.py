@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
 
+from engine import hints
+
 if TYPE_CHECKING:
     from pulumi.automation import LocalWorkspace
 
@@ -46,7 +48,6 @@ BAD = (FAILED, LOCKED)
 CHANGED = (CHANGES, UPDATED, DRIFTED)
 # pulumi v3.274.1 pkg/backend/diy/lock.go checkForLock: "the stack is currently locked by N lock(s). ..."
 # then one line per lock: "<url>: created by <user>@<host> (pid <pid>) at <RFC 3339 time>".
-_LOCKED = re.compile(r"currently locked")
 _HOLDER = re.compile(r"created by (?P<who>\S+) \(pid (?P<pid>\d+)\) at (?P<at>\S+)")
 # The DIY PostgreSQL backend (pkg/backend/diy/postgres/bucket.go) caps its pool at 2 x GOMAXPROCS
 # connections, and each listing holds one connection open while it queries another per row; `stack ls`
@@ -101,7 +102,7 @@ class Outcome:
 def one_line_error(result: RunResult, stack: str) -> tuple[str, str]:
     """(``locked`` or ``failed``, one line saying why) from a failed run's error and the CLI's stderr."""
     text = "\n".join(part for part in (result.error or "", result.stderr) if part)
-    if _LOCKED.search(text):
+    if hints.LOCKED in text:
         holder = _HOLDER.search(text)
         who = f" by {holder['who']} (pid {holder['pid']}) since {holder['at']}" if holder else ""
         return LOCKED, (

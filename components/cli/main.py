@@ -161,21 +161,17 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 def cmd_recover(args: argparse.Namespace) -> int:
     # The engine is needed here (the stack's state), so it is imported only for this command.
-    from pulumi.automation import CommandError, Stack
+    from pulumi.automation import CommandError
 
-    from engine.locks import backend_url
-    from engine.recovery import recover, repair_attrs
-    from engine.workspace import REPO_ROOT, EngineMissing, workspace
+    from engine.recovery import recover
+    from engine.workspace import REPO_ROOT, EngineMissing, known_stack, workspace
 
     try:
         # The project in the current directory, as `pulumi` itself would pick it, else this repository's.
         project = Path.cwd() if (Path.cwd() / "Pulumi.yaml").is_file() else REPO_ROOT
-        ws = workspace(project, REPO_ROOT / ".silo")
-        # Before the CLI is asked anything: it cannot read the stack while a kill's half-written metadata is there.
-        repaired = repair_attrs(backend_url(ws.env_vars))
-        stack = Stack.select(args.stack, ws)
-        done = recover(stack, force=args.force)
-        done.attrs_removed = repaired + done.attrs_removed
+        # Not selected through the CLI (`pulumi stack select`): that reads the stack, which a killed run may
+        # have left unreadable until `recover` repairs it; a stack that does not exist fails its first command.
+        done = recover(known_stack(workspace(project, REPO_ROOT / ".silo"), args.stack), force=args.force)
     except (EngineMissing, UserError) as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED

@@ -82,9 +82,6 @@ class Template:
     max: int
 
 
-KEPT_KEYS = ("encryptionsalt", "secretsprovider", "encryptedkey")
-
-
 def load_template(path: Path) -> Template:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -101,7 +98,9 @@ def load_template(path: Path) -> Template:
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise PrError(f"{path}: pr.max: must be a whole number of at least 1 (got {cap!r})")
     ttl = parse_ttl(settings.get("ttl", DEFAULT_TTL), f"{path}: pr.ttl")
-    kept = {k: v for k, v in doc.items() if k in KEPT_KEYS}
+    from engine.workspace import CLI_STACK_FILE_KEYS  # the engine only when run (components/cli/main.py)
+
+    kept = {k: v for k, v in doc.items() if k in CLI_STACK_FILE_KEYS}
     return Template(path, {str(k): v for k, v in doc["config"].items()}, kept, ttl, cap)
 
 

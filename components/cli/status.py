@@ -10,14 +10,13 @@ import datetime as dt
 from typing import Any
 
 from components.config.model import SiloConfig
+from components.domain.town_credentials import TOWN_MACHINE, machine_expiry
 from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient, describe_events, ip_kind
 from components.providers.fly.settings import FlySettings
 
 
 def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]]:
     """One row per machine (or per app without machines): app, machine, state, checks, volume, IPs."""
-    from components.cli.doctor import TOWN_MACHINE
-
     town_apps = {t.sandbox_id for t in cfg.towns}
     apps = [cfg.app_name(s) for s in cfg.services] + [t.sandbox_id for t in cfg.towns]
     now = dt.datetime.now(dt.UTC)
@@ -66,12 +65,9 @@ def status_report(cfg: SiloConfig, settings: FlySettings) -> list[dict[str, Any]
 
 
 def _credentials(machine: dict[str, Any], now: dt.datetime) -> dict[str, str]:
-    from components.cli.doctor import credentials_expiry
-
-    state, said = credentials_expiry(machine, now)
-    value = ((machine.get("config") or {}).get("env") or {}).get("R2_CREDENTIALS_EXPIRE_AT", "")
-    short = {"ok": f"ok until {value}", "expiring": f"EXPIRING {value}", "expired": f"EXPIRED {value}"}
-    return {"r2_credentials": short.get(state, "unknown"), "r2_credentials_note": said}
+    expiry = machine_expiry(machine, now)
+    short = {"ok": "ok until", "expiring": "EXPIRING", "expired": "EXPIRED"}
+    return {"r2_credentials": f"{short[expiry.state]} {expiry.value}" if expiry.state in short else "unknown"}
 
 
 def _state(fly: FlyClient, app: str, machine: dict[str, Any]) -> str:

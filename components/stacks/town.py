@@ -28,6 +28,7 @@ from components.config.model import (
     TownStackConfig,
 )
 from components.domain.catalog import ResolvedImage
+from components.domain.town_credentials import EXPIRY_ENV, TOWN_MACHINE
 from components.providers.cloudflare.r2 import R2TownCredentials
 from components.providers.controldb.registry import TownRecords, TownRegistration
 from components.providers.fly.app_secrets import FlySecrets
@@ -115,7 +116,7 @@ def town_fly_toml(
         # When the town's temporary R2 credentials lapse (R2TownCredentials.expires_at): the machine
         # reports it as it nears (status endpoint, heartbeats) and stops its snapshots once it has
         # passed; `silo doctor` reads it from the machine's config. A time, not a secret.
-        env["R2_CREDENTIALS_EXPIRE_AT"] = credentials_expire_at
+        env[EXPIRY_ENV] = credentials_expire_at
     return render_file(
         "town/fly.toml.j2",
         app=town.sandbox_id,
@@ -225,7 +226,7 @@ class TownSandbox(pulumi.ComponentResource):
         self.machine = FlyMachine(
             f"{sid}-machine",
             app=self.app.name,
-            name="town",
+            name=TOWN_MACHINE,
             region=cfg.region,
             fly_toml=fly_toml,
             image=image.ref,

@@ -506,6 +506,22 @@ def test_a_repository_path_through_a_tracked_symlink_creates_nothing_outside(
 # ---- URLs and git settings ---------------------------------------------------------------------------
 
 
+def refused_and_nothing_ran(
+    sandbox: Sandbox,
+    snapshot: Snapshot,
+    volume: Volume,
+    heartbeats: Heartbeats,
+    edit: Callable[[dict, Path], None],
+    reason: str,
+) -> None:
+    """A manifest edited by `edit` (which may name a marker file a hostile value would create) is refused
+    for `reason`, and nothing it carried ran."""
+    marker = volume.outside / "ran"
+    publish(sandbox, snapshot, manifest=lambda doc: edit(doc, marker))
+    refused(sandbox, volume, heartbeats, reason)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
@@ -548,10 +564,7 @@ def test_urls_branches_and_git_settings_are_validated(
     edit: Callable[[dict, Path], None],
     reason: str,
 ) -> None:
-    marker = volume.outside / "ran"
-    publish(sandbox, snapshot, manifest=lambda doc: edit(doc, marker))
-    refused(sandbox, volume, heartbeats, reason)
-    assert not marker.exists()
+    refused_and_nothing_ran(sandbox, snapshot, volume, heartbeats, edit, reason)
 
 
 @pytest.mark.parametrize(
@@ -660,10 +673,7 @@ def test_what_format_3_adds_is_validated_like_the_rest(
     edit: Callable[[dict, Path], None],
     reason: str,
 ) -> None:
-    marker = volume.outside / "ran"
-    publish(sandbox, snapshot, manifest=lambda doc: edit(doc, marker))
-    refused(sandbox, volume, heartbeats, reason)
-    assert not marker.exists()
+    refused_and_nothing_ran(sandbox, snapshot, volume, heartbeats, edit, reason)
 
 
 # ---- nothing in a snapshot runs as code ------------------------------------------------------------

@@ -80,10 +80,7 @@ def test_a_broken_latest_falls_back_to_the_previous_snapshot_and_says_so(
     marker = town.root / "settings" / "marker.txt"
     a, b = _two_snapshots(sandbox, marker)
     # The latest's town.tar rots in the bucket (same size, one byte flipped): its manifest no longer vouches.
-    key = f"{sandbox.prefix}/snapshots/{b}/town.tar"
-    body = bytearray(sandbox.bucket.get(key))
-    body[len(body) // 2] ^= 0xFF
-    sandbox.bucket.put(key, bytes(body))
+    sandbox.rot(b, "town.tar")
     town.stop()
     lose_volume(sandbox)
 

@@ -24,6 +24,7 @@ import yaml
 
 from components.domain.naming import is_owner_secret
 from emulators.fly import FlyEmulator
+from engine.workspace import program_project
 
 pytestmark = pytest.mark.engine
 
@@ -44,18 +45,8 @@ class RawCli:
     """The project as a user has it, in a directory of its own: the wrapper with its own state."""
 
     def __init__(self, root: Path, emulator: FlyEmulator) -> None:
-        self.project = root / "project"
-        self.project.mkdir(parents=True)
         # This repository's program and virtualenv, run from another directory.
-        (self.project / "Pulumi.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "name": "silo",
-                    "main": str(REPO_ROOT),
-                    "runtime": {"name": "python", "options": {"virtualenv": str(REPO_ROOT / "venv")}},
-                }
-            )
-        )
+        self.project = program_project(root / "project")
         passphrase = root / "passphrase"
         passphrase.write_text("crash-test-passphrase\n")
         self.env = {

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from emulators.fly import FlyEmulator
+from engine.workspace import program_project
 
 pytestmark = pytest.mark.engine
 
@@ -37,36 +37,17 @@ def readme_commands() -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
-@pytest.fixture
-def emulator() -> Iterator[FlyEmulator]:
-    fly = FlyEmulator()
-    fly.start()
-    try:
-        yield fly
-    finally:
-        fly.stop()
-
-
 def machine_states(emulator: FlyEmulator) -> dict[str, str]:
     snap = emulator.snapshot()
     return {f"{m['app']}/{m.get('name')}": m["state"] for m in snap["machines"].values()}
 
 
-def test_the_readme_per_silo_sequence_runs_as_written(tmp_path: Path, emulator: FlyEmulator) -> None:
+def test_the_readme_per_silo_sequence_runs_as_written(tmp_path: Path, fly_emulator: FlyEmulator) -> None:
+    emulator = fly_emulator
     commands = readme_commands()
     assert commands[0] == "source scripts/env.sh"
-    project = tmp_path / "project"
-    project.mkdir()
     # The repository's program and virtualenv, from a directory of its own (the stack file lands there).
-    (project / "Pulumi.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "silo",
-                "main": str(REPO_ROOT),
-                "runtime": {"name": "python", "options": {"virtualenv": str(REPO_ROOT / "venv")}},
-            }
-        )
-    )
+    project = program_project(tmp_path / "project")
     (project / "scripts").symlink_to(REPO_ROOT / "scripts")  # `source scripts/env.sh` from here
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from engine.hints import state_hint
+from engine.workspace import program_project
 
 pytestmark = pytest.mark.engine
 
@@ -30,11 +30,7 @@ def cli(project: Path, env: dict[str, str], *args: str, passphrase: str) -> subp
 
 
 def test_a_wrong_passphrase_and_a_dead_runs_lock_each_get_the_way_forward(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text(
-        yaml.safe_dump({"name": "silo", "main": str(REPO_ROOT), "runtime": {"name": "python"}})
-    )
+    project = program_project(tmp_path / "project")
     backend = tmp_path / "backend"
     backend.mkdir()
     env = {
