@@ -3,6 +3,8 @@
 #   make test   lint + the whole test suite (what CI runs)
 VENV ?= venv
 STACK ?= dev
+# VERBOSE=1: `make up` / `make preview` list the guardrails' rules before the run.
+VERBOSE ?=
 # Test processes: the real CLI spends most of its time waiting on plugins and the emulators, so two
 # cores keep more than two runs busy.
 TEST_WORKERS ?= 4
@@ -16,15 +18,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
-# The Pulumi CLI from Go modules (engine/build.sh; a no-op once built for the pinned version).
+# The Pulumi CLI from Go modules (engine/build.sh; a no-op once built for the pinned version; a `pulumi`
+# of the pinned version on PATH is copied instead of compiled: docs/engine.md).
 engine:
 	engine/build.sh
 
 up: $(VENV)/.installed engine
-	scripts/pulumi.sh up $(STACK)
+	scripts/pulumi.sh up $(STACK) $(if $(VERBOSE),--verbose)
 
 preview: $(VENV)/.installed engine
-	scripts/pulumi.sh preview $(STACK)
+	scripts/pulumi.sh preview $(STACK) $(if $(VERBOSE),--verbose)
 
 destroy: $(VENV)/.installed engine
 	scripts/pulumi.sh destroy $(STACK)

@@ -39,5 +39,10 @@ else:
             {sandbox.town.name: sandbox.internal_api_key for sandbox in towns}
         )
 
+if cfg.kind != "control":
+    from components.stacks.outputs import fly_target
+
+    outputs["fly_target"] = fly_target()
+
 for key, value in outputs.items():
     pulumi.export(key, value)

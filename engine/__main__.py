@@ -4,8 +4,9 @@ project (the README's `make up`, `make preview`, `make destroy`, `make refresh`)
 State lives in a file backend under `.silo/` and its secrets are encrypted with a passphrase generated
 into `.silo/passphrase` on first use, unless PULUMI_BACKEND_URL / PULUMI_CONFIG_PASSPHRASE(_FILE) say
 otherwise. The CLI's own output is printed as it comes. `up` and `preview` run the silo guardrails
-(policy/, engine/guardrails.py): their rules are listed first, and a mandatory violation fails the run
-with a last line per violation naming the rule and the resource's URN.
+(policy/, engine/guardrails.py): the pack is named first (its rules listed with --verbose), and a
+mandatory violation fails the run with a last line per violation naming the rule and the resource's URN.
+`destroy` ends by naming what it retained (engine/retained.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pulumi.automation import CommandError, EngineEvent
 
 from engine.guardrails import describe, policy_args
 from engine.hints import state_hint
+from engine.retained import summary as retained_summary
 from engine.runner import violation_line
 from engine.workspace import PARALLEL, REPO_ROOT, EngineMissing, select_stack, workspace
 
@@ -27,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.split("\n\n")[0])
     parser.add_argument("op", choices=["up", "preview", "destroy", "refresh"])
     parser.add_argument("stack", nargs="?", default="dev")
+    parser.add_argument("--verbose", action="store_true", help="list the guardrails' rules before an up or preview")
     args = parser.parse_args(argv)
 
     first_use = not (STATE_DIR / "passphrase").exists()
@@ -59,13 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     guarded = {**out, **policy_args(args.stack), "on_event": on_event}
     try:
         if args.op in ("up", "preview"):
-            print("\n".join(describe(args.stack)))
+            rules = describe(args.stack)
+            # The rules, one per line, only when asked: the CLI's "Policies:" block names any that fired.
+            brief = f"{rules[0].rstrip(':')} (`make {args.op} VERBOSE=1` lists them)"
+            print("\n".join(rules) if args.verbose else brief)
         if args.op == "up":
             stack.up(**guarded)
         elif args.op == "preview":
             stack.preview(diff=True, **guarded)
         elif args.op == "destroy":
+            before = stack.export_stack().deployment or {}
             stack.destroy(**out)
+            kept = retained_summary(before.get("resources") or [])
+            if kept:
+                print(kept)
         else:
             stack.refresh(**out)
     except CommandError as error:

@@ -17,7 +17,8 @@ ours() {
   local pid args
   pid=$(cat "$pidfile" 2>/dev/null) || return 1
   args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
-  [[ $args == *"emulator --port ${port} --state ${state}"* ]]
+  # The relative form is how an earlier scripts/pulumi.sh started it, from this checkout's root.
+  [[ $args == *"emulator --port ${port} --state ${state}" || $args == *"emulator --port ${port} --state .silo/fly-emulator.json" ]]
 }
 
 if listening; then
@@ -26,6 +27,13 @@ if listening; then
     exit 0
   fi
   echo "error: 127.0.0.1:${port} is served by another process, not this checkout's Fly emulator ($root); set SILO_EMULATOR_PORT to a free port, or stop that process" >&2
+  exit 1
+fi
+
+# One emulator per checkout: its world is one state file, which two emulators would both write.
+pid=$(cat "$pidfile" 2>/dev/null || true)
+if [[ -n $pid ]] && args=$(ps -o args= -p "$pid" 2>/dev/null) && [[ $args =~ emulator\ --port\ ([0-9]+)\ --state\ (${state}|\.silo/fly-emulator\.json)$ ]]; then
+  echo "error: this checkout's Fly emulator already serves 127.0.0.1:${BASH_REMATCH[1]} (.silo/fly-emulator.json): set SILO_EMULATOR_PORT=${BASH_REMATCH[1]}, or stop it (kill ${pid}) to move it to port ${port}" >&2
   exit 1
 fi
 

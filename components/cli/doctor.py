@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from components.cli.local_emulator import foreign_emulator
 from components.config.model import ConfigError, ControlConfig, SiloConfig, from_mapping, read_stack_file
 from components.domain.catalog import CatalogError, load_catalog
 from components.domain.town_credentials import TOWN_MACHINE, machine_expiry
@@ -117,6 +118,9 @@ def check_fly_token(ctx: Context) -> tuple[Status, str]:
         ctx.fly = resolve_fly_settings(fly_config_map(ctx.raw), ctx.env)
     except ValueError as exc:
         return "fail", str(exc)
+    foreign = foreign_emulator(ctx.fly)
+    if foreign:
+        return "fail", foreign
     org = ctx.cfg.fly_org
     try:
         with FlyClient(ctx.fly, attempts=2) as fly:

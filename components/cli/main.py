@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from components.config.model import ConfigError, SiloConfig, from_mapping, read_stack_file
-from components.errors import UserError, one_line
-from components.providers.fly.settings import fly_config_map
+from components.errors import UserError, debugging, one_line
+from components.providers.fly.settings import FlySettings, fly_config_map
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -114,6 +114,19 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table)
 
 
+def _fly_settings(raw: Mapping[str, Any]) -> FlySettings:
+    """The Fly API a command reads, as the program's providers resolve it; the implicit local emulator only
+    when it is this checkout's own (ValueError with the one line to print otherwise)."""
+    from components.cli.local_emulator import foreign_emulator
+    from components.providers.fly.settings import resolve_fly_settings
+
+    settings = resolve_fly_settings(fly_config_map(raw))
+    problem = foreign_emulator(settings)
+    if problem:
+        raise ValueError(problem)
+    return settings
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         cfg, raw = _load(args.stack_file)
@@ -122,10 +135,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if _no_fly_apps(cfg, args.stack_file, "status"):
         return EXIT_OK
     from components.cli.status import status_report
-    from components.providers.fly.settings import resolve_fly_settings
 
     try:
-        settings = resolve_fly_settings(fly_config_map(raw))
+        settings = _fly_settings(raw)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
@@ -142,11 +154,10 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         return EXIT_OK
     from components.cli.adopt import adopt, stack_identity
     from components.providers.fly.errors import FlyError
-    from components.providers.fly.settings import resolve_fly_settings
 
     try:
         owner = args.owner or stack_identity(args.stack_file, cfg)
-        settings = resolve_fly_settings(fly_config_map(raw))
+        settings = _fly_settings(raw)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
@@ -321,6 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except UserError as error:
+        # An API that cannot be reached or refuses, a database that refuses: the message says what failed
+        # and what to do (components/errors.py); the traceback only with SILO_DEBUG=1.
+        if debugging():
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -83,6 +83,13 @@ class ResolvedImage:
     warnings: tuple[str, ...] = ()
 
 
+def by_tag_note(service: str, repository: str, tag: str) -> str:
+    return (
+        f"{service} image {repository}:{tag} has no digest in the catalog: deploying by tag, "
+        "which the registry can change under us"
+    )
+
+
 def _resolved(
     service: str, repository: str, tag: str, digest: str | None, status: str, warnings: Iterable[str] = ()
 ) -> ResolvedImage:
@@ -93,10 +100,7 @@ def _resolved(
         ref = f"{repository}@{digest}"
     else:
         ref = f"{repository}:{tag}"
-        notes.append(
-            f"{service} image {repository}:{tag} has no digest in the catalog: deploying by tag, "
-            "which the registry can change under us"
-        )
+        notes.append(by_tag_note(service, repository, tag))
     return ResolvedImage(service, repository, ref, tag, digest, status, tuple(notes))
 
 

@@ -1,7 +1,8 @@
 """Which image each service runs: silo:images pins resolved through the version catalog.
 
 An unknown or disabled tag fails the program (so `pulumi preview` fails before anything changes);
-a deprecated tag, or one without a digest, deploys with a warning. The resolution itself is
+a deprecated tag deploys with a warning, and one without a digest with the guardrails' advisory
+(policy/rules.py images-by-digest). The resolution itself is
 ``components.domain.catalog.silo_images``, the same one ``silo render`` shows.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pulumi
 
 from components.config.model import SiloConfig
-from components.domain.catalog import Catalog, ResolvedImage, silo_images
+from components.domain.catalog import Catalog, ResolvedImage, by_tag_note, silo_images
 
 
 def resolve_images(
@@ -18,6 +19,10 @@ def resolve_images(
 ) -> dict[str, ResolvedImage]:
     images = silo_images(cfg, catalog, towns=towns)
     for image in images.values():
+        # An image by tag is the guardrails' images-by-digest rule to report, once per machine and with the
+        # fix: said here as well, the CLI would show it three more times (live, last event, diagnostics).
+        by_tag = by_tag_note(image.service, image.repository, image.tag) if not image.digest else None
         for warning in image.warnings:
-            pulumi.log.warn(f"silo:images.{image.service}: {warning}")
+            if warning != by_tag:
+                pulumi.log.warn(f"silo:images.{image.service}: {warning}")
     return images

@@ -14,6 +14,8 @@ import pulumi
 
 from components.config.model import SiloConfig
 from components.domain import services as svc
+from components.errors import UserError
+from components.providers.fly.settings import CONFIG_KEYS, resolve_fly_settings
 from components.stacks.devenv import DevEnvStack
 
 MASK = "********"
@@ -29,6 +31,19 @@ def db_public_connection_string(cfg: SiloConfig, password: str) -> str:
     # encrypts but does not check the server's certificate; README: verify-full.
     role = svc.PUBLIC_DB_ROLE
     return f"postgres://{role}:{password}@{cfg.app_name('pg')}.fly.dev:5432/postgres?sslmode=require"
+
+
+def fly_target() -> str:
+    """Which Fly the stack's apps live on, as its providers resolve it (stack config, then environment):
+    an output, so `pulumi stack output` tells a local emulator's silo from a real one even though both
+    show fly.dev URLs. Never the token itself."""
+    from pulumi.runtime import config as runtime_config
+
+    config = {key: runtime_config.get_config(key) for key in CONFIG_KEYS}
+    try:
+        return resolve_fly_settings({k: v for k, v in config.items() if isinstance(v, str) and v}).target
+    except ValueError as exc:  # a real Fly URL without a token: said at preview, before anything is made
+        raise UserError(str(exc)) from None
 
 
 def silo_outputs(cfg: SiloConfig, devenv: DevEnvStack) -> dict[str, Any]:

@@ -99,15 +99,21 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
         no_proxy="127.0.0.1,localhost",
     )
 
-    def make(target: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["make", "--no-print-directory", target], cwd=fresh_checkout, env=env, capture_output=True, text=True,
-            timeout=900,
+    def make(target: str, *variables: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["make", "--no-print-directory", target, *variables], cwd=fresh_checkout, env=env, capture_output=True,
+            text=True, timeout=900,
         )  # fmt: skip
+        # Every run says which Fly it targets (issue 25: "know where you are").
+        target_line = f"fly: the local Fly emulator at http://127.0.0.1:{port} (no Fly token configured"
+        assert target_line in done.stderr, done.stderr[-2000:]
+        return done
 
     up = make("up")
     assert up.returncode == 0, up.stdout + up.stderr
-    assert f"starting the local Fly emulator on 127.0.0.1:{port}" in up.stdout
+    assert f"starting the local Fly emulator on 127.0.0.1:{port}" in up.stderr
+    # ... and so do the stack's outputs, though its URLs look like fly.dev ones.
+    assert re.search(rf'fly_target\s*: "the local Fly emulator at http://127\.0\.0\.1:{port} ', up.stdout)
     # The real CLI's summary and outputs: secrets masked, the URL in the clear.
     assert re.search(r"Resources:\s+\+ 40 created", up.stdout), up.stdout[-2000:]
     assert re.search(r"Duration: \d+", up.stdout)
@@ -126,16 +132,39 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
 
     again = make("up")  # the emulator from the first run is reused, and the silo is unchanged
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "starting the local Fly emulator" not in again.stdout
+    assert "starting the local Fly emulator" not in again.stdout + again.stderr
     assert re.search(r"Resources:\s+40 unchanged", again.stdout), again.stdout[-1500:]
 
-    preview = make("preview")
+    # `silo status` reads this checkout's emulator on SILO_EMULATOR_PORT, and refuses another process there.
+    def status(port_: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "components.cli.main", "status", "Pulumi.dev.yaml"], cwd=fresh_checkout,
+            env={**env, "SILO_EMULATOR_PORT": str(port_)}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    ours = status(port)
+    assert ours.returncode == 0 and "devenv-acme-erp-kong" in ours.stdout, ours.stdout + ours.stderr
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        foreign = status(other.getsockname()[1])
+    assert (
+        foreign.returncode == 2 and "is served by another process, not this checkout's Fly emulator" in foreign.stderr
+    )
+    assert "Traceback" not in foreign.stderr
+
+    preview = make("preview", "VERBOSE=1")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert re.search(r"Resources:\s+40 unchanged", preview.stdout), preview.stdout[-1500:]
     # The guardrails ran with up and preview: their rules are listed first, then the CLI reports the pack.
+    # Quiet by default: `make up` names the pack in one line; VERBOSE=1 lists its rules.
+    assert all(not re.search(rf"^  (mandatory|advisory) +{r.name} ", up.stdout, re.M) for r in RULES)
+    assert "(`make up VERBOSE=1` lists them)" in up.stdout
+    assert all(re.search(rf"^  (mandatory|advisory) +{r.name} ", preview.stdout, re.M) for r in RULES)
+    # Each warning once: an image deployed by tag is the advisory rule's to report, once per machine.
+    assert again.stdout.count("storage-api:v1.44.2 by tag") == 1, again.stdout
     for run in (up, preview):
         assert f"policy pack silo-guardrails (policy/, {len(RULES)} rules" in run.stdout, run.stdout[:2000]
-        assert all(re.search(rf"^  (mandatory|advisory) +{r.name} ", run.stdout, re.M) for r in RULES)
         # `up` ends with the CLI's "Policies:" block, `preview --diff` with its "Policy Packs run:" table.
         ran = r"silo-guardrails(@v1\.0\.0 \(local: \S*|\|local\|\S*)policy/run-policy-pack(\)|\s+1\.0\.0)"
         assert re.search(ran, run.stdout), run.stdout[-2000:]
@@ -148,4 +177,8 @@ def test_make_up_runs_the_real_cli_on_the_emulator_and_a_second_up_changes_nothi
     with FlyClient(FlySettings(f"http://127.0.0.1:{port}", "local", "env")) as fly:
         kept = {f"devenv-acme-erp-{s}" for s in SERVICES if fly.get_app(f"devenv-acme-erp-{s}") is not None}
     assert kept == {"devenv-acme-erp-pg", "devenv-acme-erp-storage"}  # data apps are retained by default
+    # The CLI counts them among the deleted; the run names them after its summary.
+    named = re.search(r"^Retained, not deleted \(4;.*$", destroyed.stdout, re.M)
+    assert named, destroyed.stdout[-2000:]
+    assert all(f"app devenv-acme-erp-{s}" in named.group(0) for s in ("pg", "storage"))
     assert proxy.connections == 0, "a run tried to reach the network"

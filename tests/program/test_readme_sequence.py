@@ -74,6 +74,12 @@ def test_the_readme_per_silo_sequence_runs_as_written(tmp_path: Path, fly_emulat
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
         words = command.split("#")[0].split()
         states = machine_states(emulator)
+        if words[:1] == ["pulumi"] and words[1] in ("up", "preview", "refresh", "destroy"):
+            # Every run that reaches Fly says which Fly it is (issue 25: "know where you are").
+            assert (
+                f"fly: {emulator.url} with the token from Pulumi.acme-erp.yaml (an emulator on loopback" in done.stderr
+            )
+
         if words[:2] == ["pulumi", "up"]:
             ups += 1
             assert states and set(states.values()) == {"started"}, states
@@ -89,6 +95,10 @@ def test_the_readme_per_silo_sequence_runs_as_written(tmp_path: Path, fly_emulat
             assert states == {}, states
             # The data volumes are kept (docs/config.md): destroy says so rather than deleting them.
             assert emulator.snapshot()["volumes"], "the data volumes must survive a destroy"
+            # ... and names what it kept, which the CLI's own summary counts among the deleted.
+            kept = re.search(r"^Retained, not deleted \((\d+);.*$", done.stderr, re.M)
+            assert kept, done.stderr[-2000:]
+            assert "volume pg_data (vol_" in kept.group(0) and "app devenv-acme-erp-pg" in kept.group(0)
     assert ups == 1
     stack_file = yaml.safe_load((project / "Pulumi.acme-erp.yaml").read_text())["config"]
     assert stack_file["silo:client"] == "acme" and stack_file["fly:apiToken"]["secure"]

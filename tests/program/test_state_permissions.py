@@ -75,7 +75,8 @@ def test_pulumi_sh_makes_silo_private(tmp_path: Path) -> None:
     there (a Fly URL is set, so no emulator is started)."""
     root = tmp_path / "checkout"
     (root / "scripts").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "scripts" / "pulumi.sh", root / "scripts" / "pulumi.sh")
+    for script in ("pulumi.sh", "fly-target.sh"):
+        shutil.copy(REPO_ROOT / "scripts" / script, root / "scripts" / script)
     (root / "venv").symlink_to(REPO_ROOT / "venv", target_is_directory=True)
     (root / "Pulumi.dev.yaml").write_text("config: {}\n")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FLY_API_HOSTNAME": "http://127.0.0.1:9"}

@@ -19,7 +19,7 @@ from components.providers.fly.apps import FlyAppProvider
 from components.providers.fly.errors import FlyError
 from components.providers.fly.ip_assignments import FlyIpAssignmentProvider
 from components.providers.fly.machines import FlyMachineProvider
-from components.providers.fly.ready import FlyMachinesReadyProvider
+from components.providers.fly.ready import FlyMachinesReadyProvider, entries, entry_line
 from components.providers.fly.volumes import REPLACEMENT_KEY, FlyVolumeProvider
 
 
@@ -384,12 +384,15 @@ def test_a_script_moved_from_raw_value_to_local_path_updates_no_machine(fly_emul
 
 
 def gate_props(*machines, timeout_s: int = 5) -> dict:
-    """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs)."""
-    entries = [
-        {"app": m.outs["app"], "machine_id": m.outs["machine_id"], "instance_id": m.outs["instance_id"],
-         "desired_state": state}
+    """FlyMachinesReady's inputs for machines as the machine provider returned them (its outputs): one
+    line per machine, keyed by the machine's resource name."""
+    entries = {
+        f"{m.outs['name']}-machine": entry_line(
+            {"app": m.outs["app"], "machine_id": m.outs["machine_id"], "instance_id": m.outs["instance_id"],
+             "desired_state": state}
+        )
         for m, state in machines
-    ]  # fmt: skip
+    }  # fmt: skip
     return {"machines": entries, "timeout_s": timeout_s}
 
 
@@ -442,12 +445,32 @@ def test_the_gate_waits_for_many_machines_at_once(fly_emulator, meta_app) -> Non
 def test_the_gate_diff_waits_again_only_for_a_new_version_or_state(fly_emulator) -> None:
     gate = FlyMachinesReadyProvider()
     machine = {"app": "a", "machine_id": "m1", "instance_id": "v1", "desired_state": "started"}
-    olds = {"machines": [machine], "timeout_s": 600, "states": {"m1": "started"}}
-    assert gate.diff("g", olds, {"machines": [machine], "timeout_s": 900}).changes is False
-    bumped = gate.diff("g", olds, {"machines": [{**machine, "instance_id": "v2"}], "timeout_s": 600})
+
+    def props(**change: str) -> dict:
+        return {"machines": {"a-machine": entry_line({**machine, **change})}}
+
+    olds = {**props(), "timeout_s": 600, "states": {"m1": "started"}}
+    assert gate.diff("g", olds, {**props(), "timeout_s": 900}).changes is False
+    bumped = gate.diff("g", olds, {**props(instance_id="v2"), "timeout_s": 600})
     assert bumped.changes and bumped.replaces == []
-    assert gate.diff("g", olds, {"machines": [{**machine, "desired_state": "stopped"}]}).changes
+    assert gate.diff("g", olds, props(desired_state="stopped")).changes
     assert gate.diff("g", olds, {"machines": Unknown()}).changes
+    # A gate recorded by an earlier version (a list of records) still reads, waits and compares.
+    recorded = {"machines": [machine], "timeout_s": 600, "states": {"m1": "started"}}
+    assert gate.diff("g", recorded, {"machines": {"a/m1": entry_line(machine)}}).changes is False
+
+
+def test_a_stop_shows_one_line_per_machine_in_the_gate() -> None:
+    """`preview --diff` of a stop: the gate's input is one line per machine (what the CLI prints), each
+    saying the state, the app and the machine, not a record of four fields."""
+    line = entry_line(
+        {"app": "devenv-acme-erp-pg", "machine_id": "m1", "instance_id": "v1", "desired_state": "stopped"}
+    )
+    assert line == "stopped devenv-acme-erp-pg/m1@v1"
+    assert entries({"devenv-acme-erp-pg-machine": line}) == [
+        {"app": "devenv-acme-erp-pg", "machine_id": "m1", "instance_id": "v1", "desired_state": "stopped"}
+    ]
+    assert FlyMachinesReadyProvider().check({}, {"machines": {"x": "paused a/m1@v1"}}).failures
 
 
 def test_delete_flushes_through_exec_first(fly_emulator, meta_app) -> None:

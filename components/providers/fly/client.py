@@ -232,8 +232,8 @@ class FlyClient:
             hint = ""
             if self.settings.uses_emulator:
                 hint = (
-                    " — no Fly token is configured, so the local Fly emulator is used; start it with "
-                    "`silo emulator --port 4280` or set fly:apiToken / FLY_API_TOKEN"
+                    " — no Fly token is configured, so the local Fly emulator is used; `make up` (or "
+                    "scripts/emulator.sh) starts it, or set fly:apiToken / FLY_API_TOKEN"
                 )
             # A connection that could not be made sent nothing; a read that timed out or broke off may have
             # been acted on (ambiguous).

@@ -387,4 +387,5 @@ class FlyMachine(DynamicResource, module="fly", name="Machine"):
             "state": None,
             "private_ip": None,
         }
+        self.resource_name = resource_name  # how a readiness gate names it (ready.py)
         super().__init__(FlyMachineProvider(), resource_name, props, opts)

@@ -35,6 +35,35 @@ from components.providers.fly.provider import FlyProviderBase
 MAX_CONCURRENT_WAITS = 128
 
 
+def entry_line(entry: Mapping[str, Any]) -> str:
+    """A machine the gate waits for, as one line: ``DESIRED_STATE APP/MACHINE_ID@INSTANCE_ID``."""
+    return f"{entry['desired_state']} {entry['app']}/{entry['machine_id']}@{entry.get('instance_id') or ''}"
+
+
+def _parse(line: str) -> dict[str, Any]:
+    desired_state, _, rest = line.partition(" ")
+    app, _, rest = rest.partition("/")
+    machine_id, _, instance_id = rest.partition("@")
+    return {"app": app, "machine_id": machine_id, "instance_id": instance_id or None, "desired_state": desired_state}
+
+
+def _as_map(machines: Any) -> dict[str, str]:
+    """The gate's ``machines`` input as {resource name: entry line}; a gate recorded as a list of objects
+    (before the one-line entries) is keyed by app and machine id."""
+    if isinstance(machines, Mapping):
+        return {str(k): str(v) for k, v in machines.items()}
+    return {f"{m['app']}/{m['machine_id']}": entry_line(m) for m in machines or [] if isinstance(m, Mapping)}
+
+
+def _keyed(machines: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    return [(key, _parse(line)) for key, line in machines.items()]
+
+
+def entries(machines: Any) -> list[dict[str, Any]]:
+    """The machines to wait for, as records (app, machine_id, instance_id, desired_state)."""
+    return [entry for _, entry in _keyed(_as_map(machines))]
+
+
 class FlyMachinesReadyProvider(FlyProviderBase):
     """Waits until every listed machine is in its desired state, and a started one passes every health
     check it has configured, all at once in one provider call.
@@ -50,17 +79,19 @@ class FlyMachinesReadyProvider(FlyProviderBase):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         failures = []
         machines = news.get("machines")
-        if isinstance(machines, list):
-            # An entry, or its state, is unknown in a preview while the machine is being changed.
-            states = [m.get("desired_state") for m in machines if isinstance(m, Mapping)]
-            if any(not isinstance(st, Unknown) and st not in MACHINE_STATES for st in states):
+        if isinstance(machines, Mapping):
+            # An entry is unknown in a preview while its machine is being changed.
+            states = [entry.split(" ", 1)[0] for entry in machines.values() if isinstance(entry, str)]
+            if any(st not in MACHINE_STATES for st in states):
                 failures.append(CheckFailure("machines", f"desired_state must be one of {', '.join(MACHINE_STATES)}"))
         elif not isinstance(machines, Unknown):
-            failures.append(CheckFailure("machines", "must be a list of machines"))
+            failures.append(CheckFailure("machines", "must be a map of machines"))
         return CheckResult(news, failures)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # A new machine version, id or desired state is something to wait for again; nothing is replaced.
+        # A gate recorded before the entries were one line each (a list of objects) compares by content.
+        olds = {**olds, "machines": _as_map(olds.get("machines"))}
         return diff_result(olds, news, compare=("machines",), replace_on=(), delete_before_replace=False)
 
     def _await(self, machine: Mapping[str, Any], timeout_s: float) -> str:
@@ -84,7 +115,7 @@ class FlyMachinesReadyProvider(FlyProviderBase):
             return "stopped"
 
     def _await_all(self, props: Mapping[str, Any]) -> dict[str, Any]:
-        machines = [dict(m) for m in props.get("machines") or []]
+        machines = entries(props.get("machines"))
         timeout_s = float(canonical(props.get("timeout_s") or 600))
         states: dict[str, str] = {}
         failures: list[str] = []
@@ -120,13 +151,13 @@ class FlyMachinesReadyProvider(FlyProviderBase):
         machine again (its own read recorded the same), waits for it again here instead of keeping a
         readiness that no longer holds (the machine's version, all the gate otherwise compares, is the same).
         """
-        machines = [dict(m) for m in props.get("machines") or [] if isinstance(m, Mapping)]
+        machines = _as_map(props.get("machines"))
         failed: list[str] = []
         with self.client() as fly:
-            for entry in machines:
+            for key, entry in _keyed(machines):
                 current = fly.get_machine(str(entry["app"]), str(entry["machine_id"]))
                 if current is not None and current.get("state") == "failed" and entry["desired_state"] != "failed":
-                    entry["desired_state"] = "failed"
+                    machines[key] = entry_line({**entry, "desired_state": "failed"})
                     failed.append(str(entry["machine_id"]))
         if not failed:
             return ReadResult(id_, props)
@@ -151,11 +182,13 @@ class FlyMachinesReady(DynamicResource, module="fly", name="MachinesReady"):
         timeout_s: int = 600,
         opts: pulumi.ResourceOptions | None = None,
     ):
-        entries = [
-            pulumi.Output.all(m.app, m.machine_id, m.instance_id, m.desired_state).apply(
-                lambda v: {"app": v[0], "machine_id": v[1], "instance_id": v[2], "desired_state": v[3]}
+        # One line per machine, keyed by its resource name (known at preview): a stop or start then shows
+        # one changed line per machine in `preview --diff`, not the whole record of every machine.
+        lines = {
+            m.resource_name: pulumi.Output.all(m.app, m.machine_id, m.instance_id, m.desired_state).apply(
+                lambda v: entry_line({"app": v[0], "machine_id": v[1], "instance_id": v[2], "desired_state": v[3]})
             )
             for m in machines
-        ]
-        props = {"machines": entries, "timeout_s": timeout_s, "states": None}
+        }
+        props = {"machines": lines, "timeout_s": timeout_s, "states": None}
         super().__init__(FlyMachinesReadyProvider(), resource_name, props, opts)

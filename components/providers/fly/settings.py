@@ -14,8 +14,11 @@ from typing import Any
 from components.providers.http import is_loopback_url
 
 DEFAULT_API_URL = "https://api.machines.dev"
-# Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator.
-LOCAL_EMULATOR_URL = "http://127.0.0.1:4280"
+# Where `silo emulator` (and the README's main job) serves the local Fly Machines API emulator:
+# scripts/emulator.sh starts this checkout's own on SILO_EMULATOR_PORT, else on 4280.
+EMULATOR_PORT_ENV = "SILO_EMULATOR_PORT"
+DEFAULT_EMULATOR_PORT = 4280
+LOCAL_EMULATOR_URL = f"http://127.0.0.1:{DEFAULT_EMULATOR_PORT}"
 # Any bearer token is accepted by the emulator; this one says where it came from in its logs.
 EMULATOR_TOKEN = "local-emulator"
 # The stack config the Fly providers keep in configure() (the rest comes from the environment).
@@ -31,6 +34,9 @@ class FlySettings:
     base_url: str  # without the /v1 suffix, which the client adds per request like flyctl
     token: str = field(repr=False)  # never in a repr: tracebacks and debug logs print settings
     source: str  # "config", "env" or "emulator": shown in errors so users know what was used
+    # No token and no URL anywhere: the checkout's local emulator (SILO_EMULATOR_PORT), which only a
+    # process this checkout started may serve (components/cli/local_emulator.py).
+    local_default: bool = False
 
     @property
     def authorization(self) -> str:
@@ -39,6 +45,20 @@ class FlySettings:
     @property
     def uses_emulator(self) -> bool:
         return self.source == "emulator"
+
+    @property
+    def target(self) -> str:
+        """Which Fly a run reaches, in words (the stacks' `fly_target` output)."""
+        if self.uses_emulator:
+            return f"the local Fly emulator at {self.base_url} (no Fly token: nothing on a Fly account)"
+        where = "stack config" if self.source == "config" else "the environment"
+        return f"the Fly Machines API at {self.base_url} (token from {where})"
+
+
+def local_emulator_url(env: Mapping[str, str] | None = None) -> str:
+    """This checkout's emulator: SILO_EMULATOR_PORT (as scripts/emulator.sh reads it), else 4280."""
+    env = os.environ if env is None else env
+    return f"http://127.0.0.1:{env.get(EMULATOR_PORT_ENV) or DEFAULT_EMULATOR_PORT}"
 
 
 def authorization_header(token: str) -> str:
@@ -74,7 +94,12 @@ def resolve_fly_settings(
                 f"no Fly API token for {url}: set it with `pulumi config set --secret fly:apiToken ...` "
                 "or export FLY_API_TOKEN"
             )
-        return FlySettings(base_url=(url or LOCAL_EMULATOR_URL).rstrip("/"), token=EMULATOR_TOKEN, source="emulator")
+        return FlySettings(
+            base_url=(url or local_emulator_url(env)).rstrip("/"),
+            token=EMULATOR_TOKEN,
+            source="emulator",
+            local_default=not url,
+        )
     return FlySettings(base_url=(url or DEFAULT_API_URL).rstrip("/").removesuffix("/v1"), token=token, source=source)
 
 
