@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.op in ("up", "preview"):
             rules = describe(args.stack)
             # The rules, one per line, only when asked: the CLI's "Policies:" block names any that fired.
-            brief = f"{rules[0].rstrip(':')} (`make {args.op} VERBOSE=1` lists them)"
-            print("\n".join(rules) if args.verbose else brief)
+            # Waivers and budget (the "config" lines) always: they change what the rules let through.
+            brief = [f"{rules[0].rstrip(':')} (`make {args.op} VERBOSE=1` lists them)"]
+            brief += [line for line in rules[1:] if line.lstrip().startswith("config ")]
+            print("\n".join(rules if args.verbose else brief))
         if args.op == "up":
             stack.up(**guarded)
         elif args.op == "preview":

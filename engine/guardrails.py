@@ -2,10 +2,13 @@
 per-stack config, and what they print about it before the CLI starts.
 
 The pack is passed as its launcher, policy/run-policy-pack (an executable: this engine has no Python
-language host to run the directory; see that file). Enforcement levels are configured per stack the
-standard way, a `--policy-pack-config` JSON file: policy/config/<stack>.json when it exists, e.g.
+language host to run the directory; see that file). Each stack's policy config is the standard
+`--policy-pack-config` JSON file: policy/config/<stack>.json when it exists (a PR silo `pr-<number>`
+without one of its own: its group's, policy/config/groups/pr-silos.json). It sets enforcement levels, e.g.
 ``{"images-by-digest": "disabled", "autostop-on": {"enforcementLevel": "mandatory"}}`` ("all" sets
-every rule; Pulumi docs, "Configuring policy packs").
+every rule; Pulumi docs, "Configuring policy packs"), and the rules' own config: the waivers of
+mandatory rules, e.g. ``{"data-volumes-kept": {"allowDataDeletion": true}}``, and the monthly budget
+(policy/rules.py CONFIG_SCHEMAS; docs/guardrails.md "Waivers").
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ from engine.workspace import REPO_ROOT
 POLICY_DIR = REPO_ROOT / "policy"
 LAUNCHER = POLICY_DIR / "run-policy-pack"
 CONFIG_DIR = POLICY_DIR / "config"
+# The policy config of every PR silo (`silo pr up`: throwaway data, so it waives data-volumes-kept) unless
+# one has a file of its own; in a subdirectory, so that no stack's name makes it that stack's own file. (A
+# policy group, in Pulumi Cloud's words: stacks that share a pack's config.)
+PR_SILOS_CONFIG = Path("groups") / "pr-silos.json"
 LEVELS = ("advisory", "mandatory", "remediate", "disabled")
 
 
 def config_file(stack: str, config_dir: Path = CONFIG_DIR) -> Path | None:
-    path = config_dir / f"{stack}.json"
-    return path if path.is_file() else None
+    own = config_dir / f"{stack}.json"
+    if own.is_file():
+        return own
+    from components.cli.pr import STACK as PR_STACK
+
+    shared = config_dir / PR_SILOS_CONFIG
+    return shared if PR_STACK.match(stack) and shared.is_file() else None
 
 
 def policy_args(stack: str, config_dir: Path = CONFIG_DIR) -> dict[str, list[str]]:
@@ -67,7 +79,25 @@ def describe(stack: str, config_dir: Path = CONFIG_DIR) -> list[str]:
     width = max(len(rule.name) for rule in RULES)
     lines = [f"policy pack {PACK_NAME} ({_shown(POLICY_DIR)}/, {len(RULES)} rules, {where}):"]
     lines += [f"  {levels[rule.name]:<9}  {rule.name:<{width}}  {rule.why}" for rule in RULES]
+    settings = rule_settings(config)
+    lines += [
+        f"  {'config':<9}  {rule:<{width}}  {', '.join(f'{k}={json.dumps(v)}' for k, v in props.items())}"
+        for rule, props in settings
+    ]
     return lines
+
+
+def rule_settings(config: dict[str, Any] | None) -> list[tuple[str, dict[str, Any]]]:
+    """The rules' own settings in a policy config (a waiver, the budget), besides their levels."""
+    from policy.rules import RULE
+
+    found = []
+    for name, entry in (config or {}).items():
+        if name in RULE and isinstance(entry, dict):
+            props = {k: v for k, v in entry.items() if k != "enforcementLevel"}
+            if props:
+                found.append((name, props))
+    return found
 
 
 def _shown(path: Path) -> str:

@@ -1,18 +1,13 @@
 """The silo guardrails policy pack (PulumiPolicy.yaml): the rules are policy/rules.py.
 
-Run by the engine with this directory as the working directory and on sys.path (pulumi.policy's
-runner, or the Python language host); the repository root goes on sys.path too, so the rules share
-the program's catalog, naming rules and prices (components/) whether or not the virtualenv holds
-the project itself.
+Started by pulumi.policy's runner (`python -m pulumi.policy ENGINE_ADDRESS DIR`, through the language
+host or policy/run-policy-pack), which runs this file with its directory first on sys.path: so `rules`
+is the module beside it, published with the pack. The rules share the program's catalog, naming rules
+and prices through the installed project package (`silo-infra`, pyproject.toml: `components` and the
+image catalog), which the pack's virtualenv holds (policy/requirements.txt).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from pulumi_policy import EnforcementLevel, PolicyPack
-from rules import PACK_NAME, policies, use_engine_stack_config
+from rules import PACK_NAME, policies
 
-use_engine_stack_config()
 PolicyPack(PACK_NAME, enforcement_level=EnforcementLevel.MANDATORY, policies=policies())

@@ -20,8 +20,26 @@ outputs once all are registered. Neither sees the old state, the planned step, d
 Values a preview cannot know yet (a town's fly.toml before its registry row exists) are skipped at
 preview and checked at `up`, when the engine registers the resource with known inputs.
 
-Stack config (``silo:allowDataDeletion``, ``silo:pgPublic``, ``silo:monthlyBudget``, ``silo:client``,
-``silo:app``) is read with ``pulumi.Config``: see ``use_engine_stack_config``.
+What a rule needs beyond a resource comes from the resources themselves or from *policy config*, never
+from the stack's config: the stack author writes ``Pulumi.<stack>.yaml``, the organisation the policy
+config (``--policy-pack-config policy/config/<stack>.json`` here, the policy group's config once the pack
+is published), so only the organisation can waive a mandatory rule (docs/guardrails.md "Waivers"):
+
+- ``data-volumes-kept`` reads ``allowDataDeletion`` and ``pg-private-or-tls`` ``pgPublic`` from their
+  policy config (``args.get_config()``, schema ``WAIVERS``); ``silo:allowDataDeletion`` /
+  ``silo:pgPublic`` in the stack's config change what the program registers, which these rules then
+  judge like any other resource;
+- ``monthly-budget`` reads its ``monthlyBudget`` from its policy config;
+- a silo's ``{client}-{app}`` comes from its apps' names (``devenv-{client}-{app}-{service}``) or from
+  the DevEnvStack component that registers them (named ``devenv-{client}-{app}``, its ``parent`` option).
+
+The stack's config is not readable through pulumi_policy's public API on this engine anyway: the engine
+sends it in the analyzer's ``ConfigureStack`` call, which pulumi_policy 1.21 reduces to the stack's tags
+(``args.stack_tags``), and ``pulumi.Config`` in a pack reads ``PULUMI_CONFIG``, which pulumi v3.274 sets
+only for packs started through the legacy ``pulumi-analyzer-policy-<runtime>`` plugin
+(pkg/resource/plugin/analyzer_plugin.go ``constructEnv``), not through a language host nor as an
+executable. Policy config, by contrast, is public API, validated by the CLI against each policy's
+``config_schema`` and carried over unchanged when the pack is published.
 """
 
 from __future__ import annotations
@@ -33,9 +51,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyConfigSchema,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -70,8 +88,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "data-volumes-kept",
         MANDATORY,
-        "A data volume (pg, storage, town) is never deleted or replaced unless silo:allowDataDeletion is true, "
-        "because its data exists nowhere else.",
+        "A data volume (pg, storage, town) is never deleted or replaced unless the stack's policy config allows "
+        "data deletion (allowDataDeletion), because its data exists nowhere else.",
     ),
     Rule(
         "no-secrets-in-env",
@@ -82,8 +100,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "pg-private-or-tls",
         MANDATORY,
-        "The pg app has no public IP unless silo:pgPublic is true, and then every port is behind Fly's pg_tls "
-        "handler, so the database is never reachable in clear text.",
+        "The pg app has no public IP unless the stack's policy config allows it (pgPublic), and then every port is "
+        "behind Fly's pg_tls handler, so the database is never reachable in clear text.",
     ),
     Rule(
         "images-pinned",
@@ -123,7 +141,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "monthly-budget",
         ADVISORY,
-        "The silo's monthly cost estimate should stay within silo:monthlyBudget when it is set.",
+        "The silo's monthly cost estimate should stay within the monthlyBudget of the stack's policy config when "
+        "it is set.",
     ),
     Rule(
         "autostop-on",
@@ -134,58 +153,37 @@ RULES: tuple[Rule, ...] = (
 RULE = {rule.name: rule for rule in RULES}
 
 
-# -- the stack's config ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StackSettings:
-    allow_data_deletion: bool
-    pg_public: bool
-    monthly_budget: float | None
-    client: str | None
-    app: str | None
+# -- policy config -------------------------------------------------------------------------------------
+# Each rule's own config (pulumi_policy ``config_schema``): what `--policy-pack-config` may set besides the
+# enforcement level, e.g. {"data-volumes-kept": {"allowDataDeletion": true}}. The CLI fills in the defaults
+# and refuses a value of the wrong type before the pack runs (pkg/resource/analyzer/config.go).
+WAIVERS: dict[str, tuple[str, str]] = {
+    # rule -> (property, what it allows)
+    "data-volumes-kept": ("allowDataDeletion", "the stack's data volumes may be deleted or replaced"),
+    "pg-private-or-tls": ("pgPublic", "the stack's pg app may have public IPs (TLS-only)"),
+}
+CONFIG_SCHEMAS: dict[str, PolicyConfigSchema] = {
+    **{
+        rule: PolicyConfigSchema(properties={prop: {"type": "boolean", "default": False, "description": what}})
+        for rule, (prop, what) in WAIVERS.items()
+    },
+    "monthly-budget": PolicyConfigSchema(
+        properties={"monthlyBudget": {"type": "number", "minimum": 0, "description": "USD per month"}}
+    ),
+}
 
 
-def _flag(value: str | None) -> bool:
-    # Stack files hold strings ("true"); the config model (components/config/model.py) refuses anything else.
-    return str(value).strip().lower() == "true"
+def waived(rule: str, args: ResourceValidationArgs) -> bool:
+    """Whether the stack's policy config waives ``rule`` (its ``WAIVERS`` property is exactly true)."""
+    prop, _ = WAIVERS[rule]
+    return args.get_config().get(prop) is True
 
 
-def stack_settings() -> StackSettings:
-    silo = pulumi.Config("silo")
-    budget = silo.get("monthlyBudget")
-    try:
-        monthly_budget = float(budget) if budget not in (None, "") else None
-    except ValueError:  # refused by the program's config model already
-        monthly_budget = None
-    return StackSettings(
-        allow_data_deletion=_flag(silo.get("allowDataDeletion")),
-        pg_public=_flag(silo.get("pgPublic")),
-        monthly_budget=monthly_budget,
-        client=silo.get("client"),
-        app=silo.get("app"),
-    )
-
-
-def use_engine_stack_config() -> None:
-    """Make the stack's config readable with ``pulumi.Config`` in this pack, however it was started.
-
-    The engine sends the stack's (decrypted) config in the analyzer's ``ConfigureStack`` call
-    (pulumi v3.274, pkg/resource/plugin/analyzer_plugin.go NewPolicyAnalyzer), but pulumi_policy 1.21
-    only keeps that call's tags and reads config from ``PULUMI_CONFIG`` in its environment, which the
-    engine no longer sets for a policy pack it launches as an executable (the way this repository runs
-    it; see policy/run-policy-pack). So the call's config is also stored where ``pulumi.Config`` reads.
-    A ``PULUMI_CONFIG`` in the environment still wins: pulumi_policy applies it before every analysis.
-    """
-    from pulumi_policy import policy as policy_module
-
-    servicer = policy_module._PolicyAnalyzerServicer
-    original = servicer.ConfigureStack
-
-    def configure_stack(self: Any, request: Any, context: Any) -> Any:
-        for key, value in request.config.items():
-            pulumi.runtime.set_config(key, value)
-        return original(self, request, context)
-
-    servicer.ConfigureStack = configure_stack
+def waiver_hint(rule: str, urn: str) -> str:
+    """How the organisation waives ``rule`` for the stack of ``urn`` (urn:pulumi:STACK::PROJECT::...)."""
+    prop, _ = WAIVERS[rule]
+    stack = urn.split("::", 1)[0].rsplit(":", 1)[-1]
+    return f'policy/config/{stack}.json {{"{rule}": {{"{prop}": true}}}}'
 
 
 # -- reading properties ------------------------------------------------------------------------------
@@ -257,37 +255,49 @@ def _walk(value: Any) -> Iterator[Any]:
             yield from _walk(v)
 
 
-def service_of(app_name: Any, settings: StackSettings) -> str | None:
-    """Which Supabase service an app runs, from its name (``devenv-{client}-{app}-{service}``)."""
+SERVICE_APP = re.compile(rf"{naming.APP_PREFIX}-[a-z0-9-]+-({'|'.join(naming.SERVICES)})")
+
+
+def silo_of(parent: str | None) -> str | None:
+    """The silo's network and app-name prefix (``devenv-{client}-{app}``, naming.silo_network) when
+    ``parent`` is the DevEnvStack that names itself so (components/stacks/devenv.py), else None."""
+    if not _component_type(parent).endswith(SILO_COMPONENT):
+        return None
+    return parent.rsplit("::", 1)[-1] if parent else None
+
+
+def service_of(app_name: Any, parent: str | None = None) -> str | None:
+    """Which Supabase service an app runs, from its name (``devenv-{client}-{app}-{service}``): under a
+    DevEnvStack, its own silo's names only; elsewhere any silo's (the service is the last segment)."""
     if not isinstance(app_name, str):
         return None
-    if settings.client and settings.app:
-        prefix = naming.format_app_name(settings.client, settings.app, "")
-        rest = app_name.removeprefix(prefix)
-        return rest if app_name.startswith(prefix) and rest in naming.SERVICES else None
-    match = re.fullmatch(rf"{naming.APP_PREFIX}-[a-z0-9-]+-({'|'.join(naming.SERVICES)})", app_name)
+    silo = silo_of(parent)
+    if silo is not None:
+        rest = app_name.removeprefix(f"{silo}-")
+        return rest if app_name.startswith(f"{silo}-") and rest in naming.SERVICES else None
+    match = SERVICE_APP.fullmatch(app_name)
     return match.group(1) if match else None
 
 
-def machine_service(props: Mapping[str, Any], settings: StackSettings) -> str | None:
+def machine_service(props: Mapping[str, Any], parent: str | None = None) -> str | None:
     metadata = props.get("metadata")
     tagged = metadata.get("silo_service") if isinstance(metadata, Mapping) else None
-    return known_str(tagged) or service_of(props.get("app"), settings)
+    return known_str(tagged) or service_of(props.get("app"), parent)
 
 
 # -- data-volumes-kept ---------------------------------------------------------------------------------
 def _data_volumes_kept(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    settings = stack_settings()
-    if settings.allow_data_deletion:
+    if waived("data-volumes-kept", args):
         return
     props = plain(args.props)
+    waiver = waiver_hint("data-volumes-kept", args.urn)
     if args.resource_type == VOLUME:
         what = f"data volume {props.get('name')} of app {props.get('app')}"
         if props.get("allow_delete") is True:
             report(
                 with_urn(
-                    f"{what} allows its deletion (allow_delete) while silo:allowDataDeletion is false: a destroy or "
-                    "replacement would delete its data",
+                    f"{what} allows its deletion (allow_delete, silo:allowDataDeletion) but the stack's policy config "
+                    f"does not: a destroy or replacement would delete its data; only a waiver in {waiver} allows it",
                     args.urn,
                 )
             )
@@ -300,16 +310,17 @@ def _data_volumes_kept(args: ResourceValidationArgs, report: ReportViolation) ->
                 report(
                     with_urn(
                         f"this change replaces {what} (it changes {', '.join(map(str, changed))}): the new volume "
-                        "starts empty; revert the change, or set silo:allowDataDeletion=true to accept losing "
-                        "the data",
+                        "starts empty; revert the change, or accept losing the data: silo:allowDataDeletion=true "
+                        f"and a waiver in {waiver}",
                         args.urn,
                     )
                 )
     elif args.resource_type == APP and props.get("keep_volumes") is False:
         report(
             with_urn(
-                f"Fly app {props.get('name')} may be deleted with its volumes (keep_volumes is false) while "
-                "silo:allowDataDeletion is false: deleting a Fly app deletes its volumes",
+                f"Fly app {props.get('name')} may be deleted with its volumes (keep_volumes is false, "
+                "silo:allowDataDeletion) but the stack's policy config does not allow it: deleting a Fly app deletes "
+                f"its volumes; only a waiver in {waiver} allows it",
                 args.urn,
             )
         )
@@ -411,22 +422,27 @@ def _public_ip(props: Mapping[str, Any]) -> bool:
 
 
 def _pg_ip(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    settings = stack_settings()
     props = plain(args.props)
-    if _public_ip(props) and service_of(props.get("app"), settings) == "pg" and not settings.pg_public:
+    if waived("pg-private-or-tls", args):
+        return  # a public pg, TLS only: _pg_machine
+    if _public_ip(props) and service_of(props.get("app"), args.opts.parent) == "pg":
         report(
             with_urn(
-                f"public {props.get('type')} IP on the pg app {props.get('app')} while silo:pgPublic is false: the "
-                "database must stay on the private network",
+                f"public {props.get('type')} IP on the pg app {props.get('app')} while the stack's policy config does "
+                "not allow a public pg: the database must stay on the private network (silo:pgPublic alone is not "
+                f"enough: the waiver is {waiver_hint('pg-private-or-tls', args.urn)})",
                 args.urn,
             )
         )
 
 
 def _pg_machine(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    settings = stack_settings()
+    # Only under the waiver: without it the pg app has no public IP (_pg_ip), and its private Flycast
+    # service is plain TCP. With it, the machine alone does not say whether its app's IPs are public (a
+    # resource policy sees one resource), so every port must be TLS: the program renders exactly that when
+    # silo:pgPublic is true, and a stack that goes private again drops its waiver.
     props = plain(args.props)
-    if not settings.pg_public or machine_service(props, settings) != "pg":
+    if not waived("pg-private-or-tls", args) or machine_service(props, args.opts.parent) != "pg":
         return
     config = machine_config(props)
     if config is None:
@@ -440,8 +456,9 @@ def _pg_machine(args: ResourceValidationArgs, report: ReportViolation) -> None:
     if clear:
         report(
             with_urn(
-                f"silo:pgPublic gives the pg app public IPs, but machine {props.get('name')} serves port(s) "
-                f"{', '.join(clear)} without Fly's pg_tls handler alone: the database would be reachable without TLS",
+                f"the stack's policy config allows the pg app public IPs (pgPublic), but machine {props.get('name')} "
+                f"serves port(s) {', '.join(clear)} without Fly's pg_tls handler alone: the database would be "
+                "reachable without TLS (set silo:pgPublic=true, or remove the waiver)",
                 args.urn,
             )
         )
@@ -449,7 +466,7 @@ def _pg_machine(args: ResourceValidationArgs, report: ReportViolation) -> None:
 
 def _studio_meta_ip(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = plain(args.props)
-    service = service_of(props.get("app"), stack_settings())
+    service = service_of(props.get("app"), args.opts.parent)
     if _public_ip(props) and service in ("studio", "meta"):
         report(
             with_urn(
@@ -594,23 +611,21 @@ def _towns_on_own_network(args: ResourceValidationArgs, report: ReportViolation)
         )
 
 
-def silo_network_of(app_name: Any, parent: str | None, settings: StackSettings) -> str | None:
+def silo_network_of(app_name: Any, parent: str | None) -> str | None:
     """The network a silo app belongs on (``devenv-{client}-{app}``), or None when ``app_name`` is not an
     app of this stack's silo: named ``devenv-{client}-{app}-{service}``, or registered by a DevEnvStack."""
     if not isinstance(app_name, str) or is_town_app(app_name, parent):
         return None
-    service = service_of(app_name, settings)
+    service = service_of(app_name, parent)
     if service is not None:
         return app_name.removesuffix(f"-{service}")  # naming.silo_network of the name's client and app
-    if _component_type(parent).endswith(SILO_COMPONENT) and settings.client and settings.app:
-        return naming.silo_network(settings.client, settings.app)
-    return None
+    return silo_of(parent)
 
 
 def _silos_on_own_network(args: ResourceValidationArgs, report: ReportViolation) -> None:
     props = plain(args.props)
     name = props.get("name")
-    expected = silo_network_of(name, args.opts.parent, stack_settings())
+    expected = silo_network_of(name, args.opts.parent)
     if expected is None:
         return
     problem = _network_problem(props.get("network"), expected)
@@ -626,17 +641,18 @@ def _silos_on_own_network(args: ResourceValidationArgs, report: ReportViolation)
 
 # -- advisories -----------------------------------------------------------------------------------------
 def _autostop_on(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    settings = stack_settings()
     props = plain(args.props)
-    service = machine_service(props, settings)
+    service = machine_service(props, args.opts.parent)
     if service is None or props.get("desired_state") != "started":
         return  # towns work unattended by design; a stopped machine bills nothing
-    if service == "pg" and settings.pg_public:
-        return  # a public pg is reached over 6PN, which cannot wake it (components/config/model.py pg_host)
     config = machine_config(props)
     if config is None:
         return
     services = config.get("services") or []
+    if service == "pg" and _serves_pg_tls(services):
+        # A public pg (silo:pgPublic: its ports behind pg_tls) is reached over 6PN, which cannot wake it
+        # (components/config/model.py pg_host), so the program never auto-stops it.
+        return
     if services and not any(s.get("autostop") in (True, "stop", "suspend") for s in services):
         report(
             with_urn(
@@ -647,14 +663,24 @@ def _autostop_on(args: ResourceValidationArgs, report: ReportViolation) -> None:
         )
 
 
+def _serves_pg_tls(services: list[Any]) -> bool:
+    return any(
+        "pg_tls" in (port.get("handlers") or [])
+        for service in services
+        if isinstance(service, Mapping)
+        for port in service.get("ports") or []
+        if isinstance(port, Mapping)
+    )
+
+
 def _machine_guest(props: Mapping[str, Any]) -> dict[str, Any] | None:
     config = machine_config(props)
     return dict(config.get("guest") or {}) if config is not None else None
 
 
 def _monthly_budget(args: StackValidationArgs, report: ReportViolation) -> None:
-    budget = stack_settings().monthly_budget
-    if budget is None:
+    budget = args.get_config().get("monthlyBudget")
+    if not isinstance(budget, int | float) or isinstance(budget, bool):
         return
     guests: list[dict[str, Any]] = []
     volumes: list[int] = []
@@ -676,8 +702,8 @@ def _monthly_budget(args: StackValidationArgs, report: ReportViolation) -> None:
         note = f"; {unknown} machine(s) not known until up are not counted" if unknown else ""
         report(
             f"the silo's monthly cost estimate is ${total:.2f} with every machine always on (${active:.2f} at "
-            f"{costs.SEED_ACTIVE_HOURS} active hours), above silo:monthlyBudget ${budget:.2f}{note} "
-            "(prices in components/domain/costs.py)"
+            f"{costs.SEED_ACTIVE_HOURS} active hours), above the monthlyBudget ${budget:.2f} of the stack's policy "
+            f"config{note} (prices in components/domain/costs.py)"
         )
 
 
@@ -685,7 +711,11 @@ def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
     def resource(name: str, *validators: Any) -> ResourceValidationPolicy:
         rule = RULE[name]
         return ResourceValidationPolicy(
-            name=rule.name, description=rule.why, enforcement_level=rule.level, validate=list(validators)
+            name=rule.name,
+            description=rule.why,
+            enforcement_level=rule.level,
+            validate=list(validators),
+            config_schema=CONFIG_SCHEMAS.get(rule.name),
         )
 
     def on(resource_type: str, validate: Any) -> Any:
@@ -707,7 +737,11 @@ def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
         resource("studio-meta-private", on(IP, _studio_meta_ip)),
         resource("images-by-digest", on(MACHINE, _images_by_digest)),
         StackValidationPolicy(
-            name=budget.name, description=budget.why, enforcement_level=budget.level, validate=_monthly_budget
+            name=budget.name,
+            description=budget.why,
+            enforcement_level=budget.level,
+            validate=_monthly_budget,
+            config_schema=CONFIG_SCHEMAS[budget.name],
         ),
         resource("autostop-on", on(MACHINE, _autostop_on)),
     ]

@@ -498,7 +498,8 @@ class SiloConfig(_Model):
     key_generation: Annotated[int, Field(ge=0)] = 0
     # GoTrue's SMTP server (optional); its password is the secret silo:smtpPassword.
     smtp: SmtpConfig | None = None
-    # USD per month; the guardrails (policy/) warn when the silo's cost estimate is above it.
+    # Accepted so existing stack files stay valid, but no longer read: the guardrails take the budget from the
+    # stack's policy config (docs/guardrails.md "Waivers"); the program says so (components/stacks/devenv.py).
     monthly_budget: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     def __init__(self, **data: Any) -> None:

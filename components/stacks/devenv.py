@@ -71,6 +71,11 @@ class DevEnvStack(pulumi.ComponentResource):
             pulumi.log.warn("silo:smtpPassword is set but silo:smtp is not: GoTrue sends no mail without silo:smtp")
         elif cfg.smtp is not None and cfg.smtp.user and smtp_password is None:
             pulumi.log.warn("silo:smtp.user is set without silo:smtpPassword: GoTrue cannot log in to the SMTP server")
+        if cfg.monthly_budget is not None:
+            pulumi.log.warn(
+                "silo:monthlyBudget is no longer read: the guardrails take the budget from the stack's policy "
+                f'config, policy/config/<stack>.json {{"monthly-budget": {{"monthlyBudget": {cfg.monthly_budget:g}}}}}'
+            )
         keys = self.jwt_secret.apply(lambda s: supabase_keys(s, issued_at=KEYS_ISSUED_AT, years=KEYS_VALID_YEARS))
         self.anon_key: pulumi.Output[str] = pulumi.Output.unsecret(keys.apply(lambda k: k.anon_key))
         self.service_role_key: pulumi.Output[str] = pulumi.Output.secret(keys.apply(lambda k: k.service_role_key))

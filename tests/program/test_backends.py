@@ -33,6 +33,8 @@ from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.team import StateBackend, TeamCli, postgres_state, s3_state
 from tests.program.test_crash_recovery import assert_nothing_orphaned
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 pytestmark = [pytest.mark.engine, pytest.mark.db]
 
 SILO = {
@@ -174,7 +176,14 @@ def test_a_second_up_is_refused_by_the_lock_and_a_killed_up_is_recovered(deploym
 def test_destroy_on_the_shared_backend(deployment: Deployment) -> None:
     cli = deployment.cli
     cli.write_config("dev", {**SILO, "silo:allowDataDeletion": "true"})
-    cli.run("up", "--yes", "--skip-preview", "--stack", "dev")  # deletion allowed in state first
+    # Deletion allowed in state first; the guardrails' data-volumes-kept rule waived in the stack's policy
+    # config (docs/guardrails.md "Waivers": the stack file alone cannot waive a mandatory rule).
+    waiver = cli.root / "dev-policy.json"
+    waiver.write_text(json.dumps({"data-volumes-kept": {"allowDataDeletion": True}}))
+    cli.run(
+        "up", "--yes", "--skip-preview", "--stack", "dev",
+        "--policy-pack", str(REPO_ROOT / "policy"), "--policy-pack-config", str(waiver),
+    )  # fmt: skip
     destroyed = cli.run("destroy", "--yes", "--skip-preview", "--stack", "dev")
     assert "deleted" in destroyed.stdout
     assert cli.state("dev").get("resources") in (None, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from components.config.model import SiloConfig
 from components.domain import services as svc
 from components.providers.fly import flytoml
 from components.render.files import render_fly_toml, secret_env
+from engine.guardrails import policy_args
 from tests.fixtures.program import SiloProgram
 
 SECRETS = svc.SiloSecrets(
@@ -68,3 +70,32 @@ def test_public_pg_gets_public_ips_and_a_tls_connection_string(tmp_path: Path, f
     assert not [
         app for app, names in secrets.items() if app != "devenv-acme-erp-pg" and "SILO_PUBLIC_DB_PASSWORD" in names
     ]
+
+
+@pytest.mark.engine
+def test_public_pg_needs_the_policy_waiver_not_just_the_stack_config(tmp_path: Path, fly_emulator) -> None:
+    # The guardrails (pg-private-or-tls, mandatory): silo:pgPublic in the stack's config makes the program
+    # give the pg app public IPs, which the pack refuses unless the stack's policy config allows a public pg
+    # (docs/guardrails.md "Waivers"); with the waiver the program's pg is TLS-only, so it passes.
+    waiver = tmp_path / "policy-config"
+    waiver.mkdir()
+    (waiver / "dev.json").write_text(json.dumps({"pg-private-or-tls": {"pgPublic": True}}))
+    program = SiloProgram(fly_emulator, tmp_path / "stack", studio="false", pgPublic="true")
+
+    refused = program.run("preview", engine_args=policy_args("dev", tmp_path / "no-policy-config"))
+    assert not refused.ok
+    violations = {
+        (v["policy"], v["urn"].rsplit("::", 1)[1]) for v in refused.policy_violations if v["level"] == "mandatory"
+    }
+    assert violations == {
+        ("pg-private-or-tls", "devenv-acme-erp-pg-ip-v4"),
+        ("pg-private-or-tls", "devenv-acme-erp-pg-ip-v6"),
+    }, refused.policy_violations
+    assert "policy violation (mandatory) pg-private-or-tls" in (refused.error or "")
+
+    allowed = program.run("preview", engine_args=policy_args("dev", waiver))
+    assert allowed.ok, allowed.error
+    assert not [v for v in allowed.policy_violations if v["level"] == "mandatory"]
+    # The public pg never auto-stops (.internal cannot wake it): the autostop advisory knows it from its
+    # TLS-only ports, not from the stack's config.
+    assert not [v for v in allowed.policy_violations if v["policy"] == "autostop-on"]

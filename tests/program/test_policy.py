@@ -1,7 +1,10 @@
 """The silo guardrails (policy/) under the real Pulumi CLI (issue 14): each mandatory rule fails a preview
 naming the rule and the resource's URN, and passes once the resource is fixed; each advisory shows as a
 warning; the real stacks (Pulumi.dev.yaml, the control stack, a silo with towns) pass with no
-mandatory violation; enforcement levels are set per stack with a `--policy-pack-config` file.
+mandatory violation; enforcement levels are set per stack with a `--policy-pack-config` file, and so are
+the waivers of mandatory rules (issue 25 item 9): the stack's own config (silo:allowDataDeletion,
+silo:pgPublic) waives nothing, the policy config does. The pack imports the project as an installed
+package and patches nothing of pulumi_policy, so it can be published as it is.
 
 Most mandatory rules cannot be broken through valid config, because the config model and the providers
 refuse first. Those are broken by tests/program/guardrails_program, a Pulumi program that registers the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +26,15 @@ import pytest
 
 from components.domain.naming import sandbox_id
 from emulators.fly import FlyEmulator
-from engine.guardrails import policy_args
+from engine.guardrails import PR_SILOS_CONFIG, config_file, describe, policy_args
 from engine.runner import RunResult
-from policy.rules import RULES
+from policy.rules import RULES, WAIVERS
 from tests.fixtures.program import TOWNS_SILO, SiloProgram, StackProgram, control_env, fly_env
 
 pytestmark = pytest.mark.engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+POLICY_DIR = REPO_ROOT / "policy"
 FIXTURE_PROJECT = Path(__file__).resolve().parent / "guardrails_program"
 FIXTURE_NAME = "guardrails-fixture"
 STACK = "guardrails"
@@ -38,6 +43,11 @@ ADVISORY = [r.name for r in RULES if r.level.value == "advisory"]
 TOWN = sandbox_id("user-1", "alpha")
 PG_DIGEST = "supabase/postgres@sha256:af083ef64d0408c8f098ee6f5c364a59b26f36fbc0f3a334a62c5c1d57362e9b"
 SILO = {"silo:client": "acme", "silo:app": "erp", "silo:allowDataDeletion": "false"}
+# What the stack author can say in the stack's config; it waives no mandatory rule.
+STACK_WAIVES = {"silo:allowDataDeletion": "true", "silo:pgPublic": "true"}
+# What the organisation says in the stack's policy config (policy/config/<stack>.json) to waive them.
+ALLOW_DATA_DELETION = {"data-volumes-kept": {"allowDataDeletion": True}}
+ALLOW_PUBLIC_PG = {"pg-private-or-tls": {"pgPublic": True}}
 NETWORK = "devenv-acme-erp"  # the silo's own network
 PRIVATE_KEY = (
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC-secret-key-material\n-----END PRIVATE KEY-----\n"
@@ -92,7 +102,9 @@ def urn(kind: str, name: str) -> str:
     return f"urn:pulumi:{STACK}::{FIXTURE_NAME}::pulumi-python:dynamic/fly:{kind}::{name}"
 
 
-# Each mandatory rule broken, one resource at a time: (rule, the offending resource's URN).
+# Each mandatory rule broken, one resource at a time: (rule, the offending resource's URN). The broken stack
+# runs with STACK_WAIVES in its config: the pg app's public IP and the deletable volume and app are refused
+# all the same, because only the policy config waives a mandatory rule.
 BROKEN = [
     ("data-volumes-kept", urn("App", "pg-app")),
     ("data-volumes-kept", urn("Volume", "pg-data")),
@@ -197,6 +209,13 @@ def advisories(result: RunResult, rule: str) -> list[dict[str, str]]:
     return [v for v in result.policy_violations if v["policy"] == rule and v["level"] == "advisory"]
 
 
+def policy_config_dir(where: Path, stack: str, config: dict[str, Any]) -> Path:
+    """A policy config directory holding `config` as <stack>.json, the way policy/config/ holds it."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{stack}.json").write_text(json.dumps(config))
+    return where
+
+
 class Fixture(StackProgram):
     """The guardrails test program, one stack, against `emulator`."""
 
@@ -204,9 +223,19 @@ class Fixture(StackProgram):
         super().__init__(root, STACK, fly_env(emulator), project=FIXTURE_PROJECT)
 
     def run(
-        self, op: str, resources: list[dict[str, Any]], *, config_dir: Path | None = None, **config: Any
+        self,
+        op: str,
+        resources: list[dict[str, Any]],
+        *,
+        config_dir: Path | None = None,
+        policy_config: dict[str, Any] | None = None,
+        **config: Any,
     ) -> RunResult:
+        """`op` on `resources` with the stack's `config`; the policy config from `config_dir`, or
+        `policy_config` written as this stack's file, else none."""
         stack_config = {**SILO, **config, "fixture:resources": resources}
+        if policy_config is not None:
+            config_dir = policy_config_dir(self.root / "policy-config", STACK, policy_config)
         args = policy_args(STACK, config_dir) if config_dir else policy_args(STACK, self.root / "no-config")
         return self.run_config(op, stack_config, **args)
 
@@ -218,13 +247,13 @@ def emulator(fly_emulator_module: FlyEmulator) -> FlyEmulator:
 
 @pytest.fixture(scope="module")
 def bad_preview(emulator: FlyEmulator, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    return Fixture(emulator, tmp_path_factory.mktemp("bad")).run("preview", BAD_RESOURCES)
+    return Fixture(emulator, tmp_path_factory.mktemp("bad")).run("preview", BAD_RESOURCES, **STACK_WAIVES)
 
 
 @pytest.fixture(scope="module")
 def good_preview(emulator: FlyEmulator, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     return Fixture(emulator, tmp_path_factory.mktemp("good")).run(
-        "preview", GOOD_RESOURCES, **{"silo:pgPublic": "true"}
+        "preview", GOOD_RESOURCES, policy_config=ALLOW_PUBLIC_PG
     )
 
 
@@ -241,6 +270,14 @@ def test_a_broken_rule_fails_the_preview_naming_rule_and_urn(bad_preview: RunRes
 
 def test_the_broken_stack_reports_exactly_the_broken_resources(bad_preview: RunResult) -> None:
     assert mandatory(bad_preview) == sorted(set(BROKEN))
+    # The stack's config said silo:allowDataDeletion and silo:pgPublic; the messages say where the waiver is.
+    messages = {v["urn"]: v["message"] for v in bad_preview.policy_violations if v["level"] == "mandatory"}
+    waiver = 'policy/config/guardrails.json {"data-volumes-kept": {"allowDataDeletion": true}}'
+    assert waiver in messages[urn("Volume", "pg-data")] and waiver in messages[urn("App", "pg-app")]
+    assert (
+        'policy/config/guardrails.json {"pg-private-or-tls": {"pgPublic": true}}'
+        in messages[urn("IpAssignment", "pg-ip-v4")]
+    )
     # Nothing is created or deleted by a failed preview, and no secret value is quoted back.
     assert "hunter2" not in bad_preview.text and "super-secret-jwt" not in bad_preview.text
     assert "secret-key-material" not in bad_preview.text
@@ -255,7 +292,7 @@ def test_the_fixed_resources_pass_with_no_mandatory_violation(good_preview: RunR
 
 
 def test_pg_public_without_pg_tls_fails(emulator: FlyEmulator, tmp_path: Path) -> None:
-    result = Fixture(emulator, tmp_path).run("preview", CLEAR_PG, **{"silo:pgPublic": "true"})
+    result = Fixture(emulator, tmp_path).run("preview", CLEAR_PG, policy_config=ALLOW_PUBLIC_PG)
     assert not result.ok
     assert mandatory(result) == [("pg-private-or-tls", urn("Machine", "pg-machine"))]
     [violation] = [v for v in result.policy_violations if v["level"] == "mandatory"]
@@ -274,8 +311,21 @@ def test_enforcement_levels_are_set_per_stack_with_a_policy_pack_config(emulator
     assert not [v for v in result.policy_violations if v["policy"] == "no-secrets-in-env"]
 
 
+def test_a_waiver_of_the_wrong_type_is_refused_by_the_cli(emulator: FlyEmulator, tmp_path: Path) -> None:
+    # The rules' config schemas reach the CLI (the pack's GetAnalyzerInfo), which checks the file against
+    # them before anything runs: "yes" is not a boolean, so it waives nothing and says so.
+    result = Fixture(emulator, tmp_path).run(
+        "preview", BAD_RESOURCES[:2], policy_config={"data-volumes-kept": {"allowDataDeletion": "yes"}}
+    )
+    assert not result.ok
+    assert (
+        "data-volumes-kept: allowDataDeletion: Invalid type. Expected: boolean, given: string"
+        in (result.error or "") + result.stdout + result.stderr
+    ), (result.error, result.stdout[-2000:], result.stderr[-2000:])
+
+
 # -- a data volume's replacement, which the policy sees through the provider's check ----------------------------
-def test_replacing_a_data_volume_fails_unless_the_stack_allows_data_deletion(
+def test_replacing_a_data_volume_fails_unless_the_policy_config_allows_data_deletion(
     fly_emulator: FlyEmulator, tmp_path: Path
 ) -> None:
     # Its own emulator: the app this `up` creates must not be in the world the real program previews.
@@ -295,8 +345,13 @@ def test_replacing_a_data_volume_fails_unless_the_stack_allows_data_deletion(
     assert mandatory(refused) == [("data-volumes-kept", urn("Volume", "storage-data"))]
     assert "replaces data volume storage_files" in refused.error and "it changes name" in refused.error
 
-    allowed = stack.run("preview", renamed, **{"silo:allowDataDeletion": "true"})
+    # The stack's own config does not waive the rule: only its policy config does.
+    stack_says = stack.run("preview", renamed, **{"silo:allowDataDeletion": "true"})
+    assert not stack_says.ok
+    assert mandatory(stack_says) == [("data-volumes-kept", urn("Volume", "storage-data"))]
+    allowed = stack.run("preview", renamed, policy_config=ALLOW_DATA_DELETION, **{"silo:allowDataDeletion": "true"})
     assert allowed.ok, allowed.error
+    assert mandatory(allowed) == []
     assert allowed.changed() == {"storage-data": "replace"}
     # A region move under silo:regionMigration is the documented migration (the old volume is kept).
     moved = [deployed[0], res("Volume", "storage-data", **{**volume, "region": "yyz", "allow_region_change": True})]
@@ -310,15 +365,25 @@ def test_replacing_a_data_volume_fails_unless_the_stack_allows_data_deletion(
 class Previews:
     dev: RunResult
     advised: RunResult
+    deletable: RunResult
 
 
 @pytest.fixture(scope="module")
 def real_previews(emulator: FlyEmulator, tmp_path_factory: pytest.TempPathFactory) -> Previews:
     dev = SiloProgram(emulator, tmp_path_factory.mktemp("dev")).run("preview", engine_args=policy_args("dev"))
-    advised = SiloProgram(emulator, tmp_path_factory.mktemp("advised")).run(
-        "preview", engine_args=policy_args("dev"), autoStopMinutes="0", monthlyBudget="15"
+    # The budget is policy config; so is the waiver that lets this stack's config allow data deletion.
+    root = tmp_path_factory.mktemp("advised")
+    config_dir = policy_config_dir(
+        root / "policy", "dev", {**ALLOW_DATA_DELETION, "monthly-budget": {"monthlyBudget": 15}}
     )
-    return Previews(dev, advised)
+    advised = SiloProgram(emulator, root).run(
+        "preview", engine_args=policy_args("dev", config_dir), autoStopMinutes="0", allowDataDeletion="true"
+    )
+    # The same stack config without the waiver.
+    deletable = SiloProgram(emulator, tmp_path_factory.mktemp("deletable")).run(
+        "preview", engine_args=policy_args("dev", root / "none"), allowDataDeletion="true"
+    )
+    return Previews(dev, advised, deletable)
 
 
 def test_the_dev_stack_passes_and_images_by_tag_are_advisories(real_previews: Previews) -> None:
@@ -339,8 +404,23 @@ def test_autostop_off_and_a_budget_below_the_estimate_are_advisories(real_previe
     stopped_never = {v["urn"].rsplit("::", 1)[1] for v in advisories(advised, "autostop-on")}
     assert stopped_never == {f"{app(s)}-machine" for s in ("pg", "rest", "auth", "storage", "meta", "studio", "kong")}
     [budget] = advisories(advised, "monthly-budget")
-    assert "above silo:monthlyBudget $15.00" in budget["message"]
+    assert "above the monthlyBudget $15.00 of the stack's policy config" in budget["message"]
     assert budget["urn"].endswith("pulumi:pulumi:Stack::silo-dev")
+    assert not advisories(real_previews.dev, "monthly-budget")  # no budget in its policy config
+
+
+def test_the_real_program_deletes_data_only_with_the_policy_waiver(real_previews: Previews) -> None:
+    # silo:allowDataDeletion=true in the stack's config: the program registers the data volumes deletable
+    # (allow_delete) and every app without keep_volumes; refused at preview unless the policy config allows it.
+    refused = real_previews.deletable
+    assert not refused.ok
+    kept = {(rule, u.rsplit("::", 1)[1]) for rule, u in mandatory(refused)}
+    apps = {app(s) for s in ("pg", "rest", "auth", "storage", "meta", "studio", "kong")}
+    volumes = {f"{app('pg')}-pg-data", f"{app('storage')}-storage-data"}
+    assert kept == {("data-volumes-kept", name) for name in apps | volumes}, mandatory(refused)
+    assert "policy violation (mandatory) data-volumes-kept" in (refused.error or "")
+    # With the waiver (real_previews.advised), the same stack config passes.
+    assert real_previews.advised.ok and mandatory(real_previews.advised) == []
 
 
 @pytest.mark.db
@@ -363,6 +443,47 @@ def test_the_control_stack_and_a_silo_with_towns_pass(
     town_machines = {s.urn for s in silo_up.steps if s.type.endswith("fly:Machine") and "::gt-" in s.urn}
     assert len(town_machines) == 2
     assert town_machines <= {v["urn"] for v in advisories(silo_up, "images-by-digest")}
+
+
+def test_pr_silos_get_the_shared_waiver_unless_they_have_their_own_file(tmp_path: Path) -> None:
+    # `silo pr up` makes throwaway silos with silo:allowDataDeletion (components/cli/pr.py): the repository's
+    # policy config allows it for every pr-<number> stack, and for no other stack.
+    shared = POLICY_DIR / "config" / PR_SILOS_CONFIG
+    assert json.loads(shared.read_text()) == ALLOW_DATA_DELETION
+    assert config_file("pr-42") == shared and config_file("dev") is None and config_file("pr-silos") is None
+    own = policy_config_dir(tmp_path, "pr-7", {"all": "advisory"}) / "pr-7.json"
+    assert config_file("pr-7", tmp_path) == own
+    # What `make preview` prints first shows the waiver.
+    assert re.search(r"^  config\s+data-volumes-kept\s+allowDataDeletion=true$", "\n".join(describe("pr-42")), re.M)
+
+
+def test_the_pack_imports_the_installed_project_and_patches_nothing(tmp_path: Path) -> None:
+    # As the runner starts it (its directory first on sys.path) but from elsewhere, isolated (-I: no
+    # PYTHONPATH, no current directory): `components` is the installed silo-infra, not a path added by hand.
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import rules, components, json; "
+        "print(json.dumps({'components': components.__file__, 'rules': rules.__file__, "
+        "'schemas': {p.name: dict(p.config_schema.properties) for p in rules.policies() if p.config_schema}}))"
+    )
+    done = subprocess.run(
+        [str(REPO_ROOT / "venv" / "bin" / "python"), "-I", "-c", probe, str(POLICY_DIR)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["rules"] == str(POLICY_DIR / "rules.py")
+    assert Path(found["components"]).parent.name == "components"
+    schemas = found["schemas"]
+    for rule, (prop, _) in WAIVERS.items():
+        assert schemas[rule][prop]["type"] == "boolean" and schemas[rule][prop]["default"] is False
+    assert schemas["monthly-budget"]["monthlyBudget"]["type"] == "number"
+    # Nothing private of pulumi_policy, no sys.path edits, no stack config read by the pack.
+    source = "\n".join(p.read_text() for p in sorted(POLICY_DIR.glob("*.py")))
+    for forbidden in ("_PolicyAnalyzerServicer", "sys.path.", "pulumi.Config(", "ConfigureStack =", "set_config("):
+        assert forbidden not in source, forbidden
 
 
 def test_the_documented_guardrails_table_is_the_pack_s_rules() -> None:
