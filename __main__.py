@@ -11,6 +11,10 @@ from components.config.model import from_pulumi_config
 from components.stacks.images import resolve_images
 
 cfg = from_pulumi_config()
+if cfg.kind != "control" and cfg.towns:
+    from components.stacks.town import require_town_credentials
+
+    require_town_credentials()  # a missing credential fails the preview, before anything is declared
 
 if cfg.kind == "control":
     from components.stacks.control import ControlPlane

@@ -10,7 +10,8 @@ this stack, or that needs one that failed):
    creates nothing);
 4. registry database (towns, control stack): reachable; for towns, as a least-privileged login that can
    read and write town rows and nothing more;
-5. R2 bucket (towns, control stack): the backup bucket is reachable with the Cloudflare credentials;
+5. R2 bucket (towns, control stack): the backup bucket is reachable with the Cloudflare credentials, and
+   for towns the parent access key their temporary R2 credentials are minted from is set;
 6. town R2 credentials (towns that exist already): each town machine's temporary R2 credentials are
    still valid (read from the machine's config, R2_CREDENTIALS_EXPIRE_AT): past their expiry the town's
    backups have stopped (a failure); within two days of it, the next `pulumi up` must run (said);
@@ -40,7 +41,7 @@ from components.domain.town_credentials import TOWN_MACHINE, machine_expiry
 from components.providers.cloudflare.client import CloudflareClient
 from components.providers.cloudflare.errors import CloudflareError
 from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
-from components.providers.cloudflare.settings import resolve_cloudflare_settings
+from components.providers.cloudflare.settings import require_parent_access_key, resolve_cloudflare_settings
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
 from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken
@@ -268,6 +269,8 @@ def check_bucket(ctx: Context) -> tuple[Status, str]:
     bucket, source = backup_bucket(ctx)
     try:
         settings = resolve_cloudflare_settings({k: ctx.plain(k) for k in CLOUDFLARE_CONFIG_KEYS}, ctx.env)
+        if ctx.towns:  # what each town's temporary credentials are minted from (the preview checks it too)
+            require_parent_access_key(settings)
         with CloudflareClient(settings, attempts=2) as cloudflare:
             found = cloudflare.get_bucket(bucket)
     except ValueError as exc:

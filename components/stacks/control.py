@@ -26,6 +26,7 @@ from components.providers.cloudflare.r2 import (
 from components.providers.controldb.catalog import CatalogSync
 from components.providers.controldb.dblogin import DatabaseLogin
 from components.providers.controldb.dsn import CONTROL_DSN_CONFIG_KEY, CONTROL_DSN_ENV
+from components.providers.controldb.in_use import ControlInUse
 from components.providers.controldb.schema import PostgresSchemaResource
 from components.providers.generated import GeneratedSecret
 
@@ -119,6 +120,16 @@ class ControlPlane(pulumi.ComponentResource):
             location_hint=cfg.backup_location_hint,
             allow_delete=cfg.allow_data_deletion,
             opts=pulumi.ResourceOptions(parent=self, protect=not cfg.allow_data_deletion),
+        )
+        # Deleted first (it depends on everything above): a destroy is refused while towns still use the
+        # registry or the bucket is protected, before anything is removed (components/providers/controldb/in_use.py).
+        self.in_use = ControlInUse(
+            "control-in-use",
+            bucket_protected=not cfg.allow_data_deletion,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.schema, self.catalog, self.backend_login, self.bucket],
+            ),
         )
         self.outputs: dict[str, Any] = {
             "backup_bucket": self.bucket.name,

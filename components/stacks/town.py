@@ -29,7 +29,10 @@ from components.config.model import (
 )
 from components.domain.catalog import ResolvedImage
 from components.domain.town_credentials import EXPIRY_ENV, TOWN_MACHINE
+from components.errors import UserError
 from components.providers.cloudflare.r2 import R2TownCredentials
+from components.providers.cloudflare.settings import CONFIG_KEYS as CLOUDFLARE_CONFIG_KEYS
+from components.providers.cloudflare.settings import require_parent_access_key, resolve_cloudflare_settings
 from components.providers.controldb.registry import TownRecords, TownRegistration
 from components.providers.fly.app_secrets import FlySecrets
 from components.providers.fly.apps import FlyApp
@@ -280,9 +283,9 @@ def town_sandboxes(
     """Every town of the silo, then one gate that waits for all their machines at once and one registry
     write for all their rows (bench/run.py: a gate or a record per town is a step, and a provider slot
     or a registry connection, per town)."""
-    sandboxes = [TownSandbox(cfg, town, image, control) for town in cfg.towns]
-    if not sandboxes:
+    if not cfg.towns:
         return []
+    sandboxes = [TownSandbox(cfg, town, image, control) for town in cfg.towns]
     if pulumi.Config("silo").get_secret("kiloJwt") is not None:
         pulumi.log.warn("silo:kiloJwt is no longer used: each town gets a heartbeat token of its own (KILO_JWT)")
     machines = [s.machine for s in sandboxes]
@@ -301,6 +304,22 @@ def town_sandboxes(
     for sandbox in sandboxes:
         sandbox.finish(ready)
     return sandboxes
+
+
+def require_town_credentials() -> None:
+    """Before any resource is declared (__main__.py): the Cloudflare credentials every town's R2 credentials will be
+    minted from, as the providers will resolve them (stack config, then the environment). Missing, the
+    preview fails naming the key, instead of the `up` failing after the town's registry row and Fly app
+    exist (issue 25: "check early")."""
+    from pulumi.runtime import config as runtime_config
+
+    raw = {key: runtime_config.get_config(key) for key in CLOUDFLARE_CONFIG_KEYS}
+    try:
+        require_parent_access_key(
+            resolve_cloudflare_settings({k: v for k, v in raw.items() if isinstance(v, str) and v})
+        )
+    except ValueError as exc:
+        raise UserError(f"towns need {exc}") from None
 
 
 def token_sha256(token: str | None) -> str | None:

@@ -180,6 +180,20 @@ def test_each_failing_check_says_what_is_wrong(
     assert lines["image catalog"].startswith("FAIL") and "tag 'v12.2.12' is disabled" in lines["image catalog"]
 
 
+def test_towns_without_the_r2_parent_access_key_fail_naming_it(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each town's temporary R2 credentials are minted from it: without it the town's `up` would fail after
+    its registry row and Fly app exist, so the doctor (and the preview) say so first."""
+    monkeypatch.delenv("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID")
+    code, lines = doctor(world.stack_file(), capsys)
+    assert code == 1
+    assert lines["R2 bucket"].startswith("FAIL") and "cloudflare:r2ParentAccessKeyId" in lines["R2 bucket"]
+    control = world.stacks / "Pulumi.control.yaml"  # the control stack mints nothing: not needed there
+    monkeypatch.setenv("SILO_REGISTRY_DSN", world.superuser_dsn)
+    assert doctor(control, capsys)[1]["R2 bucket"].startswith("ok")
+
+
 def test_a_login_that_cannot_write_towns_fails(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     with psycopg.connect(world.superuser_dsn, autocommit=True) as conn:
         role = f"silo_backend_{conninfo_to_dict(world.superuser_dsn)['dbname']}"

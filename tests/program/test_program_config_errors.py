@@ -86,6 +86,33 @@ def test_bad_config_fails_preview_naming_the_key_like_validate(
     assert not [s for s in result.steps if s.type.startswith(FLY)]
 
 
+@pytest.mark.parametrize("op", ["preview", "up"])
+def test_towns_without_the_r2_parent_access_key_fail_before_anything_is_created(
+    op: str, tmp_path: Path, emulator: FlyEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each town's R2 credentials are minted from cloudflare:r2ParentAccessKeyId: without it the town's `up`
+    used to fail after its registry row and Fly app existed. Now the program refuses first, naming the key."""
+    for key in ("CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID", "CLOUDFLARE_API_TOKEN", "CLOUDFLARE_API_URL"):
+        monkeypatch.delenv(key, raising=False)
+    config = {
+        **base_config(),
+        "silo:towns": json.dumps([TOWN]),
+        "silo:controlStack": "organization/silo/control",
+        "cloudflare:accountId": "0123456789abcdef0123456789abcdef",
+        "cloudflare:apiUrl": "http://127.0.0.1:9",  # a loopback emulator: no token needed, only the key
+    }
+    program = StackProgram(tmp_path, STACK, fly_env(emulator))
+
+    result = program.run_config(op, config)
+
+    assert not result.ok
+    assert "towns need cloudflare:r2ParentAccessKeyId: temporary R2 credentials" in (result.error or "")
+    assert "Traceback" not in (result.error or "")
+    assert emulator.calls() == []
+    # At most the stack itself is recorded (by the failed `up`): no resource.
+    assert {r.type for r in program.state().resources.values()} <= {"pulumi:pulumi:Stack"}
+
+
 # -- region change of an existing silo ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def deployed_in_yul(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiloProgram]:

@@ -77,6 +77,7 @@ from components.providers.cloudflare.settings import (
     PARENT_ACCESS_KEY_CONFIG,
     PARENT_ACCESS_KEY_ENV,
     CloudflareSettings,
+    require_parent_access_key,
     resolve_cloudflare_settings,
     s3_endpoint,
 )
@@ -615,12 +616,7 @@ class R2TownCredentialsProvider(_CloudflareProvider):
         prefix = town_prefix(props["town_id"])
         ttl = int(canonical(props.get("ttl_seconds", DEFAULT_TTL_S)))
         settings = self.settings()
-        if not settings.parent_access_key_id:
-            raise ValueError(
-                "cloudflare:r2ParentAccessKeyId: temporary R2 credentials are derived from a parent "
-                "access key (the id of an R2 API token); set cloudflare:r2ParentAccessKeyId or "
-                "CLOUDFLARE_R2_PARENT_ACCESS_KEY_ID"
-            )
+        require_parent_access_key(settings)
         issued = dt.datetime.now(dt.UTC)
         with CloudflareClient(settings) as cf:
             creds = cf.temp_credentials(

@@ -83,3 +83,14 @@ def s3_endpoint(account_id: str, jurisdiction: str = "default") -> str:
     if jurisdiction == "default":
         return f"https://{account_id}.r2.cloudflarestorage.com"
     return f"https://{account_id}.{jurisdiction}.r2.cloudflarestorage.com"
+
+
+def require_parent_access_key(settings: CloudflareSettings) -> str:
+    """The parent access key a town's temporary R2 credentials are derived from; its absence is said
+    naming the key, by preview (components/stacks/town.py), `silo doctor` and the credentials' create."""
+    if not settings.parent_access_key_id:
+        raise ValueError(
+            f"{PARENT_ACCESS_KEY_CONFIG}: temporary R2 credentials are derived from a parent access key (the "
+            f"id of an R2 API token); set {PARENT_ACCESS_KEY_CONFIG} or {PARENT_ACCESS_KEY_ENV}"
+        )
+    return settings.parent_access_key_id
