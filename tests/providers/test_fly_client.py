@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from components.providers.fly.client import FlyClient
-from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken
+from components.providers.fly.errors import FlyAuthError, FlyError, FlyNameTaken, FlyNothingListening
 from components.providers.fly.settings import (
     DEFAULT_API_URL,
     EMULATOR_TOKEN,
@@ -291,3 +291,25 @@ def test_quick_successive_calls_on_one_object_are_paced_not_refused(fly, fly_emu
     for _ in range(6):  # 1 req/s with bursts of 3 per action and object: the client waits, the API never refuses
         assert fly.list_volumes(app) == []
     assert [c["status"] for c in fly_emulator.calls()] == [200] * 6
+
+
+@pytest.mark.parametrize(
+    ("base_url", "calls"),
+    [("http://127.0.0.1:9", 1), ("https://api.machines.dev", 3)],
+    ids=["local-emulator-down", "remote-api-blip"],
+)
+def test_a_refused_connection_is_retried_only_where_waiting_can_help(base_url: str, calls: int) -> None:
+    """Nothing listening on loopback (the emulator is not running) is said at once, naming how to start it;
+    a remote API's refused connection may be a blip, and is sent again (nothing reached the API)."""
+    tried: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        tried.append(str(request.url))
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    settings = FlySettings(base_url, "token", "env")
+    fly = FlyClient(settings, attempts=3, backoff_initial=0.01, transport=httpx.MockTransport(refuse))
+    with fly, pytest.raises(FlyError, match="cannot reach the Fly Machines API") as caught:
+        fly.get_app("devenv-acme-erp-pg")
+    assert len(tried) == calls
+    assert (type(caught.value) is FlyNothingListening) is (calls == 1)

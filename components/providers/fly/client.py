@@ -43,10 +43,11 @@ from components.providers.fly.errors import (
     FlyError,
     FlyNameTaken,
     FlyNotFound,
+    FlyNothingListening,
     FlyWaitTimeout,
 )
 from components.providers.fly.settings import FlySettings
-from components.providers.http import is_transient, tls_context
+from components.providers.http import is_loopback_url, is_transient, tls_context
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ class FlyClient:
             # A connection that could not be made sent nothing; a read that timed out or broke off may have
             # been acted on (ambiguous).
             sent = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
-            raise FlyError(
+            nothing_listening = isinstance(exc, httpx.ConnectError) and is_loopback_url(self.settings.base_url)
+            raise (FlyNothingListening if nothing_listening else FlyError)(
                 f"cannot reach the Fly Machines API at {self.settings.base_url}: {exc}{hint}",
                 method=method,
                 path=path,

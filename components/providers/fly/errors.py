@@ -36,3 +36,17 @@ class FlyConflict(FlyError):
 
 class FlyWaitTimeout(FlyError):
     pass
+
+
+class FlyNothingListening(FlyError):
+    """A loopback Fly API (the local emulator) refused the connection: nothing listens there. Unlike a
+    remote API's network trouble, waiting will not change it, so it is said at once instead of after
+    every retry of every call (an `up` used to take three minutes to report it)."""
+
+    @property
+    def transient(self) -> bool:
+        return False
+
+    @property
+    def not_executed(self) -> bool:
+        return False  # sent nowhere, but no use sending again
