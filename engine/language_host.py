@@ -33,6 +33,7 @@ from pulumi.automation._server import LanguageServer
 from pulumi.runtime.proto import language_pb2, language_pb2_grpc, plugin_pb2
 
 from components.errors import UserError
+from engine.orphans import exit_with_engine
 from engine.workspace import inline_program
 
 # The engine's gRPC messages (a Run request carries the whole stack config) can exceed gRPC's 4 MiB default.
@@ -126,6 +127,7 @@ def engine_address(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     address = engine_address(sys.argv[1:] if argv is None else argv)
+    exit_with_engine()  # a killed engine does not stop its plugins (engine/orphans.py)
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

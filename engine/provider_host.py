@@ -27,6 +27,7 @@ import traceback
 from concurrent import futures
 
 from components.errors import UserError, debugging, one_line
+from engine.orphans import exit_with_engine
 
 # Matches the `--parallel` that scripts/pulumi.sh and bench/run.py give the engine: every step the
 # engine runs at once can have its provider call served.
@@ -60,6 +61,7 @@ def main() -> None:
     # `traceback.format_exc` up when a call fails.
     futures.ThreadPoolExecutor = _WiderPool  # type: ignore[misc]
     traceback.format_exc = _format_exc
+    exit_with_engine()  # a killed engine does not stop its plugins (engine/orphans.py)
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
 
 

@@ -205,6 +205,15 @@ def engine_env(state_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
 SDK_DEBUG_ENV = "SILO_SDK_DEBUG"
 
 
+# One program's top-level code at a time in this process (`silo fleet` and the API's worker run several
+# stacks in threads). Two threads importing the program's modules for the first time at once can see a
+# module half-initialized ("cannot import name 'conninfo_attempts' from partially initialized module
+# 'psycopg.conninfo'", seen in CI with `silo fleet preview`). The top-level code only declares resources
+# (the SDK's registrations run later, on each run's own event loop) and holds the GIL anyway, so the lock
+# costs next to nothing.
+_PROGRAM_LOCK = threading.Lock()
+
+
 def inline_program(
     env: Mapping[str, str] | None = None,
     main: Path = REPO_ROOT / "__main__.py",
@@ -226,7 +235,8 @@ def inline_program(
         try:
             _sdk_debug_messages(os.environ.get(SDK_DEBUG_ENV) == "1")
             try:
-                runpy.run_path(str(main), run_name="__main__")
+                with _PROGRAM_LOCK:
+                    runpy.run_path(str(main), run_name="__main__")
             except UserError as exc:
                 if debugging():
                     raise

@@ -13,10 +13,11 @@ pidfile="$silo/fly-emulator.pid"
 url="http://127.0.0.1:${port}"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; }
+# `ps -ww`: whole lines whatever COLUMNS says (ps cuts the line there otherwise; a long path was lost).
 ours() {
   local pid args
   pid=$(cat "$pidfile" 2>/dev/null) || return 1
-  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+  args=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
   # The relative form is how an earlier scripts/pulumi.sh started it, from this checkout's root.
   [[ $args == *"emulator --port ${port} --state ${state}" || $args == *"emulator --port ${port} --state .silo/fly-emulator.json" ]]
 }
@@ -32,7 +33,7 @@ fi
 
 # One emulator per checkout: its world is one state file, which two emulators would both write.
 pid=$(cat "$pidfile" 2>/dev/null || true)
-if [[ -n $pid ]] && args=$(ps -o args= -p "$pid" 2>/dev/null) && [[ $args =~ emulator\ --port\ ([0-9]+)\ --state\ (${state}|\.silo/fly-emulator\.json)$ ]]; then
+if [[ -n $pid ]] && args=$(ps -ww -o args= -p "$pid" 2>/dev/null) && [[ $args =~ emulator\ --port\ ([0-9]+)\ --state\ (${state}|\.silo/fly-emulator\.json)$ ]]; then
   echo "error: this checkout's Fly emulator already serves 127.0.0.1:${BASH_REMATCH[1]} (.silo/fly-emulator.json): set SILO_EMULATOR_PORT=${BASH_REMATCH[1]}, or stop it (kill ${pid}) to move it to port ${port}" >&2
   exit 1
 fi

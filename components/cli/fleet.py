@@ -141,11 +141,11 @@ def run_stack(
     ws: LocalWorkspace, project_dir: Path, name: str, op: str, *, refresh: bool, on_line: Callable[[str], Any]
 ) -> Outcome:
     """`op` of one stack through the Automation API; a failure of any kind is an Outcome, never raised."""
-    from pulumi.automation import CommandError, Stack
+    from pulumi.automation import CommandError
 
     from engine.guardrails import policy_args
     from engine.runner import run
-    from engine.workspace import PARALLEL
+    from engine.workspace import PARALLEL, known_stack
 
     started = time.monotonic()
     restored: Path | None = None
@@ -161,10 +161,12 @@ def run_stack(
                     message=f"no {stack_file(project_dir, name).name} in {project_dir}: {op} reads the stack's config "
                     "from it",
                 )  # fmt: skip
-        stack = Stack.select(name, ws)
-        kwargs: dict[str, Any] = {}
+        # The stack was listed by the backend: no `stack select` (a CLI call per stack) is needed.
+        stack = known_stack(ws, name)
+        # Nothing reads the outputs after an up here: skip the CLI calls the Automation API makes for them.
+        kwargs: dict[str, Any] = {"outputs": False}
         if op in ("preview", "up"):
-            kwargs = {"parallel": PARALLEL, **policy_args(name.split("/")[-1])}
+            kwargs |= {"parallel": PARALLEL, **policy_args(name.split("/")[-1])}
         if op == "preview" and refresh:
             kwargs["refresh"] = True
         result = run(stack, op, on_output=on_line, **kwargs)

@@ -27,8 +27,9 @@ def _listening(port: int) -> bool:
 
 
 def _args_of(pid: int) -> str:
-    # `ps` rather than /proc: the same answer on macOS, where developers run this too.
-    done = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    # `ps` rather than /proc: the same answer on macOS, where developers run this too. `-ww`: whole lines
+    # whatever COLUMNS says (with COLUMNS set, ps cuts the line there, and a long state path was lost).
+    done = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=False)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 

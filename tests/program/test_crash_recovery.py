@@ -139,9 +139,29 @@ def kill_when_held(cli: RawCli, emulator: FlyEmulator, *args: str, also: Callabl
         assert proc.poll() is None, "the run ended before reaching the call to crash in"
         assert time.monotonic() < deadline, "the run never reached the call to crash in"
         time.sleep(0.05)
+    # The plugins the CLI started (the wrapper execs it: its pid is the CLI's), each in a process group
+    # of its own, which the kill below does not reach.
+    plugins = children(proc.pid)
+    assert plugins, "the CLI had started no plugin"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     emulator.release()
+    # Nothing of the run outlives it: each plugin leaves once its engine is gone (engine/orphans.py).
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in plugins if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive, f"plugins outlived the killed CLI: {alive}"
+
+
+def children(pid: int) -> list[int]:
+    listed = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(word) for word in listed.stdout.split()]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child its parent has not reaped yet)."""
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    return state.returncode == 0 and not state.stdout.strip().startswith("Z")
 
 
 def recover_and_converge(cli: RawCli, emulator: FlyEmulator) -> str:

@@ -18,7 +18,7 @@ import pytest
 from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyError
 from components.providers.fly.machines import FlyMachineProvider
-from components.providers.fly.ready import FlyMachinesReadyProvider
+from components.providers.fly.ready import FlyMachinesReadyProvider, entries
 from components.providers.fly.settings import FlySettings
 from emulators.fly import FlyEmulator, LatencyModel
 from tests.fixtures.fly import visible_app
@@ -138,7 +138,7 @@ def test_a_refresh_records_a_failed_machine_on_the_gate_so_the_next_up_waits_aga
 
     fly_emulator.fail_machine(meta_app, broken.id, exit_code=3, every_start=True)
     refreshed = gate.read(ready.id, ready.outs)
-    assert [m["desired_state"] for m in refreshed.inputs["machines"]] == ["started", "failed"]
+    assert [m["desired_state"] for m in entries(refreshed.inputs["machines"])] == ["started", "failed"]
     assert refreshed.outs["states"] == {healthy.id: "started", broken.id: "failed"}
     # The machine's version is unchanged, so only the recorded failure makes the next `up` wait again, and
     # that wait fails at once: the restarted machine failed again.
