@@ -38,8 +38,9 @@ def summary(resources: Iterable[Mapping[str, Any]]) -> str | None:
         return None
     return (
         f"Retained, not deleted ({len(kept)}; retain_on_delete, now outside this stack's state): {'; '.join(kept)}. "
-        "Their data stays on Fly, and so does their cost: delete one for good with `fly apps destroy APP`, "
-        "or set silo:allowDataDeletion=true and run `up` before the destroy (docs/config.md)"
+        "Their data stays on Fly, and so does their cost: a later `up` of this stack adopts them again; "
+        "`fly apps destroy APP` deletes one for good; to delete them with the stack, allow it first "
+        "(silo:allowDataDeletion and the guardrails' waiver, then `up`: docs/config.md)"
     )
 
 
