@@ -64,8 +64,8 @@ from pulumi_policy import proxy as policy_proxy
 
 from components.domain import costs, naming
 from components.domain.catalog import DIGEST, Catalog, load_catalog
+from components.providers.base import REPLACEMENT_KEY
 from components.providers.fly import flytoml
-from components.providers.fly.volumes import REPLACEMENT_KEY
 
 PACK_NAME = "silo-guardrails"
 FLY = "pulumi-python:dynamic/fly:"

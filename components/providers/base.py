@@ -17,6 +17,14 @@ import pulumi
 from pulumi.dynamic import ConfigureRequest, DiffResult, ResourceProvider
 from pulumi.output import Unknown
 
+# Added to a volume's checked inputs when they change an immutable input of the deployed volume, i.e.
+# when the engine will replace it. A policy pack sees a resource's checked inputs but neither its old
+# state nor the step the engine plans (Pulumi docs, "Policy as Code": resource validation policies get
+# the resource's inputs), so this is how the silo guardrails (policy/) see a data volume's replacement
+# at preview. It is never part of the outputs, and `diff` does not compare it.
+# (Here rather than in fly/volumes.py: the policy pack reads it without importing the Fly client.)
+REPLACEMENT_KEY = "immutable_changes"
+
 PROVIDER_KEY = "__provider"
 
 

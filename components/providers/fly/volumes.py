@@ -23,6 +23,7 @@ from pulumi.output import Unknown
 from components.domain import naming
 from components.providers.base import (
     CONFIG_KEYS,
+    REPLACEMENT_KEY,
     DynamicResource,
     canonical,
     changed_keys,
@@ -35,12 +36,6 @@ from components.providers.fly.provider import FlyProviderBase
 
 log = logging.getLogger(__name__)
 
-# Added to a volume's checked inputs when they change an immutable input of the deployed volume, i.e.
-# when the engine will replace it. A policy pack sees a resource's checked inputs but neither its old
-# state nor the step the engine plans (Pulumi docs, "Policy as Code": resource validation policies get
-# the resource's inputs), so this is how the silo guardrails (policy/) see a data volume's replacement
-# at preview. It is never part of the outputs, and `diff` does not compare it.
-REPLACEMENT_KEY = "immutable_changes"
 
 RESTART_TIMEOUT_S = 600  # a machine restarted for a grown volume: as long as a first boot may take
 
