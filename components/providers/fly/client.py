@@ -71,6 +71,10 @@ APP_VISIBLE_WAIT_S = 60.0
 # create is tried again (a name held by an app being deleted frees up meanwhile).
 NAME_RECHECK_S = 3.0
 LEASE_TTL_S = 120  # flyctl's default lease TTL (internal/machine/lease.go)
+# How long a lease held by someone else is waited for: past a whole TTL, because a lease whose holder died
+# (a killed `up`, whose provider host exits with its engine: engine/orphans.py) is refreshed by nobody and
+# lapses within its TTL, so the `up` after `silo recover` gets it instead of failing on it.
+LEASE_WAIT_S = LEASE_TTL_S + 15
 NONCE_HEADER = "fly-machine-lease-nonce"
 
 
@@ -835,7 +839,9 @@ class FlyClient:
 
     # -- leases -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lease(self, app: str, machine_id: str, ttl_s: int = LEASE_TTL_S, *, wait_s: float = 60) -> Iterator[str | None]:
+    def lease(
+        self, app: str, machine_id: str, ttl_s: int = LEASE_TTL_S, *, wait_s: float = LEASE_WAIT_S
+    ) -> Iterator[str | None]:
         """Hold the machine's lease for the block; 409 (held by someone else) is retried up to `wait_s`.
 
         Acquiring is not idempotent either: if the answer to a granted lease is lost, the retry sees our
