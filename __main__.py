@@ -7,7 +7,7 @@ A `town` stack (TownStackConfig) is one town outside any silo: how the provision
 
 import pulumi
 
-from components.config.model import from_pulumi_config
+from components.config.program import from_pulumi_config
 from components.stacks.images import resolve_images
 
 cfg = from_pulumi_config()

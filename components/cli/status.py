@@ -11,7 +11,8 @@ from typing import Any
 
 from components.config.model import SiloConfig
 from components.domain.town_credentials import TOWN_MACHINE, machine_expiry
-from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient, describe_events, ip_kind
+from components.providers.fly.answers import describe_events, ip_kind
+from components.providers.fly.client import COMPAT_CHECK_PREFIX, FlyClient
 from components.providers.fly.settings import FlySettings
 
 

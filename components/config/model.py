@@ -1,7 +1,7 @@
 """The stack config of a silo: one typed model shared by the Pulumi program and the ``silo`` CLI.
 
 Values reach the model from a ``Pulumi.<stack>.yaml`` file (``load_stack_file``), a mapping of
-namespaced keys (``from_mapping``) or the running program's config (``from_pulumi_config``). Pulumi
+namespaced keys (``from_mapping``) or the running program's config (``components.config.program``). Pulumi
 stores every value as a string ("30", "true") and structured values as JSON text, so the loaders
 stringify scalars the way ``pulumi config set`` would and parse JSON for ``silo:images`` and
 ``silo:towns``. Every problem is reported as ``<config key>: <reason>``, e.g.
@@ -913,25 +913,6 @@ def read_stack_file(path: Path) -> dict[str, Any]:
 def load_stack_file(path: Path) -> SiloConfig | ControlConfig | TownStackConfig:
     """Validate the ``config:`` map of a ``Pulumi.<stack>.yaml`` file."""
     return from_mapping(read_stack_file(path))
-
-
-def from_pulumi_config() -> SiloConfig | ControlConfig | TownStackConfig:
-    """The running Pulumi program's ``silo:``, ``fly:`` and ``cloudflare:`` config, validated.
-
-    ``pulumi.Config("silo")`` can only look up keys it is asked for, which would let a typo such as
-    ``silo:autostopMinutes`` pass silently. The runtime's config map (set by the language host through
-    ``PULUMI_CONFIG``, or by the Automation API's inline-program server) lists every key, so unknown
-    keys are reported.
-    """
-    from pulumi.runtime import config as runtime_config
-
-    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
-    namespaces = (NAMESPACE, *PROVIDER_KEYS)
-    wanted = sorted(k for k in keys if k.partition(":")[0] in namespaces)
-    # The language host lists secret keys in PULUMI_CONFIG_SECRET_KEYS; set_all_config (tests) keeps its own.
-    secret = set(runtime_config.get_config_secret_keys_env())
-    secret |= {k for k in wanted if runtime_config.is_config_secret(k)}
-    return from_mapping({k: runtime_config.get_config(k) for k in wanted}, secret_keys=secret)
 
 
 # How a user sets the inputs of the Fly resources the stacks declare (`config_keys`): the provider layer

@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 
 from components.config.model import SiloConfig
+from components.config.program import program_values
 from components.domain import services as svc
 from components.errors import UserError
 from components.providers.fly.settings import CONFIG_KEYS, resolve_fly_settings
@@ -37,11 +38,8 @@ def fly_target() -> str:
     """Which Fly the stack's apps live on, as its providers resolve it (stack config, then environment):
     an output, so `pulumi stack output` tells a local emulator's silo from a real one even though both
     show fly.dev URLs. Never the token itself."""
-    from pulumi.runtime import config as runtime_config
-
-    config = {key: runtime_config.get_config(key) for key in CONFIG_KEYS}
     try:
-        return resolve_fly_settings({k: v for k, v in config.items() if isinstance(v, str) and v}).target
+        return resolve_fly_settings(program_values(CONFIG_KEYS)).target
     except ValueError as exc:  # a real Fly URL without a token: said at preview, before anything is made
         raise UserError(str(exc)) from None
 

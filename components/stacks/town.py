@@ -27,6 +27,7 @@ from components.config.model import (
     TownConfig,
     TownStackConfig,
 )
+from components.config.program import program_values
 from components.domain.catalog import ResolvedImage
 from components.domain.town_credentials import EXPIRY_ENV, TOWN_MACHINE
 from components.errors import UserError
@@ -311,13 +312,8 @@ def require_town_credentials() -> None:
     minted from, as the providers will resolve them (stack config, then the environment). Missing, the
     preview fails naming the key, instead of the `up` failing after the town's registry row and Fly app
     exist (issue 25: "check early")."""
-    from pulumi.runtime import config as runtime_config
-
-    raw = {key: runtime_config.get_config(key) for key in CLOUDFLARE_CONFIG_KEYS}
     try:
-        require_parent_access_key(
-            resolve_cloudflare_settings({k: v for k, v in raw.items() if isinstance(v, str) and v})
-        )
+        require_parent_access_key(resolve_cloudflare_settings(program_values(CLOUDFLARE_CONFIG_KEYS)))
     except ValueError as exc:
         raise UserError(f"towns need {exc}") from None
 

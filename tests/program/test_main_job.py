@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import signal
 import socket
@@ -32,17 +31,9 @@ SERVICES = ("pg", "rest", "auth", "storage", "meta", "studio", "kong")
 
 
 def _free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+ on Linux): the emulator binds it only later,
-    and a port the kernel hands out (bind to 0) could meanwhile go to another test's server, which the
-    wrapper then rightly refuses as not this checkout's emulator."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class CountingProxy:

@@ -11,7 +11,8 @@ import time
 import httpx
 import pytest
 
-from components.providers.fly.client import FlyClient, exec_failure
+from components.providers.fly.answers import exec_failure
+from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyError
 from components.providers.fly.exec import FlyExecProvider
 from components.providers.fly.machines import FlyMachineProvider

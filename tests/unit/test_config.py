@@ -16,9 +16,9 @@ from components.config.model import (
     SiloConfig,
     TownConfig,
     from_mapping,
-    from_pulumi_config,
     load_stack_file,
 )
+from components.config.program import from_pulumi_config
 from components.domain.naming import is_dns_label, is_volume_name
 
 REPO = Path(__file__).resolve().parents[2]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -37,6 +36,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_exponential_jitter
 
 from components.providers.fly import flytoml
+from components.providers.fly.answers import describe_events, ip_kind
 from components.providers.fly.errors import (
     FlyAuthError,
     FlyConflict,
@@ -46,6 +46,7 @@ from components.providers.fly.errors import (
     FlyNothingListening,
     FlyWaitTimeout,
 )
+from components.providers.fly.pacing import NONCE_HEADER, PACER, rate_key
 from components.providers.fly.settings import FlySettings
 from components.providers.http import is_loopback_url, is_transient, tls_context
 
@@ -75,7 +76,6 @@ LEASE_TTL_S = 120  # flyctl's default lease TTL (internal/machine/lease.go)
 # (a killed `up`, whose provider host exits with its engine: engine/orphans.py) is refreshed by nobody and
 # lapses within its TTL, so the `up` after `silo recover` gets it instead of failing on it.
 LEASE_WAIT_S = LEASE_TTL_S + 15
-NONCE_HEADER = "fly-machine-lease-nonce"
 
 
 def _not_executed(exc: BaseException) -> bool:
@@ -94,81 +94,6 @@ class _WaitRetryAfter:
         if isinstance(exc, FlyError) and exc.retry_after is not None:
             return max(exc.retry_after, 0.0) + min(backoff, 0.5)
         return backoff
-
-
-# -- pacing ----------------------------------------------------------------------------------------------
-# Fly's documented limits (Fly docs machines/api/working-with-machines-api §Rate Limits; superfly/docs PRs
-# #1630, #1966): 1 req/s per action and per Machine (or app) id with bursts of 3, for every action; Get
-# Machine 5 req/s with bursts of 10; app deletions 100 a minute. (rate per second, burst)
-DEFAULT_LIMIT = (1.0, 3)
-GET_MACHINE_LIMIT = (5.0, 10)
-APP_DELETE_LIMIT = (100 / 60, 100)
-_ID_SEGMENT_AFTER = frozenset({"machines", "volumes", "secrets", "ip_assignments", "metadata"})
-
-
-class _Pacer:
-    """Token buckets keyed by (action, object), shared by every client of the process (the provider host
-    runs many resources' calls at once): a call waits here rather than being refused with 429."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, str], list[float]] = {}  # key -> [tokens, updated]
-
-    # Refill a little slower than the documented rate: the API's clock starts when a request arrives,
-    # ours when it leaves, and requests do not all take equally long to get there.
-    MARGIN = 0.85
-
-    def acquire(self, key: tuple[str, str], rate: float, burst: int) -> None:
-        rate *= self.MARGIN
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                tokens, updated = self._buckets.get(key, [float(burst), now])
-                tokens = min(float(burst), tokens + (now - updated) * rate)
-                if tokens >= 1.0:
-                    self._buckets[key] = [tokens - 1.0, now]
-                    return
-                self._buckets[key] = [tokens, now]
-                delay = (1.0 - tokens) / rate
-            time.sleep(delay)
-
-    def throttled(self, key: tuple[str, str]) -> None:
-        """The API said 429 anyway (another process shares the budget): empty the bucket. The retry itself
-        waits for Retry-After first (``_WaitRetryAfter``)."""
-        with self._lock:
-            self._buckets[key] = [0.0, time.monotonic()]
-
-
-_PACER = _Pacer()
-
-
-def _rate_key(
-    method: str, path: str, headers: Mapping[str, str] | None, body: Any = None
-) -> tuple[tuple[str, str], tuple[float, int]]:
-    """(action, object) and the limit of a call, from its method and path, e.g. GET /apps/{app}/machines/{id}.
-    Creating an app is an action on the app it names (a silo creates its seven apps at once); a stricter
-    reading of the limit by the API would answer 429, which is honoured like any other."""
-    parts = path.split("?", 1)[0].strip("/").split("/")
-    template, subject = [], ""
-    for i, part in enumerate(parts):
-        if i == 1 and parts[0] == "apps":
-            template.append("{app}")
-            subject = part
-        elif i >= 3 and parts[i - 1] in _ID_SEGMENT_AFTER:
-            template.append("{id}")
-            subject = part
-        else:
-            template.append(part)
-    action = f"{method} /{'/'.join(template)}"
-    if method == "POST" and action.endswith("/lease") and headers and headers.get(NONCE_HEADER):
-        action += " (refresh)"  # fly-go counts acquiring and refreshing a lease as two actions
-    if action == "GET /apps/{app}/machines/{id}":
-        return (action, subject), GET_MACHINE_LIMIT
-    if action == "DELETE /apps/{app}":
-        return (action, "*"), APP_DELETE_LIMIT
-    if action == "POST /apps" and isinstance(body, Mapping):
-        subject = str(body.get("name") or "")
-    return (action, subject or "*"), DEFAULT_LIMIT
 
 
 class FlyClient:
@@ -222,8 +147,8 @@ class FlyClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        key, (rate, burst) = _rate_key(method, path, headers, json)
-        _PACER.acquire(key, rate, burst)
+        key, (rate, burst) = rate_key(method, path, headers, json)
+        PACER.acquire(key, rate, burst)
         try:
             response = self._http.request(
                 method,
@@ -254,7 +179,7 @@ class FlyClient:
         if response.status_code >= 400:
             error = self._error(response, method, path)
             if error.status == 429:
-                _PACER.throttled(key)
+                PACER.throttled(key)
             raise error
         return response
 
@@ -929,56 +854,3 @@ def _answer_state(response: httpx.Response) -> str | None:
     except ValueError:
         return None
     return str(body["state"]) if isinstance(body, dict) and body.get("state") else None
-
-
-def exec_failure(result: Mapping[str, Any]) -> str | None:
-    """Why an exec answer is a failure ("exit 3", "killed by signal 9 (SIGKILL)"), or None when it is not:
-    a command killed by a signal has failed whatever its exit code says."""
-    code, sig = int(result.get("exit_code") or 0), int(result.get("exit_signal") or 0)
-    if sig:
-        return f"killed by signal {sig}{f' ({_signal_name(sig)})' if _signal_name(sig) else ''}"
-    return f"exit {code}" if code else None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return ""
-
-
-def describe_events(events: list[Mapping[str, Any]], limit: int = 5) -> str:
-    """The newest `limit` machine events, newest first (fly-go MachineEvent: type, status, source, timestamp
-    in ms, and for an exit request.exit_event or request.MonitorEvent.exit_event), one clause each."""
-    newest = sorted((e for e in events if isinstance(e, Mapping)), key=lambda e: -int(e.get("timestamp") or 0))
-    clauses = [_describe_event(e) for e in newest[:limit]]
-    return "; ".join(clauses) if clauses else "none reported"
-
-
-def _describe_event(event: Mapping[str, Any]) -> str:
-    at = int(event.get("timestamp") or 0)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at / 1000)) if at else "?"
-    text = f"{when} {event.get('type', '?')} ({event.get('status', '?')})"
-    request = event.get("request") if isinstance(event.get("request"), Mapping) else {}
-    monitor = request.get("MonitorEvent") if isinstance(request.get("MonitorEvent"), Mapping) else {}
-    exit_event = monitor.get("exit_event") or request.get("exit_event")
-    if isinstance(exit_event, Mapping):
-        details = [f"exit code {exit_event.get('exit_code', '?')}"]
-        if exit_event.get("signal"):
-            details.append(f"signal {exit_event['signal']}")
-        if exit_event.get("oom_killed"):
-            details.append("out of memory")
-        text += ": " + ", ".join(details)
-    return text
-
-
-def ip_kind(ip: Mapping[str, Any]) -> str:
-    """The assignment type of a listed IP (the list answer has no `type`; infer it as fly-go does)."""
-    if ip.get("type"):
-        return str(ip["type"])
-    address = str(ip.get("ip", ""))
-    if address.startswith("fdaa:"):
-        return "private_v6"
-    if ":" in address:
-        return "v6"
-    return "shared_v4" if ip.get("shared") else "v4"

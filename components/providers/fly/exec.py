@@ -27,7 +27,7 @@ from components.providers.base import (
     setting,
     strip_provider,
 )
-from components.providers.fly.client import exec_failure
+from components.providers.fly.answers import exec_failure
 from components.providers.fly.errors import FlyError
 from components.providers.fly.provider import FlyProviderBase
 

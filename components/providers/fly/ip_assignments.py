@@ -20,7 +20,7 @@ from components.providers.base import (
     DynamicResource,
     diff_result,
 )
-from components.providers.fly.client import ip_kind
+from components.providers.fly.answers import ip_kind
 from components.providers.fly.errors import FlyError
 from components.providers.fly.provider import FlyProviderBase
 

@@ -30,7 +30,8 @@ from components.providers.base import (
     has_unknown,
 )
 from components.providers.fly import flytoml
-from components.providers.fly.client import FlyClient, exec_failure
+from components.providers.fly.answers import exec_failure
+from components.providers.fly.client import FlyClient
 from components.providers.fly.errors import FlyError
 from components.providers.fly.provider import FlyProviderBase
 
