@@ -111,10 +111,17 @@ class Service:
 
         def create(user: str) -> tuple[str, dict[str, Any]]:
             with self.client() as client:
-                answer = client.post("/v1/towns", json={"user_id": user, "name": name, "rigs": []})
+                # `?wait=true`, as a backend that wants the town running would: the service answers when the
+                # operation ends (it is told by the registry, service/operations.py Finished), and the client
+                # sends nothing meanwhile.
+                answer = client.post(
+                    "/v1/towns", params={"wait": "true"}, json={"user_id": user, "name": name, "rigs": []}
+                )
                 answer.raise_for_status()
                 body = answer.json()
-                while True:
+                if "operation" in body:
+                    return user, body
+                while True:  # still running after the service's wait timeout
                     op = client.get(f"/v1/operations/{body['operation_id']}").json()
                     if op["status"] in ("succeeded", "failed"):
                         return user, {**body, "operation": op}

@@ -15,6 +15,7 @@ backups and history it writes are 0600: readable by their owner only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import runpy
@@ -24,14 +25,14 @@ import stat
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi.log
 import yaml
-from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
+from pulumi.automation import ConcurrentUpdateError, LocalWorkspace, PulumiCommand, Stack, StackAlreadyExistsError
 from pulumi.automation._stack import StackInitMode
 
 from components.errors import UserError, debugging, one_line
@@ -115,11 +116,19 @@ def private_tree(root: Path) -> None:
 def pulumi_command() -> PulumiCommand:
     """The built CLI, else the official one on PATH; run with private files (``PrivateFilesCommand``)."""
     if (BUILT_ENGINE / "bin" / "pulumi").exists():
-        return PrivateFilesCommand(root=str(BUILT_ENGINE.resolve()), skip_version_check=True)
+        return _command_at(str(BUILT_ENGINE.resolve()))
     found = shutil.which("pulumi")
     if found:
-        return PrivateFilesCommand(root=str(Path(found).resolve().parent.parent), skip_version_check=True)
+        return _command_at(str(Path(found).resolve().parent.parent))
     raise EngineMissing("no Pulumi CLI: run `make engine` (builds it from Go modules) or put `pulumi` on PATH")
+
+
+@functools.cache
+def _command_at(root: str) -> PulumiCommand:
+    """One command object per CLI install and process: the SDK's constructor runs `pulumi version` (about
+    0.1 s of CPU) even when told to skip the check, and the service makes a workspace per operation. The
+    object holds only the path and that version, and its `run` keeps no state between calls."""
+    return PrivateFilesCommand(root=root, skip_version_check=True)
 
 
 def ensure_passphrase(path: Path) -> Path:
@@ -350,6 +359,17 @@ def workspace(
 
 def select_stack(ws: LocalWorkspace, name: str) -> Stack:
     return Stack.create_or_select(name, ws)
+
+
+def new_stack(ws: LocalWorkspace, name: str) -> Stack:
+    """A stack expected not to exist yet (a create): `pulumi stack init`, one CLI call where the SDK's
+    `create_or_select` makes two for a new stack (`stack select`, refused, then `stack init`). A stack
+    that exists already (a create run again after a crash) is taken as it is, like `known_stack`; so is
+    one the CLI refuses to init because it is locked (only an existing stack has a lock: a crashed run's,
+    which the caller's recovery clears)."""
+    with suppress(StackAlreadyExistsError, ConcurrentUpdateError):
+        Stack.create(name, ws)
+    return known_stack(ws, name)
 
 
 def known_stack(ws: LocalWorkspace, name: str) -> Stack:

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from components.errors import UserError, one_line
 from service import db, jobs
 from service.auth import ensure_tokens
+from service.operations import Finished
 from service.routers import heartbeat, operations, silos, towns
 from service.settings import ServiceSettings
 from service.stacks import Stacks
@@ -68,13 +69,16 @@ def create_app(settings: ServiceSettings, worker: BaseProcess | None = None) -> 
         app.state.queue = jobs.make_app(settings, None)
         app.state.pool = db.pool(settings.registry_dsn)
         await app.state.pool.open()
-        watchdog = asyncio.create_task(_watch(worker)) if worker is not None else None
+        app.state.finished = Finished(settings.registry_dsn)
+        chores = [asyncio.create_task(app.state.finished.listen(), name="finished")]
+        if worker is not None:
+            chores.append(asyncio.create_task(_watch(worker), name="watchdog"))
         async with app.state.queue.open_async():
             try:
                 yield
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                for chore in chores:
+                    chore.cancel()
                 await app.state.pool.close()
 
     app = FastAPI(

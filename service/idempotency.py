@@ -7,7 +7,6 @@ bounded by the service's wait timeout: 200 once it has ended, else the 202.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -17,10 +16,7 @@ from fastapi import HTTPException, Request, Response
 from fastapi.encoders import jsonable_encoder
 
 from service.auth import Caller
-from service.operations import TERMINAL
 from service.routers.common import operation_view
-
-POLL_S = 0.1
 
 
 def _digest(request: Request, body: Any) -> str:
@@ -67,12 +63,10 @@ async def respond(
     response.status_code = status
     operation_id = answer.get(wait_for)
     if wait and operation_id:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.app.state.settings.wait_timeout_s
-        while loop.time() < deadline:
-            op = await operation_view(request, operation_id)
-            if op is not None and op["status"] in TERMINAL:
-                response.status_code = 200
-                return {**answer, "operation": op}
-            await asyncio.sleep(POLL_S)
+        op = await request.app.state.finished.wait(
+            operation_id, lambda: operation_view(request, operation_id), request.app.state.settings.wait_timeout_s
+        )
+        if op is not None:
+            response.status_code = 200
+            return {**answer, "operation": op}
     return answer

@@ -25,7 +25,7 @@ from components.config.model import ConfigError, load_stack_file
 from engine.recovery import file_locks, recover
 from engine.runner import RunResult
 from engine.runner import run as run_op
-from engine.workspace import CLI_STACK_FILE_KEYS, PARALLEL, known_stack, program_project, select_stack, workspace
+from engine.workspace import CLI_STACK_FILE_KEYS, PARALLEL, known_stack, new_stack, program_project, workspace
 from service.settings import ServiceSettings
 
 
@@ -60,7 +60,7 @@ class Stacks:
     def town_stack(self, stack: str, *, new: bool = False) -> Stack:
         """The town's stack: made when `new` (a create), else taken as existing (no CLI call to select it)."""
         ws = workspace(self.settings.towns_project_dir, self.settings.state_dir)
-        return select_stack(ws, stack) if new else known_stack(ws, stack)
+        return new_stack(ws, stack) if new else known_stack(ws, stack)
 
     def silo_stack(self, stack: str) -> Stack:
         return known_stack(workspace(self.settings.silos_project_dir, self.settings.state_dir), stack)

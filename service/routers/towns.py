@@ -10,6 +10,7 @@ applies to a stack file's towns (components/config/model.py TownConfig).
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -91,6 +92,8 @@ def _rig_dicts(town: TownConfig) -> list[dict[str, str]]:
 TOWN_COLUMNS = """t.id::text, t.user_id, t.town_name AS name, t.sandbox_id, t.status, t.fly_region AS region, t.fly_app,
     t.fly_machine_id, t.fly_volume_id, t.last_heartbeat_at, t.last_r2_sync_at, t.boot_phase, t.failure,
     t.config, t.created_at, t.owner"""
+OPERATION_COLUMNS = """id::text AS id, kind, stack, town_id::text AS town_id, silo_id, status, resource, error,
+    created_at, started_at, finished_at"""
 
 
 def _town(row: dict[str, Any], operation: dict[str, Any] | None) -> Town:
@@ -107,23 +110,24 @@ def _town(row: dict[str, Any], operation: dict[str, Any] | None) -> Town:
 
 
 async def _load(request: Request, town_id: str, user_id: str) -> dict[str, Any]:
-    """The user's active town (404 for another user's, a destroyed one, or an id that is no uuid)."""
+    """The user's active town and its latest operation, in one round trip (404 for another user's town, a
+    destroyed one, or an id that is no uuid)."""
     require_user(user_id)
+    try:
+        key = uuid.UUID(town_id)  # by value, so the primary key's index finds it
+    except ValueError:
+        raise HTTPException(404, f"no town {town_id}") from None
     async with db.connection(request) as conn, conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {TOWN_COLUMNS} FROM gastown_towns t WHERE t.id::text = %s AND t.user_id = %s "
-            "AND t.destroyed_at IS NULL",
-            (town_id, user_id),
+            f"""SELECT {TOWN_COLUMNS}, to_jsonb(o) AS _operation FROM gastown_towns t
+                LEFT JOIN LATERAL (SELECT {OPERATION_COLUMNS} FROM silo_operations
+                                   WHERE town_id = t.id ORDER BY created_at DESC LIMIT 1) o ON true
+                WHERE t.id = %s AND t.user_id = %s AND t.destroyed_at IS NULL""",
+            (key, user_id),
         )
         row = await cur.fetchone()
-        if row is None:
-            raise HTTPException(404, f"no town {town_id}")
-        await cur.execute(
-            "SELECT id::text, kind, stack, town_id::text, silo_id, status, resource, error, created_at, started_at, "
-            "finished_at FROM silo_operations WHERE town_id = %s ORDER BY created_at DESC LIMIT 1",
-            (row["id"],),
-        )
-        row["_operation"] = await cur.fetchone()
+    if row is None:
+        raise HTTPException(404, f"no town {town_id}")
     return row
 
 

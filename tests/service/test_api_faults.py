@@ -67,7 +67,7 @@ def test_an_accepted_create_survives_kill_9_of_the_service_mid_update(world: Ser
     world.start()  # a new process: it finds the dead worker's job and runs it again
     with world.client(Role.BACKEND, **{"X-User-Id": "u-crash"}) as backend:
         operation = world.wait(backend, accepted.json()["operation_id"])
-        assert operation["status"] == "succeeded", operation
+        assert operation["status"] == "succeeded", (operation["resource"], operation["error"])
         town = backend.get(f"/v1/towns/{accepted.json()['id']}").json()
     assert town["status"] == "running"
     sid = sandbox_id("u-crash", "alpha")
