@@ -4,8 +4,15 @@ calls meanwhile, and what was lost or duplicated.
   api_create_1_s      one create (POST /v1/towns), until its town runs;
   api_create_20_s     20 creates for 20 users at once (`--api-creates`), beside the towns that exist (the
                       benchmark's silo's: 100 by default), until all run;
-  api_status_p99_ms   GET /v1/towns/{id} of those existing towns, as fast as one client sends them, while
-                      the 20 creates run: the 99th percentile;
+  api_status_p99_ms   GET /v1/towns/{id} of those existing towns while the 20 creates run, at a constant
+                      rate (`--status-rate`, 100 a second by default: the registry's 100-odd towns each
+                      polled about once a second by its user's page), the 99th percentile. Open loop, as
+                      wrk2 measures: each call has its scheduled instant and its latency counts from it, so
+                      a slow answer delays the calls behind it and they count the delay too (a closed loop
+                      would send fewer calls when the service is slow and hide it: "coordinated
+                      omission"). `--status-rate 0` sends them back to back from one client instead; on
+                      these two shared cores that client and the web process then take most of a core
+                      away from the creates, which lengthens api_create_20_s (docs/performance.md);
   api_lost_requests   accepted creates whose town is not running at the end;
   api_duplicates      towns made more than once (registry rows per user and name, Fly apps, machines).
 
@@ -138,8 +145,12 @@ def existing_towns(dsn: str) -> list[tuple[str, str]]:
     return [(str(user), str(town_id)) for user, town_id in rows]
 
 
-def measure(service: Service, burst: int = 20) -> dict[str, Any]:
-    """One create, then `burst` creates at once while status calls of the towns that already exist run."""
+DEFAULT_STATUS_RATE = 100.0
+
+
+def measure(service: Service, burst: int = 20, status_rate: float = DEFAULT_STATUS_RATE) -> dict[str, Any]:
+    """One create, then `burst` creates at once while status calls of the towns that already exist run,
+    `status_rate` a second (0: back to back)."""
     existing = existing_towns(service.dsn)
     if not existing:
         raise RuntimeError("the API benchmark needs existing towns to ask the status of")
@@ -153,11 +164,17 @@ def measure(service: Service, burst: int = 20) -> dict[str, Any]:
     def poll() -> None:
         with service.client() as client:
             i = 0
+            begun = time.monotonic()
             while not done.is_set():
                 user, town_id = existing[i % len(existing)]
-                t0 = time.monotonic()
+                if status_rate > 0:
+                    scheduled = begun + i / status_rate
+                    if (early := scheduled - time.monotonic()) > 0:
+                        time.sleep(early)
+                else:
+                    scheduled = time.monotonic()
                 client.get(f"/v1/towns/{town_id}", headers={"X-User-Id": user}).raise_for_status()
-                latencies.append((time.monotonic() - t0) * 1000)
+                latencies.append((time.monotonic() - scheduled) * 1000)
                 i += 1
 
     poller = threading.Thread(target=poll)
@@ -196,6 +213,7 @@ def measure(service: Service, burst: int = 20) -> dict[str, Any]:
         "api_status_p99_ms": round(p99, 2),
         "api_status_median_ms": round(statistics.median(latencies), 2) if latencies else 0.0,
         "api_status_calls": len(latencies),
+        "api_status_rate": status_rate,
         "api_lost_requests": lost,
         "api_duplicates": duplicates,
         "api_existing_towns": len(existing),

@@ -22,16 +22,38 @@ POLL_S = 1.0
 EXIT_ORPHANED = 3
 
 
-def exit_with_engine(poll_s: float = POLL_S) -> None:
-    """Start the watch: a daemon thread that ends this process once its parent is no longer the engine."""
-    engine = os.getppid()
+def exit_with_engine(poll_s: float = POLL_S, engine_pid: int | None = None) -> None:
+    """Start the watch: a daemon thread that ends this process once its parent is no longer the engine,
+    or, given `engine_pid` (a process that is not its parent: engine/provider_zygote.py), once that
+    process has ended."""
+    engine = os.getppid() if engine_pid is None else engine_pid
+
+    def gone() -> bool:
+        if engine_pid is None:
+            return os.getppid() != engine
+        return not alive(engine_pid)
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != engine:
+            if gone():
                 # Nothing to report to, nobody to serve: no cleanup that could block (a gRPC server's stop
                 # waits for calls that will never be answered).
                 os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="exit-with-engine", daemon=True).start()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not os.path.isdir("/proc")  # no /proc entry, on a system that has /proc: gone

@@ -56,12 +56,14 @@ def _format_exc(*args: object, **kwargs: object) -> str:
     return _FORMAT_EXC(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def main() -> None:
+def main(watch_pid: int | None = None) -> None:
+    """Serve. `watch_pid`: the process whose end ends this one, when the engine is not the parent (a host
+    forked by engine/provider_zygote.py watches the client the engine started)."""
     # The SDK's host looks the pool class up on `concurrent.futures` when it starts its server, and
     # `traceback.format_exc` up when a call fails.
     futures.ThreadPoolExecutor = _WiderPool  # type: ignore[misc]
     traceback.format_exc = _format_exc
-    exit_with_engine()  # a killed engine does not stop its plugins (engine/orphans.py)
+    exit_with_engine(engine_pid=watch_pid)  # a killed engine does not stop its plugins (engine/orphans.py)
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)
 
 
