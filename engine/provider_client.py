@@ -31,6 +31,7 @@ def main() -> None:
         sock.connect(path)
         request = {"args": args, "env": dict(os.environ), "cwd": os.getcwd(), "client_pid": os.getpid()}
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+        sock.shutdown(socket.SHUT_WR)  # the request is whole; the answers still come back
         reader = sock.makefile("r")
         host = int(reader.readline())
     except (OSError, ValueError):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 SOCKET_ENV = "SILO_PROVIDER_ZYGOTE"
 MAX_REQUEST = 1 << 20  # arguments and environment of one host
+REQUEST_TIMEOUT_S = 5.0
 
 
 def preload() -> None:
@@ -93,13 +94,17 @@ def serve(path: Path) -> None:
             _reap(clients)
     finally:
         path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # made for this socket alone (start())
 
 
 def _start(conn: socket.socket, listener: socket.socket, selector: selectors.BaseSelector) -> int:
     """Fork a host for the client on `conn`; its pid (0 if the request was unreadable)."""
-    conn.setblocking(True)
+    conn.settimeout(REQUEST_TIMEOUT_S)  # a client that connects and sends nothing does not stall the others
     try:
         data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 3)
+        while len(data) < MAX_REQUEST and (more := conn.recv(MAX_REQUEST)):  # the client half-closes when sent
+            data += more
         request = json.loads(data)
     except (OSError, ValueError):
         conn.close()
@@ -142,12 +147,17 @@ def _start(conn: socket.socket, listener: socket.socket, selector: selectors.Bas
         os._exit(code)
     for fd in fds:
         os.close(fd)
-    conn.sendall(f"{pid}\n".encode())
+    try:
+        conn.sendall(f"{pid}\n".encode())
+    except OSError:  # the client is gone: its host sees that and exits
+        conn.close()
+        return 0
     return pid
 
 
 def _reap(clients: dict[int, socket.socket]) -> None:
-    while clients:
+    """Collect every host that ended (also those whose client left early), telling its client the code."""
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
