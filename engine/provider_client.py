@@ -23,6 +23,28 @@ def _cold(args: list[str]) -> None:
     os.execv(sys.executable, [sys.executable, "-u", "-m", "engine.provider_host", *args])
 
 
+class _Lines:
+    """Lines from the zygote, read without a buffer that `select` cannot see (the pid and the exit code can
+    arrive together when a host ends at once)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending = b""
+
+    def ready(self) -> bool:
+        return b"\n" in self.pending
+
+    def next(self) -> bytes | None:
+        """The next line; None once the zygote has closed the connection."""
+        while b"\n" not in self.pending:
+            chunk = self.sock.recv(64)
+            if not chunk:
+                return None
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line
+
+
 def main() -> None:
     args = sys.argv[1:]
     path = os.environ.get("SILO_PROVIDER_ZYGOTE", "")
@@ -32,8 +54,8 @@ def main() -> None:
         request = {"args": args, "env": dict(os.environ), "cwd": os.getcwd(), "client_pid": os.getpid()}
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
         sock.shutdown(socket.SHUT_WR)  # the request is whole; the answers still come back
-        reader = sock.makefile("r")
-        host = int(reader.readline())
+        lines = _Lines(sock)
+        host = int(lines.next() or b"")
     except (OSError, ValueError):
         sock.close()
         _cold(args)
@@ -49,10 +71,11 @@ def main() -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     while True:
-        if selector.select(timeout=POLL_S):
-            line = reader.readline()
-            if line.strip():
-                sys.exit(int(line))
+        if lines.ready() or selector.select(timeout=POLL_S):
+            code = lines.next()
+            if code is not None:
+                status = int(code)  # negative: the host was killed by that signal, told as a shell would
+                sys.exit(status if status >= 0 else 128 - status)
             _wait_without_zygote(host, engine)  # the zygote ended before its host: watch the host itself
             sys.exit(0)
         if os.getppid() != engine:  # the engine died: the host has nobody to serve
