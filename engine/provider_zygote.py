@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
+import pkgutil
 import selectors
 import shutil
 import signal
@@ -42,27 +44,19 @@ REQUEST_TIMEOUT_S = 5.0
 
 
 def preload() -> None:
-    """Everything a host imports before and while serving its first calls."""
+    """Everything a host imports before and while serving its first calls: the SDK's host and every
+    provider module (whichever a stack's resources name, walked rather than listed so a new one is not
+    forgotten)."""
     import cloudflare  # noqa: F401  (imported at its client's first use, and the largest of all)
     import dill  # noqa: F401  (the SDK's host unpickles providers with it)
-    import grpc  # noqa: F401
-    import pulumi
     import pulumi.dynamic  # noqa: F401
     from pulumi.runtime.proto import provider_pb2_grpc  # noqa: F401
 
-    import components.providers.cloudflare.r2
-    import components.providers.controldb.catalog
-    import components.providers.controldb.in_use
-    import components.providers.controldb.registry
-    import components.providers.controldb.schema
-    import components.providers.fly.app_secrets
-    import components.providers.fly.apps
-    import components.providers.fly.exec
-    import components.providers.fly.ip_assignments
-    import components.providers.fly.machines
-    import components.providers.fly.ready
-    import components.providers.fly.volumes  # noqa: F401
+    import components.providers
     import engine.provider_host  # noqa: F401
+
+    for module in pkgutil.walk_packages(components.providers.__path__, "components.providers."):
+        importlib.import_module(module.name)
 
 
 def serve(path: Path) -> None:
